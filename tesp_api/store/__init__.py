@@ -1,0 +1,1 @@
+"""Task stores: the port (port.py) and one adapter per database."""

@@ -1,0 +1,134 @@
+"""The task store port: what the API and the engine need from a database, and nothing more.
+
+Two adapters implement it (``sqlite.py``, the embedded default, and ``mongo.py``) and both pass the
+one contract suite in tests/store/. Design rules every adapter keeps:
+
+* A task is one record: the submitted ``TesTask`` (as JSON), its ``state``, its ``owner``, the
+  current attempt's ``TesTaskLog`` and the engine's bookkeeping (lease, backend data).
+* Every state change is a compare-and-set: ``expected`` states -> new state, applied atomically
+  together with the log patch. A lost race returns ``None``; nobody overwrites anybody.
+* Logs are appended (system log lines, output file logs) or set once per executor index; a patch
+  never removes what an earlier patch wrote.
+* Listing is keyset-paged on (creation sequence), newest first, with an opaque cursor, so a page
+  deep in the list costs the same as the first and stays right while tasks are being created.
+* ``active`` is true from creation until the engine has finished with the task (final state
+  reached *and* backend resources released). Only active tasks whose lease is free or expired can
+  be claimed, so a crashed worker's tasks are picked up again and nothing runs twice concurrently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+from tesp_api.tes.models import TesExecutorLog, TesOutputFileLog, TesState, TesTask, TesTaskLog
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Who submitted a task: the authenticated subject and the issuer that vouched for it."""
+
+    subject: str
+    issuer: str = ""
+
+
+@dataclass(slots=True)
+class TaskRecord:
+    id: str
+    state: TesState
+    task: TesTask  # as submitted; id, state, creation_time and logs are filled in when rendered
+    owner: Owner | None
+    created_at: datetime  # timezone-aware UTC; creation_time is rendered from it (RFC 3339)
+    seq: int  # strictly increasing creation sequence number: the list order and keyset cursor
+    log: TesTaskLog = field(default_factory=TesTaskLog)  # the current (only) attempt
+    active: bool = True
+    lease_owner: str | None = None
+    lease_expires: datetime | None = None
+    backend: dict[str, Any] = field(default_factory=dict)  # engine-private (Pulsar server, job id...)
+    version: int = 0  # bumped by every update
+
+
+@dataclass(slots=True)
+class LogPatch:
+    """What one update adds to the current attempt's ``TesTaskLog``. ``None``/empty leaves a field alone."""
+
+    start_time: str | None = None
+    end_time: str | None = None
+    system_logs: list[str] = field(default_factory=list)  # appended
+    executor_logs: dict[int, TesExecutorLog] = field(default_factory=dict)  # set at that index
+    outputs: list[TesOutputFileLog] = field(default_factory=list)  # appended
+    metadata: dict[str, str] = field(default_factory=dict)  # merged
+
+
+@dataclass(slots=True)
+class ListQuery:
+    page_size: int = 256
+    page_token: str | None = None  # opaque, produced by the store
+    name_prefix: str | None = None  # a plain prefix, never a pattern
+    state: TesState | None = None
+    tags: list[tuple[str, str | None]] = field(default_factory=list)  # (key, value; None/"" = any value)
+    owner: Owner | None = None  # None = every owner (admin, or auth off)
+
+
+@dataclass(slots=True)
+class Page:
+    records: list[TaskRecord]
+    next_page_token: str | None
+
+
+class StoreError(Exception):
+    """Base class for store failures the API turns into TES-shaped errors."""
+
+
+class InvalidPageToken(StoreError):
+    pass
+
+
+class DuplicateTask(StoreError):
+    pass
+
+
+@runtime_checkable
+class TaskStore(Protocol):
+    async def open(self) -> None:
+        """Connect and create tables/indexes. Idempotent."""
+
+    async def close(self) -> None: ...
+
+    async def create(self, task: TesTask, owner: Owner | None) -> TaskRecord:
+        """Persist a new task. The caller has set ``task.id``; the store sets state QUEUED,
+        created_at and seq, and returns the stored record. Raises DuplicateTask on an id clash."""
+
+    async def get(self, task_id: str, owner: Owner | None = None) -> TaskRecord | None:
+        """The task, or None when it does not exist or ``owner`` is given and does not match."""
+
+    async def list(self, query: ListQuery) -> Page: ...
+
+    async def update(
+        self,
+        task_id: str,
+        *,
+        expected: frozenset[TesState] | None = None,
+        state: TesState | None = None,
+        log: LogPatch | None = None,
+        backend: dict[str, Any] | None = None,
+        active: bool | None = None,
+        lease_owner: str | None = None,
+    ) -> TaskRecord | None:
+        """Atomically apply a change. With ``expected``, only if the current state is in it; with
+        ``lease_owner``, only if that worker holds the lease. ``backend`` keys are merged into the
+        record's backend dict. Returns the updated record, or None when the task is missing or a
+        condition failed (nothing is written then)."""
+
+    async def claim(self, worker_id: str, now: datetime, lease_until: datetime) -> TaskRecord | None:
+        """Atomically take the lease on the oldest active task whose lease is free or expired
+        (lease_expires is None or <= now). None when there is nothing to claim."""
+
+    async def renew(self, worker_id: str, task_ids: list[str], lease_until: datetime) -> list[str]:
+        """Extend this worker's leases; returns the ids whose lease it still held."""
+
+    async def release(self, worker_id: str, task_id: str) -> None:
+        """Give a lease back (on shutdown) so another worker may claim the task at once."""
+
+    async def count(self) -> int: ...
