@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs on a fresh machine and run it. README's test command;
+# .ci/run calls exactly this. Extra arguments go to pytest (e.g. `scripts/test.sh tests/api -x`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+
+# bubblewrap runs the executors where no container engine exists (the build machines have none).
+if ! command -v bwrap >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null
+  else
+    echo "warning: bwrap (bubblewrap) not found; tests that run executors will be skipped" >&2
+  fi
+fi
+
+# RabbitMQ for the AMQP tests: the build machines run it on 127.0.0.1:5672; start it if it is down.
+if command -v rabbitmqctl >/dev/null 2>&1 && ! rabbitmqctl -q status >/dev/null 2>&1; then
+  (rabbitmq-server -detached >/dev/null 2>&1 && rabbitmqctl -q await_startup --timeout 60) || \
+    echo "warning: RabbitMQ could not be started; AMQP tests will be skipped" >&2
+fi
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
+
+# The MongoDB wire-protocol test server (mongoeco) needs Python >= 3.13: a sidecar venv.
+if [ ! -x .venv-mongoeco/bin/python ]; then
+  PY313=$(command -v python3.13 || ls -d "$HOME"/.pyenv/versions/3.1[3-9]*/bin/python 2>/dev/null | head -n1 || true)
+  if [ -n "$PY313" ]; then
+    "$PY313" -m venv .venv-mongoeco && .venv-mongoeco/bin/python -m pip install -q --disable-pip-version-check mongoeco \
+      || echo "warning: mongoeco could not be installed; MongoDB adapter tests will be skipped" >&2
+  else
+    echo "warning: no Python >= 3.13 for mongoeco; MongoDB adapter tests will be skipped" >&2
+  fi
+fi
+
+exec "$VENV/bin/python" -m pytest "$@"
