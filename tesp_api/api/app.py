@@ -1,0 +1,114 @@
+"""The FastAPI application: TES routes under /ga4gh/tes/v1 and /v1, TES-shaped errors, body limit.
+
+``create_app`` only wires given parts together; opening the store and running the engine is the
+composition root's job (tesp_api/service.py), so tests can build an app around any store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import RedirectResponse
+
+import tesp_api
+from tesp_api.api.errors import install_error_handlers
+from tesp_api.api.limits import BodySizeLimitMiddleware
+from tesp_api.api.routes import TaskEndpoints, build_router
+from tesp_api.config.settings import Settings
+from tesp_api.store.port import TaskStore
+from tesp_api.tes.models import TesCreateTaskResponse, TesServiceInfo, TesTask
+
+# Clients disagree on the base path (py-tes 1.x: /ga4gh/tes/v1; py-tes 0.4, Nextflow, Pulsar: /v1).
+PRIMARY_PREFIX = "/ga4gh/tes/v1"
+ALIAS_PREFIXES = ("/v1",)
+
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+
+def _tes_component_schemas() -> dict[str, Any]:
+    """TES object schemas for the OpenAPI document, generated from the models the service uses."""
+    schemas: dict[str, Any] = {}
+    for model in (TesTask, TesServiceInfo, TesCreateTaskResponse):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    schemas["TesListTasksResponse"] = {
+        "type": "object",
+        "required": ["tasks"],
+        "properties": {
+            "tasks": {"type": "array", "items": {"$ref": "#/components/schemas/TesTask"}},
+            "next_page_token": {"type": "string"},
+        },
+    }
+    schemas["TesCancelTaskResponse"] = {"type": "object"}
+    schemas["ErrorResponse"] = {
+        "type": "object",
+        "required": ["msg", "status_code"],
+        "properties": {"msg": {"type": "string"}, "status_code": {"type": "integer"}},
+    }
+    return schemas
+
+
+def _install_openapi(app: FastAPI) -> None:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            doc.setdefault("components", {}).setdefault("schemas", {}).update(_tes_component_schemas())
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def create_app(
+    settings: Settings,
+    store: TaskStore,
+    *,
+    engine: Any | None = None,
+    authenticator: Any | None = None,
+    lifespan: Lifespan | None = None,
+) -> FastAPI:
+    """The TES application around an already opened ``store``.
+
+    ``engine`` (optional) is told about cancels at once; ``authenticator`` is kept on
+    ``app.state`` for :func:`tesp_api.api.deps.current_principal`; ``lifespan`` lets the composition
+    root open and close things with the app.
+    """
+    app = FastAPI(
+        title="tesp-api",
+        description="GA4GH Task Execution Service 1.1 running tasks on Galaxy Pulsar",
+        version=tesp_api.__version__,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.engine = engine
+    app.state.authenticator = authenticator
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.api.max_body_bytes)
+
+    endpoints = TaskEndpoints(settings, store, engine)
+    app.include_router(build_router(endpoints), prefix=PRIMARY_PREFIX)
+    for prefix in ALIAS_PREFIXES:
+        app.include_router(build_router(endpoints, include_in_schema=False), prefix=prefix)
+    # Nextflow asks {url}/service-info.
+    app.add_api_route(
+        "/service-info",
+        endpoints.get_service_info,
+        methods=["GET"],
+        include_in_schema=False,
+        response_model=None,
+    )
+
+    async def root() -> RedirectResponse:
+        return RedirectResponse(url="/docs")
+
+    app.add_api_route("/", root, methods=["GET"], include_in_schema=False)
+    _install_openapi(app)
+    return app

@@ -1,0 +1,275 @@
+"""The TES 1.1 endpoints. Mounted twice by the app (/ga4gh/tes/v1 and /v1) because clients disagree
+on the base path; the handlers only translate HTTP to store calls and back."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import JSONResponse
+
+from tesp_api.api.deps import Principal, current_principal
+from tesp_api.api.errors import TesHttpError
+from tesp_api.api.service_info import build_service_info
+from tesp_api.api.url_checks import url_checkers
+from tesp_api.config.settings import Settings
+from tesp_api.store.port import DuplicateTask, InvalidPageToken, ListQuery, LogPatch, TaskStore
+from tesp_api.tes import states
+from tesp_api.tes.ids import is_safe_id, new_task_id
+from tesp_api.tes.models import TesState, TesView
+from tesp_api.tes.validate import TaskValidationError, ValidationLimits, validate_task
+from tesp_api.tes.views import render_task, rfc3339
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE_SIZE = 2047
+_CANCEL_ATTEMPTS = 5
+_VIEW_DOC = (
+    "MINIMAL (default): id and state; BASIC: all but logs' stdout/stderr, input content, system_logs; FULL"
+)
+
+PrincipalDep = Annotated[Principal, Depends(current_principal)]
+# Any string is a possible id: an id we never issued is a 404, never a 400.
+TaskIdPath = Annotated[str, Path(alias="id", description="task id")]
+
+
+def _parse_view(value: str | None) -> TesView:
+    if value is None or value == "":
+        return TesView.MINIMAL
+    try:
+        return TesView(value)
+    except ValueError:
+        raise TesHttpError(400, f"view: unknown view {value!r} (one of MINIMAL, BASIC, FULL)") from None
+
+
+def _parse_state(value: str | None) -> TesState | None:
+    if value is None or value == "":
+        return None
+    try:
+        return TesState(value)
+    except ValueError:
+        raise TesHttpError(400, f"state: unknown task state {value!r}") from None
+
+
+def _tag_pairs(keys: list[str] | None, values: list[str] | None) -> list[tuple[str, str | None]]:
+    """tag_key[i] zipped with tag_value[i]; a missing or empty value matches any value."""
+    keys = keys or []
+    values = values or []
+    if len(values) > len(keys):
+        raise TesHttpError(400, "tag_value: more tag_value than tag_key parameters")
+    pairs: list[tuple[str, str | None]] = []
+    for i, key in enumerate(keys):
+        if key == "":
+            raise TesHttpError(400, f"tag_key[{i}]: must not be empty")
+        value = values[i] if i < len(values) else None
+        pairs.append((key, value or None))
+    return pairs
+
+
+def _is_json_content_type(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+async def _read_json_body(request: Request) -> Any:
+    content_type = request.headers.get("content-type")
+    if content_type is not None and not _is_json_content_type(content_type):
+        raise TesHttpError(415, f"Content-Type must be application/json, got {content_type!r}")
+    body = await request.body()
+    if not body.strip():
+        raise TesHttpError(400, "(body): a JSON tesTask is required")
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TesHttpError(400, f"(body): invalid JSON: {exc}") from None
+
+
+class TaskEndpoints:
+    """The handlers, bound to one store, engine and settings (no module-level state)."""
+
+    def __init__(self, settings: Settings, store: TaskStore, engine: Any | None) -> None:
+        self.settings = settings
+        self.store = store
+        self.engine = engine
+        self.limits = ValidationLimits(
+            max_content_bytes=settings.api.max_content_bytes,
+            supported_backend_parameters=tuple(settings.engine.backend_parameters),
+            reject_unknown_fields=settings.api.reject_unknown_fields,
+        )
+        self.check_input_url, self.check_output_url = url_checkers(settings.transfer)
+        self.service_info = build_service_info(settings)
+
+    async def create_task(self, request: Request, principal: PrincipalDep) -> dict[str, str]:
+        raw = await _read_json_body(request)
+        try:
+            validated = validate_task(
+                raw, self.limits, check_input_url=self.check_input_url, check_output_url=self.check_output_url
+            )
+        except TaskValidationError as exc:
+            raise TesHttpError(400, str(exc)) from None
+        task = validated.task
+        for _ in range(3):  # a uuid4 clash is next to impossible; retry rather than fail if it happens
+            task.id = new_task_id()
+            try:
+                record = await self.store.create(task, principal.owner)
+                break
+            except DuplicateTask:
+                continue
+        else:
+            raise TesHttpError(503, "could not allocate a task id, try again")
+        if validated.warnings:
+            await self.store.update(record.id, log=LogPatch(system_logs=validated.warnings))
+        log.info("task %s created", record.id)
+        return {"id": record.id}
+
+    async def list_tasks(
+        self,
+        principal: PrincipalDep,
+        name_prefix: Annotated[
+            str | None, Query(description="only tasks whose name starts with this")
+        ] = None,
+        state: Annotated[str | None, Query(description="only tasks in this tesState")] = None,
+        tag_key: Annotated[list[str] | None, Query(description="tag keys, zipped with tag_value")] = None,
+        tag_value: Annotated[list[str] | None, Query(description="tag values; empty = any value")] = None,
+        page_size: Annotated[int | None, Query(description="1..2047, default 256")] = None,
+        page_token: Annotated[str | None, Query(description="next_page_token of the previous page")] = None,
+        view: Annotated[str | None, Query(description=_VIEW_DOC)] = None,
+    ) -> dict[str, Any]:
+        chosen_view = _parse_view(view)
+        size = self.settings.api.default_page_size if page_size is None else page_size
+        if not 1 <= size <= MAX_PAGE_SIZE:
+            raise TesHttpError(400, f"page_size: must be between 1 and {MAX_PAGE_SIZE}, got {size}")
+        query = ListQuery(
+            page_size=size,
+            page_token=page_token or None,
+            name_prefix=name_prefix or None,
+            state=_parse_state(state),
+            tags=_tag_pairs(tag_key, tag_value),
+            owner=principal.read_scope,
+        )
+        try:
+            page = await self.store.list(query)
+        except InvalidPageToken:
+            raise TesHttpError(400, "page_token: not a page token issued by this service") from None
+        body: dict[str, Any] = {"tasks": [render_task(r, chosen_view) for r in page.records]}
+        if page.next_page_token:
+            body["next_page_token"] = page.next_page_token
+        return body
+
+    async def get_task(
+        self,
+        task_id: TaskIdPath,
+        principal: PrincipalDep,
+        view: Annotated[str | None, Query(description=_VIEW_DOC)] = None,
+    ) -> dict[str, Any]:
+        chosen_view = _parse_view(view)
+        record = await self.store.get(task_id, principal.read_scope) if is_safe_id(task_id) else None
+        if record is None:
+            raise TesHttpError(404, f"task not found: {task_id}")
+        return render_task(record, chosen_view)
+
+    async def cancel_task(self, task_id: TaskIdPath, principal: PrincipalDep) -> dict[str, Any]:
+        """QUEUED/INITIALIZING/RUNNING -> CANCELED at once; a task in a final state: no-op."""
+        for _ in range(_CANCEL_ATTEMPTS):
+            record = await self.store.get(task_id, principal.read_scope) if is_safe_id(task_id) else None
+            if record is None:
+                raise TesHttpError(404, f"task not found: {task_id}")
+            if states.is_final(record.state):
+                return {}
+            updated = await self.store.update(
+                task_id,
+                expected=states.CANCELABLE_STATES,
+                state=TesState.CANCELED,
+                log=LogPatch(end_time=rfc3339(datetime.now(UTC)), system_logs=["canceled by user"]),
+            )
+            if updated is not None:
+                log.info("task %s canceled", task_id)
+                await self._notify_engine(task_id)
+                return {}
+            # the state moved under us (e.g. QUEUED -> INITIALIZING): look again
+        raise TesHttpError(409, f"task {task_id} is changing state, cancel again")
+
+    async def _notify_engine(self, task_id: str) -> None:
+        """Tell an in-process engine at once; the store already says CANCELED, so a failure here
+        only delays the cleanup until the engine next looks at the task."""
+        if self.engine is None:
+            return
+        try:
+            result = self.engine.notify_cancel(task_id)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("engine could not be told about the cancel of task %s", task_id)
+
+    async def get_service_info(self, principal: PrincipalDep) -> dict[str, Any]:
+        return self.service_info
+
+
+def _ok(schema: str) -> dict[Any, Any]:
+    """OpenAPI answer documentation pointing at the TES component schemas the app registers."""
+    return {200: {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}}
+
+
+def build_router(endpoints: TaskEndpoints, *, include_in_schema: bool = True) -> APIRouter:
+    router = APIRouter(tags=["TaskService"], include_in_schema=include_in_schema)
+    router.add_api_route(
+        "/service-info",
+        endpoints.get_service_info,
+        methods=["GET"],
+        operation_id="GetServiceInfo",
+        response_model=None,
+        responses=_ok("TesServiceInfo"),
+        summary="GetServiceInfo",
+        response_class=JSONResponse,
+    )
+    router.add_api_route(
+        "/tasks",
+        endpoints.list_tasks,
+        methods=["GET"],
+        operation_id="ListTasks",
+        response_model=None,
+        responses=_ok("TesListTasksResponse"),
+        summary="ListTasks",
+        response_class=JSONResponse,
+    )
+    router.add_api_route(
+        "/tasks",
+        endpoints.create_task,
+        methods=["POST"],
+        operation_id="CreateTask",
+        response_model=None,
+        responses=_ok("TesCreateTaskResponse"),
+        summary="CreateTask",
+        response_class=JSONResponse,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TesTask"}}},
+            }
+        },
+    )
+    router.add_api_route(
+        "/tasks/{id}",
+        endpoints.get_task,
+        methods=["GET"],
+        operation_id="GetTask",
+        response_model=None,
+        responses=_ok("TesTask"),
+        summary="GetTask",
+        response_class=JSONResponse,
+    )
+    router.add_api_route(
+        "/tasks/{id}:cancel",
+        endpoints.cancel_task,
+        methods=["POST"],
+        operation_id="CancelTask",
+        response_model=None,
+        responses=_ok("TesCancelTaskResponse"),
+        summary="CancelTask",
+        response_class=JSONResponse,
+    )
+    return router

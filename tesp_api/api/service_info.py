@@ -1,0 +1,47 @@
+"""GET /service-info: GA4GH service-info 1.0 plus the TES 1.1 additions, all from settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tesp_api
+from tesp_api.config.settings import Settings
+from tesp_api.tes.models import (
+    TesServiceInfo,
+    TesServiceOrganization,
+    TesServiceType,
+)
+
+TES_SERVICE_TYPE = TesServiceType(group="org.ga4gh", artifact="tes", version="1.1.0")
+
+
+def derived_storage(settings: Settings) -> list[str]:
+    """Storage locations implied by the transfer settings (used when none are configured)."""
+    transfer = settings.transfer
+    storage = [f"file://{d}" if d.startswith("/") else d for d in transfer.allowed_dirs]
+    for s3 in transfer.s3:
+        if s3.bucket:
+            storage.append(f"s3://{s3.bucket}")
+    storage.extend(f"ftp://{ftp.host}" for ftp in transfer.ftp)
+    storage.extend(f"https://{http.host}" for http in transfer.http)
+    return list(dict.fromkeys(storage))
+
+
+def build_service_info(settings: Settings) -> dict[str, Any]:
+    conf = settings.service_info
+    info = TesServiceInfo(
+        id=conf.id,
+        name=conf.name,
+        type=TES_SERVICE_TYPE,
+        description=conf.description,
+        organization=TesServiceOrganization(name=conf.organization_name, url=conf.organization_url),
+        contactUrl=conf.contact_url,
+        documentationUrl=conf.documentation_url,
+        createdAt=conf.created_at,
+        updatedAt=conf.updated_at,
+        environment=conf.environment,
+        version=tesp_api.__version__,
+        storage=list(conf.storage) or derived_storage(settings),
+        tesResources_backend_parameters=list(settings.engine.backend_parameters),
+    )
+    return info.model_dump(mode="json", exclude_none=True)

@@ -1,0 +1,63 @@
+"""Renders a stored task as the TES view a client asked for (MINIMAL, BASIC or FULL).
+
+Only spec fields ever leave the service: the record's owner, lease and backend data stay inside,
+and ``exclude_none`` keeps out every null the client did not send (py-tes 1.1.4 fails on unknown
+fields, py-tes 0.4 on some nulls).
+
+``logs`` holds the one attempt's TesTaskLog once there is something to say: the task has started,
+ended, or the log has any content (a system_logs warning written at creation counts). A QUEUED task
+that nothing has happened to yet has no ``logs``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from tesp_api.tes.models import TesTaskLog, TesView
+
+if TYPE_CHECKING:
+    from tesp_api.store.port import TaskRecord
+
+
+def rfc3339(moment: datetime) -> str:
+    """UTC time in RFC 3339 with a ``Z`` suffix (a naive datetime is taken as UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def log_has_content(log: TesTaskLog) -> bool:
+    return bool(log.start_time or log.end_time or log.logs or log.outputs or log.system_logs or log.metadata)
+
+
+def _full(record: TaskRecord) -> dict[str, Any]:
+    submitted = record.task.model_dump(
+        mode="json", exclude_none=True, exclude={"id", "state", "logs", "creation_time"}
+    )
+    body: dict[str, Any] = {"id": record.id, "state": record.state.value, **submitted}
+    body["creation_time"] = rfc3339(record.created_at)
+    if log_has_content(record.log):
+        body["logs"] = [record.log.model_dump(mode="json", exclude_none=True)]
+    return body
+
+
+def _strip_for_basic(body: dict[str, Any]) -> dict[str, Any]:
+    for inp in body.get("inputs", []):
+        inp.pop("content", None)
+    for task_log in body.get("logs", []):
+        task_log.pop("system_logs", None)
+        for executor_log in task_log.get("logs", []):
+            executor_log.pop("stdout", None)
+            executor_log.pop("stderr", None)
+    return body
+
+
+def render_task(record: TaskRecord, view: TesView = TesView.MINIMAL) -> dict[str, Any]:
+    """The JSON object of ``record`` in ``view``."""
+    if view == TesView.MINIMAL:
+        return {"id": record.id, "state": record.state.value}
+    body = _full(record)
+    if view == TesView.BASIC:
+        return _strip_for_basic(body)
+    return body
