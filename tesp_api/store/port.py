@@ -18,6 +18,7 @@ one contract suite in tests/store/. Design rules every adapter keeps:
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -125,7 +126,9 @@ class TaskStore(Protocol):
         """Atomically take the lease on the oldest active task whose lease is free or expired
         (lease_expires is None or <= now). None when there is nothing to claim."""
 
-    async def renew(self, worker_id: str, task_ids: list[str], lease_until: datetime) -> list[str]:
+    async def renew(
+        self, worker_id: str, task_ids: builtins.list[str], lease_until: datetime
+    ) -> builtins.list[str]:
         """Extend this worker's leases; returns the ids whose lease it still held."""
 
     async def release(self, worker_id: str, task_id: str) -> None:

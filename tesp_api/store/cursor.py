@@ -1,0 +1,60 @@
+"""Opaque keyset page tokens, shared by every store adapter.
+
+A token carries the creation sequence number of the last task on the previous page and a MAC
+over that number *and* the list filters it was issued for. So a client can neither forge a
+position nor reuse a token with other filters: both give ``InvalidPageToken`` (a 400 for the API)
+instead of a silently wrong page. The MAC key is a random secret kept in the database itself, so
+every process serving the same database accepts the tokens of the others, across restarts.
+
+Layout (before URL-safe base64 without padding): 8 bytes big-endian seq + 12 bytes truncated
+HMAC-SHA256.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+
+from tesp_api.store.port import InvalidPageToken, ListQuery
+
+_SEQ_BYTES = 8
+_MAC_BYTES = 12
+_TOKEN_BYTES = _SEQ_BYTES + _MAC_BYTES
+_MAX_TOKEN_CHARS = 64
+
+
+def _fingerprint(query: ListQuery) -> bytes:
+    """The filters that define *which* list a token belongs to (page size may change freely)."""
+    tags = sorted((key, value or "") for key, value in query.tags)
+    owner = [query.owner.subject, query.owner.issuer] if query.owner is not None else None
+    state = query.state.value if query.state is not None else None
+    return json.dumps([query.name_prefix, state, tags, owner], separators=(",", ":")).encode()
+
+
+def _mac(key: bytes, seq: int, query: ListQuery) -> bytes:
+    message = seq.to_bytes(_SEQ_BYTES, "big") + b"|" + _fingerprint(query)
+    return hmac.new(key, message, hashlib.sha256).digest()[:_MAC_BYTES]
+
+
+def encode_page_token(key: bytes, seq: int, query: ListQuery) -> str:
+    raw = seq.to_bytes(_SEQ_BYTES, "big") + _mac(key, seq, query)
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def decode_page_token(key: bytes, token: str, query: ListQuery) -> int:
+    """The sequence number to continue below; InvalidPageToken when the token is not ours."""
+    if not isinstance(token, str) or not token or len(token) > _MAX_TOKEN_CHARS:
+        raise InvalidPageToken("invalid page_token")
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidPageToken("invalid page_token") from exc
+    if len(raw) != _TOKEN_BYTES:
+        raise InvalidPageToken("invalid page_token")
+    seq = int.from_bytes(raw[:_SEQ_BYTES], "big")
+    if not hmac.compare_digest(raw[_SEQ_BYTES:], _mac(key, seq, query)):
+        raise InvalidPageToken("invalid page_token (tampered, or issued for other filters)")
+    return seq

@@ -1,0 +1,34 @@
+"""Pick and open the task store the settings ask for: MongoDB when ``db.mongodb_uri`` is set
+(the key tesp-api 0.2 used), otherwise the embedded SQLite file at ``db.sqlite_path``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from tesp_api.config.settings import Settings
+from tesp_api.store.port import TaskStore
+
+logger = logging.getLogger(__name__)
+
+
+async def open_store(settings: Settings) -> TaskStore:
+    """An opened store; the caller closes it."""
+    db = settings.db
+    store: TaskStore
+    if db.mongodb_uri is not None and db.mongodb_uri.get_secret_value():
+        from tesp_api.store.mongo import MongoTaskStore  # pymongo only when MongoDB is used
+
+        store = MongoTaskStore(
+            db.mongodb_uri.get_secret_value(), database=db.mongodb_database, collection=db.mongodb_collection
+        )
+        logger.info("task store: MongoDB, database %s, collection %s", db.mongodb_database, db.mongodb_collection)
+    else:
+        from tesp_api.store.sqlite import SqliteTaskStore
+
+        path = Path(db.sqlite_path).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        store = SqliteTaskStore(str(path))
+        logger.info("task store: SQLite file %s", path)
+    await store.open()
+    return store

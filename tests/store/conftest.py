@@ -1,0 +1,70 @@
+"""Fixtures for the one store contract suite: every test runs against each adapter.
+
+``store`` yields an opened, empty store; ``reopen`` closes it and opens a fresh adapter on the
+same database (persistence). The SQLite store runs on a file in tmp_path; the MongoDB store talks
+the real wire protocol to the mongoeco server (or to a real mongod from TESP_TEST_MONGODB_URI),
+each test in its own database.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tesp_api.store.port import TaskStore
+from tesp_api.store.sqlite import SqliteTaskStore
+
+StoreMaker = Callable[[], TaskStore]
+
+
+@pytest.fixture(scope="session")
+def mongodb_uri() -> Iterator[str]:
+    from tests.services.mongoeco import mongodb_server
+
+    with mongodb_server() as uri:
+        yield uri
+
+
+@pytest.fixture(params=["sqlite", "mongo"])
+def store_maker(request: pytest.FixtureRequest, tmp_path: Path) -> StoreMaker:
+    if request.param == "sqlite":
+        path = str(tmp_path / "tasks.sqlite3")
+        return lambda: SqliteTaskStore(path)
+    uri = request.getfixturevalue("mongodb_uri")
+    from tesp_api.store.mongo import MongoTaskStore
+
+    database = f"tesp_test_{uuid.uuid4().hex[:12]}"
+    return lambda: MongoTaskStore(uri, database=database, collection="tasks")
+
+
+@pytest.fixture
+async def opened_stores() -> AsyncIterator[list[TaskStore]]:
+    stores: list[TaskStore] = []
+    yield stores
+    for each in stores:
+        await each.close()
+
+
+@pytest.fixture
+async def store(store_maker: StoreMaker, opened_stores: list[TaskStore]) -> TaskStore:
+    first = store_maker()
+    await first.open()
+    opened_stores.append(first)
+    return first
+
+
+@pytest.fixture
+def reopen(
+    store: TaskStore, store_maker: StoreMaker, opened_stores: list[TaskStore]
+) -> Callable[[], Awaitable[TaskStore]]:
+    async def _reopen() -> TaskStore:
+        await store.close()
+        fresh = store_maker()
+        await fresh.open()
+        opened_stores.append(fresh)
+        return fresh
+
+    return _reopen
