@@ -1,23 +1,22 @@
 """Which input/output URLs a task may name: the seam to the transfer layer.
 
-``tesp_api.transfer.validate`` (owned by the transfer engineer) knows the configured schemes,
-allowed directories and credentials; when it is present its answer is final. Until then only the
-scheme is checked here.
+``tesp_api.transfer.validate`` knows the enabled schemes, the allowed directories for file:// URLs
+and the credentials; its answer is final. Only if that module is missing (a trimmed installation)
+is the scheme checked here.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
-from typing import Any
 from urllib.parse import urlsplit
 
 from tesp_api.config.settings import TransferSettings
+from tesp_api.tes.models import TesFileType
+from tesp_api.tes.validate import UrlCheck
 
 FALLBACK_SCHEMES = frozenset({"file", "http", "https", "ftp", "s3"})
 
 
-def _scheme_check(url: str) -> str | None:
+def _scheme_check(url: str, file_type: TesFileType | None = None) -> str | None:
     if not url:
         return "must not be empty"
     if url.startswith("/"):
@@ -30,27 +29,17 @@ def _scheme_check(url: str) -> str | None:
     return None
 
 
-def _transfer_validate() -> Any | None:
-    try:
-        return importlib.import_module("tesp_api.transfer.validate")
-    except ModuleNotFoundError as exc:
-        if exc.name != "tesp_api.transfer.validate":
-            raise
-        return None
-
-
-def url_checkers(
-    settings: TransferSettings,
-) -> tuple[Callable[[str], str | None], Callable[[str], str | None]]:
+def url_checkers(settings: TransferSettings) -> tuple[UrlCheck, UrlCheck]:
     """(check_input_url, check_output_url), each returning None or the reason a URL is refused."""
-    module = _transfer_validate()
-    if module is None:
+    try:
+        from tesp_api.transfer import validate
+    except ImportError:
         return _scheme_check, _scheme_check
 
-    def check_input(url: str) -> str | None:
-        return module.check_input_url(url, settings)  # type: ignore[no-any-return]
+    def check_input(url: str, file_type: TesFileType | None) -> str | None:
+        return validate.check_input_url(url, settings, file_type)
 
-    def check_output(url: str) -> str | None:
-        return module.check_output_url(url, settings)  # type: ignore[no-any-return]
+    def check_output(url: str, file_type: TesFileType | None) -> str | None:
+        return validate.check_output_url(url, settings, file_type)
 
     return check_input, check_output

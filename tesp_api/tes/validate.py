@@ -14,14 +14,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tesp_api.tes.models import TesOutput, TesTask
+from tesp_api.tes.models import TesFileType, TesOutput, TesTask
 
 # POSIX pattern-matching characters (IEEE Std 1003.1-2017, 2.13): the only wildcards TES allows.
 _WILDCARD = re.compile(r"[*?\[]")
 # Fields the server sets; a client that sends them (e.g. resubmitting a fetched task) is not at fault.
 READ_ONLY_FIELDS = ("id", "state", "logs", "creation_time")
-# A URL checker returns None when the URL is acceptable, otherwise a short reason.
-UrlCheck = Callable[[str], "str | None"]
+# A URL checker gets the URL and the declared file type (FILE, DIRECTORY or None) and returns None
+# when the URL is acceptable, otherwise a short reason fit for the client.
+UrlCheck = Callable[[str, "TesFileType | None"], "str | None"]
 
 
 class TaskValidationError(ValueError):
@@ -159,7 +160,7 @@ def _check_inputs(task: TesTask, limits: ValidationLimits, check_url: UrlCheck) 
                     f"{limits.max_content_bytes} bytes; pass the file by url instead"
                 )
         if inp.url is not None:
-            reason = check_url(inp.url)
+            reason = check_url(inp.url, inp.type)
             if reason:
                 raise TaskValidationError(f"{where}.url: {reason}")
 
@@ -174,7 +175,7 @@ def _check_outputs(task: TesTask, check_url: UrlCheck) -> None:
                 raise TaskValidationError(f"{where}.path_prefix: must be a prefix of path {out.path!r}")
             if has_wildcard(out.path_prefix):
                 raise TaskValidationError(f"{where}.path_prefix: must not contain wildcards")
-        reason = check_url(out.url)
+        reason = check_url(out.url, out.type)
         if reason:
             raise TaskValidationError(f"{where}.url: {reason}")
 

@@ -1,0 +1,137 @@
+"""Composition root: the one place that knows which concrete parts make up a running service.
+
+``serve`` opens the store, builds the engine (if enabled) and the app, and runs uvicorn on exactly
+the address the settings name. Everything else receives its collaborators as arguments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from tesp_api.api.app import create_app
+from tesp_api.config.settings import LoggingSettings, Settings
+from tesp_api.store.factory import open_store
+from tesp_api.store.port import TaskStore
+
+log = logging.getLogger(__name__)
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line, for log collectors (``logging.output_json = true``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(conf: LoggingSettings) -> None:
+    """Root logging from settings; uvicorn's loggers propagate to it (we pass log_config=None)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if conf.output_json:
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(conf.level)
+
+
+async def build_store(settings: Settings) -> TaskStore:
+    """The opened task store the settings ask for (SQLite by default, MongoDB with db.mongodb_uri)."""
+    return await open_store(settings)
+
+
+def build_engine(settings: Settings, store: TaskStore) -> Any | None:
+    """The task engine run inside this process, or None.
+
+    Filled in by the engine: it returns ``tesp_api.engine.Engine(settings, store, backends, ...)``
+    (with ``start()``, ``stop()``, ``notify_cancel(task_id)``) when ``engine.enabled`` is true.
+    """
+    if not settings.engine.enabled:
+        return None
+    return None
+
+
+def build_authenticator(settings: Settings) -> Any | None:
+    """The authenticator handed to the app (see tesp_api/api/deps.py); None = authentication off."""
+    return None
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+def _engine_lifespan(engine: Any | None) -> Any:
+    """Starts the engine when the app starts serving and stops it before the app shuts down."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if engine is not None:
+            await _maybe_await(engine.start())
+            log.info("engine started")
+        try:
+            yield
+        finally:
+            if engine is not None:
+                await _maybe_await(engine.stop())
+                log.info("engine stopped")
+
+    return lifespan
+
+
+@asynccontextmanager
+async def running_app(settings: Settings) -> AsyncIterator[FastAPI]:
+    """The whole service as an ASGI app: store opened here, engine run by the app's lifespan."""
+    store = await build_store(settings)
+    try:
+        engine = build_engine(settings, store)
+        yield create_app(
+            settings,
+            store,
+            engine=engine,
+            authenticator=build_authenticator(settings),
+            lifespan=_engine_lifespan(engine),
+        )
+    finally:
+        await store.close()
+
+
+async def serve_async(settings: Settings) -> None:
+    async with running_app(settings) as app:
+        config = uvicorn.Config(
+            app,
+            host=settings.api.host,
+            port=settings.api.port,
+            proxy_headers=True,
+            forwarded_allow_ips=settings.api.forwarded_allow_ips,
+            log_config=None,
+            lifespan="on",
+            server_header=False,
+        )
+        server = uvicorn.Server(config)
+        await server.serve()
+
+
+def serve(settings: Settings) -> None:
+    """Run the service until SIGINT/SIGTERM (``tesp-api serve``)."""
+    asyncio.run(serve_async(settings))
