@@ -1,0 +1,345 @@
+"""Drives ONE claimed task to its end: QUEUED -> INITIALIZING -> RUNNING -> final, then cleanup.
+
+Every step is safe to repeat, because a crashed worker's task is claimed again and driven from
+whatever state the store says:
+
+* QUEUED: compare-and-set to INITIALIZING, choosing the Pulsar server (recorded in ``backend``).
+* INITIALIZING: build the job script, stage inputs, ``prepare`` (Pulsar setup + uploads: idempotent
+  by job id), then compare-and-set to RUNNING *before* submitting. A cancel that lands first makes
+  the CAS fail, so a cancelled task never starts.
+* RUNNING: submit unless Pulsar already knows the job as started (``backend.submitted`` or a
+  Pulsar status past "preprocessing"); the job script itself refuses to run twice. Poll status
+  every ``pulsar.status.poll_interval``; between polls re-read the store (a cancel by another
+  process) or be woken by ``notify_cancel``.
+* Pulsar final: read the executor logs, upload outputs, compare-and-set to the final state.
+* Final in the store but still ``active``: kill the Pulsar job if it may run, clean its directory,
+  then ``active=False`` (the task is done for good).
+
+Pulsar unreachable: each call is retried with backoff; after ``pulsar.unreachable_deadline`` the
+task becomes SYSTEM_ERROR with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from tesp_api.engine.file_mapper import FileMapper, PathError
+from tesp_api.engine.job_script import (
+    ALREADY_RAN_EXIT,
+    META_TAR,
+    SCRIPT_NAME,
+    PlacedInput,
+    build_job_script,
+    input_upload_name,
+)
+from tesp_api.engine.results import read_results
+from tesp_api.engine.staging import StagingError
+from tesp_api.pulsar.port import BackendError, BackendUnavailable, JobFile, JobSpec, JobStatus, PulsarBackend
+from tesp_api.store.port import LogPatch, TaskRecord
+from tesp_api.tes.models import TesExecutorLog, TesState
+from tesp_api.tes.states import FINAL_STATES, sources_of
+
+if TYPE_CHECKING:
+    from tesp_api.engine.engine import Engine
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+MAX_BACKOFF = 60.0
+STARTED_STATUSES = frozenset({"queued", "running", "postprocessing", "complete", "cancelled", "failed"})
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class GiveUp(Exception):
+    """The task cannot go on: it ends in SYSTEM_ERROR with this (task-log safe) reason."""
+
+
+class LeaseLost(Exception):
+    """Another worker owns the task now: stop touching it."""
+
+
+class TaskDriver:
+    def __init__(self, engine: Engine, record: TaskRecord) -> None:
+        self.engine = engine
+        self.record = record
+        self.task_id = record.id
+        self.wake = asyncio.Event()
+        self._unreachable_since: float | None = None
+        self._scratch = Path(engine.settings.engine.work_dir) / self.task_id
+
+    # ---- store helpers -------------------------------------------------------------------------
+    async def _update(self, **kw: Any) -> TaskRecord | None:
+        rec = await self.engine.store.update(self.task_id, lease_owner=self.engine.worker_id, **kw)
+        if rec is not None:
+            self.record = rec
+        return rec
+
+    async def _reread(self) -> TaskRecord:
+        rec = await self.engine.store.get(self.task_id)
+        if rec is None:
+            raise LeaseLost("task deleted")
+        if rec.lease_owner != self.engine.worker_id:
+            raise LeaseLost(f"lease now held by {rec.lease_owner}")
+        self.record = rec
+        return rec
+
+    async def _move(self, state: TesState, log_patch: LogPatch | None = None, **kw: Any) -> TaskRecord | None:
+        """Compare-and-set to ``state``; None (and the record re-read) when the state moved meanwhile."""
+        rec = await self._update(expected=sources_of(state), state=state, log=log_patch, **kw)
+        if rec is None:
+            await self._reread()
+        return rec
+
+    # ---- Pulsar helpers ------------------------------------------------------------------------
+    @property
+    def backend(self) -> PulsarBackend:
+        return self.engine.backend_for(self.record)
+
+    async def _pulsar(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run a Pulsar call, waiting out an unreachable Pulsar up to the deadline."""
+        delay = self.engine.settings.pulsar.status.poll_interval
+        while True:
+            try:
+                result = await call()
+                self._unreachable_since = None
+                return result
+            except BackendUnavailable as exc:
+                now = time.monotonic()
+                if self._unreachable_since is None:
+                    self._unreachable_since = now
+                waited = now - self._unreachable_since
+                deadline = self.engine.settings.pulsar.unreachable_deadline
+                if waited >= deadline:
+                    raise GiveUp(f"Pulsar unreachable for {waited:.0f}s (deadline {deadline:.0f}s): {exc}") from None
+                log.warning("task %s: %s; retrying in %.1fs", self.task_id, exc, delay)
+                await self._sleep(min(delay, deadline - waited))
+                delay = min(delay * 2, MAX_BACKOFF)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self.wake.wait(), timeout=max(seconds, 0.0))
+        except TimeoutError:
+            pass
+        self.wake.clear()
+
+    # ---- the state machine ---------------------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            await self._drive()
+        except LeaseLost as exc:
+            log.warning("task %s: stopped driving it (%s)", self.task_id, exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # never leave a task half-driven without a word in its log
+            log.exception("task %s: internal error", self.task_id)
+            try:
+                await self._fail(f"internal error in the engine: {type(exc).__name__}: {exc}")
+                await self._finish()
+            except Exception:
+                log.exception("task %s: could not record the internal error", self.task_id)
+        finally:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+
+    async def _drive(self) -> None:
+        while True:
+            state = self.record.state
+            if state in FINAL_STATES:
+                await self._finish()
+                return
+            try:
+                if state == TesState.QUEUED:
+                    await self._queued()
+                elif state == TesState.INITIALIZING:
+                    await self._initializing()
+                elif state == TesState.RUNNING:
+                    await self._running()
+                else:  # PAUSED / CANCELING are never set by this service; treat as running
+                    await self._running()
+            except GiveUp as exc:
+                await self._fail(str(exc))
+
+    async def _fail(self, reason: str) -> None:
+        log.warning("task %s: SYSTEM_ERROR: %s", self.task_id, reason)
+        await self._move(
+            TesState.SYSTEM_ERROR, LogPatch(end_time=now_rfc3339(), system_logs=[f"SYSTEM_ERROR: {reason}"])
+        )
+
+    async def _queued(self) -> None:
+        server = self.engine.choose_server(self.record)
+        await self._move(
+            TesState.INITIALIZING,
+            LogPatch(start_time=now_rfc3339(),
+                     system_logs=[f"worker {self.engine.worker_id}: Pulsar server {server}"]),
+            backend={"server": server, "job_id": self.task_id},
+        )
+
+    def _spec(self, files: list[JobFile]) -> JobSpec:
+        return JobSpec(job_id=self.task_id, script_name=SCRIPT_NAME, files=files)
+
+    async def _initializing(self) -> None:
+        task = self.record.task
+        runtime = self.engine.runtime
+        try:
+            mapper = FileMapper(task, map_workdirs=runtime.needs_workdir_mount)
+        except PathError as exc:
+            raise GiveUp(str(exc)) from None
+        status = await self._pulsar(lambda: self.backend.status(self.task_id))
+        if status.status in STARTED_STATUSES:
+            # Pulsar runs (or ran) this job already: a crash after the submit. Never submit twice.
+            await self._move(TesState.RUNNING, backend={"submitted": True})
+            return
+        files, placed = await self._stage_inputs()
+        script = build_job_script(task, self.task_id, runtime, mapper, placed,
+                                  tail_bytes=self.engine.settings.engine.log_tail_bytes)
+        files.insert(0, JobFile(name=SCRIPT_NAME, kind="tool", data=script.encode()))
+        spec = self._spec(files)
+        try:
+            await self._pulsar(lambda: self.backend.prepare(spec))
+        except BackendError as exc:
+            raise GiveUp(f"Pulsar refused the job: {exc}") from None
+        # RUNNING before the submit: a cancel that got in first wins, and the job never starts.
+        if await self._move(TesState.RUNNING, backend={"submitting": True}) is None:
+            return
+        await self._submit()
+
+    async def _stage_inputs(self) -> tuple[list[JobFile], list[PlacedInput]]:
+        files: list[JobFile] = []
+        placed: list[PlacedInput] = []
+        scratch = self._scratch / "inputs"
+        for i, inp in enumerate(self.record.task.inputs or []):
+            if inp.content is not None:
+                name = input_upload_name(i, False)
+                files.append(JobFile(name=name, kind="input", data=inp.content.encode()))
+                placed.append(PlacedInput(name, inp.path))
+                continue
+            if not inp.url:
+                raise GiveUp(f"inputs[{i}] ({inp.path}) has neither url nor content")
+            scratch.mkdir(parents=True, exist_ok=True)
+            try:
+                local, is_archive = await self.engine.staging.fetch_input(i, inp, scratch)
+            except StagingError as exc:
+                raise GiveUp(str(exc)) from None
+            name = input_upload_name(i, is_archive)
+            files.append(JobFile(name=name, kind="input", source=local))
+            placed.append(PlacedInput(name, inp.path, is_archive))
+        return files, placed
+
+    async def _submit(self) -> None:
+        spec = self._spec([])
+        try:
+            await self._pulsar(lambda: self.backend.submit(spec))
+        except BackendError as exc:
+            raise GiveUp(f"Pulsar refused the submit: {exc}") from None
+        await self._update(backend={"submitted": True})
+        self.engine.count_submit()
+
+    async def _running(self) -> None:
+        poll = self.engine.settings.pulsar.status.poll_interval
+        while True:
+            status = await self._pulsar(lambda: self.backend.status(self.task_id))
+            self.engine.count_poll()
+            if status.status == "preprocessing" and not self.record.backend.get("submitted"):
+                await self._submit()  # the crash fell between RUNNING and the submit's record
+                continue
+            if status.is_final:
+                await self._pulsar_final(status)
+                return
+            await self._sleep(poll)
+            rec = await self._reread()
+            if rec.state != TesState.RUNNING:
+                return  # cancelled (or ended by someone else): _drive takes over
+
+    async def _pulsar_final(self, status: JobStatus) -> None:
+        n = len(self.record.task.executors)
+        patch = LogPatch(end_time=now_rfc3339())
+        if status.status == "cancelled":
+            patch.system_logs.append("the Pulsar job was cancelled")
+            await self._move(TesState.CANCELED, patch)
+            return
+        if status.status == "lost":
+            raise GiveUp("Pulsar does not know the job any more (lost: restarted without its state, or cleaned)")
+        if status.status == "failed":
+            raise GiveUp(f"Pulsar reports the job failed: {_tail(status.stderr)}")
+        meta = self._scratch / META_TAR
+        found = await self._pulsar(lambda: self.backend.fetch(self.task_id, META_TAR, meta))
+        if not found:
+            if status.returncode == ALREADY_RAN_EXIT:
+                raise GiveUp("the job was submitted twice; the second run refused to start")
+            raise GiveUp(f"the job script ended without its logs (returncode {status.returncode}): "
+                         f"{_tail(status.stderr)}")
+        results = await asyncio.to_thread(read_results, meta, n)
+        patch.executor_logs = results.executor_logs
+        state = TesState.COMPLETE
+        failed = [i for i, lg in results.executor_logs.items()
+                  if lg.exit_code != 0 and not self.record.task.executors[i].ignore_error]
+        if failed:
+            state = TesState.EXECUTOR_ERROR
+            patch.system_logs.append(f"executor {failed[0]} exited with code {results.executor_logs[failed[0]].exit_code}")
+        elif status.returncode not in (0, None):
+            state = TesState.SYSTEM_ERROR
+            patch.system_logs.append(f"SYSTEM_ERROR: the job script exited {status.returncode}: {_tail(status.stderr)}")
+        # Outputs are stored even after an executor failed (Nextflow reads its .exitcode output).
+        if self.record.task.outputs:
+            try:
+                outputs, notes = await self.engine.staging.store_outputs(
+                    self.record.task, results.manifest, self._fetcher(), self._scratch / "outputs"
+                )
+                patch.outputs = outputs
+                patch.system_logs += notes
+            except StagingError as exc:
+                patch.system_logs.append(f"SYSTEM_ERROR: {exc}")
+                state = TesState.SYSTEM_ERROR
+        await self._move(state, patch)
+
+    def _fetcher(self) -> Callable[[str, Path], Awaitable[bool]]:
+        async def fetch(name: str, dest: Path) -> bool:
+            return await self._pulsar(lambda: self.backend.fetch(self.task_id, name, dest))
+
+        return fetch
+
+    async def _finish(self) -> None:
+        """The task is final in the store: make sure its Pulsar job is dead and gone, then let go."""
+        rec = self.record
+        if rec.backend.get("server") and not rec.backend.get("cleaned"):
+            try:
+                await self._release_pulsar_job(rec)
+            except GiveUp as exc:
+                await self._update(log=LogPatch(system_logs=[f"could not clean the Pulsar job: {exc}"]))
+        await self._update(active=False)
+        log.info("task %s: %s, done", self.task_id, rec.state.value)
+
+    async def _release_pulsar_job(self, rec: TaskRecord) -> None:
+        if rec.state == TesState.CANCELED and rec.backend.get("submitting"):
+            status = await self._pulsar(lambda: self.backend.status(self.task_id))
+            if not status.is_final or status.status == "preprocessing":
+                await self._pulsar(lambda: self.backend.cancel(self.task_id))
+                await self._wait_pulsar_final()
+                await self._update(log=LogPatch(system_logs=["the Pulsar job was killed (task cancelled)"]))
+        if not self.engine.settings.pulsar.keep_job_directories:
+            await self._pulsar(lambda: self.backend.clean(self.task_id))
+            await self._update(backend={"cleaned": True})
+
+    async def _wait_pulsar_final(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = await self._pulsar(lambda: self.backend.status(self.task_id))
+            if status.is_final:
+                return
+            await asyncio.sleep(0.1)
+
+
+def _tail(text: str, limit: int = 2000) -> str:
+    text = text.strip()
+    return text[-limit:] if text else "(no output)"
+
+
+__all__ = ["GiveUp", "LeaseLost", "TaskDriver", "TesExecutorLog"]

@@ -1,0 +1,231 @@
+"""The engine: claims active tasks from the store with a lease and drives each one (driver.py).
+
+Runs inside `tesp-api serve` (``engine.enabled``) and as separate `tesp-api worker` processes, any
+number of them on one store: a task is driven only by the worker holding its lease, which is
+renewed every ``lease_seconds / 3``; a crashed worker's tasks are claimed by another once their
+lease expires, and driven on from the state the store records. It never imports FastAPI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import socket
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from tesp_api.config.settings import Settings
+from tesp_api.engine.driver import TaskDriver
+from tesp_api.engine.runtimes import Runtime, build_runtime
+from tesp_api.engine.staging import Staging
+from tesp_api.pulsar.port import PulsarBackend
+from tesp_api.store.port import TaskRecord, TaskStore
+
+log = logging.getLogger(__name__)
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def build_backends(settings: Settings) -> dict[str, PulsarBackend]:
+    """One backend per configured Pulsar server: REST when it has a url, AMQP otherwise."""
+    backends: dict[str, PulsarBackend] = {}
+    p = settings.pulsar
+    for server in p.effective_servers():
+        token = server.private_token.get_secret_value() if server.private_token else None
+        if server.url:
+            from tesp_api.pulsar.rest import RestBackend
+
+            backends[server.name] = RestBackend(
+                server.name, server.url, private_token=token, timeout=p.client_timeout, retries=p.retries
+            )
+        elif server.amqp_url:
+            try:
+                from tesp_api.pulsar.amqp import build_amqp_backend  # type: ignore[attr-defined]
+            except ImportError as exc:
+                raise RuntimeError(f"Pulsar server {server.name}: the AMQP backend is not available") from exc
+            backends[server.name] = build_amqp_backend(settings, server)
+    return backends
+
+
+class Engine:
+    def __init__(
+        self,
+        settings: Settings,
+        store: TaskStore,
+        backends: dict[str, PulsarBackend] | None = None,
+        *,
+        runtime: Runtime | None = None,
+        staging: Staging | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self._backends = backends
+        self._runtime = runtime
+        self._staging = staging
+        self.worker_id = worker_id or settings.engine.worker_id or default_worker_id()
+        self._drivers: dict[str, tuple[TaskDriver, asyncio.Task[None]]] = {}
+        self._loops: list[asyncio.Task[None]] = []
+        self._claim_wake = asyncio.Event()
+        self._round_robin = itertools.count()
+        self.stats = {"polls": 0, "submits": 0, "claims": 0}
+
+    # ---- wiring --------------------------------------------------------------------------------
+    @property
+    def backends(self) -> dict[str, PulsarBackend]:
+        if self._backends is None:
+            self._backends = build_backends(self.settings)
+        return self._backends
+
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None:
+            self._runtime = build_runtime(self.settings.runtime)
+        return self._runtime
+
+    @property
+    def staging(self) -> Staging:
+        if self._staging is None:
+            self._staging = Staging(self.settings.transfer)
+        return self._staging
+
+    def backend_for(self, record: TaskRecord) -> PulsarBackend:
+        name = record.backend.get("server")
+        if name not in self.backends:
+            name = self.choose_server(record)
+        return self.backends[name]
+
+    def choose_server(self, record: TaskRecord) -> str:
+        """backend_parameters "pulsar_server" when it names a configured server, else the server
+        running the fewest of this worker's tasks (round-robin among equals)."""
+        params = (record.task.resources.backend_parameters if record.task.resources else None) or {}
+        wanted = next((v for k, v in params.items() if k.lower() == "pulsar_server"), None)
+        names = list(self.backends)
+        if wanted in self.backends:
+            return str(wanted)
+        load = {n: 0 for n in names}
+        for driver, _ in self._drivers.values():
+            server = driver.record.backend.get("server")
+            if server in load:
+                load[server] += 1
+        least = min(load.values())
+        candidates = [n for n in names if load[n] == least]
+        return candidates[next(self._round_robin) % len(candidates)]
+
+    def count_poll(self) -> None:
+        self.stats["polls"] += 1
+
+    def count_submit(self) -> None:
+        self.stats["submits"] += 1
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        _ = self.backends, self.runtime  # fail at start, not at the first task
+        log.info("engine %s: runtime %s, Pulsar servers %s", self.worker_id, self.runtime.kind,
+                 ", ".join(self.backends))
+        self._loops = [
+            asyncio.create_task(self._claim_loop(), name="engine-claim"),
+            asyncio.create_task(self._renew_loop(), name="engine-renew"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop driving; give the leases back so another worker takes the tasks over at once."""
+        for t in self._loops:
+            t.cancel()
+        drivers = list(self._drivers.items())
+        for _, (_, task) in drivers:
+            task.cancel()
+        await asyncio.gather(*self._loops, *(t for _, (_, t) in drivers), return_exceptions=True)
+        self._loops = []
+        for task_id, _ in drivers:
+            try:
+                await self.store.release(self.worker_id, task_id)
+            except Exception:
+                log.exception("could not release the lease of task %s", task_id)
+        self._drivers.clear()
+        for backend in (self._backends or {}).values():
+            await backend.aclose()
+        if self._staging is not None:
+            await self._staging.aclose()
+
+    def notify_cancel(self, task_id: str) -> None:
+        """The API cancelled a task (the store already says CANCELED): act on it now."""
+        entry = self._drivers.get(task_id)
+        if entry is not None:
+            entry[0].wake.set()
+        else:
+            self._claim_wake.set()
+
+    @property
+    def running(self) -> int:
+        return len(self._drivers)
+
+    # ---- loops ---------------------------------------------------------------------------------
+    async def _claim_loop(self) -> None:
+        interval = self.settings.engine.claim_interval
+        lease = timedelta(seconds=self.settings.engine.lease_seconds)
+        while True:
+            try:
+                if len(self._drivers) >= self.settings.engine.max_running_tasks:
+                    await self._wait_claim(interval)
+                    continue
+                now = datetime.now(UTC)
+                record = await self.store.claim(self.worker_id, now, now + lease)
+                if record is None:
+                    await self._wait_claim(interval)
+                    continue
+                self.stats["claims"] += 1
+                self._spawn(record)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("engine: claim failed")
+                await self._wait_claim(interval)
+
+    async def _wait_claim(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._claim_wake.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+        self._claim_wake.clear()
+
+    def _spawn(self, record: TaskRecord) -> None:
+        driver = TaskDriver(self, record)
+        task = asyncio.create_task(driver.run(), name=f"task-{record.id}")
+        self._drivers[record.id] = (driver, task)
+
+        def done(_: asyncio.Task[None], task_id: str = record.id) -> None:
+            entry = self._drivers.get(task_id)
+            if entry is not None and entry[1] is task:
+                del self._drivers[task_id]
+            self._claim_wake.set()
+
+        task.add_done_callback(done)
+
+    async def _renew_loop(self) -> None:
+        period = self.settings.engine.lease_seconds / 3
+        while True:
+            await asyncio.sleep(period)
+            ids = list(self._drivers)
+            if not ids:
+                continue
+            try:
+                until = datetime.now(UTC) + timedelta(seconds=self.settings.engine.lease_seconds)
+                held = set(await self.store.renew(self.worker_id, ids, until))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("engine: lease renewal failed")
+                continue
+            for task_id in ids:
+                if task_id not in held and task_id in self._drivers:
+                    log.warning("engine: lost the lease of task %s; another worker drives it now", task_id)
+                    self._drivers[task_id][1].cancel()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"worker_id": self.worker_id, "running": self.running, **self.stats}

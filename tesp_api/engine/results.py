@@ -1,0 +1,81 @@
+"""Read back what the job script left: executor logs and the output manifest (tes-meta.tar).
+
+The archive is read in memory, member by member (small files: timestamps, exit codes, log tails
+already cut to ``log_tail_bytes``), never extracted: no name in it can reach the filesystem.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tesp_api.tes.models import TesExecutorLog
+
+MAX_MEMBER_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestEntry:
+    output_index: int
+    size: int
+    rel_path: str  # under the job's working directory: fs/<container path>
+
+    @property
+    def container_path(self) -> str:
+        return self.rel_path[len("fs"):] if self.rel_path.startswith("fs/") else "/" + self.rel_path
+
+
+@dataclass(slots=True)
+class JobResults:
+    executor_logs: dict[int, TesExecutorLog]
+    manifest: list[ManifestEntry]
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")
+
+
+def parse_manifest(data: bytes) -> list[ManifestEntry]:
+    fields = data.split(b"\0")
+    entries = []
+    for k in range(0, len(fields) - 2, 3):
+        try:
+            idx, size = int(fields[k]), int(fields[k + 1])
+        except ValueError:
+            continue
+        rel = _text(fields[k + 2])
+        rel = rel.removeprefix("./")
+        if not rel.startswith("fs/") or ".." in rel.split("/"):
+            continue
+        entries.append(ManifestEntry(idx, size, rel))
+    return entries
+
+
+def read_results(tar_path: Path, n_executors: int) -> JobResults:
+    files: dict[str, bytes] = {}
+    with tarfile.open(tar_path, "r:") as tar:
+        for member in tar:
+            if not member.isfile() or member.size > MAX_MEMBER_BYTES:
+                continue
+            name = member.name.removeprefix("./")
+            fh = tar.extractfile(member)
+            if fh is not None:
+                files[name] = fh.read()
+    logs: dict[int, TesExecutorLog] = {}
+    for i in range(n_executors):
+        if f"{i}.start" not in files:
+            continue  # never started: the sequence stopped before it
+        exit_raw = _text(files.get(f"{i}.exit", b"")).strip()
+        try:
+            exit_code = int(exit_raw)
+        except ValueError:
+            exit_code = -1  # started but never finished (killed)
+        logs[i] = TesExecutorLog(
+            start_time=_text(files[f"{i}.start"]).strip() or None,
+            end_time=_text(files.get(f"{i}.end", b"")).strip() or None,
+            exit_code=exit_code,
+            stdout=_text(files.get(f"{i}.stdout.tail", b"")),
+            stderr=_text(files.get(f"{i}.stderr.tail", b"")),
+        )
+    return JobResults(logs, parse_manifest(files.get("manifest", b"")))

@@ -1,0 +1,108 @@
+"""What the engine needs from one Pulsar server: the backend port.
+
+Two adapters implement it: ``rest.py`` (Pulsar's HTTP API: files are uploaded and fetched by this
+service) and ``amqp.py`` (Pulsar's message queues: no file transfer, inputs and outputs move by
+Pulsar's remote staging). The engine speaks only to this protocol.
+
+Pulsar job id = TES task id: every call is idempotent by id, so a worker that crashed half way
+can repeat ``prepare`` and ``submit`` after asking ``status`` (a job Pulsar already runs is never
+submitted again).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+# Pulsar states. Final: complete, cancelled, failed, lost (lost = unknown or cleaned job id).
+FINAL_STATUSES = frozenset({"complete", "cancelled", "failed", "lost"})
+
+
+class BackendUnavailable(Exception):
+    """Pulsar could not be reached (connection error, timeout, 5xx after the retries). The
+    engine waits and retries; after ``pulsar.unreachable_deadline`` the task fails."""
+
+
+class BackendError(Exception):
+    """Pulsar answered, but refused the request (4xx, unexpected answer): retrying will not help."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobFile:
+    """One file that must be in the job directory before it runs.
+
+    ``kind``: ``tool`` (the job script) or ``input``. ``source`` is a local file streamed to Pulsar,
+    or ``data`` small bytes; a backend without uploads (AMQP) needs ``url`` instead, from which
+    Pulsar fetches the file itself (remote staging)."""
+
+    name: str
+    kind: str
+    source: Path | None = None
+    data: bytes | None = None
+    url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    job_id: str
+    script_name: str  # the job script, among ``files`` with kind "tool"
+    files: list[JobFile]
+    # Files (relative to the job's working directory) to send back by remote staging, for
+    # backends that cannot be asked for them afterwards (AMQP).
+    outputs_for_remote_staging: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class JobStatus:
+    job_id: str
+    status: str  # preprocessing, queued, running, postprocessing, complete, cancelled, failed, lost
+    returncode: int | None = None
+    stdout: str = ""  # the job's own stdout/stderr, as Pulsar reports them (cut by Pulsar)
+    stderr: str = ""
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    @classmethod
+    def from_pulsar(cls, job_id: str, data: dict[str, Any]) -> JobStatus:
+        rc = data.get("returncode")
+        try:
+            returncode = int(rc) if rc is not None else None
+        except (TypeError, ValueError):
+            returncode = None
+        return cls(
+            job_id=job_id,
+            status=str(data.get("status", "lost")),
+            returncode=returncode,
+            stdout=str(data.get("job_stdout") or ""),
+            stderr=str(data.get("job_stderr") or ""),
+            raw=data,
+        )
+
+
+@runtime_checkable
+class PulsarBackend(Protocol):
+    name: str  # the configured server name, recorded in the task's backend data
+
+    async def prepare(self, spec: JobSpec) -> None:
+        """Create the job and put its files in place (REST: setup + uploads). Idempotent."""
+
+    async def submit(self, spec: JobSpec) -> None:
+        """Start the job's script. Call once, after ``status`` said the job was not started."""
+
+    async def status(self, job_id: str) -> JobStatus: ...
+
+    async def cancel(self, job_id: str) -> None:
+        """Kill the job's processes (Pulsar kills the whole process tree)."""
+
+    async def fetch(self, job_id: str, name: str, dest: Path) -> bool:
+        """Stream a file of the job's working directory to ``dest``; False when it is missing
+        (or the backend cannot fetch files)."""
+
+    async def clean(self, job_id: str) -> None:
+        """Remove the job directory on the Pulsar side. Idempotent."""
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,189 @@
+"""The Pulsar REST backend (httpx): setup, upload, submit, status, cancel, fetch, clean.
+
+Every parameter is a query-string parameter and every body raw file bytes (pulsar/web/routes.py).
+Uploads and downloads stream (never a whole file in memory). Connection errors, timeouts and 5xx
+answers are retried with exponential backoff; when the retries run out ``BackendUnavailable``
+lets the engine wait longer (up to ``pulsar.unreachable_deadline``) before failing the task.
+The private token travels as a query parameter (Pulsar reads it only there), so it is redacted
+from httpx's request log lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shlex
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tesp_api.pulsar.port import BackendError, BackendUnavailable, JobSpec, JobStatus
+
+log = logging.getLogger(__name__)
+CHUNK = 1024 * 1024
+
+
+class _RedactToken(logging.Filter):
+    """Removes ``private_token=...`` from httpx's "HTTP Request: ..." lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args and any("private_token" in str(a) for a in record.args):
+            record.args = tuple(
+                str(a).split("private_token=")[0] + "private_token=***" if "private_token" in str(a) else a
+                for a in record.args
+            )
+        return True
+
+
+def _install_redaction() -> None:
+    httpx_log = logging.getLogger("httpx")
+    if not any(isinstance(f, _RedactToken) for f in httpx_log.filters):
+        httpx_log.addFilter(_RedactToken())
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    loop = asyncio.get_running_loop()
+    with path.open("rb") as fh:
+        while True:
+            chunk = await loop.run_in_executor(None, fh.read, CHUNK)
+            if not chunk:
+                return
+            yield chunk
+
+
+class RestBackend:
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        *,
+        private_token: str | None = None,
+        timeout: float = 30.0,
+        retries: int = 5,
+        backoff_base: float = 0.5,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.name = name
+        self.url = url.rstrip("/")
+        self._token = private_token
+        self.retries = retries
+        self.backoff_base = backoff_base
+        _install_redaction()
+        self._client = client or httpx.AsyncClient(
+            base_url=self.url,
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+        )
+
+    def _params(self, **params: str) -> dict[str, str]:
+        if self._token:
+            params["private_token"] = self._token
+        return params
+
+    async def _request(
+        self, method: str, path: str, *, params: dict[str, str], retry_5xx: bool = True, **kw: Any
+    ) -> httpx.Response:
+        attempt = 0
+        while True:
+            try:
+                resp = await self._client.request(method, path, params=self._params(**params), **kw)
+            except (httpx.TransportError, httpx.TimeoutException) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            else:
+                if resp.status_code < 500:
+                    if resp.status_code >= 400:
+                        raise BackendError(f"Pulsar {self.name}: {method} {path} -> HTTP {resp.status_code}")
+                    return resp
+                if not retry_5xx:
+                    return resp
+                reason = f"HTTP {resp.status_code}"
+            if attempt >= self.retries:
+                raise BackendUnavailable(f"Pulsar {self.name} unreachable ({method} {path}): {reason}")
+            delay = self.backoff_base * (2**attempt)
+            attempt += 1
+            log.info("Pulsar %s: %s %s failed (%s); retry %d in %.1fs", self.name, method, path, reason, attempt, delay)
+            await asyncio.sleep(delay)
+
+    async def setup(self, job_id: str) -> dict[str, Any]:
+        resp = await self._request("POST", "/jobs", params={"job_id": job_id})
+        return dict(resp.json())
+
+    async def upload(self, job_id: str, name: str, kind: str, *, source: Path | None = None,
+                     data: bytes | None = None) -> str:
+        if source is not None:
+            # A fresh stream per attempt: a retried upload starts the file again.
+            resp = await self._upload_stream(job_id, name, kind, source)
+        else:
+            resp = await self._request("POST", f"/jobs/{job_id}/files", params={"name": name, "type": kind},
+                                       content=data or b"")
+        return str(resp.json()["path"])
+
+    async def _upload_stream(self, job_id: str, name: str, kind: str, source: Path) -> httpx.Response:
+        attempt = 0
+        while True:
+            try:
+                return await self._request("POST", f"/jobs/{job_id}/files", params={"name": name, "type": kind},
+                                           content=_file_chunks(source), retry_5xx=False)
+            except BackendUnavailable:
+                if attempt >= self.retries:
+                    raise
+                attempt += 1
+                await asyncio.sleep(self.backoff_base * (2**attempt))
+
+    async def prepare(self, spec: JobSpec) -> None:
+        await self.setup(spec.job_id)
+        for f in spec.files:
+            if f.source is None and f.data is None:
+                raise BackendError(f"{f.name}: the REST backend needs the file's bytes (remote staging unsupported)")
+            await self.upload(spec.job_id, f.name, f.kind, source=f.source, data=f.data)
+
+    async def submit(self, spec: JobSpec) -> None:
+        path = await self._request(
+            "GET", f"/jobs/{spec.job_id}/files/path", params={"name": spec.script_name, "type": "tool"}
+        )
+        script = str(path.json()["path"])
+        await self._request(
+            "POST", f"/jobs/{spec.job_id}/submit", params={"command_line": f"bash {shlex.quote(script)}"}
+        )
+
+    async def status(self, job_id: str) -> JobStatus:
+        resp = await self._request("GET", f"/jobs/{job_id}/status", params={})
+        return JobStatus.from_pulsar(job_id, resp.json())
+
+    async def cancel(self, job_id: str) -> None:
+        await self._request("PUT", f"/jobs/{job_id}/cancel", params={})
+
+    async def fetch(self, job_id: str, name: str, dest: Path) -> bool:
+        """A missing file is an HTTP 500 with an HTML page in Pulsar: answered False, not retried."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        attempt = 0
+        while True:
+            try:
+                async with self._client.stream(
+                    "GET", f"/jobs/{job_id}/files", params=self._params(name=name, type="output_workdir")
+                ) as resp:
+                    if resp.status_code != 200:
+                        return False
+                    tmp = dest.with_name(dest.name + ".part")
+                    with tmp.open("wb") as fh:
+                        async for chunk in resp.aiter_bytes(CHUNK):
+                            fh.write(chunk)
+                    tmp.replace(dest)
+                    return True
+            except (httpx.TransportError, httpx.TimeoutException) as exc:
+                if attempt >= self.retries:
+                    raise BackendUnavailable(f"Pulsar {self.name} unreachable (fetch {name}): {exc}") from exc
+                attempt += 1
+                await asyncio.sleep(self.backoff_base * (2**attempt))
+
+    async def clean(self, job_id: str) -> None:
+        await self._request("DELETE", f"/jobs/{job_id}", params={})
+
+    async def healthz(self) -> dict[str, Any]:
+        resp = await self._request("GET", "/healthz", params={})
+        return dict(resp.json())
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
