@@ -69,7 +69,9 @@ def build_engine(settings: Settings, store: TaskStore) -> Any | None:
     """
     if not settings.engine.enabled:
         return None
-    return None
+    from tesp_api.engine import Engine
+
+    return Engine(settings, store)
 
 
 def build_authenticator(settings: Settings) -> Any | None:
