@@ -86,6 +86,8 @@ async def _read_json_body(request: Request) -> Any:
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise TesHttpError(400, f"(body): invalid JSON: {exc}") from None
+    except RecursionError:
+        raise TesHttpError(400, "(body): JSON nested too deeply") from None
 
 
 class TaskEndpoints:

@@ -16,14 +16,20 @@ TES_SERVICE_TYPE = TesServiceType(group="org.ga4gh", artifact="tes", version="1.
 
 
 def derived_storage(settings: Settings) -> list[str]:
-    """Storage locations implied by the transfer settings (used when none are configured)."""
+    """Storage locations implied by the transfer settings (used when none are configured): the
+    allowed directories for file:// URLs, and the S3 buckets, FTP and HTTPS hosts that have
+    credentials, each only while its scheme is enabled."""
     transfer = settings.transfer
-    storage = [f"file://{d}" if d.startswith("/") else d for d in transfer.allowed_dirs]
-    for s3 in transfer.s3:
-        if s3.bucket:
-            storage.append(f"s3://{s3.bucket}")
-    storage.extend(f"ftp://{ftp.host}" for ftp in transfer.ftp)
-    storage.extend(f"https://{http.host}" for http in transfer.http)
+    enabled = set(getattr(transfer, "schemes", ("file", "http", "https", "ftp", "s3")))
+    storage: list[str] = []
+    if "file" in enabled:
+        storage += [f"file://{d}" if d.startswith("/") else d for d in transfer.allowed_dirs]
+    if "s3" in enabled:
+        storage += [f"s3://{s3.bucket}" for s3 in transfer.s3 if s3.bucket]
+    if "ftp" in enabled:
+        storage += [f"ftp://{ftp.host}" for ftp in transfer.ftp]
+    if "https" in enabled:
+        storage += [f"https://{http.host}" for http in transfer.http]
     return list(dict.fromkeys(storage))
 
 

@@ -235,3 +235,9 @@ async def test_streamed_body_larger_than_max_body_bytes_is_413(
 async def test_rejected_task_is_not_stored(client: httpx.AsyncClient, store: SqliteTaskStore) -> None:
     await post(client, task_body(executors=[]))
     assert await store.count() == 0
+
+
+async def test_deeply_nested_json_is_400_not_500(client: httpx.AsyncClient) -> None:
+    body = b"[" * 100_000 + b"]" * 100_000
+    response = await client.post(f"{BASE}/tasks", content=body, headers={"content-type": "application/json"})
+    assert_tes_error(response, 400)
