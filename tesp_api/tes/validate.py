@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tesp_api.tes.models import TesFileType, TesOutput, TesTask
+from tesp_api.tes.models import TesFileType, TesTask
 
 # POSIX pattern-matching characters (IEEE Std 1003.1-2017, 2.13): the only wildcards TES allows.
 _WILDCARD = re.compile(r"[*?\[]")
@@ -45,27 +45,6 @@ class ValidatedTask:
 
 def has_wildcard(path: str) -> bool:
     return bool(_WILDCARD.search(path))
-
-
-def implicit_path_prefix(path: str) -> str:
-    """The prefix used for a wildcard output that has no ``path_prefix``.
-
-    TES requires path_prefix with wildcards, but Nextflow sends glob outputs without one. We accept
-    them and treat the directory part before the first wildcard as the prefix: ``/work/out/*.txt`` ->
-    ``/work/out/``, so the matched file ``/work/out/a.txt`` is uploaded to ``{url}/a.txt``. The data
-    staging code calls :func:`effective_path_prefix` and may refine this rule in one place.
-    """
-    match = _WILDCARD.search(path)
-    head = path[: match.start()] if match else path
-    directory = head.rsplit("/", 1)[0] + "/"
-    return directory
-
-
-def effective_path_prefix(output: TesOutput) -> str | None:
-    """The prefix to strip from each match of a wildcard output; None for a plain output."""
-    if not has_wildcard(output.path):
-        return None
-    return output.path_prefix if output.path_prefix is not None else implicit_path_prefix(output.path)
 
 
 def field_path(loc: Iterable[Any]) -> str:
@@ -166,15 +145,18 @@ def _check_inputs(task: TesTask, limits: ValidationLimits, check_url: UrlCheck) 
 
 
 def _check_outputs(task: TesTask, check_url: UrlCheck) -> None:
+    """Wildcard outputs: ``path_prefix`` (when given) must be a plain prefix of ``path``. Without it
+    the directory before the first wildcard is used (Nextflow sends glob outputs without one); that
+    rule lives in tesp_api.transfer.outputs.effective_prefix. Without wildcards it is ignored."""
     for i, out in enumerate(task.outputs or []):
         where = f"outputs[{i}]"
         _check_container_path(f"{where}.path", out.path)
-        if out.path_prefix is not None:
+        if has_wildcard(out.path) and out.path_prefix:
             _check_container_path(f"{where}.path_prefix", out.path_prefix)
-            if has_wildcard(out.path) and not out.path.startswith(out.path_prefix):
-                raise TaskValidationError(f"{where}.path_prefix: must be a prefix of path {out.path!r}")
             if has_wildcard(out.path_prefix):
                 raise TaskValidationError(f"{where}.path_prefix: must not contain wildcards")
+            if not out.path.startswith(out.path_prefix):
+                raise TaskValidationError(f"{where}.path_prefix: must be a prefix of path {out.path!r}")
         reason = check_url(out.url, out.type)
         if reason:
             raise TaskValidationError(f"{where}.url: {reason}")
