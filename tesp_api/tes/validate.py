@@ -131,6 +131,8 @@ def _check_inputs(task: TesTask, limits: ValidationLimits, check_url: UrlCheck) 
             raise TaskValidationError(f"{where}: give either url or content, not both")
         if inp.content is None and inp.url is None:
             raise TaskValidationError(f"{where}: url or content is required")
+        if inp.content is not None and inp.type == TesFileType.DIRECTORY:
+            raise TaskValidationError(f"{where}: content makes a file; it cannot be a DIRECTORY input")
         if inp.content is not None:
             size = len(inp.content.encode("utf-8"))
             if size > limits.max_content_bytes:

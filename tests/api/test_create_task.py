@@ -246,3 +246,8 @@ async def test_deeply_nested_json_is_400_not_500(client: httpx.AsyncClient) -> N
 async def test_path_prefix_of_an_output_without_wildcards_is_ignored(client: httpx.AsyncClient) -> None:
     body = task_body(outputs=[{"path": "/out/a.txt", "path_prefix": "", "url": "http://h/a.txt"}])
     assert (await post(client, body)).status_code == 200
+
+
+async def test_directory_input_with_content_is_400(client: httpx.AsyncClient) -> None:
+    body = task_body(inputs=[{"path": "/data/d", "content": "x", "type": "DIRECTORY"}])
+    assert_tes_error(await post(client, body), 400, "inputs[0]", "DIRECTORY")

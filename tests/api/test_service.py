@@ -1,0 +1,56 @@
+"""The composition root: logging from settings, and the assembled app around the configured store."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tesp_api.config.settings import LoggingSettings
+from tesp_api.service import configure_logging, running_app
+from tests.api.conftest import BASE, make_settings, task_body
+
+
+@pytest.fixture
+def restore_root_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def test_output_json_writes_one_json_object_per_line(
+    restore_root_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging(LoggingSettings(level="INFO", output_json=True))
+    logging.getLogger("tesp_api.test").info("task %s created", "t-1")
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    entry = json.loads(line)
+    assert entry["message"] == "task t-1 created"
+    assert entry["level"] == "INFO"
+    assert entry["logger"] == "tesp_api.test"
+
+
+def test_logging_level_comes_from_settings(restore_root_logging: None) -> None:
+    configure_logging(LoggingSettings(level="WARNING"))
+    assert logging.getLogger().level == logging.WARNING
+
+
+async def test_running_app_serves_tasks_from_the_configured_sqlite_file(tmp_path: Path) -> None:
+    db_file = tmp_path / "state" / "tasks.sqlite3"
+    settings = make_settings(db={"sqlite_path": str(db_file)}, engine={"enabled": False})
+    async with (
+        running_app(settings) as app,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tes.test") as client,
+    ):
+        response = await client.post(f"{BASE}/tasks", json=task_body())
+    assert response.status_code == 200
+    assert db_file.exists()
