@@ -1,0 +1,122 @@
+"""Each runtime is a pure command builder: these pin the exact argv it produces."""
+
+from __future__ import annotations
+
+import pytest
+
+from tesp_api.config.settings import RuntimeSettings
+from tesp_api.engine.runtimes import build_runtime, detect_runtime_type
+from tesp_api.engine.runtimes.apptainer import ApptainerRuntime, image_uri
+from tesp_api.engine.runtimes.base import ExecutorRun, Mount
+from tesp_api.engine.runtimes.bwrap import BwrapRuntime
+from tesp_api.engine.runtimes.docker import DockerRuntime
+from tesp_api.engine.shell import HostPath, render, resolve
+
+WORK = "/pulsar/staging/j1/working"
+RUN = ExecutorRun(
+    name="tes-t1-0",
+    image="ubuntu:24.04",
+    command=["sh", "-c", "echo $HOME; rm -rf /x'y"],
+    workdir="/data",
+    env={"A": "x y", "B": "1,2"},
+    mounts=[Mount(HostPath("fs/data"), "/data"), Mount(HostPath("fs/ref"), "/ref", read_only=True)],
+    cpu_cores=2,
+    ram_gb=1.5,
+)
+
+
+def test_docker_run_line() -> None:
+    argv = resolve(DockerRuntime().command(RUN), WORK)
+    assert argv == [
+        "docker", "run", "--rm", "-i", "--name", "tes-t1-0", "--pull=missing",
+        "--workdir", "/data", "--env", "A=x y", "--env", "B=1,2",
+        "--volume", f"{WORK}/fs/data:/data", "--volume", f"{WORK}/fs/ref:/ref:ro",
+        "--cpus", "2", "--memory", str(int(1.5 * 1024**3)),
+        "ubuntu:24.04", "sh", "-c", "echo $HOME; rm -rf /x'y",
+    ]
+
+
+def test_docker_cleanup_removes_the_named_container() -> None:
+    assert DockerRuntime().cleanup_command(RUN) == ["docker", "rm", "-f", "tes-t1-0"]
+
+
+def test_podman_uses_the_same_line_with_its_binary() -> None:
+    rt = build_runtime(RuntimeSettings(type="podman", podman_bin="/usr/bin/podman", pull_policy="never"))
+    argv = resolve(rt.command(RUN), WORK)
+    assert argv[:7] == ["/usr/bin/podman", "run", "--rm", "-i", "--name", "tes-t1-0", "--pull=never"]
+    assert rt.kind == "podman"
+
+
+def test_extra_args_go_before_the_image() -> None:
+    rt = DockerRuntime(extra_args=["--network", "none"])
+    argv = resolve(rt.command(RUN), WORK)
+    assert argv[argv.index("ubuntu:24.04") - 2:argv.index("ubuntu:24.04")] == ["--network", "none"]
+
+
+def test_apptainer_exec_line() -> None:
+    argv = resolve(ApptainerRuntime().command(RUN), WORK)
+    assert argv == [
+        "env", "APPTAINERENV_A=x y", "APPTAINERENV_B=1,2",
+        "apptainer", "exec", "--containall", "--cleanenv", "--no-home", "--pwd", "/data",
+        "--bind", f"{WORK}/fs/data:/data", "--bind", f"{WORK}/fs/ref:/ref:ro",
+        "--cpus", "2", "--memory", str(int(1.5 * 1024**3)),
+        "docker://ubuntu:24.04", "sh", "-c", "echo $HOME; rm -rf /x'y",
+    ]
+
+
+def test_singularity_uses_its_own_env_prefix() -> None:
+    rt = build_runtime(RuntimeSettings(type="singularity"))
+    argv = resolve(rt.command(RUN), WORK)
+    assert argv[1] == "SINGULARITYENV_A=x y" and argv[3] == "singularity"
+
+
+@pytest.mark.parametrize(
+    ("image", "uri"),
+    [("alpine", "docker://alpine"), ("docker://alpine", "docker://alpine"),
+     ("/images/x.sif", "/images/x.sif"), ("library://a/b/c", "library://a/b/c"), ("x.sif", "x.sif")],
+)
+def test_apptainer_image_references(image: str, uri: str) -> None:
+    assert image_uri(image) == uri
+
+
+def test_bwrap_line() -> None:
+    argv = resolve(BwrapRuntime().command(RUN), WORK)
+    assert argv == [
+        "bwrap", "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+        "--ro-bind", "/usr", "/usr",
+        "--ro-bind-try", "/bin", "/bin", "--ro-bind-try", "/sbin", "/sbin", "--ro-bind-try", "/lib", "/lib",
+        "--ro-bind-try", "/lib32", "/lib32", "--ro-bind-try", "/lib64", "/lib64",
+        "--ro-bind-try", "/etc", "/etc", "--ro-bind-try", "/opt", "/opt",
+        "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+        "--bind", f"{WORK}/fs/data", "/data", "--ro-bind", f"{WORK}/fs/ref", "/ref",
+        "--chdir", "/data",
+        "--clearenv", "--setenv", "PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "--setenv", "HOME", "/tmp", "--setenv", "A", "x y", "--setenv", "B", "1,2",
+        "--", "sh", "-c", "echo $HOME; rm -rf /x'y",
+    ]
+
+
+def test_bwrap_mounts_parents_before_children() -> None:
+    run = ExecutorRun(name="n", image="i", command=["true"],
+                      mounts=[Mount(HostPath("fs/a/b"), "/a/b"), Mount(HostPath("fs/a"), "/a")])
+    argv = resolve(BwrapRuntime().command(run), WORK)
+    assert argv.index("/a") < argv.index("/a/b")
+
+
+def test_rendered_line_quotes_every_argument() -> None:
+    line = render(DockerRuntime().command(RUN))
+    assert "'echo $HOME; rm -rf /x'\"'\"'y'" in line
+    assert '"$TES_WORK"/fs/data:/data' in line
+
+
+def test_auto_detection_falls_back_to_bwrap_when_no_runtime_works(caplog: pytest.LogCaptureFixture) -> None:
+    """The docker CLI exists on this machine but no engine: ``docker info`` fails, so it must not count."""
+    settings = RuntimeSettings(docker_bin="docker", podman_bin="no-such-podman",
+                               apptainer_bin="no-such-apptainer", singularity_bin="no-such-singularity")
+    assert detect_runtime_type(settings) == "bwrap"
+    assert "IMAGES ARE IGNORED" in caplog.text
+
+
+def test_unknown_runtime_type_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown runtime"):
+        build_runtime(RuntimeSettings(), kind="lxc")
