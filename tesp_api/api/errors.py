@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tesp_api.store.port import StoreError
 from tesp_api.tes.validate import field_path
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,12 @@ async def _request_validation_error(request: Request, exc: Exception) -> JSONRes
     return error_response(400, f"{field_path(loc)}: {err.get('msg', 'invalid value')}")
 
 
+async def _store_error(request: Request, exc: Exception) -> JSONResponse:
+    """The task store failed (database down, locked too long): a retryable 503, details in the log."""
+    log.error("task store error on %s %s: %s", request.method, request.url.path, exc)
+    return error_response(503, "the task store is unavailable, try again later")
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(500, "internal server error")
@@ -56,4 +63,5 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _request_validation_error)
+    app.add_exception_handler(StoreError, _store_error)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -126,6 +126,7 @@ class TaskEndpoints:
         if validated.warnings:
             await self.store.update(record.id, log=LogPatch(system_logs=validated.warnings))
         log.info("task %s created", record.id)
+        await self._tell_engine("notify_created", record.id)
         return {"id": record.id}
 
     async def list_tasks(
@@ -190,22 +191,24 @@ class TaskEndpoints:
             )
             if updated is not None:
                 log.info("task %s canceled", task_id)
-                await self._notify_engine(task_id)
+                await self._tell_engine("notify_cancel", task_id)
                 return {}
             # the state moved under us (e.g. QUEUED -> INITIALIZING): look again
         raise TesHttpError(409, f"task {task_id} is changing state, cancel again")
 
-    async def _notify_engine(self, task_id: str) -> None:
-        """Tell an in-process engine at once; the store already says CANCELED, so a failure here
-        only delays the cleanup until the engine next looks at the task."""
-        if self.engine is None:
+    async def _tell_engine(self, hook: str, task_id: str) -> None:
+        """Wake an in-process engine at once (``notify_cancel``, and ``notify_created`` if it has
+        one). The store is already right, so a failure here only delays the engine until it next
+        looks at the store."""
+        method = getattr(self.engine, hook, None) if self.engine is not None else None
+        if method is None:
             return
         try:
-            result = self.engine.notify_cancel(task_id)
+            result = method(task_id)
             if inspect.isawaitable(result):
                 await result
         except Exception:
-            log.exception("engine could not be told about the cancel of task %s", task_id)
+            log.exception("engine %s(%s) failed", hook, task_id)
 
     async def get_service_info(self, principal: PrincipalDep) -> dict[str, Any]:
         return self.service_info

@@ -251,3 +251,23 @@ async def test_path_prefix_of_an_output_without_wildcards_is_ignored(client: htt
 async def test_directory_input_with_content_is_400(client: httpx.AsyncClient) -> None:
     body = task_body(inputs=[{"path": "/data/d", "content": "x", "type": "DIRECTORY"}])
     assert_tes_error(await post(client, body), 400, "inputs[0]", "DIRECTORY")
+
+
+class WakeRecorder:
+    """Records only that the API called the engine's optional ``notify_created`` hook (the engine's
+    own behaviour is tested in tests/engine)."""
+
+    def __init__(self) -> None:
+        self.created: list[str] = []
+
+    def notify_created(self, task_id: str) -> None:
+        self.created.append(task_id)
+
+
+async def test_create_wakes_an_engine_that_offers_notify_created(
+    client_for: Callable[..., httpx.AsyncClient],
+) -> None:
+    engine = WakeRecorder()
+    async with client_for(make_settings(), engine=engine) as client:
+        task_id = (await post(client, task_body())).json()["id"]
+    assert engine.created == [task_id]
