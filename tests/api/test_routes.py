@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import httpx
 import pytest
 from fastapi import FastAPI
 
+from tesp_api.api.app import create_app
 from tesp_api.api.deps import Principal, current_principal
+from tesp_api.config.settings import Settings
 from tesp_api.store.port import Owner
+from tesp_api.store.sqlite import SqliteTaskStore
 from tests.api.conftest import BASE, assert_tes_error, create_task, task_body
 
 ODD_IDS = ["no-such-task", "a..b", "x" * 300, "with space", "semi;colon", "%00", "ünïcode", "1"]
@@ -108,10 +109,8 @@ async def test_the_owner_is_never_rendered(app: FastAPI, client: httpx.AsyncClie
     assert "ann" not in str(task)
 
 
-async def test_the_app_keeps_the_authenticator_for_the_principal_dependency(
-    client_for: Callable[..., httpx.AsyncClient], settings: object
+def test_the_app_keeps_the_authenticator_for_the_principal_dependency(
+    settings: Settings, store: SqliteTaskStore
 ) -> None:
     marker = object()
-    async with client_for(settings, authenticator=marker) as client:
-        app = client._transport.app  # type: ignore[attr-defined]
-    assert app.state.authenticator is marker
+    assert create_app(settings, store, authenticator=marker).state.authenticator is marker
