@@ -123,7 +123,8 @@ class LocalPulsar:
             if self.process.poll() is not None:
                 raise RuntimeError(f"pulsar-serve exited ({self.process.returncode}); see {self.state_dir}/pulsar.log")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
+                params = {"private_token": self.private_token} if self.private_token else {}
+                if httpx.get(f"{self.url}/healthz", params=params, timeout=1.0).status_code == 200:
                     log.info("local Pulsar ready at %s (state in %s)", self.url, self.state_dir)
                     return
             except httpx.HTTPError:
