@@ -173,11 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     from tesp_api.config.loader import load_raw
     from tesp_api.config.settings import Settings
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     state = Path(args.state_dir).resolve()
     state.mkdir(parents=True, exist_ok=True)
-    settings_file = args.settings if args.settings or Path("settings.toml").exists() else None
-    raw = load_raw(settings_file) if settings_file else {}
+    raw = load_raw(args.settings)  # settings.toml (if any) and TESP_API_* variables, as `serve` reads them
     pulsar = LocalPulsar(state / "pulsar", port=args.pulsar_port)
     raw.setdefault("api", {})
     if args.host:
@@ -192,15 +190,15 @@ def main(argv: list[str] | None = None) -> int:
     raw["engine"].setdefault("work_dir", str(state / "work"))
     raw.setdefault("runtime", {}).setdefault("type", "auto")
     settings = Settings.model_validate(raw)
+    from tesp_api.service import configure_logging, serve
 
+    configure_logging(settings.logging)
     pulsar.start()
     try:
-        from tesp_api.service import serve  # type: ignore[attr-defined]
-
         log.info("tesp-api local: API on http://%s:%s, Pulsar on %s, runtime %s",
                  settings.api.host, settings.api.port, pulsar.url, settings.runtime.type)
-        result = serve(settings)
-        return int(result or 0)
+        serve(settings)
+        return 0
     finally:
         pulsar.stop()
 
