@@ -6,10 +6,8 @@ these machines (the image is ignored, the host userland runs the command)."""
 from __future__ import annotations
 
 import asyncio
-import http.server
 import os
 import random
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from tesp_api.store.sqlite import SqliteTaskStore
 from tesp_api.tes.models import TesState
 from tesp_api.tes.states import CANCELABLE_STATES
 from tests.engine.conftest import engine_settings, submit, wait_for
+from tests.engine.slow_http import SlowInputServer
 from tests.services.pulsar import LocalPulsar
 
 pytestmark = pytest.mark.pulsar
@@ -105,45 +104,21 @@ async def test_cancel_of_a_running_task_kills_the_process(
     assert not (pulsar.staging_directory / tid).exists()  # the Pulsar job was cleaned
 
 
-class _SlowInput(http.server.BaseHTTPRequestHandler):
-    release = threading.Event()
-    requested = threading.Event()
-
-    def do_GET(self) -> None:  # noqa: N802
-        type(self).requested.set()
-        type(self).release.wait(30)
-        body = b"late\n"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
-def slow_http() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _SlowInput)
-    _SlowInput.release.clear()
-    _SlowInput.requested.clear()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/input.txt"
-    _SlowInput.release.set()
-    server.shutdown()
-    thread.join()
+def slow_http() -> Iterator[SlowInputServer]:
+    with SlowInputServer() as server:
+        yield server
 
 
 async def test_a_task_cancelled_while_initializing_never_starts(
-    engine: Engine, store: SqliteTaskStore, slow_http: str
+    engine: Engine, store: SqliteTaskStore, slow_http: SlowInputServer
 ) -> None:
-    tid = await submit(store, {"inputs": [{"path": "/in/x", "url": slow_http}],
+    tid = await submit(store, {"inputs": [{"path": "/in/x", "url": slow_http.url}],
                                "executors": [{"image": "a", "command": ["echo", "ran"]}]})
-    await asyncio.to_thread(_SlowInput.requested.wait, 30)
+    await asyncio.to_thread(slow_http.requested.wait, 30)
     assert (await store.get(tid)).state == TesState.INITIALIZING  # type: ignore[union-attr]
     await cancel(store, engine, tid)
-    _SlowInput.release.set()
+    slow_http.release.set()
     rec = await wait_for(store, tid)
     assert rec.state == TesState.CANCELED
     assert rec.log.logs == [] and engine.stats["submits"] == 0

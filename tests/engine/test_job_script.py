@@ -35,7 +35,7 @@ def run_job(tmp: Path, spec: dict[str, Any], inputs: dict[str, bytes] | None = N
 
 
 def test_every_argument_reaches_the_executor_unchanged(tmp_path: Path) -> None:
-    proc, job, task = run_job(tmp_path, {"executors": [
+    proc, job, _task = run_job(tmp_path, {"executors": [
         {"image": "alpine", "command": ["printf", "%s|", NASTY, "", "two words"]}]})
     results = read_results(job / "working" / META_TAR, 1)
     assert proc.returncode == 0
@@ -44,12 +44,12 @@ def test_every_argument_reaches_the_executor_unchanged(tmp_path: Path) -> None:
 
 def test_sh_c_sees_its_script_literally(tmp_path: Path) -> None:
     cmd = "echo \"$HOME\"; echo 'rm -rf /x'\"'\"'y'"
-    proc, job, _ = run_job(tmp_path, {"executors": [{"image": "alpine", "command": ["sh", "-c", cmd]}]})
+    _proc, job, _ = run_job(tmp_path, {"executors": [{"image": "alpine", "command": ["sh", "-c", cmd]}]})
     assert read_results(job / "working" / META_TAR, 1).executor_logs[0].stdout == "/tmp\nrm -rf /x'y\n"
 
 
 def test_env_workdir_and_stdin_stdout_stderr(tmp_path: Path) -> None:
-    proc, job, _ = run_job(
+    _proc, job, _ = run_job(
         tmp_path,
         {"executors": [{"image": "alpine", "command": ["sh", "-c", "pwd; echo \"$V\"; cat; echo e >&2"],
                         "workdir": "/work/dir", "env": {"V": "a 'b' $c"}, "stdin": "/data/in.txt",
@@ -82,14 +82,14 @@ def test_ignore_error_lets_the_next_executor_run(tmp_path: Path) -> None:
 
 
 def test_volumes_are_shared_between_executors(tmp_path: Path) -> None:
-    proc, job, _ = run_job(tmp_path, {"volumes": ["/shared"], "executors": [
+    _proc, job, _ = run_job(tmp_path, {"volumes": ["/shared"], "executors": [
         {"image": "a", "command": ["sh", "-c", "echo hi > /shared/f"]},
         {"image": "a", "command": ["cat", "/shared/f"]}]})
     assert read_results(job / "working" / META_TAR, 2).executor_logs[1].stdout == "hi\n"
 
 
 def test_manifest_lists_files_directories_and_wildcard_bases(tmp_path: Path) -> None:
-    proc, job, _ = run_job(tmp_path, {
+    _proc, job, _ = run_job(tmp_path, {
         "executors": [{"image": "a", "command": ["sh", "-c",
                        "mkdir -p /o/d/sub && echo 1 > /o/f.txt && echo 22 > /o/d/sub/g && ln -s /etc/passwd /o/link"]}],
         "outputs": [{"path": "/o/f.txt", "url": "u"}, {"path": "/o/d", "url": "u", "type": "DIRECTORY"},
@@ -110,7 +110,7 @@ def test_the_script_never_runs_twice(tmp_path: Path) -> None:
 
 
 def test_log_tails_are_cut(tmp_path: Path) -> None:
-    proc, job, _ = run_job(tmp_path, {"executors": [{"image": "a", "command": ["sh", "-c", "seq 1 5000"]}]})
+    _proc, job, _ = run_job(tmp_path, {"executors": [{"image": "a", "command": ["sh", "-c", "seq 1 5000"]}]})
     out = read_results(job / "working" / META_TAR, 1).executor_logs[0].stdout
     assert len(out) == 1000 and out.endswith("4999\n5000\n")
     with tarfile.open(job / "working" / META_TAR) as tar:
