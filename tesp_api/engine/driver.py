@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import posixpath
 import shutil
 import time
 from collections.abc import Awaitable, Callable
@@ -30,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from tesp_api.engine.file_mapper import FileMapper, PathError
+from tesp_api.engine.file_mapper import FileMapper, PathError, has_wildcard, host_rel, wildcard_base
 from tesp_api.engine.job_script import (
     ALREADY_RAN_EXIT,
     META_TAR,
@@ -43,7 +44,7 @@ from tesp_api.engine.results import read_results
 from tesp_api.engine.staging import StagingError
 from tesp_api.pulsar.port import BackendError, BackendUnavailable, JobFile, JobSpec, JobStatus, PulsarBackend
 from tesp_api.store.port import LogPatch, TaskRecord
-from tesp_api.tes.models import TesExecutorLog, TesState
+from tesp_api.tes.models import TesExecutorLog, TesState, TesTask
 from tesp_api.tes.states import FINAL_STATES, sources_of
 
 if TYPE_CHECKING:
@@ -183,7 +184,8 @@ class TaskDriver:
         )
 
     def _spec(self, files: list[JobFile]) -> JobSpec:
-        return JobSpec(job_id=self.task_id, script_name=SCRIPT_NAME, files=files)
+        return JobSpec(job_id=self.task_id, script_name=SCRIPT_NAME, files=files,
+                       outputs_for_remote_staging=remote_staging_outputs(self.record.task))
 
     async def _initializing(self) -> None:
         task = self.record.task
@@ -253,10 +255,28 @@ class TaskDriver:
             if status.is_final:
                 await self._pulsar_final(status)
                 return
-            await self._sleep(poll)
+            await self._wait_next_poll(poll)
             rec = await self._reread()
             if rec.state != TesState.RUNNING:
                 return  # cancelled (or ended by someone else): _drive takes over
+
+    async def _wait_next_poll(self, poll: float) -> None:
+        """A backend that pushes updates (AMQP: ``wait_for_change``) wakes the driver when Pulsar reports;
+        the store is then only re-checked every ``pulsar.amqp_reconcile_after`` (a cancel in this
+        process wakes the driver at once). Other backends are polled every ``poll`` seconds."""
+        wait_for_change = getattr(self.backend, "wait_for_change", None)
+        if wait_for_change is None:
+            await self._sleep(poll)
+            return
+        recheck = max(poll, self.engine.settings.pulsar.amqp_reconcile_after)
+        waiters = {asyncio.ensure_future(wait_for_change(self.task_id, recheck)),
+                   asyncio.ensure_future(self.wake.wait())}
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        self.wake.clear()
 
     async def _pulsar_final(self, status: JobStatus) -> None:
         n = len(self.record.task.executors)
@@ -335,6 +355,16 @@ class TaskDriver:
             if status.is_final:
                 return
             await asyncio.sleep(0.1)
+
+
+def remote_staging_outputs(task: TesTask) -> list[str]:
+    """What a backend without file fetching (AMQP) must have Pulsar send back, relative to the job's
+    working directory: the job script's logs and manifest, and each output (a wildcard: its base)."""
+    names = [META_TAR]
+    for out in task.outputs or []:
+        path = posixpath.normpath(out.path)
+        names.append(host_rel(wildcard_base(path) if has_wildcard(path) else path))
+    return list(dict.fromkeys(names))
 
 
 def _tail(text: str, limit: int = 2000) -> str:

@@ -1,0 +1,289 @@
+"""The Pulsar backend over AMQP: the engine's port (pulsar/port.py) on top of the message client.
+
+How the port's calls map onto Pulsar's message protocol:
+
+* ``prepare``: nothing is sent (Pulsar has no "setup" without a submit over AMQP). The job's files are
+  remembered: small ones (the job script, TES ``content``) go inline in the setup message, local files
+  are served to Pulsar by the staging server (amqp_staging.py) under a signed URL, URLs pass as is.
+* ``submit``: ONE persistent setup message: create the job directory, fetch the inputs, run
+  ``bash <job dir>/tool_files/<script>``, then POST the outputs (``JobSpec.outputs_for_remote_staging``)
+  to the staging server.
+* ``status``: answered from the last status Pulsar pushed (no broker traffic while updates flow). A job
+  this process knows nothing about (e.g. taken over after a restart) is asked about once with a status
+  message, and the call waits for the answer.
+* ``cancel``: a kill message; the client then asks for the status soon and repeatedly, since Pulsar
+  publishes nothing after a kill.
+* ``fetch``: the file Pulsar POSTed (it uploads before it publishes the final status).
+* ``clean``: forgets the job here and deletes the received files. Pulsar's message protocol has no
+  "clean": its job directory stays on the Pulsar side (docs/amqp.md).
+
+``wait_for_change`` lets a driver sleep until Pulsar pushes something new for a job, instead of polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shlex
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tesp_api.pulsar.amqp_client import (
+    AmqpClientOptions,
+    AmqpPulsarClient,
+    PulsarAmqpUnavailable,
+    PulsarStatusUpdate,
+)
+from tesp_api.pulsar.amqp_messages import (
+    JOB_DIRECTORY_TOKEN,
+    CollectedOutput,
+    RemoteStaging,
+    SetupMessage,
+    StagedFile,
+)
+from tesp_api.pulsar.amqp_names import PulsarQueues
+from tesp_api.pulsar.amqp_staging import StagingPathError, StagingServer, StagingTokens
+from tesp_api.pulsar.port import BackendError, BackendUnavailable, JobSpec, JobStatus
+
+if TYPE_CHECKING:
+    from tesp_api.config.settings import PulsarServer, Settings
+
+log = logging.getLogger(__name__)
+
+# Where Pulsar puts a staged file of each kind, relative to the job directory.
+_KIND_TO_TYPE = {"tool": "tool", "input": "input", "config": "config"}
+_KIND_TO_DIR = {"tool": "tool_files", "input": "inputs", "config": "configs"}
+# Reported for a job submitted by this process that Pulsar has not reported on yet.
+_SUBMITTED = "queued"
+
+
+@dataclass
+class _Prepared:
+    files: list[StagedFile]
+    outputs: list[str]
+
+
+class AmqpBackend:
+    def __init__(
+        self,
+        name: str,
+        amqp_url: str,
+        queues: PulsarQueues,
+        staging: StagingServer,
+        *,
+        options: AmqpClientOptions | None = None,
+        status_timeout: float = 30.0,
+    ) -> None:
+        self.name = name
+        self.queues = queues
+        self.staging = staging
+        self.status_timeout = status_timeout
+        self.client = AmqpPulsarClient(amqp_url, queues, self._on_update, options)
+        self._started = False
+        self._start_lock = asyncio.Lock()
+        self._statuses: dict[str, JobStatus] = {}
+        self._changed: dict[str, asyncio.Event] = {}
+        self._submitted_unheard: set[str] = set()  # submitted here, nothing heard from Pulsar yet
+        self._lost_once: set[str] = set()
+        self._prepared: dict[str, _Prepared] = {}
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect and declare the queues (before any submit), start the staging server. Idempotent."""
+        async with self._start_lock:
+            if self._started:
+                return
+            try:
+                await self.staging.start()
+                await self.client.start()
+            except PulsarAmqpUnavailable as exc:
+                await self.staging.stop()
+                raise BackendUnavailable(f"Pulsar {self.name}: {exc}") from None
+            self._started = True
+
+    async def aclose(self) -> None:
+        if self._started:
+            await self.client.stop()
+            await self.staging.stop()
+            self._started = False
+
+    # ---- updates pushed by Pulsar ----------------------------------------------------------------
+
+    async def _on_update(self, update: PulsarStatusUpdate) -> None:
+        job_id = update.job_id
+        if update.status == "lost" and job_id in self._submitted_unheard and job_id not in self._lost_once:
+            # Pulsar may handle a status request before the setup message waiting in another queue
+            # (e.g. both queued while it was down). Believe "lost" only when it is said twice.
+            self._lost_once.add(job_id)
+            log.info(
+                "Pulsar %s: job %s reported lost before any other update; asking again later",
+                self.name,
+                job_id,
+            )
+            return
+        previous = self._statuses.get(job_id)
+        if previous is not None and previous.is_final and not update.is_final:
+            return  # a late non-final update never moves a job out of its final state
+        self._statuses[job_id] = JobStatus.from_pulsar(job_id, dict(update.body))
+        self._submitted_unheard.discard(job_id)
+        self._event(job_id).set()
+
+    def _event(self, job_id: str) -> asyncio.Event:
+        event = self._changed.get(job_id)
+        if event is None:
+            event = self._changed[job_id] = asyncio.Event()
+        return event
+
+    async def wait_for_change(self, job_id: str, timeout: float) -> bool:
+        """Sleep until Pulsar pushes a new status for the job (True) or ``timeout`` passes (False)."""
+        event = self._event(job_id)
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            return False
+        event.clear()
+        return True
+
+    # ---- the port --------------------------------------------------------------------------------
+
+    async def prepare(self, spec: JobSpec) -> None:
+        await self.start()
+        files: list[StagedFile] = []
+        try:
+            for f in spec.files:
+                kind = _KIND_TO_TYPE.get(f.kind)
+                if kind is None:
+                    raise BackendError(f"{f.name}: file kind {f.kind!r} cannot be staged over AMQP")
+                if f.data is not None:
+                    try:
+                        text = f.data.decode("utf-8")
+                    except UnicodeDecodeError:
+                        raise BackendError(f"{f.name}: inline files must be UTF-8 text over AMQP") from None
+                    files.append(StagedFile(f.name, contents=text, type=kind))  # type: ignore[arg-type]
+                elif f.source is not None:
+                    url = self.staging.register_input(spec.job_id, f.name, f.source)
+                    files.append(StagedFile(f.name, url=url, type=kind))  # type: ignore[arg-type]
+                elif f.url is not None:
+                    files.append(StagedFile(f.name, url=f.url, type=kind))  # type: ignore[arg-type]
+                else:
+                    raise BackendError(f"{f.name}: neither data, source nor url")
+        except (ValueError, StagingPathError) as exc:
+            raise BackendError(f"job {spec.job_id}: {exc}") from None
+        self._prepared[spec.job_id] = _Prepared(files, list(spec.outputs_for_remote_staging))
+
+    async def submit(self, spec: JobSpec) -> None:
+        await self.start()
+        prepared = self._prepared.get(spec.job_id)
+        if prepared is None:
+            raise BackendError(
+                f"job {spec.job_id} was not prepared by this process (AMQP keeps no job before submit)"
+            )
+        try:
+            outputs = [CollectedOutput(client_path=o, workdir_path=o) for o in prepared.outputs]
+        except ValueError as exc:
+            raise BackendError(str(exc)) from None
+        script = f"{JOB_DIRECTORY_TOKEN}/{_KIND_TO_DIR['tool']}/{shlex.quote(spec.script_name)}"
+        setup = SetupMessage(
+            job_id=spec.job_id,
+            command_line=f"bash {script}",
+            remote_staging=RemoteStaging(
+                files=prepared.files,
+                outputs=outputs,
+                files_endpoint=self.staging.files_endpoint(spec.job_id) if outputs else None,
+            ),
+        )
+        self._statuses.pop(spec.job_id, None)
+        self._submitted_unheard.add(spec.job_id)
+        self._lost_once.discard(spec.job_id)
+        try:
+            await self.client.submit(setup)
+        except PulsarAmqpUnavailable as exc:
+            self._submitted_unheard.discard(spec.job_id)
+            raise BackendUnavailable(f"Pulsar {self.name}: {exc}") from None
+        self._prepared.pop(spec.job_id, None)
+
+    async def status(self, job_id: str) -> JobStatus:
+        await self.start()
+        known = self._statuses.get(job_id)
+        if known is not None:
+            return known
+        if job_id in self._submitted_unheard:
+            return JobStatus(job_id=job_id, status=_SUBMITTED, raw={"status": _SUBMITTED, "pushed": False})
+        # Nothing known here (a job taken over from another worker, or never submitted): ask Pulsar.
+        event = self._event(job_id)
+        event.clear()
+        self.client.track(job_id)
+        try:
+            await self.client.request_status(job_id)
+        except PulsarAmqpUnavailable as exc:
+            raise BackendUnavailable(f"Pulsar {self.name}: {exc}") from None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), self.status_timeout)
+        known = self._statuses.get(job_id)
+        if known is None:
+            raise BackendUnavailable(f"Pulsar {self.name}: no status answer for job {job_id}")
+        if known.is_final:
+            self.client.forget(job_id)
+        return known
+
+    async def cancel(self, job_id: str) -> None:
+        await self.start()
+        try:
+            await self.client.kill(job_id)
+        except PulsarAmqpUnavailable as exc:
+            raise BackendUnavailable(f"Pulsar {self.name}: {exc}") from None
+
+    async def fetch(self, job_id: str, name: str, dest: Path) -> bool:
+        try:
+            received = self.staging.received_file(job_id, name)
+        except StagingPathError:
+            return False
+        if received is None:
+            return False
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(shutil.copyfile, received, dest)
+        return True
+
+    async def clean(self, job_id: str) -> None:
+        self.client.forget(job_id)
+        self._statuses.pop(job_id, None)
+        self._changed.pop(job_id, None)
+        self._submitted_unheard.discard(job_id)
+        self._lost_once.discard(job_id)
+        self._prepared.pop(job_id, None)
+        with contextlib.suppress(StagingPathError):
+            self.staging.forget(job_id)
+
+
+def build_amqp_backend(settings: Settings, server: PulsarServer) -> AmqpBackend:
+    """The engine's factory (engine.build_backends): one backend, with its own staging server, per
+    AMQP Pulsar server. Nothing connects here; the first call does."""
+    assert server.amqp_url is not None
+    pulsar = settings.pulsar
+    work_dir = Path(settings.engine.work_dir)
+    tokens = StagingTokens.from_key_file(work_dir / "pulsar-staging.key", settings.transfer.signed_url_ttl)
+    staging = StagingServer(
+        work_dir / "pulsar-received" / server.name,
+        tokens,
+        listen=getattr(server, "staging_listen", None) or "127.0.0.1:0",
+        public_url=server.staging_url,
+    )
+    options = AmqpClientOptions(
+        reconcile_after=pulsar.amqp_reconcile_after,
+        reconcile_max_per_minute=getattr(pulsar, "amqp_reconcile_max_per_minute", 300),
+        publish_timeout=pulsar.client_timeout,
+        connect_timeout=pulsar.client_timeout,
+        connection_name=f"tesp-api:{server.name}",
+    )
+    return AmqpBackend(
+        server.name,
+        server.amqp_url.get_secret_value(),
+        PulsarQueues.for_manager(server.manager, server.amqp_key_prefix),
+        staging,
+        options=options,
+        status_timeout=pulsar.client_timeout,
+    )

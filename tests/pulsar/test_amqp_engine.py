@@ -1,0 +1,160 @@
+"""The engine end to end with the AMQP backend: a real Pulsar in AMQP mode (``pulsar-main``, a plain
+child process, no container engine here), the real RabbitMQ broker, the embedded store, executors under
+bubblewrap (standing in for a container runtime: the image is ignored). Inputs reach Pulsar and outputs
+come back only by remote staging through the backend's own HTTP staging server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tesp_api.config.settings import Settings
+from tesp_api.engine import Engine
+from tesp_api.pulsar.amqp import AmqpBackend
+from tesp_api.store.sqlite import SqliteTaskStore
+from tesp_api.tes.models import TesState
+from tests.engine.conftest import submit, wait_for
+from tests.engine.test_engine import cancel, processes_with
+from tests.services import rabbitmq
+from tests.services.pulsar_amqp import PulsarAmqp
+
+pytestmark = [pytest.mark.amqp, pytest.mark.pulsar, pytest.mark.timeout(120)]
+
+
+@pytest.fixture(autouse=True)
+def _broker() -> None:
+    if not rabbitmq.ensure_running():
+        pytest.skip("no RabbitMQ broker on 127.0.0.1:5672 and it cannot be started here")
+
+
+@pytest.fixture
+async def pulsar(tmp_path: Path) -> AsyncIterator[PulsarAmqp]:
+    server = PulsarAmqp(tmp_path / "pulsar", key_prefix=rabbitmq.unique_prefix("e"))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+        await server.delete_queues()
+
+
+@pytest.fixture
+def settings(pulsar: PulsarAmqp, tmp_path: Path) -> Settings:
+    return Settings.model_validate(
+        {
+            "pulsar": {
+                "url": None,
+                "amqp_url": pulsar.amqp_url,
+                "amqp_key_prefix": pulsar.key_prefix,
+                "status": {"poll_interval": 0.2},
+                "unreachable_deadline": 30,
+                "client_timeout": 10,
+            },
+            "engine": {"work_dir": str(tmp_path / "work"), "claim_interval": 0.1, "lease_seconds": 5},
+            "runtime": {"type": "bwrap"},
+            "transfer": {"allowed_dirs": [str(tmp_path)]},
+            "db": {"sqlite_path": str(tmp_path / "tasks.sqlite3")},
+        }
+    )
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteTaskStore]:
+    s = SqliteTaskStore(str(tmp_path / "tasks.sqlite3"))
+    await s.open()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def engine(settings: Settings, store: SqliteTaskStore) -> AsyncIterator[Engine]:
+    e = Engine(settings, store)
+    await e.start()
+    yield e
+    await e.stop()
+
+
+SCRIPT = "cat /in/inline.txt /in/by-url.txt > /out/both.txt && mkdir -p /out/dir/s && echo x > /out/dir/s/f && echo done"
+
+
+def amqp_backend(engine: Engine) -> AmqpBackend:
+    backend = engine.backends["default"]
+    assert isinstance(backend, AmqpBackend)
+    return backend
+
+
+async def test_task_with_inputs_and_outputs_completes_over_amqp(
+    engine: Engine, store: SqliteTaskStore, tmp_path: Path
+) -> None:
+    source = tmp_path / "source.txt"
+    source.write_text("fetched by url\n")
+    out_dir = tmp_path / "results"
+    tid = await submit(
+        store,
+        {
+            "inputs": [
+                {"path": "/in/inline.txt", "content": "inline\n"},
+                {"path": "/in/by-url.txt", "url": f"file://{source}"},
+            ],
+            "outputs": [
+                {"path": "/out/both.txt", "url": f"file://{out_dir}/both.txt"},
+                {"path": "/out/dir", "url": f"file://{out_dir}/dir", "type": "DIRECTORY"},
+            ],
+            "executors": [
+                {
+                    "image": "alpine",
+                    "command": [
+                        "sh",
+                        "-c",
+                        SCRIPT,
+                    ],
+                }
+            ],
+        },
+    )
+    rec = await wait_for(store, tid)
+    assert rec.state == TesState.COMPLETE, rec.log.system_logs
+    assert (out_dir / "both.txt").read_text() == "inline\nfetched by url\n"
+    assert (out_dir / "dir/s/f").read_text() == "x\n"
+    assert [lg.stdout for lg in rec.log.logs] == ["done\n"]
+
+
+async def test_failing_executor_ends_in_executor_error_over_amqp(
+    engine: Engine, store: SqliteTaskStore
+) -> None:
+    tid = await submit(store, {"executors": [{"image": "a", "command": ["sh", "-c", "exit 7"]}]})
+    rec = await wait_for(store, tid)
+    assert rec.state == TesState.EXECUTOR_ERROR
+    assert [lg.exit_code for lg in rec.log.logs] == [7]
+
+
+async def test_engine_asks_pulsar_nothing_while_updates_are_pushed(
+    engine: Engine, store: SqliteTaskStore
+) -> None:
+    tid = await submit(store, {"executors": [{"image": "a", "command": ["sleep", "2"]}]})
+    rec = await wait_for(store, tid)
+    assert rec.state == TesState.COMPLETE, rec.log.system_logs
+    # One status request: the "was it already submitted?" check before the setup message.
+    assert amqp_backend(engine).client.stats.published["status"] == 1
+
+
+async def test_cancel_of_a_running_task_kills_the_process_over_amqp(
+    engine: Engine, store: SqliteTaskStore
+) -> None:
+    marker = f"299.{random.randint(10**8, 10**9)}"
+    tid = await submit(store, {"executors": [{"image": "a", "command": ["sleep", marker]}]})
+    await wait_for(store, tid, states={TesState.RUNNING}, inactive=False)
+    for _ in range(300):
+        if processes_with(marker):
+            break
+        await asyncio.sleep(0.05)
+    assert processes_with(marker), "the executor never started"
+    await cancel(store, engine, tid)
+    rec = await wait_for(store, tid)
+    assert rec.state == TesState.CANCELED
+    assert processes_with(marker) == []
