@@ -68,8 +68,11 @@ class PulsarServer(_Section):
     private_token: SecretStr | None = None
     manager: str = "_default_"
     amqp_key_prefix: str | None = None
-    # Where the Pulsar side sees this service (remote staging); defaults to api.public_url.
+    # AMQP remote staging: the backend's own HTTP server, from which Pulsar GETs inputs and to which it
+    # POSTs outputs. staging_listen = "host:port" it binds (default 127.0.0.1, a free port); staging_url =
+    # where Pulsar reaches it (default: the bound address). See docs/amqp.md.
     staging_url: str | None = None
+    staging_listen: str | None = None
 
 
 class PulsarSettings(_Section):
@@ -86,6 +89,9 @@ class PulsarSettings(_Section):
     unreachable_deadline: float = Field(600.0, gt=0)  # seconds Pulsar may be unreachable before SYSTEM_ERROR
     keep_job_directories: bool = False  # debugging: do not DELETE the Pulsar job at the end
     amqp_reconcile_after: float = Field(60.0, gt=0)  # AMQP: ask for status when silent this long
+    amqp_reconcile_max_per_minute: int = Field(300, ge=1)  # AMQP: cap on those status requests, all jobs
+    staging_url: str | None = None  # AMQP remote staging, single-server form (see PulsarServer)
+    staging_listen: str | None = None
 
     def effective_servers(self) -> list[PulsarServer]:
         if self.servers:
@@ -98,6 +104,8 @@ class PulsarSettings(_Section):
                 private_token=self.private_token,
                 manager=self.manager,
                 amqp_key_prefix=self.amqp_key_prefix,
+                staging_url=self.staging_url,
+                staging_listen=self.staging_listen,
             )
         ]
 
