@@ -269,12 +269,12 @@ def build_amqp_backend(settings: Settings, server: PulsarServer) -> AmqpBackend:
     staging = StagingServer(
         work_dir / "pulsar-received" / server.name,
         tokens,
-        listen=getattr(server, "staging_listen", None) or "127.0.0.1:0",
+        listen=server.staging_listen or "127.0.0.1:0",
         public_url=server.staging_url,
     )
     options = AmqpClientOptions(
         reconcile_after=pulsar.amqp_reconcile_after,
-        reconcile_max_per_minute=getattr(pulsar, "amqp_reconcile_max_per_minute", 300),
+        reconcile_max_per_minute=pulsar.amqp_reconcile_max_per_minute,
         publish_timeout=pulsar.client_timeout,
         connect_timeout=pulsar.client_timeout,
         connection_name=f"tesp-api:{server.name}",
