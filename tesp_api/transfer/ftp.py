@@ -1,0 +1,137 @@
+"""ftp: RETR for inputs, STOR for outputs (parent directories made), via aioftp streams.
+
+One control connection per file keeps the code simple and makes each retry start clean; FTP
+servers handle that well, and the cost is small next to moving the data.
+Credentials: from the URL (``ftp://user:pass@host/...``), else ``transfer.ftp`` for that host,
+else anonymous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urlsplit
+
+import aioftp
+
+from tesp_api.config.settings import TransferSettings
+from tesp_api.transfer.base import part_file
+from tesp_api.transfer.errors import TransferError
+from tesp_api.transfer.file import os_reason
+from tesp_api.transfer.urls import join_url
+
+
+def ftp_error(url: str, exc: BaseException, direction: str) -> TransferError:
+    """Map aioftp/OS failures to a reason that quotes no server text (it may echo a user name)."""
+    if isinstance(exc, aioftp.StatusCodeError):
+        codes = ",".join(str(c) for c in exc.received_codes)
+        if any(str(c).startswith("530") for c in exc.received_codes):
+            return TransferError(url, "login refused (wrong user name or password?)", direction=direction)
+        if any(str(c).startswith("550") for c in exc.received_codes):
+            return TransferError(url, f"not found or access denied (FTP {codes})", direction=direction)
+        retryable = any(str(c).startswith("4") for c in exc.received_codes)
+        return TransferError(url, f"server answered FTP {codes}", retryable=retryable, direction=direction)
+    if isinstance(exc, TimeoutError):
+        return TransferError(url, "timed out", retryable=True, direction=direction)
+    if isinstance(exc, ConnectionError | OSError):
+        host = urlsplit(url).hostname or "?"
+        return TransferError(url, f"cannot connect to {host}", retryable=True, direction=direction)
+    return TransferError(url, f"FTP problem ({type(exc).__name__})", retryable=True, direction=direction)
+
+
+class FtpBackend:
+    def __init__(self, settings: TransferSettings) -> None:
+        self._credentials = settings.ftp
+        self._chunk = settings.chunk_bytes
+        self._timeout = settings.timeout
+
+    def _login(self, url: str) -> tuple[str, str]:
+        parts = urlsplit(url)
+        if parts.username is not None:
+            return unquote(parts.username), unquote(parts.password or "")
+        host = (parts.hostname or "").lower()
+        host_port = f"{host}:{parts.port}" if parts.port else host
+        for cred in self._credentials:
+            if cred.host.lower() in (host, host_port):
+                return cred.username, cred.password.get_secret_value() if cred.password else ""
+        return "anonymous", "anon@"
+
+    @asynccontextmanager
+    async def _session(self, url: str) -> AsyncIterator[aioftp.Client]:
+        parts = urlsplit(url)
+        client = aioftp.Client(
+            socket_timeout=self._timeout, connection_timeout=self._timeout, path_timeout=self._timeout
+        )
+        try:
+            await client.connect(parts.hostname or "", parts.port or 21)
+            user, password = self._login(url)
+            await client.login(user, password)
+            yield client
+            await client.quit()
+        finally:
+            client.close()
+
+    @staticmethod
+    def _remote_path(url: str) -> str:
+        return unquote(urlsplit(url).path)
+
+    async def download_file(self, url: str, dest: Path) -> None:
+        tmp = part_file(dest)
+        try:
+            async with self._session(url) as client:
+                with open(tmp, "wb") as out:
+                    async with client.download_stream(self._remote_path(url)) as stream:
+                        async for block in stream.iter_by_block(self._chunk):
+                            await asyncio.to_thread(out.write, block)
+            os.replace(tmp, dest)
+        except TransferError:
+            raise
+        except OSError as exc:
+            if exc.filename is not None or exc.errno in (28,):  # a local file problem, not the network
+                raise TransferError(url, f"cannot write the local copy: {os_reason(exc)}", direction="download") from None
+            raise ftp_error(url, exc, "download") from None
+        except Exception as exc:  # noqa: BLE001 - aioftp raises several unrelated types
+            raise ftp_error(url, exc, "download") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    async def list_directory(self, url: str) -> list[tuple[str, str]]:
+        root = PurePosixPath(self._remote_path(url))
+        found: list[tuple[str, str]] = []
+        try:
+            async with self._session(url) as client:
+                if not await client.is_dir(root):
+                    raise TransferError(url, "no such directory", direction="download")
+                async for path, info in client.list(root, recursive=True):
+                    if info.get("type") == "file":
+                        rel = PurePosixPath(path).relative_to(root).as_posix()
+                        found.append((rel, join_url(url.split("?", 1)[0], rel)))
+        except TransferError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise ftp_error(url, exc, "download") from None
+        return sorted(found)
+
+    async def upload_file(self, src: Path, url: str) -> None:
+        remote = PurePosixPath(self._remote_path(url))
+        try:
+            fin = open(src, "rb")  # noqa: SIM115 - closed below, after the session
+        except OSError as exc:
+            raise TransferError(url, f"cannot read the local file: {os_reason(exc)}", direction="upload") from None
+        try:
+            async with self._session(url) as client:
+                if str(remote.parent) not in ("/", "."):
+                    await client.make_directory(remote.parent, parents=True)
+                async with client.upload_stream(remote) as stream:
+                    while block := await asyncio.to_thread(fin.read, self._chunk):
+                        await stream.write(block)
+        except Exception as exc:  # noqa: BLE001
+            raise ftp_error(url, exc, "upload") from None
+        finally:
+            fin.close()
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,180 @@
+"""TransferMux: one entry point for staging, dispatching by URL scheme, with retry and backoff.
+
+The engine calls ``download`` for each input and ``upload`` for each output. Directories are
+walked here (one backend call per file) so every scheme gets the same rules: relative paths are
+checked before anything is written, each file is retried on its own, and every uploaded file
+gets its own TesOutputFileLog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from tesp_api.config.settings import TransferSettings
+from tesp_api.tes.models import TesFileType, TesOutputFileLog
+from tesp_api.transfer.base import SchemeBackend, safe_relative
+from tesp_api.transfer.errors import TransferError
+from tesp_api.transfer.redact import redact_url
+from tesp_api.transfer.urls import join_url, scheme_of
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 30.0
+
+__all__ = ["TransferError", "TransferMux"]
+
+
+def without_userinfo(url: str) -> str:
+    """``url`` minus ``user:password@`` (what output logs record: never a password)."""
+    if url.startswith("/"):
+        return url
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def _inside(path: Path, root: Path) -> bool:
+    real, real_root = path.resolve(), root.resolve()
+    return real == real_root or real_root in real.parents
+
+
+class TransferMux:
+    def __init__(self, settings: TransferSettings) -> None:
+        self._settings = settings
+        self._backends: dict[str, SchemeBackend] = {}
+
+    def _backend(self, url: str, direction: str) -> SchemeBackend:
+        scheme = scheme_of(url)
+        if scheme not in self._settings.schemes:
+            raise TransferError(url, f"unsupported URL scheme {scheme or '(none)'!r}", direction=direction)
+        kind = "http" if scheme == "https" else scheme
+        if kind not in self._backends:
+            self._backends[kind] = self._make_backend(kind)
+        return self._backends[kind]
+
+    def _make_backend(self, kind: str) -> SchemeBackend:
+        # Imported lazily: a server without S3 use never loads boto3 (slow import, big memory).
+        if kind == "http":
+            from tesp_api.transfer.http import HttpBackend
+
+            return HttpBackend(self._settings)
+        if kind == "ftp":
+            from tesp_api.transfer.ftp import FtpBackend
+
+            return FtpBackend(self._settings)
+        if kind == "s3":
+            from tesp_api.transfer.s3 import S3Backend
+
+            return S3Backend(self._settings)
+        from tesp_api.transfer.file import FileBackend
+
+        return FileBackend(self._settings)
+
+    async def _retrying(self, what: str, url: str, op):  # type: ignore[no-untyped-def]
+        """Run ``op()`` until it succeeds, a non-retryable TransferError, or retries run out."""
+        attempt = 0
+        while True:
+            try:
+                return await op()
+            except TransferError as exc:
+                if not exc.retryable or attempt >= self._settings.retries:
+                    raise
+                delay = min(self._settings.retry_backoff * (2**attempt), MAX_BACKOFF)
+                attempt += 1
+                log.warning("%s of %s failed (%s); retry %d in %.1fs", what, redact_url(url), exc.reason, attempt, delay)
+                await asyncio.sleep(delay)
+
+    async def _download_one(self, backend: SchemeBackend, url: str, dest: Path) -> None:
+        started = time.monotonic()
+        await self._retrying("download", url, lambda: backend.download_file(url, dest))
+        log.info(
+            "downloaded %s (%d bytes, %.2fs)", redact_url(url), dest.stat().st_size, time.monotonic() - started
+        )
+
+    async def download(self, url: str, dest: Path, file_type: TesFileType | None = TesFileType.FILE) -> list[Path]:
+        """Fetch ``url`` to ``dest``; for a DIRECTORY, everything below it, recursively.
+
+        Returns the local files written. ``streamable`` inputs are downloaded like any other.
+        """
+        backend = self._backend(url, "download")
+        dest = Path(dest)
+        if file_type != TesFileType.DIRECTORY:
+            await asyncio.to_thread(dest.parent.mkdir, parents=True, exist_ok=True)
+            await self._download_one(backend, url, dest)
+            return [dest]
+        entries = await self._retrying("listing", url, lambda: backend.list_directory(url))
+        await asyncio.to_thread(dest.mkdir, parents=True, exist_ok=True)
+        written: list[Path] = []
+        for relative, file_url in entries:
+            safe = safe_relative(relative)
+            if safe is None:
+                raise TransferError(url, "the directory holds an entry with an unsafe name", direction="download")
+            target = dest / safe
+            await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
+            await self._download_one(backend, file_url, target)
+            written.append(target)
+        return written
+
+    async def _upload_one(self, backend: SchemeBackend, src: Path, url: str, path: str) -> TesOutputFileLog:
+        started = time.monotonic()
+        size = src.stat().st_size
+        await self._retrying("upload", url, lambda: backend.upload_file(src, url))
+        log.info("uploaded %s (%d bytes, %.2fs)", redact_url(url), size, time.monotonic() - started)
+        return TesOutputFileLog(url=without_userinfo(url), path=path, size_bytes=str(size))
+
+    async def upload(
+        self,
+        src: Path,
+        url: str,
+        file_type: TesFileType | None = TesFileType.FILE,
+        *,
+        container_path: str | None = None,
+        confine_to: Path | None = None,
+    ) -> list[TesOutputFileLog]:
+        """Store the local ``src`` at ``url``: one TesOutputFileLog per file uploaded.
+
+        For a DIRECTORY every file below ``src`` goes to ``url`` + its relative path.
+        ``container_path`` is the path the task saw (what the logs report); default ``str(src)``.
+        ``confine_to`` (the job's directory): a file whose real path leaves it, e.g. a symlink the
+        job made to a host file, is refused for FILE and skipped in a DIRECTORY.
+        """
+        backend = self._backend(url, "upload")
+        src = Path(src)
+        shown = container_path if container_path is not None else str(src)
+        if file_type != TesFileType.DIRECTORY:
+            if not await asyncio.to_thread(src.is_file):
+                raise TransferError(url, f"the output {shown} does not exist or is not a file", direction="upload")
+            if confine_to is not None and not _inside(src, confine_to):
+                raise TransferError(url, f"the output {shown} points outside the job directory", direction="upload")
+            return [await self._upload_one(backend, src, url, shown)]
+        if not await asyncio.to_thread(src.is_dir):
+            raise TransferError(url, f"the output directory {shown} does not exist", direction="upload")
+        root = confine_to if confine_to is not None else src
+        files = await asyncio.to_thread(
+            lambda: sorted(p for p in src.rglob("*") if p.is_file() and _inside(p, root))
+        )
+        logs = []
+        for path in files:
+            relative = path.relative_to(src).as_posix()
+            logs.append(
+                await self._upload_one(backend, path, join_url(url, relative), shown.rstrip("/") + "/" + relative)
+            )
+        return logs
+
+    def presign(self, url: str, method: str = "GET") -> str:
+        """A signed https URL for an ``s3://`` object (GET or PUT), valid ``signed_url_ttl`` seconds."""
+        backend = self._backend(url, "presign")
+        presign = getattr(backend, "presign", None)
+        if presign is None:
+            raise TransferError(url, "only s3:// URLs can be presigned", direction="presign")
+        return str(presign(url, method, int(self._settings.signed_url_ttl)))
+
+    async def aclose(self) -> None:
+        backends, self._backends = list(self._backends.values()), {}
+        for backend in backends:
+            await backend.aclose()
