@@ -168,6 +168,13 @@ class TransferSettings(_Section):
     retries: int = Field(3, ge=0)
     chunk_bytes: int = Field(8 * MIB, ge=64 * KIB)
     signed_url_ttl: float = Field(86400.0, gt=0)  # staging tokens for Pulsar (AMQP/remote staging)
+    # URL schemes accepted for inputs/outputs ("file" also covers plain absolute paths).
+    schemes: list[Literal["file", "http", "https", "ftp", "s3"]] = Field(
+        default_factory=lambda: ["file", "http", "https", "ftp", "s3"]
+    )
+    retry_backoff: float = Field(0.5, ge=0)  # first retry delay in seconds; doubles per attempt, capped at 30 s
+    s3_max_concurrency: int = Field(4, ge=1)  # boto3 worker threads per multipart transfer
+    follow_redirects: bool = True  # http(s) GET follows redirects (credentials are not sent to another host)
 
 
 class BasicUser(_Section):
