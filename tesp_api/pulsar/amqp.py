@@ -88,6 +88,7 @@ class AmqpBackend:
         self._changed: dict[str, asyncio.Event] = {}
         self._submitted_unheard: set[str] = set()  # submitted here, nothing heard from Pulsar yet
         self._lost_once: set[str] = set()
+        self._awaiting: set[str] = set()  # status requested by status(), answer not yet in
         self._prepared: dict[str, _Prepared] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -113,8 +114,19 @@ class AmqpBackend:
 
     # ---- updates pushed by Pulsar ----------------------------------------------------------------
 
+    def _concerns(self, job_id: str) -> bool:
+        """Updates of jobs this process neither drives nor asked about are another worker's business."""
+        return (
+            job_id in self._statuses
+            or job_id in self._submitted_unheard
+            or job_id in self._awaiting
+            or job_id in self.client.tracked_jobs
+        )
+
     async def _on_update(self, update: PulsarStatusUpdate) -> None:
         job_id = update.job_id
+        if not self._concerns(job_id):
+            return
         if update.status == "lost" and job_id in self._submitted_unheard and job_id not in self._lost_once:
             # Pulsar may handle a status request before the setup message waiting in another queue
             # (e.g. both queued while it was down). Believe "lost" only when it is said twice.
@@ -216,18 +228,20 @@ class AmqpBackend:
         # Nothing known here (a job taken over from another worker, or never submitted): ask Pulsar.
         event = self._event(job_id)
         event.clear()
-        self.client.track(job_id)
+        self._awaiting.add(job_id)
         try:
             await self.client.request_status(job_id)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), self.status_timeout)
         except PulsarAmqpUnavailable as exc:
             raise BackendUnavailable(f"Pulsar {self.name}: {exc}") from None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), self.status_timeout)
+        finally:
+            self._awaiting.discard(job_id)
         known = self._statuses.get(job_id)
         if known is None:
             raise BackendUnavailable(f"Pulsar {self.name}: no status answer for job {job_id}")
-        if known.is_final:
-            self.client.forget(job_id)
+        if not known.is_final:
+            self.client.track(job_id)  # a job taken over: watch it for silence from now on
         return known
 
     async def cancel(self, job_id: str) -> None:

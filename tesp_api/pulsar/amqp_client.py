@@ -16,6 +16,8 @@ Why it is built this way:
   and a message can be lost if Pulsar dies at the wrong moment. A slow sweep sends a ``status`` request
   for jobs not heard of for ``reconcile_after`` seconds (soon and repeatedly after a kill), capped at
   ``reconcile_max_per_minute`` requests so the steady-state cost does not grow with the number of jobs.
+* **Several workers, one Pulsar.** Besides the shared durable queue, each client consumes a queue of its
+  own (exclusive, bound to the same routing key), so every process sees every update of its jobs.
 * **Broker restarts are survived.** ``connect_robust`` reconnects and re-declares the exchange, queues,
   bindings and the consumer; publishing retries with backoff until ``publish_timeout``.
 """
@@ -24,8 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -114,6 +118,8 @@ class AmqpClientOptions:
     reconnect_interval: float = 2.0
     redelivery_delay: float = 1.0  # wait before requeueing an update whose callback raised
     connection_name: str = "tesp-api"
+    dedupe_window: float = 10.0  # an identical update within this many seconds is not processed again
+    own_update_queue: bool = True  # also consume every update through a per-process queue (multi-worker)
 
 
 @dataclass
@@ -124,6 +130,7 @@ class AmqpClientStats:
     received: int = 0
     callback_errors: int = 0
     rejected: int = 0
+    duplicates: int = 0
 
 
 class AmqpPulsarClient:
@@ -142,12 +149,12 @@ class AmqpPulsarClient:
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
-        self._update_queue: AbstractQueue | None = None
-        self._consumer_tag: str | None = None
+        self._consumers: list[tuple[AbstractQueue, str]] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._tracked: dict[str, _Tracked] = {}
         self._job_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._reconcile_tokens = 0.0
+        self._recent: dict[tuple[str, bytes], float] = {}  # update fingerprints -> when processed
         self._last_sweep: float | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -160,13 +167,27 @@ class AmqpPulsarClient:
         self._channel = channel
         # Same declaration as Pulsar's kombu code: direct, durable; a mismatch would close the channel.
         self._exchange = await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
+        shared: AbstractQueue | None = None
         for name in (*self.queues.consumed_by_pulsar, self.queues.status_update):
             queue = await channel.declare_queue(name, durable=True)
             await queue.bind(self._exchange, routing_key=name)
             if name == self.queues.status_update:
-                self._update_queue = queue
-        assert self._update_queue is not None
-        self._consumer_tag = await self._update_queue.consume(self._handle_message, no_ack=False)
+                shared = queue
+        assert shared is not None
+        update_queues: list[AbstractQueue] = [shared]
+        if self.options.own_update_queue:
+            # Several processes (tesp-api workers) may drive jobs of one Pulsar: on the shared queue they
+            # would compete and a job's update could reach another worker. A queue of our own, bound to the
+            # same routing key, receives every update while we are connected; the shared durable queue
+            # keeps what is published while nobody is (whoever gets it; owners also reconcile).
+            own = await channel.declare_queue(
+                f"{self.queues.status_update}.{uuid.uuid4().hex[:12]}", exclusive=True, auto_delete=True
+            )
+            await own.bind(self._exchange, routing_key=self.queues.status_update)
+            update_queues.append(own)
+        for update_queue in update_queues:
+            tag = await update_queue.consume(self._handle_message, no_ack=False)
+            self._consumers.append((update_queue, tag))
         self._sweeper = asyncio.create_task(self._sweep_forever(), name=f"amqp-sweep-{self.queues.prefix}")
         log.info("AMQP client consuming %s", self.queues.status_update)
 
@@ -176,10 +197,10 @@ class AmqpPulsarClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
-        if self._update_queue is not None and self._consumer_tag is not None:
+        for queue, tag in self._consumers:
             with contextlib.suppress(*_TRANSIENT_ERRORS):
-                await self._update_queue.cancel(self._consumer_tag)
-        self._consumer_tag = None
+                await queue.cancel(tag)
+        self._consumers = []
         if self._connection is not None:
             with contextlib.suppress(*_TRANSIENT_ERRORS):
                 await self._connection.close()
@@ -284,7 +305,14 @@ class AmqpPulsarClient:
             log.warning("dropping malformed status update on %s: %s", self.queues.status_update, exc)
             await self._settle(message.reject(requeue=False))
             return
+        fingerprint = (update.job_id, hashlib.sha1(message.body, usedforsecurity=False).digest())
         async with self._job_lock(update.job_id):
+            if fingerprint in self._recent:
+                # The same update through the other queue (shared + own), or a repeated identical
+                # answer: the receiver has it already.
+                self.stats.duplicates += 1
+                await self._settle(message.ack())
+                return
             try:
                 await self._on_update(update)
             except Exception:
@@ -293,6 +321,7 @@ class AmqpPulsarClient:
                 await asyncio.sleep(self.options.redelivery_delay)
                 await self._settle(message.nack(requeue=True))
                 return
+            self._recent[fingerprint] = asyncio.get_running_loop().time()
             self._heard(update)
             await self._settle(message.ack())
 
@@ -345,20 +374,27 @@ class AmqpPulsarClient:
                 log.exception("reconcile sweep failed")
 
     async def sweep_once(self) -> int:
-        """Send status requests for due jobs, oldest first, within the per-minute budget (token bucket)."""
+        """Send status requests for due jobs, oldest first: killed jobs always, silent jobs within the
+        per-minute budget (token bucket)."""
         opts = self.options
         loop = asyncio.get_running_loop()
         now = loop.time()
+        self._recent = {k: t for k, t in self._recent.items() if now - t < opts.dedupe_window}
         rate = opts.reconcile_max_per_minute / 60.0
         burst = max(rate * min(opts.sweep_interval, 1.0), 1.0)  # never more than ~1 s worth at once
         elapsed = now - self._last_sweep if self._last_sweep is not None else opts.sweep_interval
         self._last_sweep = now
         self._reconcile_tokens = min(self._reconcile_tokens + elapsed * rate, burst)
-        if self._reconcile_tokens < 1.0 or not self._tracked:
+        if not self._tracked:
             return 0
         due = sorted((t.next_ask, job_id) for job_id, t in self._tracked.items() if t.next_ask <= now)
+        # Jobs just killed are asked regardless of the budget: their number is bounded by user actions,
+        # and a cancel should end promptly. The silent-job checks share the budget.
+        killed = [job_id for _, job_id in due if self._tracked[job_id].kill_pending]
+        silent = [job_id for _, job_id in due if not self._tracked[job_id].kill_pending]
+        chosen = killed + silent[: max(int(self._reconcile_tokens), 0)]
         sent = 0
-        for _, job_id in due[: int(self._reconcile_tokens)]:
+        for job_id in chosen:
             tracked = self._tracked.get(job_id)
             if tracked is None:
                 continue
@@ -367,7 +403,7 @@ class AmqpPulsarClient:
                 tracked.backoff = min(tracked.backoff * 2, opts.reconcile_after)
             else:
                 tracked.next_ask = now + opts.reconcile_after
-            self._reconcile_tokens -= 1
+                self._reconcile_tokens -= 1
             await self.request_status(job_id)
             sent += 1
         return sent

@@ -60,6 +60,8 @@ async def queue_depth(name: str) -> int:
 
 
 def client(queues: PulsarQueues, on_update: object, **options: float) -> AmqpPulsarClient:
+    """Only the shared queue unless a test asks for the per-process one: delivery counts stay exact."""
+    options.setdefault("own_update_queue", False)
     return AmqpPulsarClient(rabbitmq.URL, queues, on_update, AmqpClientOptions(**options))  # type: ignore[arg-type]
 
 
@@ -219,3 +221,34 @@ async def test_reconcile_sweep_never_exceeds_its_budget(queues: PulsarQueues) ->
             sent += await c.sweep_once()
             await asyncio.sleep(0.1)
     assert 1 <= sent <= 2
+
+
+async def test_every_worker_on_one_prefix_receives_each_update(queues: PulsarQueues) -> None:
+    first, second = UpdateRecorder(), UpdateRecorder()
+    async with client(queues, first, own_update_queue=True), client(queues, second, own_update_queue=True):
+        await publish_as_pulsar(queues, {"job_id": "j1", "status": "running", "complete": "false"})
+        await first.wait_for("j1", {"running"})
+        await second.wait_for("j1", {"running"})
+
+
+async def test_an_update_arriving_through_both_queues_is_processed_once(queues: PulsarQueues) -> None:
+    recorder = UpdateRecorder()
+    async with client(queues, recorder, own_update_queue=True) as c:
+        await publish_as_pulsar(queues, {"job_id": "j1", "status": "running", "complete": "false"})
+        await recorder.wait_for("j1", {"running"})
+        for _ in range(100):
+            if c.stats.received == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert c.stats.duplicates == 1
+    assert recorder.statuses("j1") == ["running"]
+
+
+async def test_killed_jobs_are_asked_about_even_when_the_budget_is_spent(queues: PulsarQueues) -> None:
+    options = {"reconcile_max_per_minute": 1, "sweep_interval": 3600, "kill_first_check": 0.05}
+    async with client(queues, UpdateRecorder(), **options) as c:
+        for n in range(3):
+            await c.kill(f"killed-{n}")
+        await asyncio.sleep(0.1)
+        sent = await c.sweep_once()
+    assert sent == 3

@@ -6,6 +6,7 @@ Remote staging goes through a real uvicorn server (inputs served by GET, outputs
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -138,7 +139,7 @@ async def test_job_running_across_a_broker_restart_reports_completion(pulsar: Pu
     async with new_client(pulsar, recorder, reconcile_after=5) as client:
         await client.submit(sleep_job(job_id, 4))
         await recorder.wait_for(job_id, {"running"})
-        rabbitmq.restart_app()
+        await asyncio.to_thread(rabbitmq.restart_app)  # the client keeps running meanwhile
         final = await recorder.wait_for(job_id, FINAL, timeout=90)
     assert final.status == "complete"  # type: ignore[attr-defined]
 
