@@ -193,6 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     from tesp_api.service import configure_logging, serve
 
     configure_logging(settings.logging)
+
+    def _terminate(signum: int, _frame: object) -> None:
+        # uvicorn re-raises the SIGTERM it caught once it has shut down: make that an exit that
+        # runs the `finally` below (stopping Pulsar) instead of the default instant death.
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _terminate)
     pulsar.start()
     try:
         log.info("tesp-api local: API on http://%s:%s, Pulsar on %s, runtime %s",

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_BACKOFF = 60.0
+FIRST_POLL = 0.1  # seconds; doubled after each poll up to pulsar.status.poll_interval
 STARTED_STATUSES = frozenset({"queued", "running", "postprocessing", "complete", "cancelled", "failed"})
 
 
@@ -246,6 +247,8 @@ class TaskDriver:
 
     async def _running(self) -> None:
         poll = self.engine.settings.pulsar.status.poll_interval
+        # Short jobs end soon: poll quickly at first, then back off to the configured interval.
+        delay = min(FIRST_POLL, poll)
         while True:
             status = await self._pulsar(lambda: self.backend.status(self.task_id))
             self.engine.count_poll()
@@ -255,7 +258,8 @@ class TaskDriver:
             if status.is_final:
                 await self._pulsar_final(status)
                 return
-            await self._wait_next_poll(poll)
+            await self._wait_next_poll(delay)
+            delay = min(delay * 2, poll)
             rec = await self._reread()
             if rec.state != TesState.RUNNING:
                 return  # cancelled (or ended by someone else): _drive takes over
