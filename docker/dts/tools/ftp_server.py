@@ -6,7 +6,8 @@ a client reaching the control port through a published port reaches the data por
 
 Environment: DTS_FTP_USER, DTS_FTP_PASSWORD (both required), DTS_FTP_ROOT (default /data),
 DTS_FTP_PORT (2121), DTS_FTP_PASSIVE_PORTS ("30000-30009"), DTS_FTP_MASQUERADE (address to
-announce in PASV answers; default: the container's own).
+announce in PASV answers; default: the container's own), DTS_FTP_AUTH_FAILED_DELAY (seconds before
+answering a wrong password, default 3: slows down password guessing).
 """
 
 from __future__ import annotations
@@ -32,7 +33,14 @@ def passive_range(text: str) -> range:
 
 
 def build_server(
-    root: Path, user: str, password: str, host: str, port: int, passive: range, masquerade: str | None
+    root: Path,
+    user: str,
+    password: str,
+    host: str,
+    port: int,
+    passive: range,
+    masquerade: str | None,
+    auth_failed_delay: float = 3.0,
 ) -> FTPServer:
     authorizer = DummyAuthorizer()
     # e l r: list and read; a d f m w M T: write, delete, rename, mkdir, store, chmod, mtime.
@@ -44,6 +52,7 @@ def build_server(
     DtsFtpHandler.authorizer = authorizer
     DtsFtpHandler.passive_ports = list(passive)
     DtsFtpHandler.masquerade_address = masquerade
+    DtsFtpHandler.auth_failed_timeout = auth_failed_delay
     return FTPServer((host, port), DtsFtpHandler)
 
 
@@ -64,6 +73,7 @@ def main() -> int:
         int(os.environ.get("DTS_FTP_PORT", "2121")),
         passive_range(os.environ.get("DTS_FTP_PASSIVE_PORTS", "30000-30009")),
         os.environ.get("DTS_FTP_MASQUERADE") or None,
+        float(os.environ.get("DTS_FTP_AUTH_FAILED_DELAY", "3")),
     )
     server.serve_forever()
     return 0
