@@ -17,7 +17,8 @@ MIB = 1024 * KIB
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # hide_input_in_errors: a validation error must not echo the raw values (passwords, URIs with secrets).
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
 
 class ApiSettings(_Section):
@@ -177,51 +178,167 @@ class TransferSettings(_Section):
     follow_redirects: bool = True  # http(s) GET follows redirects (credentials are not sent to another host)
 
 
+# Signature algorithms a JWT may use: asymmetric only. "none" and the HS* family are never accepted
+# (an HS* token "signed" with the issuer's public key would otherwise pass as genuine).
+OIDC_ALLOWED_ALGORITHMS = (
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+)
+
+
 class BasicUser(_Section):
-    username: str
-    password_hash: SecretStr  # made by `tesp-api hash-password`
-    admin: bool = False
+    """One user for HTTP Basic authentication."""
+
+    username: str = Field(min_length=1, description="login name; the owner recorded on this user's tasks")
+    password_hash: SecretStr = Field(description="made by `tesp-api hash-password`; never a plain password")
+    admin: bool = Field(False, description="sees and cancels every user's tasks")
+
+    @field_validator("username")
+    @classmethod
+    def _no_colon(cls, v: str) -> str:
+        if ":" in v:
+            raise ValueError("a Basic username cannot contain ':'")
+        return v
+
+    @field_validator("password_hash")
+    @classmethod
+    def _is_a_hash(cls, v: SecretStr) -> SecretStr:
+        from tesp_api.auth.passwords import InvalidPasswordHash, parse_hash  # stdlib only; no cycle
+
+        try:
+            parse_hash(v.get_secret_value())
+        except InvalidPasswordHash as exc:
+            raise ValueError(f"password_hash: {exc}") from None
+        return v
 
 
 class OidcIssuer(_Section):
-    issuer: str
-    audience: list[str] = Field(default_factory=list)
-    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256", "PS256", "EdDSA"])
-    discovery_url: str | None = None  # default: {issuer}/.well-known/openid-configuration
-    jwks_url: str | None = None  # skip discovery
+    """One trusted OpenID Connect issuer. Tokens from issuers not listed are refused."""
+
+    issuer: str = Field(description="the exact `iss` value of its tokens (also where discovery is found)")
+    audience: list[str] = Field(
+        default_factory=list, description="required: a token's `aud` must contain one of these"
+    )
+    algorithms: list[str] = Field(
+        default_factory=lambda: ["RS256", "ES256", "PS256", "EdDSA"],
+        description=f"accepted signature algorithms, among {', '.join(OIDC_ALLOWED_ALGORITHMS)}",
+    )
+    discovery_url: str | None = Field(None, description="default: {issuer}/.well-known/openid-configuration")
+    jwks_url: str | None = Field(None, description="the JWKS URL, skipping discovery")
+    admin_subjects: list[str] = Field(default_factory=list, description="`sub` values of this issuer who are admins")
+
+    @field_validator("audience", mode="before")
+    @classmethod
+    def _audience_one_or_many(cls, v: object) -> object:
+        return [v] if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _audience_required(self) -> OidcIssuer:
+        if not [a for a in self.audience if a]:
+            raise ValueError(
+                f"auth.issuers: {self.issuer}: audience is required: the client id (or API audience) your "
+                "tokens are issued for, so that tokens meant for other applications of the issuer are refused"
+            )
+        return self
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric_only(cls, v: list[str]) -> list[str]:
+        bad = [a for a in v if a not in OIDC_ALLOWED_ALGORITHMS]
+        if bad or not v:
+            raise ValueError(f"algorithms must be among {', '.join(OIDC_ALLOWED_ALGORITHMS)} (got {bad or v})")
+        return v
 
 
 class AuthSettings(_Section):
-    mode: list[Literal["none", "basic", "oidc"]] = Field(default_factory=lambda: ["none"])
-    users: list[BasicUser] = Field(default_factory=list)
-    issuers: list[OidcIssuer] = Field(default_factory=list)
-    admin_claim: str = "groups"
-    admin_values: list[str] = Field(default_factory=list)
-    admin_subjects: list[str] = Field(default_factory=list)
-    service_info_public: bool = True
-    leeway_seconds: float = Field(30.0, ge=0)
-    jwks_min_refresh_seconds: float = Field(30.0, ge=0)
-    http_timeout: float = Field(5.0, gt=0)
+    """Who may call the API (see docs/auth.md). "none" is for local use only."""
+
+    mode: list[Literal["none", "basic", "oidc"]] = Field(
+        default_factory=lambda: ["none"], description='"none", or "basic" and/or "oidc"'
+    )
+    users: list[BasicUser] = Field(default_factory=list, description="Basic users")
+    issuers: list[OidcIssuer] = Field(default_factory=list, description="the OIDC issuer allowlist")
+    admin_claim: str = Field("groups", description="token claim (dotted path) whose values can make an admin")
+    admin_values: list[str] = Field(default_factory=list, description="values of admin_claim that make an admin")
+    admin_subjects: list[str] = Field(
+        default_factory=list, description="subjects (Basic username or token `sub`) who are admins"
+    )
+    service_info_public: bool = Field(True, description="service-info answers without credentials")
+    realm: str = Field("tesp-api", description="realm named in WWW-Authenticate challenges")
+    leeway_seconds: float = Field(30.0, ge=0, description="clock skew allowed for exp/nbf/iat")
+    jwks_min_refresh_seconds: float = Field(
+        30.0, ge=0, description="at most one JWKS refetch per issuer this often (unknown `kid`)"
+    )
+    jwks_max_age_seconds: float = Field(
+        3600.0, gt=0, description="keys are refetched when older (so removed keys stop working)"
+    )
+    http_timeout: float = Field(5.0, gt=0, description="seconds for each request to an issuer")
 
     @field_validator("mode", mode="before")
     @classmethod
     def _one_or_many(cls, v: object) -> object:
         return [v] if isinstance(v, str) else v
 
+    @field_validator("mode")
+    @classmethod
+    def _none_alone(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError('mode is empty: use "none", or "basic" and/or "oidc"')
+        if "none" in v and len(set(v)) > 1:
+            raise ValueError('"none" cannot be combined with "basic" or "oidc"')
+        return list(dict.fromkeys(v))
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> AuthSettings:
+        names = [u.username for u in self.users]
+        issuers = [i.issuer for i in self.issuers]
+        if len(set(names)) != len(names):
+            raise ValueError("auth.users: a username is listed twice")
+        if len(set(issuers)) != len(issuers):
+            raise ValueError("auth.issuers: an issuer is listed twice")
+        return self
+
 
 class LegacyBasicAuth(_Section):
-    """tesp-api 0.2's ``[basic_auth]``: accepted; a plain password is refused with a hint (see docs)."""
+    """tesp-api 0.2's ``[basic_auth]``: accepted with a password_hash; a plain password is refused with a
+    hint (see docs/auth.md). The user it names is an admin, as it saw every task in 0.2."""
 
     enable: bool = False
     username: str | None = None
-    password: SecretStr | None = None
-    password_hash: SecretStr | None = None
+    password: SecretStr | None = Field(None, description="refused when enable = true: use password_hash")
+    password_hash: SecretStr | None = Field(None, description="made by `tesp-api hash-password`")
+
+    @model_validator(mode="after")
+    def _hash_not_plain(self) -> LegacyBasicAuth:
+        if not self.enable:
+            return self
+        if self.password is not None:
+            raise ValueError(
+                "basic_auth.password holds a plain-text password, which is no longer accepted: run "
+                "`tesp-api hash-password`, put what it prints in basic_auth.password_hash and delete "
+                "basic_auth.password"
+            )
+        if not self.username or self.password_hash is None:
+            raise ValueError("basic_auth.enable = true needs basic_auth.username and basic_auth.password_hash")
+        BasicUser(username=self.username, password_hash=self.password_hash)  # same checks as auth.users
+        return self
 
 
 class LegacyOauth(_Section):
+    """tesp-api 0.2's ``[oauth]``: enable = true now needs the issuer to trust and the audience (see
+    docs/auth.md); it adds that issuer to auth.issuers."""
+
     enable: bool = False
     issuer: str | None = None
     audience: str | None = None
+
+    @model_validator(mode="after")
+    def _issuer_named(self) -> LegacyOauth:
+        if self.enable and not (self.issuer and self.audience):
+            raise ValueError(
+                "oauth.enable = true needs oauth.issuer (the one issuer to trust) and oauth.audience "
+                "(the client id tokens are issued for); better: use auth.mode and auth.issuers"
+            )
+        return self
 
 
 class LoggingSettings(_Section):
@@ -251,4 +368,11 @@ class Settings(_Section):
     def _check(self) -> Settings:
         if not any(s.url or s.amqp_url for s in self.pulsar.effective_servers()):
             raise ValueError("pulsar: every server needs `url` (REST) or `amqp_url` (AMQP)")
+        return self
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> Settings:
+        from tesp_api.auth.effective import effective_auth_settings  # imports this module: import late
+
+        effective_auth_settings(self)  # raises ValueError naming what is missing
         return self
