@@ -17,7 +17,9 @@ class TransferError(Exception):
     HTTP 5xx/429): the mux retries those with backoff and gives up at once on the others.
     """
 
-    def __init__(self, url: str, reason: str, *, retryable: bool = False, direction: str = "transfer") -> None:
+    def __init__(
+        self, url: str, reason: str, *, retryable: bool = False, direction: str = "transfer"
+    ) -> None:
         self.url = redact_url(url)
         self.reason = reason
         self.retryable = retryable

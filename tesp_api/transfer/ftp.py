@@ -82,7 +82,7 @@ class FtpBackend:
         tmp = part_file(dest)
         try:
             async with self._session(url) as client:
-                with open(tmp, "wb") as out:
+                with await asyncio.to_thread(open, tmp, "wb") as out:
                     async with client.download_stream(self._remote_path(url)) as stream:
                         async for block in stream.iter_by_block(self._chunk):
                             await asyncio.to_thread(out.write, block)
@@ -91,7 +91,9 @@ class FtpBackend:
             raise
         except OSError as exc:
             if exc.filename is not None or exc.errno in (28,):  # a local file problem, not the network
-                raise TransferError(url, f"cannot write the local copy: {os_reason(exc)}", direction="download") from None
+                raise TransferError(
+                    url, f"cannot write the local copy: {os_reason(exc)}", direction="download"
+                ) from None
             raise ftp_error(url, exc, "download") from None
         except Exception as exc:  # noqa: BLE001 - aioftp raises several unrelated types
             raise ftp_error(url, exc, "download") from None
@@ -118,9 +120,11 @@ class FtpBackend:
     async def upload_file(self, src: Path, url: str) -> None:
         remote = PurePosixPath(self._remote_path(url))
         try:
-            fin = open(src, "rb")  # noqa: SIM115 - closed below, after the session
+            fin = await asyncio.to_thread(open, src, "rb")  # closed below, after the session
         except OSError as exc:
-            raise TransferError(url, f"cannot read the local file: {os_reason(exc)}", direction="upload") from None
+            raise TransferError(
+                url, f"cannot read the local file: {os_reason(exc)}", direction="upload"
+            ) from None
         try:
             async with self._session(url) as client:
                 if str(remote.parent) not in ("/", "."):

@@ -98,7 +98,7 @@ class HttpBackend:
         try:
             response = await self._get(url)
             try:
-                with open(tmp, "wb") as out:
+                with await asyncio.to_thread(open, tmp, "wb") as out:
                     async for block in response.aiter_bytes(self._chunk):
                         await asyncio.to_thread(out.write, block)
             finally:
@@ -109,15 +109,19 @@ class HttpBackend:
         except httpx.InvalidURL:
             raise TransferError(url, "malformed URL", direction="download") from None
         except OSError as exc:
-            raise TransferError(url, f"cannot write the local copy: {os_reason(exc)}", direction="download") from None
+            raise TransferError(
+                url, f"cannot write the local copy: {os_reason(exc)}", direction="download"
+            ) from None
         finally:
             tmp.unlink(missing_ok=True)
 
     async def list_directory(self, url: str) -> list[tuple[str, str]]:
-        raise TransferError(url, "http(s) has no standard directory listing; DIRECTORY is not supported", direction="download")
+        raise TransferError(
+            url, "http(s) has no standard directory listing; DIRECTORY is not supported", direction="download"
+        )
 
     async def _chunks(self, src: Path) -> AsyncIterator[bytes]:
-        with open(src, "rb") as fin:
+        with await asyncio.to_thread(open, src, "rb") as fin:
             while block := await asyncio.to_thread(fin.read, self._chunk):
                 yield block
 
@@ -136,7 +140,9 @@ class HttpBackend:
         except httpx.InvalidURL:
             raise TransferError(url, "malformed URL", direction="upload") from None
         except OSError as exc:
-            raise TransferError(url, f"cannot read the local file: {os_reason(exc)}", direction="upload") from None
+            raise TransferError(
+                url, f"cannot read the local file: {os_reason(exc)}", direction="upload"
+            ) from None
         if response.status_code >= 300:
             raise status_error(url, response.status_code, "upload")
 

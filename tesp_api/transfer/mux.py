@@ -86,17 +86,29 @@ class TransferMux:
                     raise
                 delay = min(self._settings.retry_backoff * (2**attempt), MAX_BACKOFF)
                 attempt += 1
-                log.warning("%s of %s failed (%s); retry %d in %.1fs", what, redact_url(url), exc.reason, attempt, delay)
+                log.warning(
+                    "%s of %s failed (%s); retry %d in %.1fs",
+                    what,
+                    redact_url(url),
+                    exc.reason,
+                    attempt,
+                    delay,
+                )
                 await asyncio.sleep(delay)
 
     async def _download_one(self, backend: SchemeBackend, url: str, dest: Path) -> None:
         started = time.monotonic()
         await self._retrying("download", url, lambda: backend.download_file(url, dest))
         log.info(
-            "downloaded %s (%d bytes, %.2fs)", redact_url(url), dest.stat().st_size, time.monotonic() - started
+            "downloaded %s (%d bytes, %.2fs)",
+            redact_url(url),
+            dest.stat().st_size,
+            time.monotonic() - started,
         )
 
-    async def download(self, url: str, dest: Path, file_type: TesFileType | None = TesFileType.FILE) -> list[Path]:
+    async def download(
+        self, url: str, dest: Path, file_type: TesFileType | None = TesFileType.FILE
+    ) -> list[Path]:
         """Fetch ``url`` to ``dest``; for a DIRECTORY, everything below it, recursively.
 
         Returns the local files written. ``streamable`` inputs are downloaded like any other.
@@ -113,7 +125,9 @@ class TransferMux:
         for relative, file_url in entries:
             safe = safe_relative(relative)
             if safe is None:
-                raise TransferError(url, "the directory holds an entry with an unsafe name", direction="download")
+                raise TransferError(
+                    url, "the directory holds an entry with an unsafe name", direction="download"
+                )
             target = dest / safe
             await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
             await self._download_one(backend, file_url, target)
@@ -148,9 +162,13 @@ class TransferMux:
         shown = container_path if container_path is not None else str(src)
         if file_type != TesFileType.DIRECTORY:
             if not await asyncio.to_thread(src.is_file):
-                raise TransferError(url, f"the output {shown} does not exist or is not a file", direction="upload")
+                raise TransferError(
+                    url, f"the output {shown} does not exist or is not a file", direction="upload"
+                )
             if confine_to is not None and not _inside(src, confine_to):
-                raise TransferError(url, f"the output {shown} points outside the job directory", direction="upload")
+                raise TransferError(
+                    url, f"the output {shown} points outside the job directory", direction="upload"
+                )
             return [await self._upload_one(backend, src, url, shown)]
         if not await asyncio.to_thread(src.is_dir):
             raise TransferError(url, f"the output directory {shown} does not exist", direction="upload")
@@ -162,7 +180,9 @@ class TransferMux:
         for path in files:
             relative = path.relative_to(src).as_posix()
             logs.append(
-                await self._upload_one(backend, path, join_url(url, relative), shown.rstrip("/") + "/" + relative)
+                await self._upload_one(
+                    backend, path, join_url(url, relative), shown.rstrip("/") + "/" + relative
+                )
             )
         return logs
 

@@ -77,7 +77,9 @@ def plan_wildcard_output(
         relative = container_path[len(prefix) :].lstrip("/")
         if not relative:
             continue
-        targets.append(OutputTarget(local_path_of(container_path), join_url(output.url, relative), container_path))
+        targets.append(
+            OutputTarget(local_path_of(container_path), join_url(output.url, relative), container_path)
+        )
     return targets
 
 

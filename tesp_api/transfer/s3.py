@@ -14,10 +14,15 @@ from pathlib import Path
 from threading import Lock
 from typing import Any
 
-import boto3
-from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
+import boto3  # type: ignore[import-untyped]
+from boto3.s3.transfer import TransferConfig  # type: ignore[import-untyped]
+from botocore.config import Config  # type: ignore[import-untyped]
+from botocore.exceptions import (  # type: ignore[import-untyped]
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+)
 
 from tesp_api.config.settings import S3Credential, TransferSettings
 from tesp_api.transfer.base import part_file
@@ -26,7 +31,14 @@ from tesp_api.transfer.file import os_reason
 from tesp_api.transfer.urls import s3_bucket_key
 
 _NOT_FOUND = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
-_DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled", "ExpiredToken"}
+_DENIED = {
+    "403",
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AllAccessDisabled",
+    "ExpiredToken",
+}
 _RETRYABLE = {"500", "502", "503", "504", "SlowDown", "InternalError", "RequestTimeout", "ServiceUnavailable"}
 
 
@@ -43,7 +55,9 @@ def s3_error(url: str, exc: BaseException, direction: str) -> TransferError:
     if isinstance(exc, EndpointConnectionError):
         return TransferError(url, "cannot connect to the S3 endpoint", retryable=True, direction=direction)
     if isinstance(exc, BotoCoreError):
-        return TransferError(url, f"S3 client problem ({type(exc).__name__})", retryable=True, direction=direction)
+        return TransferError(
+            url, f"S3 client problem ({type(exc).__name__})", retryable=True, direction=direction
+        )
     if isinstance(exc, OSError):
         return TransferError(url, f"local file problem: {os_reason(exc)}", direction=direction)
     return TransferError(url, f"S3 problem ({type(exc).__name__})", retryable=True, direction=direction)

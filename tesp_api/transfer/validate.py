@@ -20,7 +20,9 @@ def _check_common(url: str, settings: TransferSettings, role: str) -> str | None
         return f"{role} url {shown!r} is malformed"
     scheme = scheme_of(url)
     if not scheme:
-        return f"{role} url {shown!r} has no scheme (use file://, http(s)://, ftp://, s3:// or an absolute path)"
+        return (
+            f"{role} url {shown!r} has no scheme (use file://, http(s)://, ftp://, s3:// or an absolute path)"
+        )
     enabled = set(settings.schemes)
     if scheme not in enabled:
         return f"{role} url {shown!r}: scheme {scheme!r} is not supported here (supported: {', '.join(sorted(enabled))})"
@@ -52,7 +54,9 @@ def _check_common(url: str, settings: TransferSettings, role: str) -> str | None
     return None
 
 
-def check_input_url(url: str, transfer_settings: TransferSettings, file_type: TesFileType | None = None) -> str | None:
+def check_input_url(
+    url: str, transfer_settings: TransferSettings, file_type: TesFileType | None = None
+) -> str | None:
     """Error message for an unusable input URL, else None. Pass ``file_type`` to also reject
     HTTP directory inputs (HTTP has no standard directory listing)."""
     error = _check_common(url, transfer_settings, "input")
@@ -61,6 +65,8 @@ def check_input_url(url: str, transfer_settings: TransferSettings, file_type: Te
     return error
 
 
-def check_output_url(url: str, transfer_settings: TransferSettings, file_type: TesFileType | None = None) -> str | None:
+def check_output_url(
+    url: str, transfer_settings: TransferSettings, file_type: TesFileType | None = None
+) -> str | None:
     """Error message for an unusable output URL, else None."""
     return _check_common(url, transfer_settings, "output")

@@ -71,7 +71,9 @@ class S3Server:
 
 
 @contextlib.contextmanager
-def s3_server() -> Iterator[S3Server]:
+def s3_server(*, check_credentials: bool = False) -> Iterator[S3Server]:
+    """``check_credentials``: moto verifies signatures against its IAM, so any key we made up is refused."""
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"} if check_credentials else None
     moto = Path(sys.executable).with_name("moto_server")
     port = free_port()
     process = subprocess.Popen(
@@ -79,6 +81,7 @@ def s3_server() -> Iterator[S3Server]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        env=env,
     )
     try:
         wait_listening(port, process)

@@ -74,7 +74,9 @@ def make_settings(
             )
         ]
     if ftp is not None:
-        values["ftp"] = [FtpCredential(host=f"{ftp.host}:{ftp.port}", username=ftp.user, password=ftp.password)]
+        values["ftp"] = [
+            FtpCredential(host=f"{ftp.host}:{ftp.port}", username=ftp.user, password=ftp.password)
+        ]
     if http is not None:
         values["http"] = [HttpCredential(host=http.host, bearer_token=http.token)]
     values.update(overrides)
