@@ -6,8 +6,8 @@ composition root's job (tesp_api/service.py), so tests can build an app around a
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -18,6 +18,9 @@ import tesp_api
 from tesp_api.api.errors import install_error_handlers
 from tesp_api.api.limits import BodySizeLimitMiddleware
 from tesp_api.api.routes import TaskEndpoints, build_router
+from tesp_api.auth.authenticator import Authenticator, build_authenticator
+from tesp_api.auth.effective import effective_auth_settings
+from tesp_api.auth.openapi import add_security
 from tesp_api.config.settings import Settings
 from tesp_api.store.port import TaskStore
 from tesp_api.tes.models import TesCreateTaskResponse, TesServiceInfo, TesTask
@@ -60,10 +63,32 @@ def _install_openapi(app: FastAPI) -> None:
                 title=app.title, version=app.version, description=app.description, routes=app.routes
             )
             doc.setdefault("components", {}).setdefault("schemas", {}).update(_tes_component_schemas())
+            add_security(doc, effective_auth_settings(app.state.settings))
             app.openapi_schema = doc
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _authenticator_from_settings(
+    settings: Settings, lifespan: Lifespan | None
+) -> tuple[Authenticator | None, Lifespan | None]:
+    built = build_authenticator(settings)
+    if not built.enabled:
+        return None, lifespan
+
+    @asynccontextmanager
+    async def closing(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            if lifespan is None:
+                yield
+            else:
+                async with lifespan(app):
+                    yield
+        finally:
+            await built.aclose()  # its HTTP client to the OIDC issuers
+
+    return built, closing
 
 
 def create_app(
@@ -80,6 +105,9 @@ def create_app(
     ``app.state`` for :func:`tesp_api.api.deps.current_principal`; ``lifespan`` lets the composition
     root open and close things with the app.
     """
+    if authenticator is None:
+        # Built here from the settings (None when auth.mode is "none"), and closed with the app.
+        authenticator, lifespan = _authenticator_from_settings(settings, lifespan)
     app = FastAPI(
         title="tesp-api",
         description="GA4GH Task Execution Service 1.1 running tasks on Galaxy Pulsar",

@@ -3,34 +3,40 @@
 Every route takes a :class:`Principal` from :func:`current_principal`; it passes
 ``owner=None if principal.is_admin else principal.owner`` to the store when reading and stores
 ``principal.owner`` on create. With authentication off everybody is an anonymous admin.
+
+The checking itself lives in ``tesp_api.auth`` (no FastAPI there); this module only hands it the
+``Authorization`` header and turns its errors into TES-shaped 401/503 answers with
+``WWW-Authenticate``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from fastapi import Request
 
-from tesp_api.store.port import Owner
+from tesp_api.api.errors import TesHttpError
+from tesp_api.auth.errors import AuthError
+from tesp_api.auth.principal import ANONYMOUS_ADMIN, Principal
 
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    owner: Owner | None
-    is_admin: bool
-
-    @property
-    def read_scope(self) -> Owner | None:
-        """The owner filter for store reads: None (every task) for an admin."""
-        return None if self.is_admin else self.owner
-
-
-ANONYMOUS_ADMIN = Principal(owner=None, is_admin=True)
+__all__ = ["ANONYMOUS_ADMIN", "Principal", "current_principal", "service_info_principal"]
 
 
 async def current_principal(request: Request) -> Principal:
-    """Authentication is off for now: everyone may see every task.
+    """The caller, authenticated by ``request.app.state.authenticator`` (None: auth off)."""
+    authenticator = getattr(request.app.state, "authenticator", None)
+    if authenticator is None:
+        return ANONYMOUS_ADMIN
+    try:
+        principal: Principal = await authenticator.authenticate(request.headers.get("authorization"))
+    except AuthError as exc:
+        headers = {"WWW-Authenticate": exc.www_authenticate} if exc.www_authenticate else None
+        if exc.status_code == 503:
+            headers = {**(headers or {}), "Retry-After": "5"}
+        raise TesHttpError(exc.status_code, exc.message, headers=headers) from None
+    return principal
 
-    The app keeps the authenticator given to ``create_app`` in ``request.app.state.authenticator``.
-    """
-    return ANONYMOUS_ADMIN
+
+async def service_info_principal(request: Request) -> Principal:
+    """service-info is open unless ``auth.service_info_public`` is false (then as any route)."""
+    if request.app.state.settings.auth.service_info_public:
+        return ANONYMOUS_ADMIN
+    return await current_principal(request)

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 
-from tesp_api.api.deps import Principal, current_principal
+from tesp_api.api.deps import Principal, current_principal, service_info_principal
 from tesp_api.api.errors import TesHttpError
 from tesp_api.api.service_info import build_service_info
 from tesp_api.api.url_checks import url_checkers
@@ -33,6 +33,7 @@ _VIEW_DOC = (
 )
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
+ServiceInfoPrincipalDep = Annotated[Principal, Depends(service_info_principal)]  # auth.service_info_public
 # Any string is a possible id: an id we never issued is a 404, never a 400.
 TaskIdPath = Annotated[str, Path(alias="id", description="task id")]
 
@@ -210,7 +211,7 @@ class TaskEndpoints:
         except Exception:
             log.exception("engine %s(%s) failed", hook, task_id)
 
-    async def get_service_info(self, principal: PrincipalDep) -> dict[str, Any]:
+    async def get_service_info(self, principal: ServiceInfoPrincipalDep) -> dict[str, Any]:
         return self.service_info
 
 
