@@ -18,3 +18,17 @@ async def test_without_mongodb_uri_the_sqlite_file_is_used_and_its_directory_cre
         assert path.exists()
     finally:
         await store.close()
+
+
+async def test_with_mongodb_uri_the_mongodb_store_is_used(mongodb_uri: str) -> None:
+    from pydantic import SecretStr
+
+    from tesp_api.store.mongo import MongoTaskStore
+
+    settings = Settings(db=DbSettings(mongodb_uri=SecretStr(mongodb_uri), mongodb_database="tesp_factory_test"))
+    store = await open_store(settings)
+    try:
+        assert isinstance(store, MongoTaskStore)
+        assert await store.count() >= 0
+    finally:
+        await store.close()
