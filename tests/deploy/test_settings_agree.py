@@ -135,3 +135,17 @@ def test_api_listens_on_the_published_container_port_and_public_url_names_tesp_a
 def test_tasks_run_in_docker_in_both_compose_profiles(monkeypatch: pytest.MonkeyPatch) -> None:
     assert container_settings(monkeypatch, MAIN_ENV).runtime.type == "docker"
     assert load_settings(SETTINGS_FILE, profile="dev-docker-amqp").runtime.type == "docker"
+
+
+def test_amqp_remote_staging_server_is_reachable_by_name_inside_the_network(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = container_settings(monkeypatch, AMQP_ENV)
+    assert settings.pulsar.staging_url is not None and settings.pulsar.staging_listen is not None
+    url = urlsplit(settings.pulsar.staging_url)
+    listen_host, _, listen_port = settings.pulsar.staging_listen.rpartition(":")
+    assert url.hostname == "tesp-api"
+    assert url.port == int(listen_port) and url.port in exposed("tesp-api")
+    assert listen_host == "0.0.0.0"
+    published = [int(container) for _, _, container in compose.host_ports(services()["tesp-api"])]
+    assert url.port not in published
