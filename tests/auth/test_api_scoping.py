@@ -57,15 +57,21 @@ def listed_ids(response: httpx.Response) -> set[str]:
     return {t["id"] for t in response.json()["tasks"]}
 
 
-async def test_a_request_without_credentials_is_a_tes_shaped_401_with_a_challenge(client: httpx.AsyncClient) -> None:
+async def test_a_request_without_credentials_is_a_tes_shaped_401_with_a_challenge(
+    client: httpx.AsyncClient,
+) -> None:
     response = await client.get(f"{BASE}/tasks")
     assert response.status_code == 401
     assert response.json() == {"msg": "authentication required", "status_code": 401}
     assert response.headers["www-authenticate"] == 'Basic realm="tesp-api", charset="UTF-8"'
 
 
-@pytest.mark.parametrize("value", ["Basic", "Basic %%%", "Basic " + base64.b64encode(b"\xff").decode(), "Token x"])
-async def test_a_garbled_authorization_header_is_a_401_never_a_500(client: httpx.AsyncClient, value: str) -> None:
+@pytest.mark.parametrize(
+    "value", ["Basic", "Basic %%%", "Basic " + base64.b64encode(b"\xff").decode(), "Token x"]
+)
+async def test_a_garbled_authorization_header_is_a_401_never_a_500(
+    client: httpx.AsyncClient, value: str
+) -> None:
     response = await client.post(f"{BASE}/tasks", json=TASK, headers={"Authorization": value})
     assert response.status_code == 401
     assert response.json()["status_code"] == 401
@@ -156,7 +162,9 @@ async def test_swagger_ui_stays_reachable_without_credentials(client: httpx.Asyn
     assert (await client.get("/docs")).status_code == 200
 
 
-async def test_bearer_users_are_scoped_by_subject_and_issuer(store: SqliteTaskStore, issuer: LocalOidcIssuer) -> None:
+async def test_bearer_users_are_scoped_by_subject_and_issuer(
+    store: SqliteTaskStore, issuer: LocalOidcIssuer
+) -> None:
     settings = settings_with(
         mode="oidc",
         issuers=[{"issuer": issuer.issuer, "audience": AUDIENCE}],
@@ -172,7 +180,9 @@ async def test_bearer_users_are_scoped_by_subject_and_issuer(store: SqliteTaskSt
         assert listed_ids(await c.get(f"{BASE}/tasks", headers=admin)) == {task_id}
 
 
-async def test_an_unreachable_issuer_is_a_tes_shaped_503(store: SqliteTaskStore, issuer: LocalOidcIssuer) -> None:
+async def test_an_unreachable_issuer_is_a_tes_shaped_503(
+    store: SqliteTaskStore, issuer: LocalOidcIssuer
+) -> None:
     settings = settings_with(mode="oidc", issuers=[{"issuer": issuer.issuer, "audience": AUDIENCE}])
     token = issuer.mint("alice")
     issuer.stop()
@@ -183,9 +193,13 @@ async def test_an_unreachable_issuer_is_a_tes_shaped_503(store: SqliteTaskStore,
     assert "retry-after" in response.headers
 
 
-async def test_an_invalid_token_gets_an_invalid_token_challenge(store: SqliteTaskStore, issuer: LocalOidcIssuer) -> None:
+async def test_an_invalid_token_gets_an_invalid_token_challenge(
+    store: SqliteTaskStore, issuer: LocalOidcIssuer
+) -> None:
     settings = settings_with(mode="oidc", issuers=[{"issuer": issuer.issuer, "audience": AUDIENCE}])
     async with await client_for(settings, store) as c:
-        response = await c.get(f"{BASE}/tasks", headers={"Authorization": f"Bearer {issuer.mint(audience='x')}"})
+        response = await c.get(
+            f"{BASE}/tasks", headers={"Authorization": f"Bearer {issuer.mint(audience='x')}"}
+        )
     assert response.status_code == 401
     assert response.headers["www-authenticate"].startswith('Bearer realm="tesp-api", error="invalid_token"')

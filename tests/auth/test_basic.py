@@ -106,7 +106,9 @@ async def test_a_password_may_contain_colons() -> None:
     settings = Settings.model_validate(
         {"auth": {"mode": "basic", "users": [{"username": "c", "password_hash": cheap_hash("a:b:c")}]}}
     )
-    assert (await build_authenticator(settings).authenticate(basic("c", "a:b:c"))).owner == Owner("c", "basic")
+    assert (await build_authenticator(settings).authenticate(basic("c", "a:b:c"))).owner == Owner(
+        "c", "basic"
+    )
 
 
 async def test_the_legacy_basic_auth_user_logs_in_as_admin() -> None:

@@ -39,13 +39,17 @@ async def refused(authenticator: Authenticator, token: str) -> Unauthenticated:
     return info.value
 
 
-async def test_a_valid_token_gives_its_subject_and_issuer(authenticator: Authenticator, issuer: LocalOidcIssuer) -> None:
+async def test_a_valid_token_gives_its_subject_and_issuer(
+    authenticator: Authenticator, issuer: LocalOidcIssuer
+) -> None:
     principal = await authenticator.authenticate(bearer(issuer.mint("alice")))
     assert principal.owner == Owner("alice", issuer.issuer)
     assert not principal.is_admin
 
 
-async def test_keys_are_fetched_once_and_then_cached(authenticator: Authenticator, issuer: LocalOidcIssuer) -> None:
+async def test_keys_are_fetched_once_and_then_cached(
+    authenticator: Authenticator, issuer: LocalOidcIssuer
+) -> None:
     for _ in range(3):
         await authenticator.authenticate(bearer(issuer.mint("alice")))
     assert issuer.requests["/jwks"] == 1
@@ -65,12 +69,16 @@ async def test_a_token_expired_within_the_leeway_is_accepted(
     assert (await authenticator.authenticate(bearer(token))).owner is not None
 
 
-async def test_a_token_not_valid_yet_is_refused(authenticator: Authenticator, issuer: LocalOidcIssuer) -> None:
+async def test_a_token_not_valid_yet_is_refused(
+    authenticator: Authenticator, issuer: LocalOidcIssuer
+) -> None:
     error = await refused(authenticator, issuer.mint(issued_at=time.time() + 3600))
     assert error.message == "the token is not valid yet"
 
 
-async def test_a_token_for_another_audience_is_refused(authenticator: Authenticator, issuer: LocalOidcIssuer) -> None:
+async def test_a_token_for_another_audience_is_refused(
+    authenticator: Authenticator, issuer: LocalOidcIssuer
+) -> None:
     error = await refused(authenticator, issuer.mint(audience="another-app"))
     assert "audience" in error.message
 
@@ -81,14 +89,18 @@ async def test_a_token_with_one_matching_audience_among_several_is_accepted(
     assert await authenticator.authenticate(bearer(issuer.mint(audience=["other", AUDIENCE])))
 
 
-async def test_a_token_with_a_wrong_signature_is_refused(authenticator: Authenticator, issuer: LocalOidcIssuer) -> None:
+async def test_a_token_with_a_wrong_signature_is_refused(
+    authenticator: Authenticator, issuer: LocalOidcIssuer
+) -> None:
     impostor = SigningKey()
     impostor.kid = issuer.signing_key.kid  # claims to be signed by the published key
     error = await refused(authenticator, issuer.mint(key=impostor))
     assert error.message == "the token signature is invalid"
 
 
-async def test_a_token_with_altered_claims_is_refused(authenticator: Authenticator, issuer: LocalOidcIssuer) -> None:
+async def test_a_token_with_altered_claims_is_refused(
+    authenticator: Authenticator, issuer: LocalOidcIssuer
+) -> None:
     header, _, signature = issuer.mint("alice").split(".")
     forged_claims = jwt.decode(issuer.mint("alice"), options={"verify_signature": False}) | {"sub": "root"}
     await refused(authenticator, f"{header}.{b64url(json.dumps(forged_claims).encode())}.{signature}")
@@ -117,7 +129,9 @@ async def test_a_token_naming_a_trusted_issuer_but_signed_elsewhere_is_refused(
         assert sum(stranger.requests.values()) == 0
 
 
-async def test_an_unsigned_token_with_alg_none_is_refused(authenticator: Authenticator, issuer: LocalOidcIssuer) -> None:
+async def test_an_unsigned_token_with_alg_none_is_refused(
+    authenticator: Authenticator, issuer: LocalOidcIssuer
+) -> None:
     claims = {"iss": issuer.issuer, "sub": "root", "aud": AUDIENCE, "exp": int(time.time()) + 300}
     header = {"alg": "none", "typ": "JWT", "kid": issuer.signing_key.kid}
     token = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}."
@@ -145,7 +159,9 @@ async def test_garbage_bearer_tokens_are_a_401(authenticator: Authenticator, tok
         await authenticator.authenticate(bearer(token))
 
 
-async def test_a_token_without_subject_is_refused(authenticator: Authenticator, issuer: LocalOidcIssuer) -> None:
+async def test_a_token_without_subject_is_refused(
+    authenticator: Authenticator, issuer: LocalOidcIssuer
+) -> None:
     token = jwt.encode(
         {"iss": issuer.issuer, "aud": AUDIENCE, "exp": int(time.time()) + 300},
         issuer.signing_key.private,
@@ -155,7 +171,9 @@ async def test_a_token_without_subject_is_refused(authenticator: Authenticator, 
     assert (await refused(authenticator, token)).message == "the token lacks the sub claim"
 
 
-async def test_a_rotated_key_is_picked_up(authenticator: Authenticator, issuer: LocalOidcIssuer, clock: FakeClock) -> None:
+async def test_a_rotated_key_is_picked_up(
+    authenticator: Authenticator, issuer: LocalOidcIssuer, clock: FakeClock
+) -> None:
     await authenticator.authenticate(bearer(issuer.mint("alice")))
     issuer.rotate()
     clock.advance(31)  # past jwks_min_refresh_seconds
@@ -229,22 +247,32 @@ async def test_a_discovery_document_of_another_issuer_is_not_trusted(issuer: Loc
 
 
 async def test_a_configured_jwks_url_skips_discovery(issuer: LocalOidcIssuer) -> None:
-    settings = oidc_settings(issuer, issuers=[{"issuer": issuer.issuer, "audience": AUDIENCE, "jwks_url": f"{issuer.url}/jwks"}])
+    settings = oidc_settings(
+        issuer, issuers=[{"issuer": issuer.issuer, "audience": AUDIENCE, "jwks_url": f"{issuer.url}/jwks"}]
+    )
     authenticator = build_authenticator(settings)
-    assert (await authenticator.authenticate(bearer(issuer.mint("alice")))).owner == Owner("alice", issuer.issuer)
+    assert (await authenticator.authenticate(bearer(issuer.mint("alice")))).owner == Owner(
+        "alice", issuer.issuer
+    )
     assert issuer.requests["/.well-known/openid-configuration"] == 0
     await authenticator.aclose()
 
 
 async def test_a_group_in_the_admin_claim_makes_an_admin(issuer: LocalOidcIssuer) -> None:
-    authenticator = build_authenticator(oidc_settings(issuer, admin_claim="groups", admin_values=["tes-admins"]))
-    assert (await authenticator.authenticate(bearer(issuer.mint("a", groups=["users", "tes-admins"])))).is_admin
+    authenticator = build_authenticator(
+        oidc_settings(issuer, admin_claim="groups", admin_values=["tes-admins"])
+    )
+    assert (
+        await authenticator.authenticate(bearer(issuer.mint("a", groups=["users", "tes-admins"])))
+    ).is_admin
     assert not (await authenticator.authenticate(bearer(issuer.mint("b", groups=["users"])))).is_admin
     await authenticator.aclose()
 
 
 async def test_the_admin_claim_may_be_a_nested_path(issuer: LocalOidcIssuer) -> None:
-    authenticator = build_authenticator(oidc_settings(issuer, admin_claim="realm_access.roles", admin_values=["admin"]))
+    authenticator = build_authenticator(
+        oidc_settings(issuer, admin_claim="realm_access.roles", admin_values=["admin"])
+    )
     token = issuer.mint("a", realm_access={"roles": ["admin"]})
     assert (await authenticator.authenticate(bearer(token))).is_admin
     await authenticator.aclose()
@@ -266,7 +294,9 @@ async def test_basic_and_bearer_work_side_by_side(issuer: LocalOidcIssuer) -> No
     authenticator = build_authenticator(settings)
     basic_header = "Basic " + base64.b64encode(b"carol:pw").decode()
     assert (await authenticator.authenticate(basic_header)).owner == Owner("carol", "basic")
-    assert (await authenticator.authenticate(bearer(issuer.mint("dave")))).owner == Owner("dave", issuer.issuer)
+    assert (await authenticator.authenticate(bearer(issuer.mint("dave")))).owner == Owner(
+        "dave", issuer.issuer
+    )
     with pytest.raises(Unauthenticated) as info:
         await authenticator.authenticate(None)
     assert info.value.challenges == ('Basic realm="tesp-api", charset="UTF-8"', 'Bearer realm="tesp-api"')

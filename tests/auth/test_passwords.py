@@ -27,7 +27,15 @@ def test_the_default_cost_is_memory_hard() -> None:
     assert parse_hash(hash_password("x")).log2_n >= 15
 
 
-@pytest.mark.parametrize("text", ["plain-password", "$scrypt$ln=10$abc", "$bcrypt$x$y$z", "$scrypt$ln=40,r=8,p=1$YQ$YWFhYWFhYWFhYWFhYWFhYQ"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "plain-password",
+        "$scrypt$ln=10$abc",
+        "$bcrypt$x$y$z",
+        "$scrypt$ln=40,r=8,p=1$YQ$YWFhYWFhYWFhYWFhYWFhYQ",
+    ],
+)
 def test_text_that_is_not_a_usable_hash_is_refused(text: str) -> None:
     with pytest.raises(InvalidPasswordHash):
         parse_hash(text)
@@ -49,7 +57,9 @@ def test_hash_password_command_refuses_an_empty_password() -> None:
 
 def test_settings_refuse_a_user_whose_password_hash_is_plain_text() -> None:
     with pytest.raises(ValueError, match="tesp-api hash-password") as info:
-        Settings.model_validate({"auth": {"mode": "basic", "users": [{"username": "a", "password_hash": "hunter2"}]}})
+        Settings.model_validate(
+            {"auth": {"mode": "basic", "users": [{"username": "a", "password_hash": "hunter2"}]}}
+        )
     assert "hunter2" not in str(info.value)
 
 

@@ -45,7 +45,9 @@ def test_an_issuer_without_audience_is_refused() -> None:
 @pytest.mark.parametrize("alg", ["none", "HS256", "HS512"])
 def test_symmetric_and_none_algorithms_are_refused(alg: str) -> None:
     with pytest.raises(ValueError, match="algorithms must be among"):
-        settings_with(mode="oidc", issuers=[{"issuer": "https://idp.example.org", "audience": "a", "algorithms": [alg]}])
+        settings_with(
+            mode="oidc", issuers=[{"issuer": "https://idp.example.org", "audience": "a", "algorithms": [alg]}]
+        )
 
 
 def test_a_username_with_a_colon_is_refused() -> None:

@@ -110,7 +110,7 @@ class LocalOidcIssuer:
         issuer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+            def do_GET(self) -> None:
                 issuer.requests[self.path] += 1
                 if self.path == "/.well-known/openid-configuration":
                     body: dict[str, Any] = {
@@ -130,7 +130,7 @@ class LocalOidcIssuer:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 pass  # keep test output quiet
 
         return Handler
