@@ -138,44 +138,51 @@ class RuntimeSettings(_Section):
 
 
 class HttpCredential(_Section):
-    host: str  # exact host name (port optional, e.g. "data.example.org:8443")
-    headers: dict[str, SecretStr] = Field(default_factory=dict)
-    bearer_token: SecretStr | None = None
-    username: str | None = None
+    host: str = Field(description='exact host name, optionally with port ("data.example.org:8443")')
+    headers: dict[str, SecretStr] = Field(default_factory=dict, description="extra request headers for this host")
+    bearer_token: SecretStr | None = Field(None, description="sent as `Authorization: Bearer ...`")
+    username: str | None = Field(None, description="HTTP basic auth (when no bearer_token)")
     password: SecretStr | None = None
 
 
 class FtpCredential(_Section):
-    host: str
+    host: str = Field(description="host name, optionally with port; used when the URL has no user:password@")
     username: str = "anonymous"
     password: SecretStr | None = None
 
 
 class S3Credential(_Section):
-    bucket: str | None = None  # None = any bucket at this endpoint
-    endpoint_url: str | None = None
+    bucket: str | None = Field(None, description="the bucket this entry is for; empty = every other bucket")
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, Ceph...); empty = AWS")
     region: str | None = None
-    access_key_id: SecretStr | None = None
+    access_key_id: SecretStr | None = Field(None, description="empty = boto3's default credential chain")
     secret_access_key: SecretStr | None = None
     session_token: SecretStr | None = None
 
 
 class TransferSettings(_Section):
-    allowed_dirs: list[str] = Field(default_factory=list)  # file:// URLs and plain paths only inside these
-    http: list[HttpCredential] = Field(default_factory=list)
-    ftp: list[FtpCredential] = Field(default_factory=list)
-    s3: list[S3Credential] = Field(default_factory=list)
-    timeout: float = Field(60.0, gt=0)
-    retries: int = Field(3, ge=0)
-    chunk_bytes: int = Field(8 * MIB, ge=64 * KIB)
-    signed_url_ttl: float = Field(86400.0, gt=0)  # staging tokens for Pulsar (AMQP/remote staging)
-    # URL schemes accepted for inputs/outputs ("file" also covers plain absolute paths).
-    schemes: list[Literal["file", "http", "https", "ftp", "s3"]] = Field(
-        default_factory=lambda: ["file", "http", "https", "ftp", "s3"]
+    allowed_dirs: list[str] = Field(
+        default_factory=list,
+        description="file:// URLs and plain paths are accepted only inside these (symlinks and .. resolved)",
     )
-    retry_backoff: float = Field(0.5, ge=0)  # first retry delay in seconds; doubles per attempt, capped at 30 s
-    s3_max_concurrency: int = Field(4, ge=1)  # boto3 worker threads per multipart transfer
-    follow_redirects: bool = True  # http(s) GET follows redirects (credentials are not sent to another host)
+    http: list[HttpCredential] = Field(default_factory=list, description="credentials per http(s) host")
+    ftp: list[FtpCredential] = Field(default_factory=list, description="credentials per FTP host")
+    s3: list[S3Credential] = Field(default_factory=list, description="endpoint, region and keys per bucket")
+    timeout: float = Field(60.0, gt=0, description="seconds: connect and per-read timeout of each transfer")
+    retries: int = Field(3, ge=0, description="retries per file after a transient failure (5xx, timeout, refused)")
+    chunk_bytes: int = Field(8 * MIB, ge=64 * KIB, description="streaming buffer and S3 multipart part size")
+    signed_url_ttl: float = Field(
+        86400.0, gt=0, description="seconds a presigned S3 URL or staging token given to Pulsar stays valid"
+    )
+    schemes: list[Literal["file", "http", "https", "ftp", "s3"]] = Field(
+        default_factory=lambda: ["file", "http", "https", "ftp", "s3"],
+        description='URL schemes accepted for inputs and outputs ("file" also covers plain absolute paths)',
+    )
+    retry_backoff: float = Field(0.5, ge=0, description="first retry delay (s); doubles per attempt, at most 30 s")
+    s3_max_concurrency: int = Field(10, ge=1, description="boto3 threads per multipart S3 transfer")
+    follow_redirects: bool = Field(
+        True, description="http(s) GET follows redirects; each host gets only its own credentials"
+    )
 
 
 # Signature algorithms a JWT may use: asymmetric only. "none" and the HS* family are never accepted
