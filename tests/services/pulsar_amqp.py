@@ -69,6 +69,12 @@ class PulsarAmqp:
                 f"  {self.manager}:",
                 "    type: queued_python",
                 f"    num_concurrent_jobs: {self.num_concurrent_jobs}",
+                # Staging calls to tesp-api are retried (e.g. while it restarts), as a deployment should.
+                "    preprocess_action_max_retries: 3",
+                "    preprocess_action_interval_start: 1",
+                "    postprocess_action_max_retries: 5",
+                "    postprocess_action_interval_start: 1",
+                "    postprocess_action_interval_max: 5",
                 "",
             ]
         )

@@ -1,0 +1,102 @@
+"""The AMQP backend's view of a job, fed by status updates published exactly as Pulsar publishes them
+(persistent JSON on the ``pulsar`` exchange) through the real RabbitMQ broker; no Pulsar needed here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tesp_api.pulsar.amqp import AmqpBackend
+from tesp_api.pulsar.amqp_client import AmqpClientOptions
+from tesp_api.pulsar.amqp_names import PulsarQueues
+from tesp_api.pulsar.amqp_staging import StagingServer, StagingTokens
+from tesp_api.pulsar.port import JobFile, JobSpec
+from tests.pulsar.test_amqp_client import publish_as_pulsar
+from tests.services import rabbitmq
+
+pytestmark = [pytest.mark.amqp, pytest.mark.timeout(60)]
+
+
+@pytest.fixture(autouse=True)
+def _broker() -> None:
+    if not rabbitmq.ensure_running():
+        pytest.skip("no RabbitMQ broker on 127.0.0.1:5672 and it cannot be started here")
+
+
+@pytest.fixture
+async def backend(tmp_path: Path) -> AsyncIterator[AmqpBackend]:
+    queues = PulsarQueues.for_manager(amqp_key_prefix=rabbitmq.unique_prefix("b"))
+    staging = StagingServer(tmp_path / "received", StagingTokens(b"k" * 32, ttl=60))
+    b = AmqpBackend("default", rabbitmq.URL, queues, staging, options=AmqpClientOptions(reconcile_after=3600))
+    await b.start()
+    yield b
+    await b.aclose()
+    await rabbitmq.delete_queues([*queues.consumed_by_pulsar, queues.status_update])
+
+
+async def submitted(backend: AmqpBackend, job_id: str) -> None:
+    spec = JobSpec(
+        job_id=job_id, script_name="tes-job.sh", files=[JobFile("tes-job.sh", "tool", data=b"true\n")]
+    )
+    await backend.prepare(spec)
+    await backend.submit(spec)
+
+
+async def push(backend: AmqpBackend, job_id: str, status: str, **extra: object) -> None:
+    """Publish like Pulsar and wait until the backend has taken it in."""
+    await publish_as_pulsar(
+        backend.queues, {"job_id": job_id, "status": status, "complete": "false", **extra}
+    )
+    await backend.wait_for_change(job_id, 10)
+    await asyncio.sleep(0.05)  # the duplicate through the second queue, if any
+
+
+async def test_a_submitted_job_reports_queued_until_pulsar_speaks(backend: AmqpBackend) -> None:
+    await submitted(backend, "job-1")
+    assert (await backend.status("job-1")).status == "queued"
+
+
+async def test_pushed_status_is_what_status_answers(backend: AmqpBackend) -> None:
+    await submitted(backend, "job-1")
+    await push(backend, "job-1", "running")
+    assert (await backend.status("job-1")).status == "running"
+
+
+async def test_first_lost_for_a_job_never_heard_of_is_not_believed(backend: AmqpBackend) -> None:
+    await submitted(backend, "job-1")
+    await publish_as_pulsar(backend.queues, {"job_id": "job-1", "status": "lost", "complete": "true"})
+    await asyncio.sleep(0.3)
+    assert (await backend.status("job-1")).status == "queued"
+    # Said again (the next reconcile's answer, a minute later: not a duplicate of the first): believed.
+    await push(backend, "job-1", "lost", returncode=None)
+    assert (await backend.status("job-1")).status == "lost"
+
+
+async def test_a_late_running_update_does_not_undo_completion(backend: AmqpBackend) -> None:
+    await submitted(backend, "job-1")
+    await push(backend, "job-1", "complete")
+    await push(backend, "job-1", "running")
+    assert (await backend.status("job-1")).status == "complete"
+
+
+async def test_updates_of_jobs_this_process_does_not_drive_are_ignored(backend: AmqpBackend) -> None:
+    await submitted(backend, "mine")
+    await publish_as_pulsar(
+        backend.queues, {"job_id": "someone-elses", "status": "running", "complete": "false"}
+    )
+    await push(backend, "mine", "running")  # published after it: processed after it
+    assert "someone-elses" not in backend._statuses  # nothing kept for it
+
+
+async def test_clean_forgets_the_job_and_its_received_files(backend: AmqpBackend) -> None:
+    await submitted(backend, "job-1")
+    received = backend.staging.received_dir("job-1")
+    received.mkdir(parents=True)
+    (received / "tes-meta.tar").write_bytes(b"x")
+    await backend.clean("job-1")
+    assert not received.exists()
+    assert "job-1" not in backend.client.tracked_jobs
