@@ -43,6 +43,10 @@ def _lower_keys(value: Any, keep_case: bool = False) -> Any:
 def _settings_files(explicit: str | os.PathLike[str] | None) -> list[str]:
     main = explicit or os.environ.get(f"{ENV_PREFIX}_SETTINGS") or "settings.toml"
     main_path = Path(main)
+    if explicit or os.environ.get(f"{ENV_PREFIX}_SETTINGS"):
+        # dynaconf looks for a relative name beside the running script first (.venv/bin -> a checkout's
+        # settings.toml); a file the user names is relative to the working directory.
+        main_path = main_path.absolute()
     files = [str(main_path)]
     secrets = main_path.with_name(".secrets.toml")
     files.append(str(secrets))
