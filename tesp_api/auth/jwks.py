@@ -95,7 +95,8 @@ class IssuerKeys:
                 await self._refresh(keep_stale=True)
             found = self._find(kid, alg)
             if found is None and self._may_refresh():
-                await self._refresh(keep_stale=True)
+                # A key we do not know may be a rotated one: if the issuer cannot be asked, say so (503).
+                await self._refresh(keep_stale=False)
                 found = self._find(kid, alg)
         if found is None:
             raise UnknownSigningKey("no key of the issuer matches the token")

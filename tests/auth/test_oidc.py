@@ -223,6 +223,18 @@ async def test_known_keys_keep_working_while_the_issuer_is_briefly_down(
     assert (await authenticator.authenticate(bearer(token))).owner == Owner("bob", issuer.issuer)
 
 
+async def test_a_new_key_while_the_issuer_is_down_is_a_503_not_a_401(
+    authenticator: Authenticator, issuer: LocalOidcIssuer, clock: FakeClock
+) -> None:
+    await authenticator.authenticate(bearer(issuer.mint("alice")))
+    issuer.rotate()
+    token = issuer.mint("alice")
+    issuer.stop()
+    clock.advance(31)
+    with pytest.raises(AuthUnavailable):
+        await authenticator.authenticate(bearer(token))
+
+
 async def test_a_discovery_document_of_another_issuer_is_not_trusted(issuer: LocalOidcIssuer) -> None:
     settings = oidc_settings(
         issuer,
