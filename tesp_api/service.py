@@ -74,11 +74,6 @@ def build_engine(settings: Settings, store: TaskStore) -> Any | None:
     return Engine(settings, store)
 
 
-def build_authenticator(settings: Settings) -> Any | None:
-    """The authenticator handed to the app (see tesp_api/api/deps.py); None = authentication off."""
-    return None
-
-
 async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
@@ -111,7 +106,6 @@ async def running_app(settings: Settings) -> AsyncIterator[FastAPI]:
             settings,
             store,
             engine=engine,
-            authenticator=build_authenticator(settings),
             lifespan=_engine_lifespan(engine),
         )
     finally:
