@@ -146,18 +146,25 @@ def http(method: str, url: str, data: bytes | None = None, token: str | None = N
         return err.code, err.read()
 
 
-def test_seed_puts_the_example_input_on_s3_ftp_and_http(stack: Stack) -> None:
-    result = seed(stack)
-    assert result.returncode == 0, result.stderr
+@pytest.fixture(scope="module")
+def seeded(stack: Stack) -> subprocess.CompletedProcess[str]:
+    """One run of the seeding job against the stack (what `dts-seed` does at `up`)."""
+    return seed(stack)
+
+
+def test_seed_puts_the_example_input_on_s3_ftp_and_http(
+    stack: Stack, seeded: subprocess.CompletedProcess[str]
+) -> None:
+    assert seeded.returncode == 0, seeded.stderr
     sample = (TOOLS / "seed.py").read_text().split('SAMPLE = b"')[1].split('\\n"')[0].encode() + b"\n"
     assert stack.s3.client().get_object(Bucket="tesp", Key="inputs/hello.txt")["Body"].read() == sample
     assert (stack.ftp_root / "inputs" / "hello.txt").read_bytes() == sample
     assert http("GET", f"{stack.http_url}/inputs/hello.txt") == (200, sample)
 
 
-def test_seed_can_run_again(stack: Stack) -> None:
+def test_seed_can_run_again(stack: Stack, seeded: subprocess.CompletedProcess[str]) -> None:
     """The stack's seed job may be run twice (bucket and directory exist already)."""
-    assert seed(stack).returncode == 0
+    assert seeded.returncode == 0, seeded.stderr
     assert seed(stack).returncode == 0
 
 
