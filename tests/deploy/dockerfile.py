@@ -57,14 +57,14 @@ def parse(path: Path) -> list[Stage]:
         keyword = keyword.upper()
         rest = re.sub(r"\s+", " ", rest).strip()
         if keyword == "ARG" and not stages:
-            name, _, default = rest.partition("=")
-            args[name] = default
+            arg_name, _, default = rest.partition("=")
+            args[arg_name] = default
             continue
         if keyword == "FROM":
             words = rest.split()
             base = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), words[0])
-            name = words[2] if len(words) >= 3 and words[1].upper() == "AS" else None
-            stages.append(Stage(base, name))
+            stage_name = words[2] if len(words) >= 3 and words[1].upper() == "AS" else None
+            stages.append(Stage(base, stage_name))
             continue
         stages[-1].instructions.append(Instruction(keyword, rest))
     return stages

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
+import yaml  # type: ignore[import-untyped]
 
 from tests.deploy import compose
 from tests.deploy.conftest import DTS_ENV, MAIN_ENV

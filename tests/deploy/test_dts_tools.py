@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ftplib
+import importlib.util
 import io
 import os
 import signal
@@ -21,6 +22,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -30,6 +32,15 @@ from tests.services.s3_server import S3Server, s3_server
 TOOLS = REPO / "docker" / "dts" / "tools"
 HTTP_TOKEN = "dts-http-token-test"
 FTP_USER, FTP_PASSWORD = "tesp", "dts-ftp-password-test"
+
+
+def seed_module() -> ModuleType:
+    """docker/dts/tools/seed.py as a module, for its sample content (it is not a package)."""
+    spec = importlib.util.spec_from_file_location("dts_seed", TOOLS / "seed.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def free_port() -> int:
@@ -156,7 +167,7 @@ def test_seed_puts_the_example_input_on_s3_ftp_and_http(
     stack: Stack, seeded: subprocess.CompletedProcess[str]
 ) -> None:
     assert seeded.returncode == 0, seeded.stderr
-    sample = (TOOLS / "seed.py").read_text().split('SAMPLE = b"')[1].split('\\n"')[0].encode() + b"\n"
+    sample = seed_module().SAMPLE
     assert stack.s3.client().get_object(Bucket="tesp", Key="inputs/hello.txt")["Body"].read() == sample
     assert (stack.ftp_root / "inputs" / "hello.txt").read_bytes() == sample
     assert http("GET", f"{stack.http_url}/inputs/hello.txt") == (200, sample)
