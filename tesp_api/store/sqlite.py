@@ -6,8 +6,8 @@ several processes (an API server and separate workers) can share that file safel
 How it stays off the event loop: one dedicated thread owns the connection and executes operations
 taken from a queue; coroutines wait on a future. That thread does **group commit**: it drains
 every operation queued while the previous batch ran and executes the batch inside ONE
-``BEGIN IMMEDIATE`` transaction, each write in its own SAVEPOINT (so a failing create - e.g. a
-duplicate id - rolls back only itself), then commits once. Under load, dozens of creates share one
+``BEGIN IMMEDIATE`` transaction and commits once; a failing write (a duplicate id) writes nothing
+and does not undo the others (see ``_execute``). Under load, dozens of creates share one
 commit, which is what makes the create endpoint fast; with one client, a batch is one operation
 and nothing waits. ``BEGIN IMMEDIATE`` takes the write lock up front, so a compare-and-set or a
 claim reads and writes under the lock even when other processes use the same file (they wait up
@@ -231,6 +231,13 @@ class SqliteTaskStore:
             return _Outcome(op, error=exc)
 
     def _execute(self, conn: sqlite3.Connection, batch: list[_Op]) -> list[_Outcome]:
+        """Run a batch; all writes in one transaction, committed once (group commit).
+
+        Every write operation is written so that when it fails it has written nothing: one write
+        statement (SQLite undoes a failed statement by itself) or it undoes its own first
+        statement. That keeps one failing create (a duplicate id) from undoing the others without
+        a SAVEPOINT per operation, which would cost more than the insert itself.
+        """
         if not any(op.write for op in batch):
             return [self._run_one(conn, op) for op in batch]
         try:
@@ -241,14 +248,11 @@ class SqliteTaskStore:
         outcomes: list[_Outcome] = []
         try:
             for op in batch:
-                if not op.write:
-                    outcomes.append(self._run_one(conn, op))
-                    continue
-                conn.execute("SAVEPOINT op")
                 outcome = self._run_one(conn, op)
-                if outcome.error is not None:
-                    conn.execute("ROLLBACK TO op")
-                conn.execute("RELEASE op")
+                if outcome.error is not None and not conn.in_transaction:
+                    # SQLite rolled the whole transaction back (disk full, I/O error...): the
+                    # earlier operations of this batch are lost too.
+                    raise sqlite3.OperationalError(f"transaction rolled back: {outcome.error}")
                 outcomes.append(outcome)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -310,10 +314,14 @@ class SqliteTaskStore:
                 raise DuplicateTask(f"task {task_id} exists already") from exc
             seq = int(cursor.lastrowid or 0)
             if tags:
-                conn.executemany(
-                    "INSERT INTO task_tags(seq, key, value) VALUES (?, ?, ?)",
-                    [(seq, key, value) for key, value in tags],
-                )
+                try:
+                    conn.executemany(
+                        "INSERT INTO task_tags(seq, key, value) VALUES (?, ?, ?)",
+                        [(seq, key, value) for key, value in tags],
+                    )
+                except BaseException:
+                    conn.execute("DELETE FROM tasks WHERE seq = ?", (seq,))  # leave nothing behind
+                    raise
             return seq
 
         seq = await self._call(insert, write=True)
