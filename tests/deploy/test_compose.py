@@ -235,3 +235,21 @@ def test_the_env_examples_list_every_required_variable_without_a_value() -> None
         for name in required:
             if SECRET_NAME.search(name):
                 assert lines[name] == "", f"{example}: {name} has a value"
+
+
+def test_rabbitmq_refuses_to_start_without_a_password() -> None:
+    """The rabbitmq service's entrypoint guard, run by a real shell (the image is not here)."""
+    service = compose.load(compose.MAIN_FILE, MAIN_ENV)["services"]["rabbitmq"]
+    assert compose.environment(service)["RABBITMQ_DEFAULT_PASS"] == ""
+    argv = service["entrypoint"]
+    result = subprocess.run(
+        argv,
+        env={"PATH": "/usr/bin:/bin", "RABBITMQ_DEFAULT_PASS": ""},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 64
+    assert "set RABBITMQ_PASSWORD in .env" in result.stderr
+    assert argv[-1].endswith("exec docker-entrypoint.sh rabbitmq-server")

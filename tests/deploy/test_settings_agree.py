@@ -20,7 +20,7 @@ from tests.deploy.conftest import MAIN_ENV
 SETTINGS_FILE = compose.REPO / "settings.toml"
 AMQP_ENV = {
     **MAIN_ENV,
-    "TESP_API_PROFILE": "dev-docker-amqp",
+    "FASTAPI_PROFILE": "dev-docker-amqp",
     "AMQP_URL": "amqp://tesp:abc123@rabbitmq:5672//",
 }
 
