@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -271,3 +272,24 @@ async def test_create_wakes_an_engine_that_offers_notify_created(
     async with client_for(make_settings(), engine=engine) as client:
         task_id = (await post(client, task_body())).json()["id"]
     assert engine.created == [task_id]
+
+
+async def test_file_url_outside_the_allowed_directories_is_400(client: httpx.AsyncClient) -> None:
+    body = task_body(inputs=[{"path": "/data/f", "url": "file:///etc/passwd"}])
+    assert_tes_error(await post(client, body), 400, "inputs[0].url")
+
+
+async def test_file_url_inside_an_allowed_directory_is_accepted(
+    client_for: Callable[..., httpx.AsyncClient], tmp_path: Path
+) -> None:
+    settings = make_settings(transfer={"allowed_dirs": [str(tmp_path)]})
+    body = task_body(inputs=[{"path": "/data/f", "url": f"file://{tmp_path}/f.txt"}])
+    async with client_for(settings) as client:
+        assert (await post(client, body)).status_code == 200
+
+
+async def test_scheme_disabled_in_settings_is_400(client_for: Callable[..., httpx.AsyncClient]) -> None:
+    settings = make_settings(transfer={"schemes": ["http", "https"]})
+    body = task_body(outputs=[{"path": "/data/f", "url": "s3://bucket/key"}])
+    async with client_for(settings) as client:
+        assert_tes_error(await post(client, body), 400, "outputs[0].url")
