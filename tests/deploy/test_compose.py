@@ -253,3 +253,10 @@ def test_rabbitmq_refuses_to_start_without_a_password() -> None:
     assert result.returncode == 64
     assert "set RABBITMQ_PASSWORD in .env" in result.stderr
     assert argv[-1].endswith("exec docker-entrypoint.sh rabbitmq-server")
+
+
+def test_every_compose_variable_is_documented_in_deploy_md() -> None:
+    docs = (compose.REPO / "docs" / "deploy.md").read_text()
+    for path in (compose.MAIN_FILE, compose.DTS_FILE):
+        for name, _, _ in compose.variables(path):
+            assert f"`{name}`" in docs, f"{path.name}: {name} is not in docs/deploy.md"
