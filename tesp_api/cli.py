@@ -95,11 +95,14 @@ def _exit_code(result: Any) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from tesp_api.service import configure_logging, serve
+    from tesp_api.service import StartupError, configure_logging, serve
 
     settings = _load(args)
     configure_logging(settings.logging)
-    serve(settings)
+    try:
+        serve(settings)
+    except StartupError as exc:
+        return _fail(str(exc))
     return 0
 
 

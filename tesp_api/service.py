@@ -56,9 +56,20 @@ def configure_logging(conf: LoggingSettings) -> None:
     root.setLevel(conf.level)
 
 
+class StartupError(Exception):
+    """The service cannot start; the message says why (no secrets), for the command line."""
+
+
 async def build_store(settings: Settings) -> TaskStore:
     """The opened task store the settings ask for (SQLite by default, MongoDB with db.mongodb_uri)."""
-    return await open_store(settings)
+    try:
+        return await open_store(settings)
+    except Exception as exc:  # noqa: BLE001 - whatever stops the store opening stops the start, with its reason
+        reason = f"{type(exc).__name__}: {exc}"
+        uri = settings.db.mongodb_uri.get_secret_value() if settings.db.mongodb_uri else ""
+        if uri:
+            reason = reason.replace(uri, "<db.mongodb_uri>")
+        raise StartupError(f"cannot open the task store ({reason})") from None
 
 
 def build_engine(settings: Settings, store: TaskStore) -> Any | None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,19 @@ def task_body(**fields: Any) -> dict[str, Any]:
     body: dict[str, Any] = {"executors": [{"image": "alpine", "command": ["echo", "hello"]}]}
     body.update(fields)
     return body
+
+
+@pytest.fixture
+def restore_root_logging() -> Iterator[None]:
+    """For tests that run ``configure_logging`` (it replaces the root handlers): put them back."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture

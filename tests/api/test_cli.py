@@ -70,3 +70,20 @@ def test_python_dash_m_tesp_api_is_the_cli() -> None:
     )
     assert done.returncode == 0
     assert tesp_api.__version__ in done.stdout
+
+
+def test_serve_with_an_unusable_store_path_exits_2_without_traceback(
+    restore_root_logging: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TESP_API_ENGINE__ENABLED", "false")
+    monkeypatch.setenv("TESP_API_DB__SQLITE_PATH", str(blocker / "tasks.sqlite3"))
+    assert main(["serve", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot open the task store" in err
+    assert "Traceback" not in err

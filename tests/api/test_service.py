@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -13,18 +12,6 @@ import pytest
 from tesp_api.config.settings import LoggingSettings
 from tesp_api.service import configure_logging, running_app
 from tests.api.conftest import BASE, make_settings, task_body
-
-
-@pytest.fixture
-def restore_root_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
 
 
 def test_output_json_writes_one_json_object_per_line(
