@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_BACKOFF = 60.0
-FIRST_POLL = 0.1  # seconds; doubled after each poll up to pulsar.status.poll_interval
+FIRST_POLL = 0.05  # seconds; x1.5 after each poll, up to pulsar.status.poll_interval
 STARTED_STATUSES = frozenset({"queued", "running", "postprocessing", "complete", "cancelled", "failed"})
 
 
@@ -76,6 +76,7 @@ class TaskDriver:
         self.task_id = record.id
         self.wake = asyncio.Event()
         self._unreachable_since: float | None = None
+        self._fresh = False  # this driver moved the task out of QUEUED (no earlier attempt exists)
         self._scratch = Path(engine.settings.engine.work_dir) / self.task_id
 
     # ---- store helpers -------------------------------------------------------------------------
@@ -183,6 +184,7 @@ class TaskDriver:
                      system_logs=[f"worker {self.engine.worker_id}: Pulsar server {server}"]),
             backend={"server": server, "job_id": self.task_id},
         )
+        self._fresh = self.record.state == TesState.INITIALIZING
 
     def _spec(self, files: list[JobFile]) -> JobSpec:
         return JobSpec(job_id=self.task_id, script_name=SCRIPT_NAME, files=files,
@@ -195,8 +197,11 @@ class TaskDriver:
             mapper = FileMapper(task, map_workdirs=runtime.needs_workdir_mount)
         except PathError as exc:
             raise GiveUp(str(exc)) from None
-        status = await self._pulsar(lambda: self.backend.status(self.task_id))
-        if status.status in STARTED_STATUSES:
+        # Asking Pulsar first matters only when an earlier attempt may have got this far: a task this
+        # driver has just taken out of QUEUED cannot be known to Pulsar yet.
+        if not self._fresh:
+            status = await self._pulsar(lambda: self.backend.status(self.task_id))
+        if not self._fresh and status.status in STARTED_STATUSES:
             # Pulsar runs (or ran) this job already: a crash after the submit. Never submit twice.
             await self._move(TesState.RUNNING, backend={"submitted": True})
             return
@@ -259,7 +264,7 @@ class TaskDriver:
                 await self._pulsar_final(status)
                 return
             await self._wait_next_poll(delay)
-            delay = min(delay * 2, poll)
+            delay = min(delay * 1.5, poll)
             rec = await self._reread()
             if rec.state != TesState.RUNNING:
                 return  # cancelled (or ended by someone else): _drive takes over

@@ -25,6 +25,7 @@ from tesp_api.pulsar.port import PulsarBackend
 from tesp_api.store.port import TaskRecord, TaskStore
 
 log = logging.getLogger(__name__)
+STOP_TIMEOUT = 15.0  # seconds stop() waits for the loops and drivers to end
 
 
 def default_worker_id() -> str:
@@ -140,7 +141,11 @@ class Engine:
         drivers = list(self._drivers.items())
         for _, (_, task) in drivers:
             task.cancel()
-        await asyncio.gather(*self._loops, *(t for _, (_, t) in drivers), return_exceptions=True)
+        pending = [*self._loops, *(t for _, (_, t) in drivers)]
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=STOP_TIMEOUT)
+            if still:
+                log.warning("engine: %d task(s) did not stop within %.0fs", len(still), STOP_TIMEOUT)
         self._loops = []
         for task_id, _ in drivers:
             try:
@@ -160,6 +165,10 @@ class Engine:
             entry[0].wake.set()
         else:
             self._claim_wake.set()
+
+    def notify_created(self, task_id: str) -> None:
+        """A new task is in the store: claim now rather than at the next claim_interval tick."""
+        self._claim_wake.set()
 
     @property
     def running(self) -> int:

@@ -71,6 +71,7 @@ class RestBackend:
         self.retries = retries
         self.backoff_base = backoff_base
         _install_redaction()
+        self._script_paths: dict[str, str] = {}  # job id -> absolute job script path, from prepare
         self._client = client or httpx.AsyncClient(
             base_url=self.url,
             timeout=httpx.Timeout(timeout),
@@ -137,13 +138,17 @@ class RestBackend:
         for f in spec.files:
             if f.source is None and f.data is None:
                 raise BackendError(f"{f.name}: the REST backend needs the file's bytes (remote staging unsupported)")
-            await self.upload(spec.job_id, f.name, f.kind, source=f.source, data=f.data)
+            path = await self.upload(spec.job_id, f.name, f.kind, source=f.source, data=f.data)
+            if f.name == spec.script_name and f.kind == "tool":
+                self._script_paths[spec.job_id] = path
 
     async def submit(self, spec: JobSpec) -> None:
-        path = await self._request(
-            "GET", f"/jobs/{spec.job_id}/files/path", params={"name": spec.script_name, "type": "tool"}
-        )
-        script = str(path.json()["path"])
+        script = self._script_paths.pop(spec.job_id, None)
+        if script is None:  # prepared by an earlier process (a crash in between): ask Pulsar
+            path = await self._request(
+                "GET", f"/jobs/{spec.job_id}/files/path", params={"name": spec.script_name, "type": "tool"}
+            )
+            script = str(path.json()["path"])
         await self._request(
             "POST", f"/jobs/{spec.job_id}/submit", params={"command_line": f"bash {shlex.quote(script)}"}
         )

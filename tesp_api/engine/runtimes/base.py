@@ -33,10 +33,13 @@ class ExecutorRun:
 
 
 class Runtime(Protocol):
-    kind: str
-    # Whether the executor's workdir must exist before the start (bwrap and apptainer cannot
-    # create it; docker and podman can, and must not have an empty directory hide the image's).
-    needs_workdir_mount: bool
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def needs_workdir_mount(self) -> bool:
+        """Whether the executor's workdir must exist before the start (bwrap and apptainer cannot
+        create it; docker and podman can, and must not have an empty directory hide the image's)."""
 
     def command(self, run: ExecutorRun) -> list[Word]:
         """The argv that runs one executor in the foreground, its exit code the executor's."""

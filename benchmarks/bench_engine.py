@@ -1,0 +1,226 @@
+"""Engine benchmark: tesp-api + Pulsar against Pulsar alone, all on 127.0.0.1, bounded.
+
+1. Latency from POST /tasks to COMPLETE for a trivial task (`true`), median of several, against
+   the same command sent straight to the same Pulsar over its REST API (setup, upload the script,
+   submit, poll status until complete).
+2. Time to finish 200 trivial tasks submitted at once, against 200 jobs sent straight to Pulsar.
+3. The engine's CPU time per 1,000 status polls with 25..200 tasks running at once (in-process
+   engine + embedded store; Pulsar holds the jobs queued behind one long job, so every task stays
+   RUNNING and is polled): it must stay flat, not grow with the number of tasks.
+
+Both sides poll every 50 ms in 1. and 2. (tesp-api's engine polls quickly at first, then backs off
+to pulsar.status.poll_interval, here 0.5 s). Executors run under bubblewrap (no Docker engine on
+the build machines). Prints a Markdown block for docs/benchmarks.md.
+
+    .venv/bin/python benchmarks/bench_engine.py [--tasks 200] [--latency-runs 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tesp_api.local import LocalPulsar, free_port
+
+FINAL = {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED", "PREEMPTED"}
+POLL = 0.05
+CONCURRENT_JOBS = 8
+
+
+# ---- straight to Pulsar ---------------------------------------------------------------------------
+async def pulsar_job(client: httpx.AsyncClient, job_id: str, command: str = "true") -> None:
+    await client.post("/jobs", params={"job_id": job_id})
+    path = (await client.post(f"/jobs/{job_id}/files", params={"name": "job.sh", "type": "tool"},
+                              content=f"{command}\n".encode())).json()["path"]
+    await client.post(f"/jobs/{job_id}/submit", params={"command_line": f"bash {path}"})
+
+
+async def pulsar_wait(client: httpx.AsyncClient, job_id: str) -> None:
+    while (await client.get(f"/jobs/{job_id}/status")).json()["status"] != "complete":
+        await asyncio.sleep(POLL)
+
+
+async def pulsar_latency(url: str, runs: int) -> list[float]:
+    out = []
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        for i in range(runs):
+            started = time.perf_counter()
+            job = f"lat-{i}-{os.getpid()}"
+            await pulsar_job(client, job)
+            await pulsar_wait(client, job)
+            out.append(time.perf_counter() - started)
+            await client.delete(f"/jobs/{job}")
+    return out
+
+
+async def pulsar_burst(url: str, n: int) -> float:
+    async with httpx.AsyncClient(base_url=url, timeout=60,
+                                 limits=httpx.Limits(max_connections=20)) as client:
+        started = time.perf_counter()
+        jobs = [f"burst-{i}-{os.getpid()}" for i in range(n)]
+        await asyncio.gather(*(pulsar_job(client, j) for j in jobs))
+        await asyncio.gather(*(pulsar_wait(client, j) for j in jobs))
+        elapsed = time.perf_counter() - started
+        await asyncio.gather(*(client.delete(f"/jobs/{j}") for j in jobs))
+    return elapsed
+
+
+# ---- through tesp-api -------------------------------------------------------------------------------
+TRIVIAL = {"executors": [{"image": "alpine", "command": ["true"]}]}
+
+
+async def tes_wait(client: httpx.AsyncClient, task_id: str) -> str:
+    while True:
+        state = (await client.get(f"/tasks/{task_id}")).json()["state"]
+        if state in FINAL:
+            return str(state)
+        await asyncio.sleep(POLL)
+
+
+async def tes_latency(api: str, runs: int) -> list[float]:
+    out = []
+    async with httpx.AsyncClient(base_url=api, timeout=30) as client:
+        for _ in range(runs):
+            started = time.perf_counter()
+            task_id = (await client.post("/tasks", json=TRIVIAL)).json()["id"]
+            state = await tes_wait(client, task_id)
+            assert state == "COMPLETE", state
+            out.append(time.perf_counter() - started)
+    return out
+
+
+async def tes_burst(api: str, n: int) -> float:
+    async with httpx.AsyncClient(base_url=api, timeout=60, limits=httpx.Limits(max_connections=20)) as client:
+        started = time.perf_counter()
+        ids = [r.json()["id"] for r in await asyncio.gather(*(client.post("/tasks", json=TRIVIAL) for _ in range(n)))]
+        states = await asyncio.gather(*(tes_wait(client, t) for t in ids))
+        elapsed = time.perf_counter() - started
+    assert set(states) == {"COMPLETE"}, set(states)
+    return elapsed
+
+
+def start_serve(tmp: Path, pulsar_url: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TESP_API_")}
+    env.update({
+        "TESP_API_SETTINGS": str(tmp / "settings.toml"),
+        "TESP_API_DB__SQLITE_PATH": str(tmp / "tasks.sqlite3"),
+        "TESP_API_PULSAR__URL": pulsar_url,
+        "TESP_API_PULSAR__STATUS__POLL_INTERVAL": "0.5",
+        "TESP_API_ENGINE__WORK_DIR": str(tmp / "work"),
+        "TESP_API_ENGINE__CLAIM_INTERVAL": "0.05",
+        "TESP_API_RUNTIME__TYPE": "bwrap",
+        "TESP_API_LOGGING__LEVEL": "WARNING",
+    })
+    log = (tmp / "serve.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "tesp_api", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/service-info", timeout=1).status_code == 200:
+                return proc, url + "/ga4gh/tes/v1"
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("tesp-api serve did not start")
+
+
+# ---- engine CPU per poll ----------------------------------------------------------------------------
+async def engine_cpu(pulsar: LocalPulsar, tmp: Path, sizes: list[int], window: float) -> list[tuple[int, float, float]]:
+    from tesp_api.config.settings import Settings
+    from tesp_api.engine import Engine
+    from tesp_api.store.sqlite import SqliteTaskStore
+    from tesp_api.tes.ids import new_task_id
+    from tesp_api.tes.models import TesTask
+
+    rows = []
+    for n in sizes:
+        d = tmp / f"cpu-{n}"
+        d.mkdir(parents=True, exist_ok=True)
+        settings = Settings.model_validate({
+            "pulsar": {"url": pulsar.url, "status": {"poll_interval": 0.5}},
+            "engine": {"work_dir": str(d / "work"), "claim_interval": 1.0, "lease_seconds": 30},
+            "runtime": {"type": "bwrap"},
+        })
+        store = SqliteTaskStore(str(d / "tasks.sqlite3"))
+        await store.open()
+        # One job occupies Pulsar's single slot; the others wait queued in Pulsar, RUNNING in TES.
+        for _ in range(n):
+            t = TesTask.model_validate({"executors": [{"image": "a", "command": ["sleep", "120"]}]})
+            t.id = new_task_id()
+            await store.create(t, None)
+        engine = Engine(settings, store)
+        await engine.start()
+        while engine.stats["submits"] < n:
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(3)  # every task past its fast first polls, at the steady interval
+        polls0, cpu0 = engine.stats["polls"], time.process_time()
+        await asyncio.sleep(window)
+        polls, cpu = engine.stats["polls"] - polls0, time.process_time() - cpu0
+        rows.append((n, cpu / polls * 1000, cpu / window))
+        for task_id in list(engine._drivers):  # cancel them all, as the API would
+            from tesp_api.tes.models import TesState
+            from tesp_api.tes.states import CANCELABLE_STATES
+
+            await store.update(task_id, expected=CANCELABLE_STATES, state=TesState.CANCELED)
+            engine.notify_cancel(task_id)
+        deadline = time.monotonic() + 120
+        while engine.running and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        await engine.stop()
+        await store.close()
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tasks", type=int, default=200)
+    ap.add_argument("--latency-runs", type=int, default=10)
+    ap.add_argument("--cpu-sizes", default="25,50,100,200")
+    ap.add_argument("--cpu-window", type=float, default=8.0)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmpdir:
+        tmp = Path(tmpdir)
+        with LocalPulsar(tmp / "pulsar", num_concurrent_jobs=CONCURRENT_JOBS) as pulsar:
+            serve, api = start_serve(tmp, pulsar.url)
+            try:
+                direct_lat = asyncio.run(pulsar_latency(pulsar.url, args.latency_runs))
+                tes_lat = asyncio.run(tes_latency(api, args.latency_runs))
+                direct_burst = asyncio.run(pulsar_burst(pulsar.url, args.tasks))
+                tes_burst_s = asyncio.run(tes_burst(api, args.tasks))
+            finally:
+                serve.send_signal(signal.SIGTERM)
+                serve.wait(30)
+        with LocalPulsar(tmp / "pulsar-cpu", num_concurrent_jobs=1) as pulsar:
+            sizes = [int(s) for s in args.cpu_sizes.split(",")]
+            cpu_rows = asyncio.run(engine_cpu(pulsar, tmp, sizes, args.cpu_window))
+    tl, dl = statistics.median(tes_lat), statistics.median(direct_lat)
+    print(f"## Engine (measured {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, Pulsar {CONCURRENT_JOBS} "
+          "concurrent jobs, bwrap)\n")
+    print("| measure | tesp-api | Pulsar REST directly | ratio |")
+    print("|---|---|---|---|")
+    print(f"| POST -> COMPLETE, trivial task (median of {args.latency_runs}) | {tl:.3f} s | {dl:.3f} s | {tl / dl:.2f} |")
+    print(f"| {args.tasks} trivial tasks submitted at once, all finished | {tes_burst_s:.2f} s | {direct_burst:.2f} s "
+          f"| {tes_burst_s / direct_burst:.2f} |")
+    print("\n| tasks running | engine CPU per 1,000 polls | engine CPU per second |")
+    print("|---|---|---|")
+    for n, per_k, per_s in cpu_rows:
+        print(f"| {n} | {per_k:.3f} s | {per_s * 1000:.0f} ms |")
+
+
+if __name__ == "__main__":
+    main()
