@@ -177,3 +177,17 @@ async def test_directory_input_refuses_keys_that_climb_out_of_the_destination(
     finally:
         await mux.aclose()
     assert not (work_dir.parent / "escape.txt").exists()
+
+
+async def test_output_to_a_presigned_put_url_goes_over_http(s3: S3Server, work_dir: Path) -> None:
+    src = work_dir / "out.txt"
+    src.write_bytes(b"via signed url")
+    key = f"{unique_prefix()}/signed-out.txt"
+    mux = TransferMux(make_settings(s3=s3))
+    try:
+        signed = mux.presign(f"s3://{BUCKET}/{key}", "PUT")
+        logs = await mux.upload(src, signed)
+    finally:
+        await mux.aclose()
+    assert logs[0].size_bytes == "14"
+    assert s3.client().get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"via signed url"
