@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path, PurePosixPath
@@ -36,6 +37,9 @@ def ftp_error(url: str, exc: BaseException, direction: str) -> TransferError:
         return TransferError(url, f"server answered FTP {codes}", retryable=retryable, direction=direction)
     if isinstance(exc, TimeoutError):
         return TransferError(url, "timed out", retryable=True, direction=direction)
+    if isinstance(exc, socket.gaierror):
+        host = urlsplit(url).hostname or "?"
+        return TransferError(url, f"cannot resolve host name {host}", retryable=True, direction=direction)
     if isinstance(exc, ConnectionError | OSError):
         host = urlsplit(url).hostname or "?"
         return TransferError(url, f"cannot connect to {host}", retryable=True, direction=direction)

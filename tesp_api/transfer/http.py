@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -38,10 +39,21 @@ def status_error(url: str, status: int, direction: str) -> TransferError:
     return TransferError(url, reason, retryable=status == 429 or status >= 500, direction=direction)
 
 
+def _caused_by_dns(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, socket.gaierror):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def transport_error(url: str, exc: httpx.TransportError, direction: str) -> TransferError:
     host = urlsplit(url).hostname or "?"
     if isinstance(exc, httpx.TimeoutException):
         reason = "timed out"
+    elif isinstance(exc, httpx.ConnectError) and _caused_by_dns(exc):
+        reason = f"cannot resolve host name {host}"
     elif isinstance(exc, httpx.ConnectError):
         reason = f"cannot connect to {host}"
     else:

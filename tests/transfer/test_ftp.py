@@ -132,3 +132,12 @@ async def test_unreachable_server_fails_after_retries(work_dir: Path) -> None:
     finally:
         await mux.aclose()
     assert "cannot connect" in str(caught.value) and "S3cretPw" not in str(caught.value)
+
+
+async def test_unknown_host_name_fails_clearly(work_dir: Path) -> None:
+    mux = TransferMux(make_settings(retries=0))
+    try:
+        with pytest.raises(TransferError, match="cannot resolve host name no-such-host.invalid"):
+            await mux.download("ftp://no-such-host.invalid/x", work_dir / "x")
+    finally:
+        await mux.aclose()

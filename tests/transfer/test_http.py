@@ -163,3 +163,8 @@ async def test_output_refused_by_the_server_fails(http: HttpServer, work_dir: Pa
             await mux.upload(src, f"{http.base_url}/private/{unique()}/out.txt")
         finally:
             await mux.aclose()
+
+
+async def test_unknown_host_name_fails_clearly(work_dir: Path) -> None:
+    with pytest.raises(TransferError, match="cannot resolve host name no-such-host.invalid"):
+        await fetch(None, "http://no-such-host.invalid/x", work_dir / "x", retries=0)
