@@ -79,7 +79,8 @@ async def test_first_lost_for_a_job_never_heard_of_is_not_believed(backend: Amqp
 async def test_a_late_running_update_does_not_undo_completion(backend: AmqpBackend) -> None:
     await submitted(backend, "job-1")
     await push(backend, "job-1", "complete")
-    await push(backend, "job-1", "running")
+    await publish_as_pulsar(backend.queues, {"job_id": "job-1", "status": "running", "complete": "false"})
+    await asyncio.sleep(0.3)
     assert (await backend.status("job-1")).status == "complete"
 
 
