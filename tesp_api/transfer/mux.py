@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from tesp_api.config.settings import TransferSettings
@@ -24,6 +26,7 @@ from tesp_api.transfer.urls import join_url, scheme_of
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 30.0
+T = TypeVar("T")
 
 __all__ = ["TransferError", "TransferMux"]
 
@@ -75,15 +78,21 @@ class TransferMux:
 
         return FileBackend(self._settings)
 
-    async def _retrying(self, what: str, url: str, op):  # type: ignore[no-untyped-def]
+    async def _retrying(self, what: str, url: str, op: Callable[[], Awaitable[T]]) -> T:
         """Run ``op()`` until it succeeds, a non-retryable TransferError, or retries run out."""
         attempt = 0
         while True:
             try:
                 return await op()
             except TransferError as exc:
-                if not exc.retryable or attempt >= self._settings.retries:
+                if not exc.retryable:
                     raise
+                if attempt >= self._settings.retries:
+                    if attempt == 0:
+                        raise
+                    raise TransferError(
+                        url, f"{exc.reason} (gave up after {attempt + 1} attempts)", direction=exc.direction
+                    ) from None
                 delay = min(self._settings.retry_backoff * (2**attempt), MAX_BACKOFF)
                 attempt += 1
                 log.warning(

@@ -78,7 +78,7 @@ async def test_server_error_is_retried_until_it_succeeds(http: HttpServer, work_
 
 async def test_server_error_fails_once_retries_run_out(http: HttpServer, work_dir: Path) -> None:
     url = put_file(http, f"flaky/5/{unique()}/in.txt", b"never")
-    with pytest.raises(TransferError, match="HTTP 503"):
+    with pytest.raises(TransferError, match=r"HTTP 503 \(gave up after 2 attempts\)"):
         await fetch(None, url, work_dir / "in.txt", retries=1)
 
 
