@@ -153,6 +153,10 @@ class SqliteTaskStore:
         self._queue: queue.SimpleQueue[Any] | None = None
         self._thread: threading.Thread | None = None
         self._token_key = b""
+        # Operations queued by each event loop during its current iteration, handed to the thread
+        # together at the end of it: one thread wake-up per loop iteration instead of one per
+        # operation (waking a thread costs more than most operations).
+        self._pending: dict[asyncio.AbstractEventLoop, list[_Op]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -175,6 +179,9 @@ class SqliteTaskStore:
         thread, q = self._thread, self._queue
         if thread is None or q is None:
             return
+        for loop in list(self._pending):  # operations queued in this loop iteration still run
+            if loop is asyncio.get_running_loop():
+                self._hand_over(loop)
         self._thread = None
         self._queue = None
         q.put(_STOP)
@@ -209,7 +216,7 @@ class SqliteTaskStore:
                 first = q.get()
                 if first is _STOP:
                     break
-                batch: list[_Op] = [first]
+                batch: list[_Op] = list(first)
                 while len(batch) < _MAX_BATCH:
                     try:
                         nxt = q.get_nowait()
@@ -218,7 +225,7 @@ class SqliteTaskStore:
                     if nxt is _STOP:
                         stop = True
                         break
-                    batch.append(nxt)
+                    batch.extend(nxt)
                 self._deliver(self._execute(conn, batch))
         finally:
             conn.close()
@@ -274,13 +281,26 @@ class SqliteTaskStore:
                 pass
 
     async def _call(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
-        q = self._queue
-        if q is None:
+        if self._queue is None:
             raise StoreError("the task store is not open")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        q.put(_Op(fn, write, loop, future))
+        pending = self._pending.get(loop)
+        if pending is None:
+            pending = self._pending[loop] = []
+            loop.call_soon(self._hand_over, loop)
+        pending.append(_Op(fn, write, loop, future))
         return await future
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        ops = self._pending.pop(loop, [])
+        q = self._queue
+        if q is None:
+            for op in ops:
+                if not op.future.done():
+                    op.future.set_exception(StoreError("the task store is not open"))
+            return
+        q.put(ops)
 
     # -- TaskStore ---------------------------------------------------------------------------
 
