@@ -93,6 +93,9 @@ class HttpBackend:
         target = httpx.URL(url)
         for _ in range(MAX_REDIRECTS + 1):
             headers, auth = self._auth_headers(target)
+            # The bytes as stored: no on-the-fly compression, and a .gz served with
+            # "Content-Encoding: gzip" is not silently unpacked.
+            headers["Accept-Encoding"] = "identity"
             request = self._client.build_request("GET", target, headers=headers)
             response = await self._client.send(request, stream=True, auth=auth or httpx.USE_CLIENT_DEFAULT)
             if self._follow and response.is_redirect and "location" in response.headers:
@@ -111,7 +114,7 @@ class HttpBackend:
             response = await self._get(url)
             try:
                 with await asyncio.to_thread(open, tmp, "wb") as out:
-                    async for block in response.aiter_bytes(self._chunk):
+                    async for block in response.aiter_raw(self._chunk):
                         await asyncio.to_thread(out.write, block)
             finally:
                 await response.aclose()

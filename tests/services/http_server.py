@@ -6,6 +6,7 @@ Test hooks, all under fixed prefixes:
   /basic/...     needs HTTP basic auth USER/PASSWORD
   /flaky/N/...   answers 503 to the first N requests for that path, then behaves normally
   /redirect/...  302 to the same path without the /redirect prefix
+  /gzipped/...   served with ``Content-Encoding: gzip`` (as some servers do for .gz files)
 Started on 127.0.0.1 and a free port, stopped by PID at the end.
 """
 
@@ -67,7 +68,8 @@ def create_app(root: Path, token: str = TOKEN, user: str = USER, password: str =
         if request.method in ("GET", "HEAD"):
             if not target.is_file():
                 return PlainTextResponse("not found", status_code=404)
-            return FileResponse(target)
+            headers = {"Content-Encoding": "gzip"} if path.startswith("gzipped/") else None
+            return FileResponse(target, headers=headers)
         target.parent.mkdir(parents=True, exist_ok=True)
         with open(target, "wb") as out:  # noqa: ASYNC230 - a test server; small blocking writes are fine
             async for chunk in request.stream():

@@ -168,3 +168,14 @@ async def test_output_refused_by_the_server_fails(http: HttpServer, work_dir: Pa
 async def test_unknown_host_name_fails_clearly(work_dir: Path) -> None:
     with pytest.raises(TransferError, match="cannot resolve host name no-such-host.invalid"):
         await fetch(None, "http://no-such-host.invalid/x", work_dir / "x", retries=0)
+
+
+async def test_a_gz_file_served_with_gzip_encoding_arrives_unchanged(
+    http: HttpServer, work_dir: Path
+) -> None:
+    import gzip
+
+    packed = gzip.compress(b"still compressed")
+    url = put_file(http, f"gzipped/{unique()}/data.gz", packed)
+    await fetch(None, url, work_dir / "data.gz")
+    assert (work_dir / "data.gz").read_bytes() == packed
