@@ -132,7 +132,7 @@ class FtpBackend:
         try:
             async with self._session(url) as client:
                 if str(remote.parent) not in ("/", "."):
-                    await client.make_directory(remote.parent, parents=True)
+                    await self._make_parents(client, remote.parent)
                 async with client.upload_stream(remote) as stream:
                     while block := await asyncio.to_thread(fin.read, self._chunk):
                         await stream.write(block)
@@ -140,6 +140,21 @@ class FtpBackend:
             raise ftp_error(url, exc, "upload") from None
         finally:
             fin.close()
+
+    @staticmethod
+    async def _make_parents(client: aioftp.Client, directory: PurePosixPath) -> None:
+        """MKD each missing level; "already exists" is fine (another upload of the same
+        directory output may have made it a moment ago)."""
+        for attempt in range(3):
+            try:
+                await client.make_directory(directory, parents=True)
+                return
+            except aioftp.StatusCodeError:
+                # A level made by someone else between our check and our MKD: try the rest again.
+                if await client.exists(directory) and await client.is_dir(directory):
+                    return
+                if attempt == 2:
+                    raise
 
     async def aclose(self) -> None:
         return None

@@ -9,6 +9,7 @@ gets its own TesOutputFileLog.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 30.0
 T = TypeVar("T")
+DIRECTORY_PARALLELISM = 4  # files of one directory moved at once
 
 __all__ = ["TransferError", "TransferMux"]
 
@@ -44,6 +46,26 @@ def without_userinfo(url: str) -> str:
 def _inside(path: Path, root: Path) -> bool:
     real, real_root = path.resolve(), root.resolve()
     return real == real_root or real_root in real.parents
+
+
+async def _all_bounded(jobs: list[Callable[[], Awaitable[T]]]) -> list[T]:
+    """Run ``jobs`` with at most DIRECTORY_PARALLELISM at a time; results in order.
+
+    Directories of many small files are dominated by per-file round trips (an FTP login per file),
+    so a few at once help a lot; the first failure cancels the rest and is raised as it is.
+    """
+    limit = asyncio.Semaphore(DIRECTORY_PARALLELISM)
+
+    async def guarded(job: Callable[[], Awaitable[T]]) -> T:
+        async with limit:
+            return await job()
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(guarded(job)) for job in jobs]
+    except* TransferError as failures:
+        raise failures.exceptions[0] from None
+    return [task.result() for task in tasks]
 
 
 class TransferMux:
@@ -129,19 +151,22 @@ class TransferMux:
             await self._download_one(backend, url, dest)
             return [dest]
         entries = await self._retrying("listing", url, lambda: backend.list_directory(url))
-        await asyncio.to_thread(dest.mkdir, parents=True, exist_ok=True)
-        written: list[Path] = []
-        for relative, file_url in entries:
+        planned: list[tuple[str, Path]] = []
+        for relative, file_url in entries:  # every name is checked before anything is written
             safe = safe_relative(relative)
             if safe is None:
                 raise TransferError(
                     url, "the directory holds an entry with an unsafe name", direction="download"
                 )
-            target = dest / safe
+            planned.append((file_url, dest / safe))
+        await asyncio.to_thread(dest.mkdir, parents=True, exist_ok=True)
+
+        async def one(file_url: str, target: Path) -> Path:
             await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
             await self._download_one(backend, file_url, target)
-            written.append(target)
-        return written
+            return target
+
+        return await _all_bounded([functools.partial(one, u, t) for u, t in planned])
 
     async def _upload_one(self, backend: SchemeBackend, src: Path, url: str, path: str) -> TesOutputFileLog:
         started = time.monotonic()
@@ -185,15 +210,12 @@ class TransferMux:
         files = await asyncio.to_thread(
             lambda: sorted(p for p in src.rglob("*") if p.is_file() and _inside(p, root))
         )
-        logs = []
+        jobs: list[Callable[[], Awaitable[TesOutputFileLog]]] = []
         for path in files:
             relative = path.relative_to(src).as_posix()
-            logs.append(
-                await self._upload_one(
-                    backend, path, join_url(url, relative), shown.rstrip("/") + "/" + relative
-                )
-            )
-        return logs
+            target_url, target_path = join_url(url, relative), shown.rstrip("/") + "/" + relative
+            jobs.append(functools.partial(self._upload_one, backend, path, target_url, target_path))
+        return await _all_bounded(jobs)
 
     def presign(self, url: str, method: str = "GET") -> str:
         """A signed https URL for an ``s3://`` object (GET or PUT), valid ``signed_url_ttl`` seconds."""
