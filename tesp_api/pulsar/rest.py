@@ -63,6 +63,7 @@ class RestBackend:
         timeout: float = 30.0,
         retries: int = 5,
         backoff_base: float = 0.5,
+        max_in_flight: int = 8,
         client: httpx.AsyncClient | None = None,
     ) -> None:
         self.name = name
@@ -72,10 +73,14 @@ class RestBackend:
         self.backoff_base = backoff_base
         _install_redaction()
         self._script_paths: dict[str, str] = {}  # job id -> absolute job script path, from prepare
+        # At most `max_in_flight` requests at a time, queued here (O(1) per request) rather than in
+        # httpcore's pool, whose queue costs O(waiting x connections) per request: with hundreds of
+        # running tasks that made the engine's CPU per poll grow with the number of tasks.
+        self._in_flight = asyncio.Semaphore(max_in_flight)
         self._client = client or httpx.AsyncClient(
             base_url=self.url,
             timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+            limits=httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight),
         )
 
     def _params(self, **params: str) -> dict[str, str]:
@@ -89,7 +94,8 @@ class RestBackend:
         attempt = 0
         while True:
             try:
-                resp = await self._client.request(method, path, params=self._params(**params), **kw)
+                async with self._in_flight:
+                    resp = await self._client.request(method, path, params=self._params(**params), **kw)
             except (httpx.TransportError, httpx.TimeoutException) as exc:
                 reason = f"{type(exc).__name__}: {exc}"
             else:
@@ -166,7 +172,7 @@ class RestBackend:
         attempt = 0
         while True:
             try:
-                async with self._client.stream(
+                async with self._in_flight, self._client.stream(
                     "GET", f"/jobs/{job_id}/files", params=self._params(name=name, type="output_workdir")
                 ) as resp:
                     if resp.status_code != 200:
