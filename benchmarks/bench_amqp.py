@@ -121,7 +121,9 @@ def base_settings(tmp: Path, pulsar: dict[str, object], n: int) -> Settings:
     )
 
 
-async def run_one(mode: str, n: int, window: float, settle: float, tmp: Path) -> Result:
+async def run_one(
+    mode: str, n: int, window: float, settle: float, tmp: Path, reconcile_after: float
+) -> Result:
     store = SqliteTaskStore(str(tmp / "tasks.sqlite3"))
     await store.open()
     requests = {"n": 0}
@@ -150,7 +152,14 @@ async def run_one(mode: str, n: int, window: float, settle: float, tmp: Path) ->
         )
         await pulsar_amqp.start()
         settings = base_settings(
-            tmp, {"url": None, "amqp_url": pulsar_amqp.amqp_url, "amqp_key_prefix": pulsar_amqp.key_prefix}, n
+            tmp,
+            {
+                "url": None,
+                "amqp_url": pulsar_amqp.amqp_url,
+                "amqp_key_prefix": pulsar_amqp.key_prefix,
+                "amqp_reconcile_after": reconcile_after,
+            },
+            n,
         )
         backend = build_amqp_backend(settings, settings.pulsar.effective_servers()[0])
         staging_dir, pulsar_pgid = pulsar_amqp.staging_directory, pulsar_amqp.process.pid  # type: ignore[union-attr]
@@ -240,6 +249,7 @@ async def main() -> None:
     parser.add_argument("--window", type=float, default=60.0, help="measured seconds")
     parser.add_argument("--settle", type=float, default=10.0, help="seconds to wait once all jobs run")
     parser.add_argument("--modes", default="rest,amqp")
+    parser.add_argument("--reconcile-after", type=float, default=60.0, help="pulsar.amqp_reconcile_after")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if not rabbitmq.ensure_running():
@@ -248,7 +258,7 @@ async def main() -> None:
     for n in [int(x) for x in args.tasks.split(",")]:
         for mode in args.modes.split(","):
             with tempfile.TemporaryDirectory(prefix=f"bench-{mode}-{n}-") as tmp:
-                r = await run_one(mode, n, args.window, args.settle, Path(tmp))
+                r = await run_one(mode, n, args.window, args.settle, Path(tmp), args.reconcile_after)
             results.append(r)
             print(
                 f"{r.mode:4} N={r.tasks:4}: service CPU {r.cpu_per_min:6.2f} s/min, "
