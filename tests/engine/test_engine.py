@@ -185,3 +185,27 @@ async def test_job_directories_are_kept_when_asked(
     finally:
         await engine.stop()
     assert (pulsar.staging_directory / tid).is_dir()
+
+
+async def test_wildcard_outputs_go_below_the_url_without_the_prefix(
+    engine: Engine, store: SqliteTaskStore, tmp_path: Path
+) -> None:
+    out = tmp_path / "globbed"
+    tid = await submit(store, {
+        "outputs": [{"path": "/out/*.txt", "url": f"file://{out}", "path_prefix": "/out/"}],
+        "executors": [{"image": "a", "command": ["sh", "-c", "mkdir -p /out && echo a > /out/a.txt && "
+                                                 "echo b > /out/b.txt && echo no > /out/c.log"]}]})
+    rec = await wait_for(store, tid)
+    assert rec.state == TesState.COMPLETE, rec.log.system_logs
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt", "b.txt"]
+    assert sorted(o.path for o in rec.log.outputs) == ["/out/a.txt", "/out/b.txt"]
+
+
+async def test_an_unsafe_path_ends_in_system_error_before_anything_runs(
+    engine: Engine, store: SqliteTaskStore
+) -> None:
+    tid = await submit(store, {"volumes": ["/data/../etc"], "executors": [{"image": "a", "command": ["true"]}]})
+    rec = await wait_for(store, tid)
+    assert rec.state == TesState.SYSTEM_ERROR
+    assert any("'..'" in line for line in rec.log.system_logs or [])
+    assert engine.stats["submits"] == 0
