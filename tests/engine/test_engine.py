@@ -193,8 +193,8 @@ async def test_wildcard_outputs_go_below_the_url_without_the_prefix(
     out = tmp_path / "globbed"
     tid = await submit(store, {
         "outputs": [{"path": "/out/*.txt", "url": f"file://{out}", "path_prefix": "/out/"}],
-        "executors": [{"image": "a", "command": ["sh", "-c", "mkdir -p /out && echo a > /out/a.txt && "
-                                                 "echo b > /out/b.txt && echo no > /out/c.log"]}]})
+        "executors": [{"image": "a", "command": [
+            "sh", "-c", "mkdir -p /out && echo a > /out/a.txt && echo b > /out/b.txt && echo no > /out/c.log"]}]})
     rec = await wait_for(store, tid)
     assert rec.state == TesState.COMPLETE, rec.log.system_logs
     assert sorted(p.name for p in out.iterdir()) == ["a.txt", "b.txt"]
