@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import tes
+import tes  # type: ignore[import-untyped]
 
 from tests.engine.serve_process import ServeProcess
 from tests.engine.test_engine import processes_with

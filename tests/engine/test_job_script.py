@@ -112,6 +112,6 @@ def test_the_script_never_runs_twice(tmp_path: Path) -> None:
 def test_log_tails_are_cut(tmp_path: Path) -> None:
     _proc, job, _ = run_job(tmp_path, {"executors": [{"image": "a", "command": ["sh", "-c", "seq 1 5000"]}]})
     out = read_results(job / "working" / META_TAR, 1).executor_logs[0].stdout
-    assert len(out) == 1000 and out.endswith("4999\n5000\n")
+    assert out is not None and len(out) == 1000 and out.endswith("4999\n5000\n")
     with tarfile.open(job / "working" / META_TAR) as tar:
         assert "./0.stdout" not in tar.getnames()  # only the tail travels back
