@@ -133,7 +133,8 @@ class LocalPulsar:
         self.stop()
         raise RuntimeError(f"pulsar-serve did not answer within {timeout}s; see {self.state_dir}/pulsar.log")
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM to the whole process group (gunicorn and its workers), SIGKILL after ``timeout``."""
         proc = self.process
         if proc is None or proc.poll() is not None:
             self.process = None
@@ -143,7 +144,7 @@ class LocalPulsar:
         except ProcessLookupError:
             pass
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)

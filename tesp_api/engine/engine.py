@@ -145,7 +145,10 @@ class Engine:
         if pending:
             _, still = await asyncio.wait(pending, timeout=STOP_TIMEOUT)
             if still:
-                log.warning("engine: %d task(s) did not stop within %.0fs", len(still), STOP_TIMEOUT)
+                log.warning("engine: %d task(s) did not stop within %.0fs: %s", len(still), STOP_TIMEOUT,
+                            ", ".join(sorted(t.get_name() for t in still)))
+                for t in still:
+                    log.debug("still running: %r", t.get_stack(limit=20))
         self._loops = []
         for task_id, _ in drivers:
             try:
