@@ -109,7 +109,9 @@ class MongoTaskStore:
         try:
             await self._tasks.create_indexes(
                 [
-                    IndexModel([("seq", DESCENDING)], name="by_seq", unique=True),
+                    # sparse: documents of tesp-api 0.2 in the same collection have no seq, and a
+                    # plain unique index would count them as duplicate nulls and fail to build.
+                    IndexModel([("seq", DESCENDING)], name="by_seq", unique=True, sparse=True),
                     IndexModel([("state", ASCENDING), ("seq", DESCENDING)], name="by_state"),
                     IndexModel(
                         [("owner_subject", ASCENDING), ("owner_issuer", ASCENDING), ("seq", DESCENDING)],

@@ -40,6 +40,15 @@ def store_maker(request: pytest.FixtureRequest, tmp_path: Path) -> StoreMaker:
     from tesp_api.store.mongo import MongoTaskStore
 
     database = f"tesp_test_{uuid.uuid4().hex[:12]}"
+
+    def drop_database() -> None:  # keeps a real mongod (TESP_TEST_MONGODB_URI) clean
+        from pymongo import MongoClient
+
+        client: MongoClient[dict[str, object]]
+        with MongoClient(uri) as client:
+            client.drop_database(database)
+
+    request.addfinalizer(drop_database)
     return lambda: MongoTaskStore(uri, database=database, collection="tasks")
 
 
