@@ -115,3 +115,38 @@ def test_log_tails_are_cut(tmp_path: Path) -> None:
     assert out is not None and len(out) == 1000 and out.endswith("4999\n5000\n")
     with tarfile.open(job / "working" / META_TAR) as tar:
         assert "./0.stdout" not in tar.getnames()  # only the tail travels back
+
+
+def test_a_killed_docker_job_has_its_container_removed(tmp_path: Path) -> None:
+    """A stand-in docker CLI (a shell script recording its arguments): there is no Docker engine
+    on these machines. Killing the job's process group, as Pulsar's cancel does, must still lead to
+    ``docker rm -f <container>`` through the job script's detached watchdog."""
+    import os
+    import signal
+    import time
+
+    from tesp_api.engine.runtimes.docker import DockerRuntime
+
+    calls = tmp_path / "calls.log"
+    fake = tmp_path / "docker"
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n[ "$1" = run ] && exec sleep 300\nexit 0\n')
+    fake.chmod(0o755)
+    task = TesTask.model_validate({"executors": [{"image": "alpine", "command": ["sleep", "300"]}]})
+    job = tmp_path / "job"
+    for d in ("tool_files", "inputs", "working"):
+        (job / d).mkdir(parents=True)
+    script = build_job_script(task, "t1", DockerRuntime(binary=str(fake)), FileMapper(task, map_workdirs=False), [],
+                              tail_bytes=100)
+    (job / "tool_files" / SCRIPT_NAME).write_text(script)
+    proc = subprocess.Popen(["bash", str(job / "tool_files" / SCRIPT_NAME)], cwd=job / "working",
+                            start_new_session=True)
+    deadline = time.monotonic() + 20
+    while not (calls.exists() and "run" in calls.read_text()):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    while "rm -f tes-t1-0" not in calls.read_text():
+        assert time.monotonic() < deadline, calls.read_text()
+        time.sleep(0.1)
+    assert calls.read_text().splitlines()[0].startswith("run --rm -i --name tes-t1-0 ")
