@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
+
+from pymongo import AsyncMongoClient
 
 from tesp_api.config.settings import DbSettings, Settings
 from tesp_api.store.factory import open_store
@@ -25,10 +28,14 @@ async def test_with_mongodb_uri_the_mongodb_store_is_used(mongodb_uri: str) -> N
 
     from tesp_api.store.mongo import MongoTaskStore
 
-    settings = Settings(db=DbSettings(mongodb_uri=SecretStr(mongodb_uri), mongodb_database="tesp_factory_test"))
+    database = f"tesp_factory_{uuid.uuid4().hex[:12]}"
+    settings = Settings(db=DbSettings(mongodb_uri=SecretStr(mongodb_uri), mongodb_database=database))
     store = await open_store(settings)
     try:
         assert isinstance(store, MongoTaskStore)
-        assert await store.count() >= 0
+        assert await store.count() == 0
     finally:
         await store.close()
+        client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(mongodb_uri)
+        await client.drop_database(database)
+        await client.close()
