@@ -126,7 +126,8 @@ class Engine:
 
     # ---- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
-        _ = self.backends, self.runtime  # fail at start, not at the first task
+        _ = self.backends  # fail at start, not at the first task
+        await asyncio.to_thread(lambda: self.runtime)  # auto-detection runs `docker info` & co.
         log.info("engine %s: runtime %s, Pulsar servers %s", self.worker_id, self.runtime.kind,
                  ", ".join(self.backends))
         self._loops = [
