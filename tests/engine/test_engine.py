@@ -209,3 +209,20 @@ async def test_an_unsafe_path_ends_in_system_error_before_anything_runs(
     assert rec.state == TesState.SYSTEM_ERROR
     assert any("'..'" in line for line in rec.log.system_logs or [])
     assert engine.stats["submits"] == 0
+
+
+async def test_url_inputs_files_and_directories_are_placed_at_their_paths(
+    engine: Engine, store: SqliteTaskStore, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    (src / "dir" / "sub").mkdir(parents=True)
+    (src / "one.txt").write_text("one\n")
+    (src / "dir" / "a.txt").write_text("a\n")
+    (src / "dir" / "sub" / "b.txt").write_text("b\n")
+    tid = await submit(store, {
+        "inputs": [{"path": "/in/one.txt", "url": f"file://{src}/one.txt"},
+                   {"path": "/in/tree", "url": f"file://{src}/dir", "type": "DIRECTORY"}],
+        "executors": [{"image": "a", "command": ["sh", "-c", "cat /in/one.txt /in/tree/a.txt /in/tree/sub/b.txt"]}]})
+    rec = await wait_for(store, tid)
+    assert rec.state == TesState.COMPLETE, rec.log.system_logs
+    assert rec.log.logs[0].stdout == "one\na\nb\n"
