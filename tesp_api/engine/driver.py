@@ -313,7 +313,7 @@ class TaskDriver:
         if failed:
             state = TesState.EXECUTOR_ERROR
             patch.system_logs.append(f"executor {failed[0]} exited with code {results.executor_logs[failed[0]].exit_code}")
-        elif status.returncode not in (0, None):
+        elif status.returncode not in (0, None, ALREADY_RAN_EXIT):  # 75: a duplicate submit refused to run
             state = TesState.SYSTEM_ERROR
             patch.system_logs.append(f"SYSTEM_ERROR: the job script exited {status.returncode}: {_tail(status.stderr)}")
         # Outputs are stored even after an executor failed (Nextflow reads its .exitcode output).
