@@ -144,6 +144,68 @@ def _record(row: tuple[Any, ...]) -> TaskRecord:
     )
 
 
+# A filter that matches at most this many tasks drives the list query from its own index (the
+# candidates are then sorted by seq); a broader one is checked row by row while walking the seq
+# order, which stops after one page. Both ways a page costs the same at any depth.
+_SELECTIVE = 2000
+
+
+def _prefix_upper_bound(prefix: str) -> str | None:
+    """The smallest string above every string that starts with ``prefix`` (None: there is none)."""
+    last = ord(prefix[-1]) + 1
+    if 0xD800 <= last <= 0xDFFF:  # surrogates cannot be stored; skip to the next code point
+        last = 0xE000
+    return prefix[:-1] + chr(last) if last <= 0x10FFFF else None
+
+
+def _list_sql(conn: sqlite3.Connection, query: ListQuery, below: int | None, limit: int) -> tuple[str, list[Any]]:
+    """The SELECT for one page: the filters, keyset condition, and the best driving index."""
+    where: list[str] = []
+    params: list[Any] = []
+    drivers: list[tuple[str, list[Any]]] = []  # subqueries giving the seqs a filter admits
+    if below is not None:
+        where.append("seq < ?")
+        params.append(below)
+    if query.state is not None:
+        where.append("state = ?")
+        params.append(query.state.value)
+    if query.owner is not None:
+        where.append("owner_subject = ? AND owner_issuer = ?")
+        params += [query.owner.subject, query.owner.issuer]
+    if query.name_prefix:
+        # A plain prefix: compared as a substring, never as a LIKE/GLOB pattern.
+        where.append("name >= ? AND substr(name, 1, ?) = ?")
+        params += [query.name_prefix, len(query.name_prefix), query.name_prefix]
+        upper = _prefix_upper_bound(query.name_prefix)
+        if upper is not None:
+            drivers.append(("SELECT seq FROM tasks WHERE name >= ? AND name < ?", [query.name_prefix, upper]))
+    for tag_key, tag_value in query.tags:
+        if tag_value:
+            where.append("EXISTS (SELECT 1 FROM task_tags t WHERE t.seq = tasks.seq AND t.key = ? AND t.value = ?)")
+            params += [tag_key, tag_value]
+            drivers.append(("SELECT seq FROM task_tags WHERE key = ? AND value = ?", [tag_key, tag_value]))
+        else:
+            where.append("EXISTS (SELECT 1 FROM task_tags t WHERE t.seq = tasks.seq AND t.key = ?)")
+            params.append(tag_key)
+            drivers.append(("SELECT seq FROM task_tags WHERE key = ?", [tag_key]))
+    best: tuple[int, str, list[Any]] | None = None
+    for driver_sql, driver_params in drivers:
+        (matches,) = conn.execute(
+            f"SELECT count(*) FROM ({driver_sql} LIMIT {_SELECTIVE})", driver_params
+        ).fetchone()
+        if matches < _SELECTIVE and (best is None or matches < best[0]):
+            best = (matches, driver_sql, driver_params)
+    if best is not None:
+        where.append(f"seq IN ({best[1]})")
+        params += best[2]
+    sql = f"SELECT {_COLUMNS} FROM tasks"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY seq DESC LIMIT ?"
+    params.append(limit)
+    return sql, params
+
+
 class SqliteTaskStore:
     """TaskStore on one SQLite file; see the module docstring for the threading and commit model."""
 
@@ -368,35 +430,9 @@ class SqliteTaskStore:
         key = self._token_key
         below = decode_page_token(key, query.page_token, query) if query.page_token else None
         page_size = max(1, query.page_size)
-        where: list[str] = []
-        params: list[Any] = []
-        if below is not None:
-            where.append("seq < ?")
-            params.append(below)
-        if query.state is not None:
-            where.append("state = ?")
-            params.append(query.state.value)
-        if query.owner is not None:
-            where.append("owner_subject = ? AND owner_issuer = ?")
-            params += [query.owner.subject, query.owner.issuer]
-        if query.name_prefix:
-            # A plain prefix: compared as a substring, never as a LIKE/GLOB pattern.
-            where.append("name >= ? AND substr(name, 1, ?) = ?")
-            params += [query.name_prefix, len(query.name_prefix), query.name_prefix]
-        for tag_key, tag_value in query.tags:
-            if tag_value:
-                where.append("EXISTS (SELECT 1 FROM task_tags t WHERE t.seq = tasks.seq AND t.key = ? AND t.value = ?)")
-                params += [tag_key, tag_value]
-            else:
-                where.append("EXISTS (SELECT 1 FROM task_tags t WHERE t.seq = tasks.seq AND t.key = ?)")
-                params.append(tag_key)
-        sql = f"SELECT {_COLUMNS} FROM tasks"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY seq DESC LIMIT ?"
-        params.append(page_size + 1)
 
         def read(conn: sqlite3.Connection) -> list[TaskRecord]:
+            sql, params = _list_sql(conn, query, below, page_size + 1)
             return [_record(row) for row in conn.execute(sql, params).fetchall()]
 
         records = await self._call(read, write=False)

@@ -1,6 +1,6 @@
 """Fixtures for the one store contract suite: every test runs against each adapter.
 
-``store`` yields an opened, empty store; ``reopen`` closes it and opens a fresh adapter on the
+``store`` yields an opened, empty store (SQLite in both of its list-query plans, MongoDB); ``reopen`` closes it and opens a fresh adapter on the
 same database (persistence). The SQLite store runs on a file in tmp_path; the MongoDB store talks
 the real wire protocol to the mongoeco server (or to a real mongod from TESP_TEST_MONGODB_URI),
 each test in its own database.
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tesp_api.store import sqlite as sqlite_store
 from tesp_api.store.port import TaskStore
 from tesp_api.store.sqlite import SqliteTaskStore
 
@@ -31,9 +32,13 @@ def mongodb_uri() -> Iterator[str]:
         pytest.skip(f"no MongoDB to test against: {exc}")
 
 
-@pytest.fixture(params=["sqlite", "mongo"])
-def store_maker(request: pytest.FixtureRequest, tmp_path: Path) -> StoreMaker:
-    if request.param == "sqlite":
+@pytest.fixture(params=["sqlite", "sqlite-scan", "mongo"])
+def store_maker(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StoreMaker:
+    if request.param.startswith("sqlite"):
+        if request.param == "sqlite-scan":
+            # The SQLite store drives a list query from a selective filter's index and walks the
+            # seq order for a broad one; test data is small, so force the walk here.
+            monkeypatch.setattr(sqlite_store, "_SELECTIVE", 0)
         path = str(tmp_path / "tasks.sqlite3")
         return lambda: SqliteTaskStore(path)
     uri = request.getfixturevalue("mongodb_uri")
