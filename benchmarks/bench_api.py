@@ -261,6 +261,7 @@ class Figures:
     bare_post: Rate
     bare_get: Latency
     bare_list: Latency
+    filtered: dict[str, Latency]
 
 
 async def measure(bare: Server, api: Server, ids: list[str], deep_token: str | None, args: argparse.Namespace,
@@ -279,11 +280,17 @@ async def measure(bare: Server, api: Server, ids: list[str], deep_token: str | N
     deep_url = f"{list_url}&page_token={deep_token}" if deep_token else list_url
     n = args.list_requests
     bare_list, list_first, list_deep = await latencies([[f"{bare.base}/bare"] * n, [list_url] * n, [deep_url] * n])
+    filters = {
+        "tag every task has": "tag_key=project",
+        "tag value no task has": "tag_key=project&tag_value=nobody",
+        "name prefix no task has": "name_prefix=nobody",
+    }
+    filtered = dict(zip(filters, await latencies([[f"{list_url}&{q}"] * n for q in filters.values()]), strict=True))
 
     def best(rates: list[Rate]) -> Rate:
         return max(rates, key=lambda r: r.per_second)
 
-    return Figures(best(creates_seen), get, list_first, list_deep, best(bare_seen), bare_get, bare_list)
+    return Figures(best(creates_seen), get, list_first, list_deep, best(bare_seen), bare_get, bare_list, filtered)
 
 
 def report(title: str, stored: int, f: Figures, args: argparse.Namespace) -> None:
@@ -298,6 +305,8 @@ def report(title: str, stored: int, f: Figures, args: argparse.Namespace) -> Non
               " (p50/p95)")
     print(f"list deep page / first page p50: {f.list_deep.p50 / f.list_first.p50:4.2f}"
           "   (goal: about 1, independent of depth)")
+    for name, value in f.filtered.items():
+        print(f"list, {name:24s} {value}")
 
 
 # -- runs ------------------------------------------------------------------------------------------
