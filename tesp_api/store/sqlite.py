@@ -3,8 +3,10 @@
 Why SQLite: it is in the standard library, keeps tasks across restarts in one file, and with WAL
 several processes (an API server and separate workers) can share that file safely.
 
-How it stays off the event loop: one dedicated thread owns the connection and executes operations
-taken from a queue; coroutines wait on a future. That thread does **group commit**: it drains
+How it stays off the event loop: two dedicated threads, each owning one connection, execute
+operations taken from their queue; coroutines wait on a future. The *reader* (get, list, count;
+``query_only``) never waits behind a write transaction, WAL lets it read while another connection
+or process writes. The *writer* (create, update, claim, renew, release) does **group commit**: it drains
 every operation queued while the previous batch ran and executes the batch inside ONE
 ``BEGIN IMMEDIATE`` transaction and commits once; a failing write (a duplicate id) writes nothing
 and does not undo the others (see ``_execute``). Under load, dozens of creates share one
@@ -30,7 +32,7 @@ import secrets
 import sqlite3
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -112,6 +114,21 @@ class _Outcome:
     op: _Op
     result: Any = None
     error: BaseException | None = None
+
+
+@dataclass(slots=True)
+class _Lane:
+    """One connection served by one thread from one queue.
+
+    ``pending`` holds the operations each event loop queued during its current iteration; they are
+    handed to the thread together at the end of it: one thread wake-up per loop iteration instead
+    of one per operation (waking a thread costs more than most operations).
+    """
+
+    queue: queue.SimpleQueue[Any]
+    thread: threading.Thread
+    pending: dict[asyncio.AbstractEventLoop, list[_Op]] = field(default_factory=dict)
+    closed: bool = False
 
 
 def _settle(outcomes: list[_Outcome]) -> None:
@@ -212,42 +229,44 @@ class SqliteTaskStore:
     def __init__(self, path: str, *, busy_timeout_ms: int = 30_000) -> None:
         self._path = path
         self._busy_timeout_ms = busy_timeout_ms
-        self._queue: queue.SimpleQueue[Any] | None = None
-        self._thread: threading.Thread | None = None
+        self._writer: _Lane | None = None  # writes (and reads inside CAS/claim), group-committed
+        self._reader: _Lane | None = None  # get/list/count: never wait behind a write transaction
         self._token_key = b""
-        # Operations queued by each event loop during its current iteration, handed to the thread
-        # together at the end of it: one thread wake-up per loop iteration instead of one per
-        # operation (waking a thread costs more than most operations).
-        self._pending: dict[asyncio.AbstractEventLoop, list[_Op]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def open(self) -> None:
-        if self._thread is not None:
+        if self._writer is not None:
             return
-        conn = await asyncio.to_thread(self._connect)
-        self._queue = queue.SimpleQueue()
-        self._thread = threading.Thread(
-            target=self._serve, args=(conn, self._queue), name=f"sqlite-store:{self._path}", daemon=True
-        )
-        self._thread.start()
+        self._writer = self._start_lane(await asyncio.to_thread(self._connect), "writer")
         try:
             self._token_key = await self._call(self._init_schema, write=True)
+            reader = await asyncio.to_thread(self._connect)
+            reader.execute("PRAGMA query_only = ON")
+            self._reader = self._start_lane(reader, "reader")
         except BaseException:
             await self.close()
             raise
 
+    def _start_lane(self, conn: sqlite3.Connection, role: str) -> _Lane:
+        q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        thread = threading.Thread(
+            target=self._serve, args=(conn, q), name=f"sqlite-store-{role}:{self._path}", daemon=True
+        )
+        thread.start()
+        return _Lane(q, thread)
+
     async def close(self) -> None:
-        thread, q = self._thread, self._queue
-        if thread is None or q is None:
-            return
-        for loop in list(self._pending):  # operations queued in this loop iteration still run
-            if loop is asyncio.get_running_loop():
-                self._hand_over(loop)
-        self._thread = None
-        self._queue = None
-        q.put(_STOP)
-        await asyncio.to_thread(thread.join)
+        lanes = [lane for lane in (self._writer, self._reader) if lane is not None]
+        self._writer = self._reader = None
+        loop = asyncio.get_running_loop()
+        for lane in lanes:
+            if loop in lane.pending:  # operations queued in this loop iteration still run
+                self._hand_over(lane, loop)
+            lane.closed = True
+            lane.queue.put(_STOP)
+        for lane in lanes:
+            await asyncio.to_thread(lane.thread.join)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
@@ -343,26 +362,27 @@ class SqliteTaskStore:
                 pass
 
     async def _call(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
-        if self._queue is None:
+        lane = self._writer if write else self._reader
+        if lane is None:
             raise StoreError("the task store is not open")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        pending = self._pending.get(loop)
+        pending = lane.pending.get(loop)
         if pending is None:
-            pending = self._pending[loop] = []
-            loop.call_soon(self._hand_over, loop)
+            pending = lane.pending[loop] = []
+            loop.call_soon(self._hand_over, lane, loop)
         pending.append(_Op(fn, write, loop, future))
         return await future
 
-    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
-        ops = self._pending.pop(loop, [])
-        q = self._queue
-        if q is None:
+    @staticmethod
+    def _hand_over(lane: _Lane, loop: asyncio.AbstractEventLoop) -> None:
+        ops = lane.pending.pop(loop, [])
+        if lane.closed:
             for op in ops:
                 if not op.future.done():
                     op.future.set_exception(StoreError("the task store is not open"))
             return
-        q.put(ops)
+        lane.queue.put(ops)
 
     # -- TaskStore ---------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ several processes, and group commit that never lets one failing write undo the o
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -101,3 +102,29 @@ async def test_using_a_closed_store_is_an_error_not_a_hang(tmp_path: Path) -> No
     await store.close()
     with pytest.raises(Exception, match="not open"):
         await store.count()
+
+
+async def test_waiting_for_another_process_write_lock_blocks_neither_the_event_loop_nor_reads(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "tasks.sqlite3")
+    store = SqliteTaskStore(path)
+    await store.open()
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        existing = await store.create(make_task("before"), None)
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        pending = asyncio.ensure_future(store.create(make_task("waiting"), None))
+        ticks = 0
+        for _ in range(5):
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert ticks == 5 and not pending.done()  # the loop ran on while the create waited
+        got = await store.get(existing.id)  # and reads were answered
+        assert got is not None and got.task.name == "before"
+        other.execute("COMMIT")
+        created = await pending
+        assert await store.get(created.id) is not None
+    finally:
+        other.close()
+        await store.close()
