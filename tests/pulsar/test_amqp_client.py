@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -18,7 +19,12 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from tesp_api.pulsar.amqp_client import AmqpClientOptions, AmqpPulsarClient, PulsarStatusUpdate
+from tesp_api.pulsar.amqp_client import (
+    AmqpClientOptions,
+    AmqpPulsarClient,
+    PulsarAmqpUnavailable,
+    PulsarStatusUpdate,
+)
 from tesp_api.pulsar.amqp_names import EXCHANGE, PulsarQueues
 from tests.services import rabbitmq
 from tests.services.pulsar_amqp import UpdateRecorder
@@ -252,3 +258,19 @@ async def test_killed_jobs_are_asked_about_even_when_the_budget_is_spent(queues:
         await asyncio.sleep(0.1)
         sent = await c.sweep_once()
     assert sent == 3
+
+
+async def test_broker_password_appears_in_no_log_line_or_error(
+    queues: PulsarQueues, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    bad = AmqpPulsarClient(
+        "amqp://guest:not-the-s3cret@127.0.0.1:5672/",
+        queues,
+        UpdateRecorder(),
+        AmqpClientOptions(connect_timeout=1),
+    )
+    with pytest.raises(PulsarAmqpUnavailable) as refused:
+        await bad.start()
+    assert "s3cret" not in str(refused.value)
+    assert "s3cret" not in caplog.text
