@@ -30,6 +30,7 @@ handler = FTPHandler
 handler.authorizer = authorizer
 handler.masquerade_address = None
 handler.passive_ports = None
+handler.auth_failed_timeout = 0  # no 3 s penalty per failed login: tests try wrong passwords on purpose
 server = FTPServer(("127.0.0.1", 0), handler)
 print(server.address[1], flush=True)
 server.serve_forever(timeout=0.5)
