@@ -77,10 +77,13 @@ class RestBackend:
         # httpcore's pool, whose queue costs O(waiting x connections) per request: with hundreds of
         # running tasks that made the engine's CPU per poll grow with the number of tasks.
         self._in_flight = asyncio.Semaphore(max_in_flight)
+        # Status polls get a small share of their own: hundreds of running tasks polling must not
+        # delay the setup/upload/submit of new jobs (Pulsar serves requests with a few threads).
+        self._poll_slots = asyncio.Semaphore(max(1, max_in_flight // 4))
         self._client = client or httpx.AsyncClient(
             base_url=self.url,
             timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight),
+            limits=httpx.Limits(max_connections=2 * max_in_flight, max_keepalive_connections=2 * max_in_flight),
         )
 
     def _params(self, **params: str) -> dict[str, str]:
@@ -89,12 +92,13 @@ class RestBackend:
         return params
 
     async def _request(
-        self, method: str, path: str, *, params: dict[str, str], retry_5xx: bool = True, **kw: Any
+        self, method: str, path: str, *, params: dict[str, str], retry_5xx: bool = True,
+        slots: asyncio.Semaphore | None = None, **kw: Any
     ) -> httpx.Response:
         attempt = 0
         while True:
             try:
-                async with self._in_flight:
+                async with slots or self._in_flight:
                     resp = await self._client.request(method, path, params=self._params(**params), **kw)
             except (httpx.TransportError, httpx.TimeoutException) as exc:
                 reason = f"{type(exc).__name__}: {exc}"
@@ -160,7 +164,7 @@ class RestBackend:
         )
 
     async def status(self, job_id: str) -> JobStatus:
-        resp = await self._request("GET", f"/jobs/{job_id}/status", params={})
+        resp = await self._request("GET", f"/jobs/{job_id}/status", params={}, slots=self._poll_slots)
         return JobStatus.from_pulsar(job_id, resp.json())
 
     async def cancel(self, job_id: str) -> None:
