@@ -54,6 +54,9 @@ class DbSettings(_Section):
     mongodb_database: str = "tesp"
     mongodb_collection: str = "tasks"
     sqlite_path: str = ".tesp-api/tasks.sqlite3"
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
+        "FULL", description="FULL: an answered create survives a power loss; NORMAL: fewer fsyncs"
+    )
 
 
 class PulsarStatusSettings(_Section):

@@ -28,7 +28,7 @@ async def open_store(settings: Settings) -> TaskStore:
 
         path = Path(db.sqlite_path).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
-        store = SqliteTaskStore(str(path))
+        store = SqliteTaskStore(str(path), synchronous=settings.db.sqlite_synchronous)
         logger.info("task store: SQLite file %s", path)
     await store.open()
     return store

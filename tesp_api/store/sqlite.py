@@ -13,8 +13,9 @@ and does not undo the others (see ``_execute``). Under load, dozens of creates s
 commit, which is what makes the create endpoint fast; with one client, a batch is one operation
 and nothing waits. ``BEGIN IMMEDIATE`` takes the write lock up front, so a compare-and-set or a
 claim reads and writes under the lock even when other processes use the same file (they wait up
-to ``busy_timeout``). ``synchronous=NORMAL`` in WAL mode: a commit is atomic and the file never
-corrupts; only the last transactions before a power loss (not a process crash) may be lost.
+to ``busy_timeout``). ``synchronous=FULL`` by default: a create that answered 200 survives a power
+loss too (one fsync per group commit, so the cost is shared by the batch); ``NORMAL`` (setting
+``db.sqlite_synchronous``) trades the last transactions before a power loss for fewer fsyncs.
 
 Layout: ``tasks`` (one row per task, the submitted task and the log as JSON text, the filter
 columns beside them) and ``task_tags`` (one row per tag, for exact tag filtering through an
@@ -226,9 +227,12 @@ def _list_sql(conn: sqlite3.Connection, query: ListQuery, below: int | None, lim
 class SqliteTaskStore:
     """TaskStore on one SQLite file; see the module docstring for the threading and commit model."""
 
-    def __init__(self, path: str, *, busy_timeout_ms: int = 30_000) -> None:
+    def __init__(self, path: str, *, busy_timeout_ms: int = 30_000, synchronous: str = "FULL") -> None:
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
         self._path = path
         self._busy_timeout_ms = busy_timeout_ms
+        self._synchronous = synchronous
         self._writer: _Lane | None = None  # writes (and reads inside CAS/claim), group-committed
         self._reader: _Lane | None = None  # get/list/count: never wait behind a write transaction
         self._token_key = b""
@@ -272,7 +276,7 @@ class SqliteTaskStore:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
         conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
         conn.execute("PRAGMA foreign_keys = ON")
         return conn
 
