@@ -222,60 +222,30 @@ def _ok(schema: str) -> dict[Any, Any]:
 
 def build_router(endpoints: TaskEndpoints, *, include_in_schema: bool = True) -> APIRouter:
     router = APIRouter(tags=["TaskService"], include_in_schema=include_in_schema)
-    router.add_api_route(
-        "/service-info",
-        endpoints.get_service_info,
-        methods=["GET"],
-        operation_id="GetServiceInfo",
-        response_model=None,
-        responses=_ok("TesServiceInfo"),
-        summary="GetServiceInfo",
-        response_class=JSONResponse,
-    )
-    router.add_api_route(
-        "/tasks",
-        endpoints.list_tasks,
-        methods=["GET"],
-        operation_id="ListTasks",
-        response_model=None,
-        responses=_ok("TesListTasksResponse"),
-        summary="ListTasks",
-        response_class=JSONResponse,
-    )
-    router.add_api_route(
-        "/tasks",
-        endpoints.create_task,
-        methods=["POST"],
-        operation_id="CreateTask",
-        response_model=None,
-        responses=_ok("TesCreateTaskResponse"),
-        summary="CreateTask",
-        response_class=JSONResponse,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TesTask"}}},
-            }
-        },
-    )
-    router.add_api_route(
-        "/tasks/{id}",
-        endpoints.get_task,
-        methods=["GET"],
-        operation_id="GetTask",
-        response_model=None,
-        responses=_ok("TesTask"),
-        summary="GetTask",
-        response_class=JSONResponse,
-    )
-    router.add_api_route(
-        "/tasks/{id}:cancel",
-        endpoints.cancel_task,
-        methods=["POST"],
-        operation_id="CancelTask",
-        response_model=None,
-        responses=_ok("TesCancelTaskResponse"),
-        summary="CancelTask",
-        response_class=JSONResponse,
-    )
+    create_body = {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TesTask"}}},
+        }
+    }
+    # (path, method, handler, operation id = summary, answer schema, extra OpenAPI)
+    routes: list[tuple[str, str, Any, str, str, dict[str, Any] | None]] = [
+        ("/service-info", "GET", endpoints.get_service_info, "GetServiceInfo", "TesServiceInfo", None),
+        ("/tasks", "GET", endpoints.list_tasks, "ListTasks", "TesListTasksResponse", None),
+        ("/tasks", "POST", endpoints.create_task, "CreateTask", "TesCreateTaskResponse", create_body),
+        ("/tasks/{id}", "GET", endpoints.get_task, "GetTask", "TesTask", None),
+        ("/tasks/{id}:cancel", "POST", endpoints.cancel_task, "CancelTask", "TesCancelTaskResponse", None),
+    ]
+    for path, method, handler, operation_id, schema, extra in routes:
+        router.add_api_route(
+            path,
+            handler,
+            methods=[method],
+            operation_id=operation_id,
+            summary=operation_id,
+            response_model=None,
+            responses=_ok(schema),
+            response_class=JSONResponse,
+            openapi_extra=extra,
+        )
     return router
