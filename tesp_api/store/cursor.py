@@ -18,7 +18,7 @@ import hashlib
 import hmac
 import json
 
-from tesp_api.store.port import InvalidPageToken, ListQuery
+from tesp_api.store.port import InvalidPageToken, ListQuery, Page, TaskRecord
 
 _SEQ_BYTES = 8
 _MAC_BYTES = 12
@@ -58,3 +58,11 @@ def decode_page_token(key: bytes, token: str, query: ListQuery) -> int:
     if not hmac.compare_digest(raw[_SEQ_BYTES:], _mac(key, seq, query)):
         raise InvalidPageToken("invalid page_token (tampered, or issued for other filters)")
     return seq
+
+
+def page_from(records: list[TaskRecord], page_size: int, key: bytes, query: ListQuery) -> Page:
+    """The page for ``records`` fetched with LIMIT page_size + 1: the extra one only says a next page exists."""
+    if len(records) <= page_size:
+        return Page(records=records, next_page_token=None)
+    records = records[:page_size]
+    return Page(records=records, next_page_token=encode_page_token(key, records[-1].seq, query))

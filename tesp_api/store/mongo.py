@@ -36,7 +36,7 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from tesp_api.store.cursor import decode_page_token, encode_page_token
+from tesp_api.store.cursor import decode_page_token, page_from
 from tesp_api.store.port import DuplicateTask, ListQuery, LogPatch, Owner, Page, StoreError, TaskRecord
 from tesp_api.store.records import (
     apply_log_patch,
@@ -218,11 +218,7 @@ class MongoTaskStore:
             where["tag_keys"] = {"$all": keys}
         cursor = self._tasks.find(where).sort([("seq", DESCENDING)]).limit(page_size + 1)
         records = [r for r in [_record(doc) async for doc in cursor] if r is not None]
-        next_token = None
-        if len(records) > page_size:
-            records = records[:page_size]
-            next_token = encode_page_token(key, records[-1].seq, query)
-        return Page(records=records, next_page_token=next_token)
+        return page_from(records, page_size, key, query)
 
     async def update(
         self,

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
-from tesp_api.store.cursor import decode_page_token, encode_page_token
+from tesp_api.store.cursor import decode_page_token, page_from
 from tesp_api.store.port import (
     DuplicateTask,
     ListQuery,
@@ -460,11 +460,7 @@ class SqliteTaskStore:
             return [_record(row) for row in conn.execute(sql, params).fetchall()]
 
         records = await self._call(read, write=False)
-        next_token = None
-        if len(records) > page_size:
-            records = records[:page_size]
-            next_token = encode_page_token(key, records[-1].seq, query)
-        return Page(records=records, next_page_token=next_token)
+        return page_from(records, page_size, key, query)
 
     async def update(
         self,
