@@ -42,6 +42,9 @@ class JsonLogFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+_CHATTY_LIBRARIES = ("httpx", "httpcore", "aio_pika", "aiormq", "botocore", "boto3", "s3transfer", "aioftp")
+
+
 def configure_logging(conf: LoggingSettings) -> None:
     """Root logging from settings; uvicorn's loggers propagate to it (we pass log_config=None)."""
     handler = logging.StreamHandler(sys.stderr)
@@ -54,6 +57,10 @@ def configure_logging(conf: LoggingSettings) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(conf.level)
+    # Client libraries log every request at INFO (one line per Pulsar status poll); keep them for DEBUG.
+    quiet = logging.DEBUG if conf.level == "DEBUG" else logging.WARNING
+    for name in _CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(quiet)
 
 
 class StartupError(Exception):
