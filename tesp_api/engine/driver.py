@@ -34,13 +34,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from tesp_api.engine.file_mapper import FileMapper, PathError, has_wildcard, host_rel, wildcard_base
 from tesp_api.engine.job_script import (
     ALREADY_RAN_EXIT,
+    INLINE_META_BEGIN,
+    INLINE_META_END,
     META_TAR,
     SCRIPT_NAME,
     PlacedInput,
     build_job_script,
     input_upload_name,
 )
-from tesp_api.engine.results import read_results
+from tesp_api.engine.results import inline_meta, read_results
 from tesp_api.engine.staging import StagingError
 from tesp_api.pulsar.port import BackendError, BackendUnavailable, JobFile, JobSpec, JobStatus, PulsarBackend
 from tesp_api.store.port import LogPatch, TaskRecord
@@ -54,6 +56,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_BACKOFF = 60.0
 FIRST_POLL = 0.05  # seconds; x1.5 after each poll, up to pulsar.status.poll_interval
+# While polling, the store is re-read (a cancel made by another process) at most this often; a
+# cancel in this process wakes the driver at once (Engine.notify_cancel).
+STORE_RECHECK = 2.0
 STARTED_STATUSES = frozenset({"queued", "running", "postprocessing", "complete", "cancelled", "failed"})
 
 
@@ -127,12 +132,15 @@ class TaskDriver:
                 await self._sleep(min(delay, deadline - waited))
                 delay = min(delay * 2, MAX_BACKOFF)
 
-    async def _sleep(self, seconds: float) -> None:
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep, or less when woken (notify_cancel): True when woken."""
         try:
             await asyncio.wait_for(self.wake.wait(), timeout=max(seconds, 0.0))
         except TimeoutError:
             pass
+        woken = self.wake.is_set()
         self.wake.clear()
+        return woken
 
     # ---- the state machine ---------------------------------------------------------------------
     async def run(self) -> None:
@@ -252,8 +260,11 @@ class TaskDriver:
 
     async def _running(self) -> None:
         poll = self.engine.settings.pulsar.status.poll_interval
-        # Short jobs end soon: poll quickly at first, then back off to the configured interval.
+        # Short jobs end soon: poll quickly at first, then back off to the configured interval; start
+        # over when Pulsar starts running the job (it may have waited long in Pulsar's queue).
         delay = min(FIRST_POLL, poll)
+        last = ""
+        recheck_at = time.monotonic() + STORE_RECHECK
         while True:
             status = await self._pulsar(lambda: self.backend.status(self.task_id))
             self.engine.count_poll()
@@ -263,20 +274,24 @@ class TaskDriver:
             if status.is_final:
                 await self._pulsar_final(status)
                 return
-            await self._wait_next_poll(delay)
+            if status.status == "running" and last != "running":
+                delay = min(FIRST_POLL, poll)
+            last = status.status
+            woken = await self._wait_next_poll(delay)
             delay = min(delay * 1.5, poll)
-            rec = await self._reread()
-            if rec.state != TesState.RUNNING:
-                return  # cancelled (or ended by someone else): _drive takes over
+            if woken or time.monotonic() >= recheck_at:
+                recheck_at = time.monotonic() + STORE_RECHECK
+                rec = await self._reread()
+                if rec.state != TesState.RUNNING:
+                    return  # cancelled (or ended by someone else): _drive takes over
 
-    async def _wait_next_poll(self, poll: float) -> None:
+    async def _wait_next_poll(self, poll: float) -> bool:
         """A backend that pushes updates (AMQP: ``wait_for_change``) wakes the driver when Pulsar reports;
         the store is then only re-checked every ``pulsar.amqp_reconcile_after`` (a cancel in this
         process wakes the driver at once). Other backends are polled every ``poll`` seconds."""
         wait_for_change = getattr(self.backend, "wait_for_change", None)
         if wait_for_change is None:
-            await self._sleep(poll)
-            return
+            return await self._sleep(poll)
         recheck = max(poll, self.engine.settings.pulsar.amqp_reconcile_after)
         waiters = {asyncio.ensure_future(wait_for_change(self.task_id, recheck)),
                    asyncio.ensure_future(self.wake.wait())}
@@ -285,7 +300,9 @@ class TaskDriver:
         finally:
             for waiter in waiters:
                 waiter.cancel()
+        woken = self.wake.is_set()
         self.wake.clear()
+        return woken
 
     async def _pulsar_final(self, status: JobStatus) -> None:
         n = len(self.record.task.executors)
@@ -298,14 +315,16 @@ class TaskDriver:
             raise GiveUp("Pulsar does not know the job any more (lost: restarted without its state, or cleaned)")
         if status.status == "failed":
             raise GiveUp(f"Pulsar reports the job failed: {_tail(status.stderr)}")
-        meta = self._scratch / META_TAR
-        found = await self._pulsar(lambda: self.backend.fetch(self.task_id, META_TAR, meta))
-        if not found:
-            if status.returncode == ALREADY_RAN_EXIT:
-                raise GiveUp("the job was submitted twice; the second run refused to start")
-            raise GiveUp(f"the job script ended without its logs (returncode {status.returncode}): "
-                         f"{_tail(status.stderr)}")
-        results = await asyncio.to_thread(read_results, meta, n)
+        # Small logs came with the final status (the script's stdout); else one download.
+        packed: Path | bytes | None = inline_meta(status.tool_stdout, INLINE_META_BEGIN, INLINE_META_END)
+        if packed is None:
+            packed = self._scratch / META_TAR
+            if not await self._pulsar(lambda: self.backend.fetch(self.task_id, META_TAR, packed)):
+                if status.returncode == ALREADY_RAN_EXIT:
+                    raise GiveUp("the job was submitted twice; the second run refused to start")
+                raise GiveUp(f"the job script ended without its logs (returncode {status.returncode}): "
+                             f"{_tail(status.stderr)}")
+        results = await asyncio.to_thread(read_results, packed, n)
         patch.executor_logs = results.executor_logs
         state = TesState.COMPLETE
         failed = [i for i, lg in results.executor_logs.items()

@@ -8,6 +8,7 @@ Layout inside the Pulsar job directory (the script finds it from its own locatio
     working/tes-meta/            per executor: <i>.start, <i>.end, <i>.exit (RFC 3339 / int),
                                  <i>.stdout.tail, <i>.stderr.tail; manifest (outputs found)
     working/tes-meta.tar         the small files above, fetched in one request after the job
+                                 (or, when small, read from the script's stdout: see INLINE_META_*)
     tes-started/                 made atomically at the start: a second run exits at once
 
 The script stops at the first executor that fails unless it has ignore_error, always writes the
@@ -30,6 +31,11 @@ SCRIPT_NAME = "tes-job.sh"
 META_DIR = "tes-meta"
 META_TAR = "tes-meta.tar"
 ALREADY_RAN_EXIT = 75
+# The packed logs also ride on the script's stdout (which Pulsar's final status carries, up to
+# 64 KiB) when small, between these lines, gzip + base64: the engine then needs no download.
+INLINE_META_BEGIN = "TESP-META-BEGIN"
+INLINE_META_END = "TESP-META-END"
+INLINE_META_MAX = 48 * 1024  # base64 characters; well under Pulsar's 64 KiB status stream cut
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +137,10 @@ def build_job_script(
             f'tar -cf "$TES_WORK"/{META_TAR} -C "$TES_META" --exclude=\'*.stdout\' --exclude=\'*.stderr\' . '
             "|| tes_fail 'cannot pack the executor logs'"
         ),
+        f'tes_inline="$(gzip -c "$TES_WORK"/{META_TAR} 2>/dev/null | base64 -w0 2>/dev/null)"',
+        f'if [ -n "$tes_inline" ] && [ "${{#tes_inline}}" -le {INLINE_META_MAX} ]; then',
+        f"  printf '%s\\n%s\\n%s\\n' {INLINE_META_BEGIN} \"$tes_inline\" {INLINE_META_END}",
+        "fi",
         'exit "$tes_rc"',
     ]
     return "\n".join(lines) + "\n"

@@ -6,7 +6,12 @@ already cut to ``log_tail_bytes``), never extracted: no name in it can reach the
 
 from __future__ import annotations
 
+import base64
+import binascii
+import gzip
+import io
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,9 +57,25 @@ def parse_manifest(data: bytes) -> list[ManifestEntry]:
     return entries
 
 
-def read_results(tar_path: Path, n_executors: int) -> JobResults:
+def inline_meta(stdout: str, begin: str, end: str) -> bytes | None:
+    """The packed logs the job script printed on its stdout (gzip + base64 between two marker
+    lines), or None when they are not there whole (too big, cut by Pulsar, gzip/base64 missing):
+    the engine then downloads the tar instead."""
+    lines = stdout.splitlines()
+    try:
+        start = lines.index(begin)
+        if lines[start + 2] != end:
+            return None
+        return gzip.decompress(base64.b64decode(lines[start + 1], validate=True))
+    except (ValueError, IndexError, binascii.Error, OSError, EOFError, zlib.error):
+        return None
+
+
+def read_results(tar_path: Path | bytes, n_executors: int) -> JobResults:
+    """``tar_path``: the downloaded tes-meta.tar, or its bytes (from ``inline_meta``)."""
     files: dict[str, bytes] = {}
-    with tarfile.open(tar_path, "r:") as tar:
+    source = {"fileobj": io.BytesIO(tar_path)} if isinstance(tar_path, bytes) else {"name": tar_path}
+    with tarfile.open(mode="r:", **source) as tar:  # type: ignore[call-overload]
         for member in tar:
             if not member.isfile() or member.size > MAX_MEMBER_BYTES:
                 continue

@@ -61,6 +61,9 @@ class JobStatus:
     stdout: str = ""  # the job's own stdout/stderr, as Pulsar reports them (cut by Pulsar)
     stderr: str = ""
     raw: dict[str, Any] = field(default_factory=dict)
+    # The job command's own stdout (Pulsar's "stdout", cut to 64 KiB by Pulsar): the job script
+    # prints its small packed logs there, sparing a download (engine/job_script.py).
+    tool_stdout: str = ""
 
     @property
     def is_final(self) -> bool:
@@ -80,6 +83,7 @@ class JobStatus:
             stdout=str(data.get("job_stdout") or ""),
             stderr=str(data.get("job_stderr") or ""),
             raw=data,
+            tool_stdout=str(data.get("stdout") or ""),
         )
 
 

@@ -79,7 +79,11 @@ class RestBackend:
         self._in_flight = asyncio.Semaphore(max_in_flight)
         # Status polls get a small share of their own: hundreds of running tasks polling must not
         # delay the setup/upload/submit of new jobs (Pulsar serves requests with a few threads).
-        self._poll_slots = asyncio.Semaphore(max(1, max_in_flight // 4))
+        self._poll_slots = asyncio.Semaphore(max(1, max_in_flight // 2))
+        # Deleting a finished job's directory is on no task's path to its final state (it comes
+        # after the final compare-and-set): one slot of its own, so a burst of cleanups never
+        # competes with the setup, submit and result calls of other tasks.
+        self._clean_slots = asyncio.Semaphore(1)
         self._client = client or httpx.AsyncClient(
             base_url=self.url,
             timeout=httpx.Timeout(timeout),
@@ -194,7 +198,7 @@ class RestBackend:
                 await asyncio.sleep(self.backoff_base * (2**attempt))
 
     async def clean(self, job_id: str) -> None:
-        await self._request("DELETE", f"/jobs/{job_id}", params={})
+        await self._request("DELETE", f"/jobs/{job_id}", params={}, slots=self._clean_slots)
 
     async def healthz(self) -> dict[str, Any]:
         resp = await self._request("GET", "/healthz", params={})
