@@ -316,7 +316,10 @@ class TaskDriver:
         if status.status == "failed":
             raise GiveUp(f"Pulsar reports the job failed: {_tail(status.stderr)}")
         # Small logs came with the final status (the script's stdout); else one download.
-        packed: Path | bytes | None = inline_meta(status.tool_stdout, INLINE_META_BEGIN, INLINE_META_END)
+        # Pulsar reports the command's stdout as "job_stdout" or "stdout" depending on its job manager.
+        packed: Path | bytes | None = next(
+            (data for out in (status.stdout, status.tool_stdout)
+             if (data := inline_meta(out, INLINE_META_BEGIN, INLINE_META_END)) is not None), None)
         if packed is None:
             packed = self._scratch / META_TAR
             if not await self._pulsar(lambda: self.backend.fetch(self.task_id, META_TAR, packed)):

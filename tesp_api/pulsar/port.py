@@ -61,8 +61,9 @@ class JobStatus:
     stdout: str = ""  # the job's own stdout/stderr, as Pulsar reports them (cut by Pulsar)
     stderr: str = ""
     raw: dict[str, Any] = field(default_factory=dict)
-    # The job command's own stdout (Pulsar's "stdout", cut to 64 KiB by Pulsar): the job script
-    # prints its small packed logs there, sparing a download (engine/job_script.py).
+    # Pulsar's "stdout" (the tool's stdout, cut to 64 KiB). Depending on Pulsar's job manager the
+    # command's output is here or in ``stdout`` (queued_python: job_stdout). The job script prints
+    # its small packed logs there, sparing a download (engine/job_script.py).
     tool_stdout: str = ""
 
     @property
