@@ -3,14 +3,18 @@
 How the port's calls map onto Pulsar's message protocol:
 
 * ``prepare``: nothing is sent (Pulsar has no "setup" without a submit over AMQP). The job's files are
-  remembered: small ones (the job script, TES ``content``) go inline in the setup message, local files
+  recorded, on disk (``received/.setups/{job}.json``) so that a restarted service can still send the
+  setup: small ones (the job script, TES ``content``) go inline in the setup message, local files
   are served to Pulsar by the staging server (amqp_staging.py) under a signed URL, URLs pass as is.
 * ``submit``: ONE persistent setup message: create the job directory, fetch the inputs, run
   ``bash <job dir>/tool_files/<script>``, then POST the outputs (``JobSpec.outputs_for_remote_staging``)
-  to the staging server.
+  to the staging server. Once the broker confirmed it, the record is marked sent.
 * ``status``: answered from the last status Pulsar pushed (no broker traffic while updates flow). A job
   this process knows nothing about (e.g. taken over after a restart) is asked about once with a status
-  message, and the call waits for the answer.
+  message, and the call waits for the answer. If Pulsar does not know the job (``lost``, said twice,
+  or no answer) and its setup was recorded here but never confirmed sent (a crash between the store's
+  RUNNING and the publish), the answer is ``preprocessing``: the same thing REST Pulsar says of a job
+  set up but not submitted, so the driver submits it (once) from the record.
 * ``cancel``: a kill message; the client then asks for the status soon and repeatedly, since Pulsar
   publishes nothing after a kill.
 * ``fetch``: the file Pulsar POSTed (it uploads before it publishes the final status).
@@ -24,12 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import shlex
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tesp_api.pulsar.amqp_client import (
     AmqpClientOptions,
@@ -45,7 +50,7 @@ from tesp_api.pulsar.amqp_messages import (
     StagedFile,
 )
 from tesp_api.pulsar.amqp_names import PulsarQueues
-from tesp_api.pulsar.amqp_staging import StagingPathError, StagingServer, StagingTokens
+from tesp_api.pulsar.amqp_staging import StagingPathError, StagingServer, StagingTokens, check_job_id
 from tesp_api.pulsar.port import BackendError, BackendUnavailable, JobSpec, JobStatus
 
 if TYPE_CHECKING:
@@ -61,9 +66,36 @@ _SUBMITTED = "queued"
 
 
 @dataclass
+class _PreparedFile:
+    """One file of a prepared job: inline ``contents``, a local ``source`` (served by the staging
+    server; its URL is signed at submit time) or a ``url`` Pulsar fetches itself."""
+
+    name: str
+    type: str
+    contents: str | None = None
+    source: str | None = None
+    url: str | None = None
+
+
+@dataclass
 class _Prepared:
-    files: list[StagedFile]
+    files: list[_PreparedFile]
     outputs: list[str]
+    sent: bool = False  # the broker confirmed the setup message
+
+    @classmethod
+    def from_json(cls, text: str) -> _Prepared:
+        data = json.loads(text)
+        return cls(
+            files=[_PreparedFile(**f) for f in data["files"]],
+            outputs=[str(o) for o in data["outputs"]],
+            sent=bool(data.get("sent")),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"files": [asdict(f) for f in self.files], "outputs": self.outputs, "sent": self.sent}
+        )
 
 
 class AmqpBackend:
@@ -76,11 +108,15 @@ class AmqpBackend:
         *,
         options: AmqpClientOptions | None = None,
         status_timeout: float = 30.0,
+        lost_recheck: float = 2.0,
     ) -> None:
         self.name = name
         self.queues = queues
         self.staging = staging
         self.status_timeout = status_timeout
+        self.lost_recheck = lost_recheck
+        # Job ids never start with ".", so this cannot collide with a job's received directory.
+        self._setups_dir = staging.received_root / ".setups"
         self.client = AmqpPulsarClient(amqp_url, queues, self._on_update, options)
         self._started = False
         self._start_lock = asyncio.Lock()
@@ -164,7 +200,7 @@ class AmqpBackend:
 
     async def prepare(self, spec: JobSpec) -> None:
         await self.start()
-        files: list[StagedFile] = []
+        files: list[_PreparedFile] = []
         try:
             for f in spec.files:
                 kind = _KIND_TO_TYPE.get(f.kind)
@@ -175,35 +211,69 @@ class AmqpBackend:
                         text = f.data.decode("utf-8")
                     except UnicodeDecodeError:
                         raise BackendError(f"{f.name}: inline files must be UTF-8 text over AMQP") from None
-                    files.append(StagedFile(f.name, contents=text, type=kind))  # type: ignore[arg-type]
+                    files.append(_PreparedFile(f.name, kind, contents=text))
                 elif f.source is not None:
-                    url = self.staging.register_input(spec.job_id, f.name, f.source)
-                    files.append(StagedFile(f.name, url=url, type=kind))  # type: ignore[arg-type]
+                    files.append(_PreparedFile(f.name, kind, source=str(f.source)))
                 elif f.url is not None:
-                    files.append(StagedFile(f.name, url=f.url, type=kind))  # type: ignore[arg-type]
+                    files.append(_PreparedFile(f.name, kind, url=f.url))
                 else:
                     raise BackendError(f"{f.name}: neither data, source nor url")
+                self._staged(spec.job_id, files[-1])  # fails now, not at submit, on a bad name
         except (ValueError, StagingPathError) as exc:
             raise BackendError(f"job {spec.job_id}: {exc}") from None
-        self._prepared[spec.job_id] = _Prepared(files, list(spec.outputs_for_remote_staging))
+        prepared = _Prepared(files, list(spec.outputs_for_remote_staging))
+        await asyncio.to_thread(self._save_prepared, spec.job_id, prepared)
+        self._prepared[spec.job_id] = prepared
+
+    def _staged(self, job_id: str, f: _PreparedFile) -> StagedFile:
+        kind: Any = f.type
+        if f.contents is not None:
+            return StagedFile(f.name, contents=f.contents, type=kind)
+        if f.source is not None:
+            url = self.staging.register_input(job_id, f.name, Path(f.source))  # a freshly signed URL
+            return StagedFile(f.name, url=url, type=kind)
+        return StagedFile(f.name, url=f.url, type=kind)
+
+    # ---- the prepared setup, on disk ---------------------------------------------------------------
+
+    def _setup_file(self, job_id: str) -> Path:
+        return self._setups_dir / f"{check_job_id(job_id)}.json"
+
+    def _save_prepared(self, job_id: str, prepared: _Prepared) -> None:
+        """Through a temporary file and a rename: a crash leaves the old record or the new one."""
+        target = self._setup_file(job_id)
+        self._setups_dir.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".part")
+        partial.write_text(prepared.to_json())
+        partial.replace(target)
+
+    def _load_prepared(self, job_id: str) -> _Prepared | None:
+        prepared = self._prepared.get(job_id)
+        if prepared is not None:
+            return prepared
+        try:
+            prepared = _Prepared.from_json(self._setup_file(job_id).read_text())
+        except (OSError, ValueError, KeyError, TypeError, StagingPathError):
+            return None
+        self._prepared[job_id] = prepared
+        return prepared
 
     async def submit(self, spec: JobSpec) -> None:
         await self.start()
-        prepared = self._prepared.get(spec.job_id)
+        prepared = await asyncio.to_thread(self._load_prepared, spec.job_id)
         if prepared is None:
-            raise BackendError(
-                f"job {spec.job_id} was not prepared by this process (AMQP keeps no job before submit)"
-            )
+            raise BackendError(f"job {spec.job_id} was never prepared (AMQP keeps no job before submit)")
         try:
             outputs = [CollectedOutput(client_path=o, workdir_path=o) for o in prepared.outputs]
-        except ValueError as exc:
+            files = [self._staged(spec.job_id, f) for f in prepared.files]
+        except (ValueError, StagingPathError) as exc:
             raise BackendError(str(exc)) from None
         script = f"{JOB_DIRECTORY_TOKEN}/{_KIND_TO_DIR['tool']}/{shlex.quote(spec.script_name)}"
         setup = SetupMessage(
             job_id=spec.job_id,
             command_line=f"bash {script}",
             remote_staging=RemoteStaging(
-                files=prepared.files,
+                files=files,
                 outputs=outputs,
                 files_endpoint=self.staging.files_endpoint(spec.job_id) if outputs else None,
             ),
@@ -216,7 +286,8 @@ class AmqpBackend:
         except PulsarAmqpUnavailable as exc:
             self._submitted_unheard.discard(spec.job_id)
             raise BackendUnavailable(f"Pulsar {self.name}: {exc}") from None
-        self._prepared.pop(spec.job_id, None)
+        prepared.sent = True
+        await asyncio.to_thread(self._save_prepared, spec.job_id, prepared)
 
     async def status(self, job_id: str) -> JobStatus:
         await self.start()
@@ -225,7 +296,38 @@ class AmqpBackend:
             return known
         if job_id in self._submitted_unheard:
             return JobStatus(job_id=job_id, status=_SUBMITTED, raw={"status": _SUBMITTED, "pushed": False})
-        # Nothing known here (a job taken over from another worker, or never submitted): ask Pulsar.
+        # Nothing known here (a job taken over from another worker or after a restart): ask Pulsar.
+        known = await self._ask(job_id)
+        if known is None or known.status == "lost":
+            prepared = await asyncio.to_thread(self._load_prepared, job_id)
+            if prepared is not None and not prepared.sent:
+                if known is not None:
+                    # Pulsar may answer before it handled a setup still waiting in its queue: only a
+                    # "lost" said twice means the setup never arrived.
+                    await asyncio.sleep(self.lost_recheck)
+                    known = await self._ask(job_id)
+                if known is None or known.status == "lost":
+                    self._statuses.pop(job_id, None)
+                    log.warning(
+                        "Pulsar %s does not know job %s and its setup was never confirmed sent "
+                        "(a restart before the publish): reporting it set up, not submitted",
+                        self.name,
+                        job_id,
+                    )
+                    return JobStatus(
+                        job_id=job_id,
+                        status="preprocessing",
+                        raw={"status": "preprocessing", "setup_unsent": True},
+                    )
+        if known is None:
+            raise BackendUnavailable(f"Pulsar {self.name}: no status answer for job {job_id}")
+        if not known.is_final:
+            self.client.track(job_id)  # a job taken over: watch it for silence from now on
+        return known
+
+    async def _ask(self, job_id: str) -> JobStatus | None:
+        """One status request; Pulsar's answer, or None when none came within ``status_timeout``."""
+        self._statuses.pop(job_id, None)
         event = self._event(job_id)
         event.clear()
         self._awaiting.add(job_id)
@@ -237,12 +339,7 @@ class AmqpBackend:
             raise BackendUnavailable(f"Pulsar {self.name}: {exc}") from None
         finally:
             self._awaiting.discard(job_id)
-        known = self._statuses.get(job_id)
-        if known is None:
-            raise BackendUnavailable(f"Pulsar {self.name}: no status answer for job {job_id}")
-        if not known.is_final:
-            self.client.track(job_id)  # a job taken over: watch it for silence from now on
-        return known
+        return self._statuses.get(job_id)
 
     async def cancel(self, job_id: str) -> None:
         await self.start()
@@ -271,6 +368,8 @@ class AmqpBackend:
         self._prepared.pop(job_id, None)
         with contextlib.suppress(StagingPathError):
             self.staging.forget(job_id)
+            with contextlib.suppress(FileNotFoundError):
+                self._setup_file(job_id).unlink()
 
 
 def build_amqp_backend(settings: Settings, server: PulsarServer) -> AmqpBackend:

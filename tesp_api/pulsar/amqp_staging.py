@@ -5,8 +5,10 @@ service. A small Starlette app, run by the AMQP backend in its own process (so i
 `tesp-api worker` processes that serve no API), on ``pulsar.staging_listen``; Pulsar reaches it at
 ``pulsar.staging_url`` (default: the address it listens on).
 
-* ``GET  /pulsar-staging/{job}/inputs/{name}?token=...``: a file this process registered for the job
-  (streamed from disk).
+* ``GET  /pulsar-staging/{job}/inputs/{name}?token=...``: a file registered for the job (streamed from
+  disk). Registrations are also written to ``received/.inputs/{job}.json``, so a restarted service
+  still serves the inputs of a job whose setup message was sent before the restart (Pulsar may
+  download them long after, e.g. when it was down).
 * ``POST /pulsar-staging/{job}/files?token=...&path=...&file_type=...``: Pulsar's multipart upload
   (field ``file``), written to ``received/{job}/{path}`` (through a ``.part`` file, renamed when
   complete).
@@ -23,6 +25,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import json
 import logging
 import os
 import re
@@ -117,6 +120,8 @@ class StagingServer:
         self.received_root = received_root
         self.tokens = tokens
         self._inputs: dict[tuple[str, str], Path] = {}
+        # Job ids never start with ".", so this cannot collide with a job's received directory.
+        self._registry = received_root / ".inputs"
         self._server: Any = None
         self._serve_task: asyncio.Task[None] | None = None
         self.stats = {"input_gets": 0, "output_posts": 0, "refused": 0}
@@ -168,7 +173,9 @@ class StagingServer:
         """Serve ``source`` to Pulsar as the job's input ``name``; returns the (signed) URL."""
         check_job_id(job_id)
         safe_relative_path(name)
-        self._inputs[(job_id, name)] = source
+        if self._inputs.get((job_id, name)) != source:
+            self._inputs[(job_id, name)] = source
+            self._save_registrations(job_id)
         token = self.tokens.sign("in", job_id, name)
         return f"{self.base_url}{ROUTE_PREFIX}/{job_id}/inputs/{quote(name)}?token={token}"
 
@@ -187,7 +194,37 @@ class StagingServer:
     def forget(self, job_id: str) -> None:
         for key in [k for k in self._inputs if k[0] == job_id]:
             del self._inputs[key]
+        with contextlib.suppress(FileNotFoundError):
+            self._registry_file(job_id).unlink()
         shutil.rmtree(self.received_dir(job_id), ignore_errors=True)
+
+    def registered_input(self, job_id: str, name: str) -> Path | None:
+        """The file registered as the job's input ``name``: from memory, else from the on-disk registry
+        (registered by this service before a restart)."""
+        source = self._inputs.get((job_id, name))
+        if source is not None:
+            return source
+        try:
+            saved = json.loads(self._registry_file(job_id).read_text())
+        except (OSError, ValueError):
+            return None
+        text = saved.get(name) if isinstance(saved, dict) else None
+        if not isinstance(text, str):
+            return None
+        self._inputs[(job_id, name)] = Path(text)
+        return Path(text)
+
+    def _registry_file(self, job_id: str) -> Path:
+        return self._registry / f"{check_job_id(job_id)}.json"
+
+    def _save_registrations(self, job_id: str) -> None:
+        """Write the job's registrations (name -> local file) through a temporary file and rename."""
+        entries = {name: str(path) for (job, name), path in self._inputs.items() if job == job_id}
+        target = self._registry_file(job_id)
+        self._registry.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".part")
+        partial.write_text(json.dumps(entries))
+        partial.replace(target)
 
     # ---- the HTTP app ----------------------------------------------------------------------------
 
@@ -210,7 +247,7 @@ class StagingServer:
                 return refuse(400, "bad path")
             if not self.tokens.verify(request.query_params.get("token"), "in", job_id, name):
                 return refuse(403, "forbidden")
-            source = self._inputs.get((job_id, name))
+            source = self.registered_input(job_id, name)
             if source is None or not source.is_file():
                 return refuse(404, "not found")
             self.stats["input_gets"] += 1
