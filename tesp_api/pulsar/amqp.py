@@ -300,25 +300,26 @@ class AmqpBackend:
         known = await self._ask(job_id)
         if known is None or known.status == "lost":
             prepared = await asyncio.to_thread(self._load_prepared, job_id)
-            if prepared is not None and not prepared.sent:
-                if known is not None:
-                    # Pulsar may answer before it handled a setup still waiting in its queue: only a
-                    # "lost" said twice means the setup never arrived.
-                    await asyncio.sleep(self.lost_recheck)
-                    known = await self._ask(job_id)
-                if known is None or known.status == "lost":
-                    self._statuses.pop(job_id, None)
-                    log.warning(
-                        "Pulsar %s does not know job %s and its setup was never confirmed sent "
-                        "(a restart before the publish): reporting it set up, not submitted",
-                        self.name,
-                        job_id,
-                    )
-                    return JobStatus(
-                        job_id=job_id,
-                        status="preprocessing",
-                        raw={"status": "preprocessing", "setup_unsent": True},
-                    )
+            if prepared is not None and known is not None:
+                # A job prepared here (maybe by this service before a restart): Pulsar may answer
+                # before it handled the setup still waiting in its queue (both sent while it was
+                # down). Only a "lost" said twice means the setup never arrived.
+                await asyncio.sleep(self.lost_recheck)
+                known = await self._ask(job_id)
+            unknown = known is None or known.status == "lost"
+            if prepared is not None and not prepared.sent and unknown:
+                self._statuses.pop(job_id, None)
+                log.warning(
+                    "Pulsar %s does not know job %s and its setup was never confirmed sent "
+                    "(a restart before the publish): reporting it set up, not submitted",
+                    self.name,
+                    job_id,
+                )
+                return JobStatus(
+                    job_id=job_id,
+                    status="preprocessing",
+                    raw={"status": "preprocessing", "setup_unsent": True},
+                )
         if known is None:
             raise BackendUnavailable(f"Pulsar {self.name}: no status answer for job {job_id}")
         if not known.is_final:

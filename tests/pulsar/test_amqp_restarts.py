@@ -1,0 +1,284 @@
+"""Crash safety of the AMQP backend across a restart of this service (docs/amqp.md, "Restarts of tesp-api").
+
+Two windows used to end a task in SYSTEM_ERROR:
+
+1. the setup message was sent, then ``tesp-api serve`` died before Pulsar downloaded the inputs (the
+   registrations were in memory only);
+2. the store said RUNNING, then the process died before the setup message was published.
+
+All parts are real: the RabbitMQ broker, ``pulsar-main`` and ``tesp-api serve`` processes (killed with
+SIGKILL). The crash windows are made to last, not raced: window 1 by keeping Pulsar stopped (the setup
+waits in its queue), window 2 by a broker policy on this test's own setup queue that refuses new
+messages (the publish is nacked, the driver retries, the store already says RUNNING). The two
+"backend objects" tests drive two AmqpBackend instances in one process (the first dropped without
+being closed, standing for a dead process) to show the decision itself: Pulsar asked first, the setup
+sent again only when Pulsar does not know the job, never when it does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aio_pika
+import pytest
+import tes
+
+from tesp_api.local import free_port
+from tesp_api.pulsar.amqp import AmqpBackend
+from tesp_api.pulsar.amqp_client import AmqpClientOptions
+from tesp_api.pulsar.amqp_names import PulsarQueues
+from tesp_api.pulsar.amqp_staging import StagingServer, StagingTokens
+from tesp_api.pulsar.port import JobFile, JobSpec, JobStatus
+from tests.engine.serve_process import ServeProcess
+from tests.services import rabbitmq
+from tests.services.pulsar_amqp import PulsarAmqp
+
+pytestmark = [pytest.mark.amqp, pytest.mark.pulsar, pytest.mark.slow, pytest.mark.timeout(180)]
+FINAL = {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED", "PREEMPTED"}
+
+
+@pytest.fixture(autouse=True)
+def _broker() -> None:
+    if not rabbitmq.ensure_running():
+        pytest.skip("no RabbitMQ broker on 127.0.0.1:5672 and it cannot be started here")
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+
+
+def _ctl(*args: str) -> None:
+    done = subprocess.run([rabbitmq.RABBITMQCTL, *args], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def refuse_new_setups(pulsar: PulsarAmqp) -> str:
+    """A policy on this test's setup queue only: at most one message, further publishes nacked."""
+    name = f"tesp-test-{pulsar.key_prefix}"
+    pattern = f"^{pulsar.queue_name('setup')}$"
+    _ctl("set_policy", "--apply-to", "queues", name, pattern, '{"max-length":1,"overflow":"reject-publish"}')
+    return name
+
+
+async def queued_messages(pulsar: PulsarAmqp, queue: str) -> int:
+    connection = await aio_pika.connect(pulsar.amqp_url)
+    try:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(pulsar.queue_name(queue), passive=True)
+        return int(declared.declaration_result.message_count or 0)
+    finally:
+        await connection.close()
+
+
+async def until(check: object, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never: {what}")
+        await asyncio.sleep(0.1)
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def serve(workdir: Path, pulsar: PulsarAmqp, results: Path, staging_port: int, **env: str) -> ServeProcess:
+    workdir.mkdir(parents=True, exist_ok=True)
+    return ServeProcess(
+        workdir,
+        "",  # no REST url: AMQP mode
+        TESP_API_PULSAR__AMQP_URL=pulsar.amqp_url,
+        TESP_API_PULSAR__AMQP_KEY_PREFIX=pulsar.key_prefix,
+        TESP_API_PULSAR__STAGING_LISTEN=f"127.0.0.1:{staging_port}",  # fixed, as in a deployment
+        TESP_API_ENGINE__LEASE_SECONDS="3",
+        TESP_API_TRANSFER__ALLOWED_DIRS=f'["{results}"]',
+        **env,
+    )
+
+
+def copy_task(results: Path, name: str) -> tes.Task:
+    """A task with a URL input (served to Pulsar by the staging server) copied to an output."""
+    return tes.Task(
+        inputs=[tes.Input(path="/data/in.txt", url=f"file://{results}/{name}.in")],
+        outputs=[tes.Output(path="/data/out.txt", url=f"file://{results}/{name}.out")],
+        executors=[tes.Executor(image="a", command=["cp", "/data/in.txt", "/data/out.txt"])],
+    )
+
+
+def wait_state(client: tes.HTTPClient, task_id: str, states: set[str], timeout: float = 90) -> tes.Task:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = client.get_task(task_id, view="FULL")
+        if got.state in states:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"task {task_id} never in {states} (last {got.state})")
+        time.sleep(0.1)
+
+
+# ---- kill -9 of tesp-api serve in both windows ---------------------------------------------------
+
+
+async def test_tasks_killed_in_either_setup_window_complete_after_a_restart(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "sent.in").write_text("sent before the crash\n")
+    (results / "unsent.in").write_text("never sent before the crash\n")
+    pulsar = PulsarAmqp(tmp_path / "pulsar", key_prefix=rabbitmq.unique_prefix("r"))
+    staging_port = free_port()
+    policy: str | None = None
+    first = serve(tmp_path / "serve", pulsar, results, staging_port)
+    second = serve(tmp_path / "serve", pulsar, results, staging_port, TESP_API_PULSAR__CLIENT_TIMEOUT="3")
+    try:
+        first.start()
+        client = tes.HTTPClient(first.url, timeout=10)
+        # Window 1: Pulsar is stopped, so the setup (with the input's URL) waits in its queue.
+        sent = client.create_task(copy_task(results, "sent"))
+        await until(lambda: _has_setup(pulsar), "the first setup message queued")
+        # Window 2: new setups are refused by the broker; the store says RUNNING, nothing is sent.
+        policy = refuse_new_setups(pulsar)
+        unsent = client.create_task(copy_task(results, "unsent"))
+        wait_state(client, unsent, {"RUNNING"})
+        first.kill()
+        _ctl("clear_policy", policy)
+        policy = None
+        assert await queued_messages(pulsar, "setup") == 1  # only the first task's setup left
+
+        second.start()
+        # The staging server starts with the backend, when a driver takes the tasks over.
+        await until(lambda: asyncio.to_thread(listening, staging_port), "the staging server listening")
+        await pulsar.start()
+        client = tes.HTTPClient(second.url, timeout=10)
+        done = {task_id: wait_state(client, task_id, FINAL) for task_id in (sent, unsent)}
+    finally:
+        if policy is not None:
+            _ctl("clear_policy", policy)
+        first.stop()
+        second.stop()
+        await pulsar.stop()
+        await pulsar.delete_queues()
+    for task in done.values():
+        assert task.state == "COMPLETE", task.logs[0].system_logs
+    assert (results / "sent.out").read_text() == "sent before the crash\n"
+    assert (results / "unsent.out").read_text() == "never sent before the crash\n"
+
+
+async def _has_setup(pulsar: PulsarAmqp) -> bool:
+    try:
+        return await queued_messages(pulsar, "setup") >= 1
+    except aio_pika.exceptions.ChannelClosed:  # not declared yet
+        return False
+
+
+# ---- the backend's decision, driven directly -----------------------------------------------------
+
+
+@pytest.fixture
+async def pulsar(tmp_path: Path) -> AsyncIterator[PulsarAmqp]:
+    server = PulsarAmqp(tmp_path / "pulsar", key_prefix=rabbitmq.unique_prefix("o"))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+        await server.delete_queues()
+
+
+@dataclasses.dataclass
+class Service:
+    """What survives a restart of this service: its work directory, staging address and key."""
+
+    root: Path
+    pulsar: PulsarAmqp
+    port: int = dataclasses.field(default_factory=free_port)
+
+    def backend(self) -> AmqpBackend:
+        staging = StagingServer(
+            self.root / "received",
+            StagingTokens(b"k" * 32, ttl=600),
+            listen=f"127.0.0.1:{self.port}",
+        )
+        return AmqpBackend(
+            "default",
+            self.pulsar.amqp_url,
+            PulsarQueues.for_manager(amqp_key_prefix=self.pulsar.key_prefix),
+            staging,
+            options=AmqpClientOptions(reconcile_after=3600),
+            status_timeout=10,
+            lost_recheck=0.5,
+        )
+
+
+def counting_job(job_id: str, root: Path) -> JobSpec:
+    """Appends a line to ``runs`` each time it runs and copies its input to an output."""
+    source = root / "in-0"
+    source.write_text("payload\n")
+    script = (
+        f"echo run >> {root / 'runs'}\n"
+        'cp "$(dirname "$0")/../inputs/in-0" result.txt\n'
+    )
+    return JobSpec(
+        job_id=job_id,
+        script_name="tes-job.sh",
+        files=[JobFile("tes-job.sh", "tool", data=script.encode()), JobFile("in-0", "input", source=source)],
+        outputs_for_remote_staging=["result.txt"],
+    )
+
+
+async def final_status(backend: AmqpBackend, job_id: str) -> JobStatus:
+    while not (status := await backend.status(job_id)).is_final:
+        await backend.wait_for_change(job_id, 5)
+    return status
+
+
+async def test_a_setup_never_sent_before_a_restart_is_reported_unsubmitted_then_runs_once(
+    pulsar: PulsarAmqp, tmp_path: Path
+) -> None:
+    service = Service(tmp_path, pulsar)
+    job_id = str(uuid.uuid4())
+    spec = counting_job(job_id, tmp_path)
+    before = service.backend()
+    await before.prepare(spec)
+    await before.aclose()  # the process dies before the submit: only the disk remains
+    after = service.backend()
+    try:
+        status = await after.status(job_id)
+        assert status.status == "preprocessing"  # what the driver answers with a submit
+        await after.submit(JobSpec(job_id=job_id, script_name="tes-job.sh", files=[]))  # as the driver does
+        final = await final_status(after, job_id)
+        received = after.staging.received_file(job_id, "result.txt")
+        assert received is not None and received.read_text() == "payload\n"
+    finally:
+        await after.aclose()
+    assert final.status == "complete"
+    assert (tmp_path / "runs").read_text() == "run\n"
+
+
+async def test_a_job_pulsar_knows_is_not_sent_again_after_a_restart(pulsar: PulsarAmqp, tmp_path: Path) -> None:
+    service = Service(tmp_path, pulsar)
+    job_id = str(uuid.uuid4())
+    spec = counting_job(job_id, tmp_path)
+    before = service.backend()
+    await before.prepare(spec)
+    await before.submit(spec)
+    # The crash fell between the broker's confirm and the record saying so.
+    prepared = before._load_prepared(job_id)
+    assert prepared is not None
+    before._save_prepared(job_id, dataclasses.replace(prepared, sent=False))
+    assert (await final_status(before, job_id)).status == "complete"
+    await before.aclose()
+    after = service.backend()
+    try:
+        status = await after.status(job_id)
+    finally:
+        await after.aclose()
+    assert status.status == "complete"  # Pulsar's own answer: no second setup
+    assert (tmp_path / "runs").read_text() == "run\n"
