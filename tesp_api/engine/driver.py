@@ -312,7 +312,8 @@ class TaskDriver:
             await self._move(TesState.CANCELED, patch)
             return
         if status.status == "lost":
-            raise GiveUp("Pulsar does not know the job any more (lost: restarted without its state, or cleaned)")
+            raise GiveUp("Pulsar does not know the job any more (lost): most likely Pulsar was restarted while "
+                         "the job ran and cannot re-attach to it, or its job directory was removed; not re-run")
         if status.status == "failed":
             raise GiveUp(f"Pulsar reports the job failed: {_tail(status.stderr)}")
         # Small logs came with the final status (the script's stdout); else one download.
