@@ -53,6 +53,12 @@ POLL_INTERVAL = 0.5  # pulsar.status.poll_interval of the engine; the direct cli
 CONCURRENT_JOBS = 8
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def bwrap_true() -> str:
     """The command line tesp-api's bwrap runtime runs for the executor ``true``."""
     from tesp_api.engine.runtimes.base import ExecutorRun
@@ -255,6 +261,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", type=int, default=200)
     ap.add_argument("--latency-runs", type=int, default=10)
+    ap.add_argument("--burst-runs", type=int, default=2, help="bursts per side, alternating; the median counts")
     ap.add_argument("--cpu-sizes", default="25,50,100,200")
     ap.add_argument("--cpu-window", type=float, default=8.0)
     args = ap.parse_args()
@@ -266,8 +273,16 @@ def main() -> None:
                 command = bwrap_true()
                 direct_lat = asyncio.run(pulsar_latency(pulsar.url, args.latency_runs, command))
                 tes_lat = asyncio.run(tes_latency(api, args.latency_runs))
-                direct_burst = asyncio.run(pulsar_burst(pulsar.url, args.tasks, command))
-                tes_burst_s = asyncio.run(tes_burst(api, args.tasks))
+                direct_runs, tes_runs, direct_cpu, tes_cpu = [], [], [], []
+                for _ in range(args.burst_runs):  # alternating, so the machine's load hits both sides
+                    cpu0 = time.process_time()
+                    direct_runs.append(asyncio.run(pulsar_burst(pulsar.url, args.tasks, command)))
+                    direct_cpu.append(time.process_time() - cpu0)
+                    cpu0, serve0 = time.process_time(), process_cpu(serve.pid)
+                    tes_runs.append(asyncio.run(tes_burst(api, args.tasks)))
+                    tes_cpu.append(process_cpu(serve.pid) - serve0 + time.process_time() - cpu0)
+                print(f"bursts: direct {direct_runs}, tesp-api {tes_runs}", file=sys.stderr)
+                direct_burst, tes_burst_s = statistics.median(direct_runs), statistics.median(tes_runs)
             finally:
                 serve.send_signal(signal.SIGTERM)
                 serve.wait(30)
@@ -284,6 +299,10 @@ def main() -> None:
     print(f"| POST -> COMPLETE, trivial task (median of {args.latency_runs}) | {tl:.3f} s | {dl:.3f} s | {tl / dl:.2f} |")
     print(f"| {args.tasks} trivial tasks submitted at once, all finished | {tes_burst_s:.2f} s | {direct_burst:.2f} s "
           f"| {tes_burst_s / direct_burst:.2f} |")
+    print(f"| CPU of the client side in that burst (tesp-api: serve + TES client) | {statistics.median(tes_cpu):.2f} s "
+          f"| {statistics.median(direct_cpu):.2f} s | {statistics.median(tes_cpu) / statistics.median(direct_cpu):.2f} |")
+    if not cpu_rows:
+        return
     print("\n| tasks running | engine CPU per 1,000 polls | engine CPU per second |")
     print("|---|---|---|")
     for n, per_k, per_s in cpu_rows:

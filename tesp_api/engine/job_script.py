@@ -32,7 +32,8 @@ META_DIR = "tes-meta"
 META_TAR = "tes-meta.tar"
 ALREADY_RAN_EXIT = 75
 # The packed logs also ride on the script's stdout (which Pulsar's final status carries, up to
-# 64 KiB) when small, between these lines, gzip + base64: the engine then needs no download.
+# 64 KiB) when small, between these lines, base64 (gzipped first when too big plain): the
+# engine then needs no download.
 INLINE_META_BEGIN = "TESP-META-BEGIN"
 INLINE_META_END = "TESP-META-END"
 INLINE_META_MAX = 48 * 1024  # base64 characters; well under Pulsar's 64 KiB status stream cut
@@ -89,7 +90,10 @@ def build_job_script(
         f"# tesp-api job script for TES task {task_id} (runtime {runtime.kind}); generated, do not edit.",
         "set -u",
         "umask 022",
-        'TES_JOB="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"',
+        "# Builtins where a command would do: every process started costs each job milliseconds.",
+        'tes_self="${BASH_SOURCE[0]}"',
+        '[[ "$tes_self" == */* ]] || tes_self="./$tes_self"',
+        'TES_JOB="$(cd "${tes_self%/*}/.." && pwd -P)"',
         'TES_WORK="$TES_JOB/working"',
         f'TES_META="$TES_WORK"/{META_DIR}',
         "# Run at most once, even if Pulsar were asked twice (crash between submit and its record).",
@@ -98,7 +102,12 @@ def build_job_script(
         f"  exit {ALREADY_RAN_EXIT}",
         "fi",
         'mkdir -p "$TES_META"',
-        "tes_now() { date -u +%Y-%m-%dT%H:%M:%S.%6NZ; }",
+        # bash >= 5 has the time as a variable; the decimal mark follows the locale.
+        "if [ -n \"${EPOCHREALTIME:-}\" ]; then",
+        "  tes_now() { local t=$EPOCHREALTIME; TZ=UTC0 printf '%(%Y-%m-%dT%H:%M:%S)T.%sZ\\n' \"${t%[.,]*}\" \"${t#*[.,]}\"; }",
+        "else",
+        "  tes_now() { date -u +%Y-%m-%dT%H:%M:%S.%6NZ; }",
+        "fi",
         "tes_fail() { echo \"tesp-api: $1\" >&2; exit 70; }",
         "# Mount roots: every TES path lives below one of these.",
     ]
@@ -134,10 +143,13 @@ def build_job_script(
     lines += _manifest(task)
     lines += [
         (
-            f'tar -cf "$TES_WORK"/{META_TAR} -C "$TES_META" --exclude=\'*.stdout\' --exclude=\'*.stderr\' . '
+            f'tar -b 1 -cf "$TES_WORK"/{META_TAR} -C "$TES_META" --exclude=\'*.stdout\' --exclude=\'*.stderr\' . '
             "|| tes_fail 'cannot pack the executor logs'"
         ),
-        f'tes_inline="$(gzip -c "$TES_WORK"/{META_TAR} 2>/dev/null | base64 -w0 2>/dev/null)"',
+        f'tes_inline="$(base64 -w0 "$TES_WORK"/{META_TAR} 2>/dev/null)"',
+        f'if [ "${{#tes_inline}}" -gt {INLINE_META_MAX} ]; then',
+        f'  tes_inline="$(gzip -c "$TES_WORK"/{META_TAR} 2>/dev/null | base64 -w0 2>/dev/null)"',
+        "fi",
         f'if [ -n "$tes_inline" ] && [ "${{#tes_inline}}" -le {INLINE_META_MAX} ]; then',
         f"  printf '%s\\n%s\\n%s\\n' {INLINE_META_BEGIN} \"$tes_inline\" {INLINE_META_END}",
         "fi",
@@ -174,9 +186,10 @@ def _executor_function(i: int, ex: TesExecutor, run: ExecutorRun, runtime: Runti
         "  rc=$?",
         f"  tes_now > {meta}.end",
         f'  echo "$rc" > {meta}.exit',
-        f"  tail -c {int(tail_bytes)} {out} > {meta}.stdout.tail 2>/dev/null",
-        f"  tail -c {int(tail_bytes)} {err} > {meta}.stderr.tail 2>/dev/null",
     ]
+    for path, tail in ((out, f"{meta}.stdout.tail"), (err, f"{meta}.stderr.tail")):
+        # No `tail` process for an empty stream (the common case for trivial commands).
+        body.append(f"  if [ -s {path} ]; then tail -c {int(tail_bytes)} {path} > {tail} 2>/dev/null; else : > {tail}; fi")
     if ex.ignore_error:
         body.append("  return 0  # ignore_error: the next executor runs whatever this one returned")
     else:

@@ -58,15 +58,16 @@ def parse_manifest(data: bytes) -> list[ManifestEntry]:
 
 
 def inline_meta(stdout: str, begin: str, end: str) -> bytes | None:
-    """The packed logs the job script printed on its stdout (gzip + base64 between two marker
-    lines), or None when they are not there whole (too big, cut by Pulsar, gzip/base64 missing):
+    """The packed logs the job script printed on its stdout (base64 of the tar, or of the gzipped
+    tar, between two marker lines), or None when they are not there whole (too big, cut by Pulsar, gzip/base64 missing):
     the engine then downloads the tar instead."""
     lines = stdout.splitlines()
     try:
         start = lines.index(begin)
         if lines[start + 2] != end:
             return None
-        return gzip.decompress(base64.b64decode(lines[start + 1], validate=True))
+        data = base64.b64decode(lines[start + 1], validate=True)
+        return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
     except (ValueError, IndexError, binascii.Error, OSError, EOFError, zlib.error):
         return None
 
