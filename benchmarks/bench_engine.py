@@ -59,6 +59,19 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def group_cpu(pgid: int) -> float:
+    """CPU seconds of a process group (Pulsar: server and the jobs it has reaped), from /proc."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def bwrap_true() -> str:
     """The command line tesp-api's bwrap runtime runs for the executor ``true``."""
     from tesp_api.engine.runtimes.base import ExecutorRun
@@ -273,14 +286,18 @@ def main() -> None:
                 command = bwrap_true()
                 direct_lat = asyncio.run(pulsar_latency(pulsar.url, args.latency_runs, command))
                 tes_lat = asyncio.run(tes_latency(api, args.latency_runs))
-                direct_runs, tes_runs, direct_cpu, tes_cpu = [], [], [], []
+                direct_runs, tes_runs, direct_cpu, tes_cpu, direct_pulsar, tes_pulsar = [], [], [], [], [], []
+                assert pulsar.process is not None
+                pgid = os.getpgid(pulsar.process.pid)
                 for _ in range(args.burst_runs):  # alternating, so the machine's load hits both sides
-                    cpu0 = time.process_time()
+                    cpu0, pulsar0 = time.process_time(), group_cpu(pgid)
                     direct_runs.append(asyncio.run(pulsar_burst(pulsar.url, args.tasks, command)))
                     direct_cpu.append(time.process_time() - cpu0)
-                    cpu0, serve0 = time.process_time(), process_cpu(serve.pid)
+                    direct_pulsar.append(group_cpu(pgid) - pulsar0)
+                    cpu0, serve0, pulsar0 = time.process_time(), process_cpu(serve.pid), group_cpu(pgid)
                     tes_runs.append(asyncio.run(tes_burst(api, args.tasks)))
                     tes_cpu.append(process_cpu(serve.pid) - serve0 + time.process_time() - cpu0)
+                    tes_pulsar.append(group_cpu(pgid) - pulsar0)
                 print(f"bursts: direct {direct_runs}, tesp-api {tes_runs}", file=sys.stderr)
                 direct_burst, tes_burst_s = statistics.median(direct_runs), statistics.median(tes_runs)
             finally:
@@ -301,6 +318,8 @@ def main() -> None:
           f"| {tes_burst_s / direct_burst:.2f} |")
     print(f"| CPU of the client side in that burst (tesp-api: serve + TES client) | {statistics.median(tes_cpu):.2f} s "
           f"| {statistics.median(direct_cpu):.2f} s | {statistics.median(tes_cpu) / statistics.median(direct_cpu):.2f} |")
+    tp, dp = statistics.median(tes_pulsar), statistics.median(direct_pulsar)
+    print(f"| CPU of Pulsar (server and jobs) in that burst | {tp:.2f} s | {dp:.2f} s | {tp / dp:.2f} |")
     if not cpu_rows:
         return
     print("\n| tasks running | engine CPU per 1,000 polls | engine CPU per second |")

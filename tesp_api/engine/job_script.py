@@ -93,15 +93,16 @@ def build_job_script(
         "# Builtins where a command would do: every process started costs each job milliseconds.",
         'tes_self="${BASH_SOURCE[0]}"',
         '[[ "$tes_self" == */* ]] || tes_self="./$tes_self"',
-        'TES_JOB="$(cd "${tes_self%/*}/.." && pwd -P)"',
+        'cd -P "${tes_self%/*}/.." || exit 70',
+        'TES_JOB="$PWD"',
         'TES_WORK="$TES_JOB/working"',
+        'cd "$TES_WORK" || exit 70',
         f'TES_META="$TES_WORK"/{META_DIR}',
         "# Run at most once, even if Pulsar were asked twice (crash between submit and its record).",
         'if ! mkdir "$TES_JOB/tes-started" 2>/dev/null; then',
         '  echo "tesp-api: this job has already run; not running it again" >&2',
         f"  exit {ALREADY_RAN_EXIT}",
         "fi",
-        'mkdir -p "$TES_META"',
         # bash >= 5 has the time as a variable; the decimal mark follows the locale.
         "if [ -n \"${EPOCHREALTIME:-}\" ]; then",
         "  tes_now() { local t=$EPOCHREALTIME; TZ=UTC0 printf '%(%Y-%m-%dT%H:%M:%S)T.%sZ\\n' \"${t%[.,]*}\" \"${t#*[.,]}\"; }",
@@ -111,12 +112,12 @@ def build_job_script(
         "tes_fail() { echo \"tesp-api: $1\" >&2; exit 70; }",
         "# Mount roots: every TES path lives below one of these.",
     ]
+    directories = ['"$TES_META"'] + [w(host_path(root.container)) for root in mapper.roots if not root.is_file]
+    lines.append(f"mkdir -p {' '.join(directories)} || tes_fail 'cannot create a mount point'")  # one process
     for root in mapper.roots:
         hp = w(host_path(root.container))
         if root.is_file:
             lines.append(f"mkdir -p \"$(dirname {hp})\" && touch {hp} || tes_fail 'cannot create a mount point'")
-        else:
-            lines.append(f"mkdir -p {hp} || tes_fail 'cannot create a mount point'")
     lines.append("# Inputs, at their container paths.")
     for inp in inputs:
         src = f'"$TES_JOB/inputs"/{_q(inp.upload_name)}'
