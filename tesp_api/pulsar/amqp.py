@@ -163,10 +163,19 @@ class AmqpBackend:
         job_id = update.job_id
         if not self._concerns(job_id):
             return
-        if update.status == "lost" and job_id in self._submitted_unheard and job_id not in self._lost_once:
+        if (
+            update.status == "lost"
+            and job_id in self._submitted_unheard
+            and job_id not in self._lost_once
+            and not _had_job_directory(update.body)
+        ):
             # Pulsar may handle a status request before the setup message waiting in another queue
-            # (e.g. both queued while it was down). Believe "lost" only when it is said twice.
+            # (e.g. both queued while it was down): then it has no job directory yet. Believe such a
+            # "lost" only when it is said twice. A "lost" for a job Pulsar had set up (it failed to
+            # re-attach to it after a restart) is believed at once: Pulsar answers later status
+            # requests for it with a stale "running" and never publishes a final state.
             self._lost_once.add(job_id)
+            self.client.ask_again_later(job_id)
             log.info(
                 "Pulsar %s: job %s reported lost before any other update; asking again later",
                 self.name,
@@ -298,7 +307,7 @@ class AmqpBackend:
             return JobStatus(job_id=job_id, status=_SUBMITTED, raw={"status": _SUBMITTED, "pushed": False})
         # Nothing known here (a job taken over from another worker or after a restart): ask Pulsar.
         known = await self._ask(job_id)
-        if known is None or known.status == "lost":
+        if known is None or (known.status == "lost" and not _had_job_directory(known.raw)):
             prepared = await asyncio.to_thread(self._load_prepared, job_id)
             if prepared is not None and known is not None:
                 # A job prepared here (maybe by this service before a restart): Pulsar may answer
@@ -371,6 +380,11 @@ class AmqpBackend:
             self.staging.forget(job_id)
             with contextlib.suppress(FileNotFoundError):
                 self._setup_file(job_id).unlink()
+
+
+def _had_job_directory(body: Any) -> bool:
+    """Whether Pulsar's status says the job directory existed (so Pulsar had taken the setup in)."""
+    return bool(isinstance(body, dict) and body.get("job_directory_contents"))
 
 
 def build_amqp_backend(settings: Settings, server: PulsarServer) -> AmqpBackend:

@@ -152,6 +152,7 @@ class AmqpPulsarClient:
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._tracked: dict[str, _Tracked] = {}
+        self._ask_again: set[str] = set()  # final update not believed yet: keep asking
         self._job_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._reconcile_tokens = 0.0
         self._recent: dict[tuple[str, bytes], float] = {}  # update fingerprints -> when processed
@@ -263,6 +264,12 @@ class AmqpPulsarClient:
 
     def forget(self, job_id: str) -> None:
         self._tracked.pop(job_id, None)
+        self._ask_again.discard(job_id)
+
+    def ask_again_later(self, job_id: str) -> None:
+        """Keep watching a job although the update being handled is final (the receiver did not believe
+        it, e.g. a first "lost"): without this the job would never be asked about again."""
+        self._ask_again.add(job_id)
 
     @property
     def tracked_jobs(self) -> frozenset[str]:
@@ -349,13 +356,18 @@ class AmqpPulsarClient:
                 self._job_locks[job_id] = (lock, users - 1)
 
     def _heard(self, update: PulsarStatusUpdate) -> None:
+        now = asyncio.get_running_loop().time()
+        if update.job_id in self._ask_again:
+            self._ask_again.discard(update.job_id)
+            tracked = self._tracked.setdefault(update.job_id, _Tracked(next_ask=now))
+            tracked.next_ask = now + self.options.reconcile_after
+            return
         tracked = self._tracked.get(update.job_id)
         if tracked is None:
             return
         if update.is_final:
             del self._tracked[update.job_id]
             return
-        now = asyncio.get_running_loop().time()
         if tracked.kill_pending:
             tracked.next_ask = now + tracked.backoff
         else:

@@ -66,13 +66,22 @@ async def test_pushed_status_is_what_status_answers(backend: AmqpBackend) -> Non
     assert (await backend.status("job-1")).status == "running"
 
 
-async def test_first_lost_for_a_job_never_heard_of_is_not_believed(backend: AmqpBackend) -> None:
+async def test_first_lost_answer_for_a_job_never_heard_of_is_not_believed(backend: AmqpBackend) -> None:
     await submitted(backend, "job-1")
+    # Pulsar answered a status request before it took the setup in: no job directory yet.
     await publish_as_pulsar(backend.queues, {"job_id": "job-1", "status": "lost", "complete": "true"})
     await asyncio.sleep(0.3)
     assert (await backend.status("job-1")).status == "queued"
     # Said again (the next reconcile's answer, a minute later: not a duplicate of the first): believed.
     await push(backend, "job-1", "lost", returncode=None)
+    assert (await backend.status("job-1")).status == "lost"
+
+
+async def test_lost_for_a_job_pulsar_had_set_up_is_believed_at_once(backend: AmqpBackend) -> None:
+    await submitted(backend, "job-1")
+    # What Pulsar publishes when it cannot re-attach to the job after its restart: the job directory
+    # exists. (It answers later status requests with a stale "running".)
+    await push(backend, "job-1", "lost", returncode=None, job_directory_contents=["submitted", "pid"])
     assert (await backend.status("job-1")).status == "lost"
 
 

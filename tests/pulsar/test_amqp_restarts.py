@@ -282,3 +282,27 @@ async def test_a_job_pulsar_knows_is_not_sent_again_after_a_restart(pulsar: Puls
         await after.aclose()
     assert status.status == "complete"  # Pulsar's own answer: no second setup
     assert (tmp_path / "runs").read_text() == "run\n"
+
+
+# ---- a Pulsar restart while the job runs ----------------------------------------------------------
+
+
+async def test_job_lost_by_a_pulsar_restart_ends_in_system_error_saying_why(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    pulsar = PulsarAmqp(tmp_path / "pulsar", key_prefix=rabbitmq.unique_prefix("l"))
+    server = serve(tmp_path / "serve", pulsar, results, free_port())
+    try:
+        await pulsar.start()
+        server.start()
+        client = tes.HTTPClient(server.url, timeout=10)
+        task_id = client.create_task(tes.Task(executors=[tes.Executor(image="a", command=["sleep", "60"])]))
+        await until(lambda: asyncio.to_thread(pulsar.job_ids_with_pid_files), "the job running in Pulsar")
+        await pulsar.restart()  # queued_python cannot re-attach to the running job: Pulsar says "lost"
+        done = wait_state(client, task_id, FINAL)
+    finally:
+        server.stop()
+        await pulsar.stop()
+        await pulsar.delete_queues()
+    assert done.state == "SYSTEM_ERROR"
+    assert any("most likely Pulsar was restarted" in line for line in done.logs[0].system_logs)
