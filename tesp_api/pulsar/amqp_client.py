@@ -359,8 +359,8 @@ class AmqpPulsarClient:
         now = asyncio.get_running_loop().time()
         if update.job_id in self._ask_again:
             self._ask_again.discard(update.job_id)
-            tracked = self._tracked.setdefault(update.job_id, _Tracked(next_ask=now))
-            tracked.next_ask = now + self.options.reconcile_after
+            again = self._tracked.setdefault(update.job_id, _Tracked(next_ask=now))
+            again.next_ask = now + self.options.reconcile_after
             return
         tracked = self._tracked.get(update.job_id)
         if tracked is None:
