@@ -110,3 +110,25 @@ async def test_clean_forgets_the_job_and_its_received_files(backend: AmqpBackend
     await backend.clean("job-1")
     assert not received.exists()
     assert "job-1" not in backend.client.tracked_jobs
+
+
+async def test_a_job_whose_first_lost_was_not_believed_is_asked_about_again(tmp_path: Path) -> None:
+    queues = PulsarQueues.for_manager(amqp_key_prefix=rabbitmq.unique_prefix("b"))
+    staging = StagingServer(tmp_path / "received", StagingTokens(b"k" * 32, ttl=60))
+    options = AmqpClientOptions(reconcile_after=0.2, sweep_interval=0.1)
+    b = AmqpBackend("default", rabbitmq.URL, queues, staging, options=options)
+    try:
+        await submitted(b, "job-1")
+        await publish_as_pulsar(queues, {"job_id": "job-1", "status": "lost", "complete": "true"})
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while "job-1" not in b._lost_once:  # the first "lost" taken in (and not believed)
+            assert loop.time() < deadline, "the lost update never arrived"
+            await asyncio.sleep(0.05)
+        asked_before = b.client.stats.published["status"]
+        while b.client.stats.published["status"] == asked_before:  # the reconcile sweep asks again
+            assert loop.time() < deadline, "never asked about again"
+            await asyncio.sleep(0.05)
+    finally:
+        await b.aclose()
+        await rabbitmq.delete_queues([*queues.consumed_by_pulsar, queues.status_update])
