@@ -298,7 +298,9 @@ def main() -> None:
                     tes_runs.append(asyncio.run(tes_burst(api, args.tasks)))
                     tes_cpu.append(process_cpu(serve.pid) - serve0 + time.process_time() - cpu0)
                     tes_pulsar.append(group_cpu(pgid) - pulsar0)
-                print(f"bursts: direct {direct_runs}, tesp-api {tes_runs}", file=sys.stderr)
+                print("bursts (direct, tesp-api, ratio): " + ", ".join(
+                    f"{d:.2f} s, {t:.2f} s, {t / d:.2f}" for d, t in zip(direct_runs, tes_runs, strict=True)),
+                    file=sys.stderr)
                 direct_burst, tes_burst_s = statistics.median(direct_runs), statistics.median(tes_runs)
             finally:
                 serve.send_signal(signal.SIGTERM)

@@ -361,24 +361,28 @@ class TaskDriver:
     async def _finish(self) -> None:
         """The task is final in the store: make sure its Pulsar job is dead and gone, then let go."""
         rec = self.record
+        cleaned = False
         if rec.backend.get("server") and not rec.backend.get("cleaned"):
             try:
-                await self._release_pulsar_job(rec)
+                cleaned = await self._release_pulsar_job(rec)
             except GiveUp as exc:
                 await self._update(log=LogPatch(system_logs=[f"could not clean the Pulsar job: {exc}"]))
-        await self._update(active=False)
+        # One store write for both (a crash before it only repeats the idempotent DELETE).
+        await self._update(active=False, backend={"cleaned": True} if cleaned else None)
         log.info("task %s: %s, done", self.task_id, rec.state.value)
 
-    async def _release_pulsar_job(self, rec: TaskRecord) -> None:
+    async def _release_pulsar_job(self, rec: TaskRecord) -> bool:
+        """Kill the job if it may still run, then delete its directory: True when deleted."""
         if rec.state == TesState.CANCELED and rec.backend.get("submitting"):
             status = await self._pulsar(lambda: self.backend.status(self.task_id))
             if not status.is_final or status.status == "preprocessing":
                 await self._pulsar(lambda: self.backend.cancel(self.task_id))
                 await self._wait_pulsar_final()
                 await self._update(log=LogPatch(system_logs=["the Pulsar job was killed (task cancelled)"]))
-        if not self.engine.settings.pulsar.keep_job_directories:
-            await self._pulsar(lambda: self.backend.clean(self.task_id))
-            await self._update(backend={"cleaned": True})
+        if self.engine.settings.pulsar.keep_job_directories:
+            return False
+        await self._pulsar(lambda: self.backend.clean(self.task_id))
+        return True
 
     async def _wait_pulsar_final(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
