@@ -23,6 +23,7 @@ from tesp_api.pulsar.port import BackendError, BackendUnavailable, JobSpec, JobS
 
 log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
+CLEAN_DEFER_MAX = 30.0  # seconds a completed job's DELETE may wait for the other jobs to finish
 
 
 class _RedactToken(logging.Filter):
@@ -84,6 +85,13 @@ class RestBackend:
         # after the final compare-and-set): one slot of its own, so a burst of cleanups never
         # competes with the setup, submit and result calls of other tasks.
         self._clean_slots = asyncio.Semaphore(1)
+        # And while jobs submitted here still run, a completed job's DELETE waits (up to
+        # clean_defer_max): Pulsar's threads go to the running jobs first, housekeeping after.
+        self.clean_defer_max = CLEAN_DEFER_MAX
+        self._unfinished: set[str] = set()  # submitted here, final status not seen yet
+        self._completed: set[str] = set()  # seen "complete" here, not cleaned yet
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._client = client or httpx.AsyncClient(
             base_url=self.url,
             timeout=httpx.Timeout(timeout),
@@ -163,13 +171,25 @@ class RestBackend:
                 "GET", f"/jobs/{spec.job_id}/files/path", params={"name": spec.script_name, "type": "tool"}
             )
             script = str(path.json()["path"])
+        self._unfinished.add(spec.job_id)
+        self._idle.clear()
         await self._request(
             "POST", f"/jobs/{spec.job_id}/submit", params={"command_line": f"bash {shlex.quote(script)}"}
         )
 
     async def status(self, job_id: str) -> JobStatus:
         resp = await self._request("GET", f"/jobs/{job_id}/status", params={}, slots=self._poll_slots)
-        return JobStatus.from_pulsar(job_id, resp.json())
+        status = JobStatus.from_pulsar(job_id, resp.json())
+        if status.is_final:
+            self._finished(job_id)
+            if status.status == "complete":
+                self._completed.add(job_id)
+        return status
+
+    def _finished(self, job_id: str) -> None:
+        self._unfinished.discard(job_id)
+        if not self._unfinished:
+            self._idle.set()
 
     async def cancel(self, job_id: str) -> None:
         await self._request("PUT", f"/jobs/{job_id}/cancel", params={})
@@ -198,6 +218,15 @@ class RestBackend:
                 await asyncio.sleep(self.backoff_base * (2**attempt))
 
     async def clean(self, job_id: str) -> None:
+        """A completed job's directory is deleted once the other jobs submitted here have finished
+        (or after ``clean_defer_max``); a cancelled or failed job's at once."""
+        self._finished(job_id)
+        if job_id in self._completed and not self._idle.is_set():
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout=self.clean_defer_max)
+            except TimeoutError:
+                pass
+        self._completed.discard(job_id)
         await self._request("DELETE", f"/jobs/{job_id}", params={}, slots=self._clean_slots)
 
     async def healthz(self) -> dict[str, Any]:
