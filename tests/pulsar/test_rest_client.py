@@ -96,6 +96,7 @@ async def test_an_unreachable_server_raises_after_the_retries() -> None:
 
 async def test_the_token_never_reaches_the_log(client: RestBackend, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="httpx")  # service.configure_logging quiets httpx below DEBUG
     await client.status("x")
     assert "HTTP Request" in caplog.text
     assert TOKEN not in caplog.text
