@@ -23,8 +23,7 @@ pytestmark = [pytest.mark.amqp, pytest.mark.timeout(60)]
 
 @pytest.fixture(autouse=True)
 def _broker() -> None:
-    if not rabbitmq.ensure_running():
-        pytest.skip("no RabbitMQ broker on 127.0.0.1:5672 and it cannot be started here")
+    rabbitmq.require_broker()
 
 
 @pytest.fixture

@@ -21,26 +21,20 @@ from tesp_api.tes.models import TesState
 from tests.engine.conftest import submit, wait_for
 from tests.engine.test_engine import cancel, processes_with
 from tests.services import rabbitmq
-from tests.services.pulsar_amqp import PulsarAmqp
+from tests.services.pulsar_amqp import PulsarAmqp, running_pulsar_amqp
 
 pytestmark = [pytest.mark.amqp, pytest.mark.pulsar, pytest.mark.timeout(120)]
 
 
 @pytest.fixture(autouse=True)
 def _broker() -> None:
-    if not rabbitmq.ensure_running():
-        pytest.skip("no RabbitMQ broker on 127.0.0.1:5672 and it cannot be started here")
+    rabbitmq.require_broker()
 
 
 @pytest.fixture
 async def pulsar(tmp_path: Path) -> AsyncIterator[PulsarAmqp]:
-    server = PulsarAmqp(tmp_path / "pulsar", key_prefix=rabbitmq.unique_prefix("e"))
-    await server.start()
-    try:
+    async with running_pulsar_amqp(tmp_path / "pulsar", "e") as server:
         yield server
-    finally:
-        await server.stop()
-        await server.delete_queues()
 
 
 @pytest.fixture

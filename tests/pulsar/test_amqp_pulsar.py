@@ -23,7 +23,7 @@ from tesp_api.pulsar.amqp_messages import (
 )
 from tesp_api.pulsar.amqp_names import PulsarQueues
 from tests.services import rabbitmq
-from tests.services.pulsar_amqp import PulsarAmqp, StagingHttpServer, UpdateRecorder
+from tests.services.pulsar_amqp import PulsarAmqp, StagingHttpServer, UpdateRecorder, running_pulsar_amqp
 
 pytestmark = [pytest.mark.amqp, pytest.mark.pulsar, pytest.mark.timeout(120)]
 
@@ -32,19 +32,13 @@ FINAL = {"complete", "cancelled", "failed", "lost"}
 
 @pytest.fixture(autouse=True)
 def _broker() -> None:
-    if not rabbitmq.ensure_running():
-        pytest.skip("no RabbitMQ broker on 127.0.0.1:5672 and it cannot be started here")
+    rabbitmq.require_broker()
 
 
 @pytest.fixture
 async def pulsar(tmp_path: Path) -> AsyncIterator[PulsarAmqp]:
-    server = PulsarAmqp(tmp_path / "pulsar", key_prefix=rabbitmq.unique_prefix("p"))
-    await server.start()
-    try:
+    async with running_pulsar_amqp(tmp_path / "pulsar", "p") as server:
         yield server
-    finally:
-        await server.stop()
-        await server.delete_queues()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import tes
 from tesp_api.local import free_port
 from tests.engine.serve_process import ServeProcess
 from tests.services import rabbitmq
-from tests.services.pulsar_amqp import PulsarAmqp
+from tests.services.pulsar_amqp import PulsarAmqp, running_pulsar_amqp
 
 pytestmark = [pytest.mark.amqp, pytest.mark.pulsar, pytest.mark.slow, pytest.mark.timeout(150)]
 FINAL = {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED", "PREEMPTED"}
@@ -24,19 +24,13 @@ FINAL = {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED", "PREEMPTED"}
 
 @pytest.fixture(autouse=True)
 def _broker() -> None:
-    if not rabbitmq.ensure_running():
-        pytest.skip("no RabbitMQ broker on 127.0.0.1:5672 and it cannot be started here")
+    rabbitmq.require_broker()
 
 
 @pytest.fixture
 async def pulsar(tmp_path: Path) -> AsyncIterator[PulsarAmqp]:
-    server = PulsarAmqp(tmp_path / "pulsar", key_prefix=rabbitmq.unique_prefix("s"))
-    await server.start()
-    try:
+    async with running_pulsar_amqp(tmp_path / "pulsar", "s") as server:
         yield server
-    finally:
-        await server.stop()
-        await server.delete_queues()
 
 
 def serve_over_amqp(workdir: Path, pulsar: PulsarAmqp, results: Path, staging_port: int) -> ServeProcess:

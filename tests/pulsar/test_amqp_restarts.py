@@ -38,7 +38,7 @@ from tesp_api.pulsar.amqp_staging import StagingServer, StagingTokens
 from tesp_api.pulsar.port import JobFile, JobSpec, JobStatus
 from tests.engine.serve_process import ServeProcess
 from tests.services import rabbitmq
-from tests.services.pulsar_amqp import PulsarAmqp
+from tests.services.pulsar_amqp import PulsarAmqp, running_pulsar_amqp
 
 pytestmark = [pytest.mark.amqp, pytest.mark.pulsar, pytest.mark.slow, pytest.mark.timeout(180)]
 FINAL = {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED", "PREEMPTED"}
@@ -46,8 +46,7 @@ FINAL = {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED", "PREEMPTED"}
 
 @pytest.fixture(autouse=True)
 def _broker() -> None:
-    if not rabbitmq.ensure_running():
-        pytest.skip("no RabbitMQ broker on 127.0.0.1:5672 and it cannot be started here")
+    rabbitmq.require_broker()
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -183,13 +182,8 @@ async def _has_setup(pulsar: PulsarAmqp) -> bool:
 
 @pytest.fixture
 async def pulsar(tmp_path: Path) -> AsyncIterator[PulsarAmqp]:
-    server = PulsarAmqp(tmp_path / "pulsar", key_prefix=rabbitmq.unique_prefix("o"))
-    await server.start()
-    try:
+    async with running_pulsar_amqp(tmp_path / "pulsar", "o") as server:
         yield server
-    finally:
-        await server.stop()
-        await server.delete_queues()
 
 
 @dataclasses.dataclass

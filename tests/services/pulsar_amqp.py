@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -287,3 +288,15 @@ class UpdateRecorder:
                 await self._changed.wait()
 
         return await asyncio.wait_for(_wait(), timeout)
+
+
+@contextlib.asynccontextmanager
+async def running_pulsar_amqp(state_dir: Path, tag: str) -> AsyncIterator[PulsarAmqp]:
+    """A started AMQP Pulsar on its own queue prefix; stopped and its queues deleted afterwards."""
+    server = PulsarAmqp(state_dir, key_prefix=rabbitmq.unique_prefix(tag))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+        await server.delete_queues()

@@ -120,3 +120,11 @@ async def delete_queues(names: list[str], url: str = URL) -> None:
                 await channel.queue_delete(name)
     finally:
         await connection.close()
+
+
+def require_broker() -> None:
+    """Skip the calling test, saying why, when no broker runs on 127.0.0.1:5672 and none can be started."""
+    import pytest
+
+    if not ensure_running():
+        pytest.skip("no RabbitMQ broker on 127.0.0.1:5672 and it cannot be started here")

@@ -20,7 +20,7 @@ from tesp_api.tes.models import TesState
 from tests.engine.conftest import submit, wait_for
 from tests.services import rabbitmq
 from tests.services.ftp_server import FtpServer
-from tests.services.pulsar_amqp import PulsarAmqp
+from tests.services.pulsar_amqp import PulsarAmqp, running_pulsar_amqp
 from tests.services.s3_server import S3Server
 from tests.transfer.conftest import BUCKET, make_settings
 
@@ -29,19 +29,13 @@ pytestmark = [pytest.mark.amqp, pytest.mark.pulsar, pytest.mark.slow, pytest.mar
 
 @pytest.fixture(autouse=True)
 def _broker() -> None:
-    if not rabbitmq.ensure_running():
-        pytest.skip("no RabbitMQ broker on 127.0.0.1:5672 and it cannot be started here")
+    rabbitmq.require_broker()
 
 
 @pytest.fixture
 async def pulsar(tmp_path: Path) -> AsyncIterator[PulsarAmqp]:
-    server = PulsarAmqp(tmp_path / "pulsar", key_prefix=rabbitmq.unique_prefix("tr"))
-    await server.start()
-    try:
+    async with running_pulsar_amqp(tmp_path / "pulsar", "tr") as server:
         yield server
-    finally:
-        await server.stop()
-        await server.delete_queues()
 
 
 @pytest.fixture
