@@ -147,11 +147,11 @@ class TesServiceInfo(_TesModel):
     type: TesServiceType
     description: str | None = None
     organization: TesServiceOrganization
-    contactUrl: str | None = None  # noqa: N815 - GA4GH service-info spelling
-    documentationUrl: str | None = None  # noqa: N815
-    createdAt: str | None = None  # noqa: N815
-    updatedAt: str | None = None  # noqa: N815
+    contactUrl: str | None = None  # camelCase: the GA4GH service-info spelling
+    documentationUrl: str | None = None
+    createdAt: str | None = None
+    updatedAt: str | None = None
     environment: str | None = None
     version: str
     storage: list[str] | None = None
-    tesResources_backend_parameters: list[str] | None = None  # noqa: N815
+    tesResources_backend_parameters: list[str] | None = None
