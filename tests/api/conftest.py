@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -41,16 +40,6 @@ def restore_root_logging() -> Iterator[None]:
     for handler in handlers:
         root.addHandler(handler)
     root.setLevel(level)
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteTaskStore]:
-    s = SqliteTaskStore(str(tmp_path / "tasks.sqlite3"))
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 @pytest.fixture

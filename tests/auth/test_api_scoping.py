@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -25,14 +24,6 @@ def basic(username: str, password: str) -> dict[str, str]:
 
 
 ALICE, BOB, ROOT = basic("alice", "alice-pw"), basic("bob", "bob-pw"), basic("root", "root-pw")
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteTaskStore]:
-    opened = SqliteTaskStore(str(tmp_path / "tasks.sqlite3"))
-    await opened.open()
-    yield opened
-    await opened.close()
 
 
 async def client_for(settings: Settings, store: SqliteTaskStore) -> httpx.AsyncClient:

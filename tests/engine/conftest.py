@@ -5,14 +5,13 @@ so bwrap stands in for the container runtime (the image is ignored, the host use
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tesp_api.config.settings import Settings
-from tesp_api.engine import Engine
 from tesp_api.store.port import TaskRecord
 from tesp_api.store.sqlite import SqliteTaskStore
 from tesp_api.tes.ids import new_task_id
@@ -42,22 +41,6 @@ def engine_settings(pulsar_url: str, tmp: Path, **engine: Any) -> Settings:
 @pytest.fixture
 def settings(pulsar: LocalPulsar, tmp_path: Path) -> Settings:
     return engine_settings(pulsar.url, tmp_path)
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteTaskStore]:
-    s = SqliteTaskStore(str(tmp_path / "tasks.sqlite3"))
-    await s.open()
-    yield s
-    await s.close()
-
-
-@pytest.fixture
-async def engine(settings: Settings, store: SqliteTaskStore) -> AsyncIterator[Engine]:
-    e = Engine(settings, store)
-    await e.start()
-    yield e
-    await e.stop()
 
 
 async def submit(store: SqliteTaskStore, task: dict[str, Any]) -> str:

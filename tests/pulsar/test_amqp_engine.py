@@ -57,22 +57,6 @@ def settings(pulsar: PulsarAmqp, tmp_path: Path) -> Settings:
     )
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteTaskStore]:
-    s = SqliteTaskStore(str(tmp_path / "tasks.sqlite3"))
-    await s.open()
-    yield s
-    await s.close()
-
-
-@pytest.fixture
-async def engine(settings: Settings, store: SqliteTaskStore) -> AsyncIterator[Engine]:
-    e = Engine(settings, store)
-    await e.start()
-    yield e
-    await e.stop()
-
-
 SCRIPT = "cat /in/inline.txt /in/by-url.txt > /out/both.txt && mkdir -p /out/dir/s && echo x > /out/dir/s/f && echo done"
 
 

@@ -8,7 +8,7 @@ Docker engine on the build machines; the image name is ignored).
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,22 +39,6 @@ def settings(pulsar: LocalPulsar, tmp_path: Path, s3: S3Server, ftp: FtpServer, 
     base = engine_settings(pulsar.url, tmp_path)
     transfer = make_settings(allowed_dir=tmp_path, s3=s3, ftp=ftp, http=http, retries=0)
     return base.model_copy(update={"transfer": transfer})
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteTaskStore]:
-    s = SqliteTaskStore(str(tmp_path / "tasks.sqlite3"))
-    await s.open()
-    yield s
-    await s.close()
-
-
-@pytest.fixture
-async def engine(settings: Settings, store: SqliteTaskStore) -> AsyncIterator[Engine]:
-    e = Engine(settings, store)
-    await e.start()
-    yield e
-    await e.stop()
 
 
 def prefix() -> str:
