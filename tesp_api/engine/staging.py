@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from tesp_api.config.settings import TransferSettings
-from tesp_api.engine.file_mapper import has_wildcard
+from tesp_api.tes.jobplan import has_wildcard
 from tesp_api.engine.results import ManifestEntry
 from tesp_api.tes.models import TesFileType, TesInput, TesOutputFileLog, TesTask
 

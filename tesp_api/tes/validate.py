@@ -1,23 +1,23 @@
 """Checks a submitted task before it is stored, so that a task the service could never run is refused
-at once with a 400 naming the offending field, instead of failing later as a SYSTEM_ERROR.
+at once with a 400 naming the offending field(s), instead of failing later as a SYSTEM_ERROR.
 
-Pure domain code: it imports only pydantic and the TES models. What depends on the deployment (size
-limits, supported backend_parameters keys, which URLs are acceptable) is passed in by the caller.
+Pure domain code: it imports only pydantic and the TES models. Every rule about paths, images, env,
+wildcards and volumes is the JobPlan's (tes/jobplan.py: the engine rebuilds the same plan from the
+stored task); what depends on the deployment (size limits, supported backend_parameters keys, which
+URLs are acceptable) is passed in by the caller.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
+from tesp_api.tes.jobplan import JobPlan, PlanError, Problem, build_plan
 from tesp_api.tes.models import TesFileType, TesTask
 
-# POSIX pattern-matching characters (IEEE Std 1003.1-2017, 2.13): the only wildcards TES allows.
-_WILDCARD = re.compile(r"[*?\[]")
 # Fields the server sets; a client that sends them (e.g. resubmitting a fetched task) is not at fault.
 READ_ONLY_FIELDS = ("id", "state", "logs", "creation_time")
 # A URL checker gets the URL and the declared file type (FILE, DIRECTORY or None) and returns None
@@ -26,7 +26,17 @@ UrlCheck = Callable[[str, "TesFileType | None"], "str | None"]
 
 
 class TaskValidationError(ValueError):
-    """The task cannot be accepted; ``str(exc)`` names the field and the reason."""
+    """The task cannot be accepted; ``str(exc)`` names each field and its reason ("f: r; f: r").
+
+    ``problems`` holds the (field path, reason) pairs; a message given as one string is one problem."""
+
+    def __init__(self, problems: str | Sequence[Problem]) -> None:
+        if isinstance(problems, str):
+            self.problems: tuple[Problem, ...] = ()
+            super().__init__(problems)
+        else:
+            self.problems = tuple(problems)
+            super().__init__("; ".join(f"{where}: {reason}" for where, reason in self.problems))
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,12 +49,9 @@ class ValidationLimits:
 @dataclass(slots=True)
 class ValidatedTask:
     task: TesTask
+    plan: JobPlan  # what the engine will run (it rebuilds the same plan from the stored task)
     # system_logs lines to record at creation (e.g. dropped backend_parameters keys)
     warnings: list[str] = field(default_factory=list)
-
-
-def has_wildcard(path: str) -> bool:
-    return bool(_WILDCARD.search(path))
 
 
 def field_path(loc: Iterable[Any]) -> str:
@@ -96,72 +103,40 @@ def parse_task(raw: Any, limits: ValidationLimits) -> TesTask:
     raise TaskValidationError("(body): too many unknown fields")
 
 
-def _check_container_path(where: str, path: str) -> None:
-    if not path.startswith("/"):
-        raise TaskValidationError(f"{where}: must be an absolute path inside the container, got {path!r}")
-    if "\x00" in path:
-        raise TaskValidationError(f"{where}: must not contain NUL characters")
-    if ".." in path.split("/"):
-        raise TaskValidationError(f"{where}: must not contain '..' segments")
-
-
-def _check_executors(task: TesTask) -> None:
-    if not task.executors:
-        raise TaskValidationError("executors: at least one executor is required")
-    for i, ex in enumerate(task.executors):
-        where = f"executors[{i}]"
-        if not ex.image.strip():
-            raise TaskValidationError(f"{where}.image: must not be empty")
-        if not ex.command:
-            raise TaskValidationError(f"{where}.command: must not be empty")
-        for name in ("workdir", "stdin", "stdout", "stderr"):
-            value = getattr(ex, name)
-            if value is not None:
-                _check_container_path(f"{where}.{name}", value)
-        for key in ex.env or {}:
-            if not key or "=" in key or "\x00" in key:
-                raise TaskValidationError(f"{where}.env: invalid variable name {key!r}")
-
-
-def _check_inputs(task: TesTask, limits: ValidationLimits, check_url: UrlCheck) -> None:
+def _check_inputs(task: TesTask, limits: ValidationLimits, check_url: UrlCheck) -> list[Problem]:
+    """What the plan does not decide: url/content rules, content size, and the deployment's URL checks."""
+    problems: list[Problem] = []
     for i, inp in enumerate(task.inputs or []):
         where = f"inputs[{i}]"
-        _check_container_path(f"{where}.path", inp.path)
         if inp.content is not None and inp.url is not None:
-            raise TaskValidationError(f"{where}: give either url or content, not both")
-        if inp.content is None and inp.url is None:
-            raise TaskValidationError(f"{where}: url or content is required")
+            problems.append((where, "give either url or content, not both"))
+        elif inp.content is None and inp.url is None:
+            problems.append((where, "url or content is required"))
         if inp.content is not None and inp.type == TesFileType.DIRECTORY:
-            raise TaskValidationError(f"{where}: content makes a file; it cannot be a DIRECTORY input")
+            problems.append((where, "content makes a file; it cannot be a DIRECTORY input"))
         if inp.content is not None:
-            size = len(inp.content.encode("utf-8"))
+            size = len(inp.content.encode("utf-8", "surrogatepass"))
             if size > limits.max_content_bytes:
-                raise TaskValidationError(
-                    f"{where}.content: {size} bytes is over this service's limit of "
-                    f"{limits.max_content_bytes} bytes; pass the file by url instead"
-                )
+                problems.append((
+                    f"{where}.content",
+                    f"{size} bytes is over this service's limit of {limits.max_content_bytes} bytes; "
+                    "pass the file by url instead",
+                ))
         if inp.url is not None:
             reason = check_url(inp.url, inp.type)
             if reason:
-                raise TaskValidationError(f"{where}.url: {reason}")
+                problems.append((f"{where}.url", reason))
+    return problems
 
 
-def _check_outputs(task: TesTask, check_url: UrlCheck) -> None:
-    """Wildcard outputs: ``path_prefix`` (when given) must be a plain prefix of ``path``. Without it
-    the directory before the first wildcard is used (Nextflow sends glob outputs without one); that
-    rule lives in tesp_api.transfer.outputs.effective_prefix. Without wildcards it is ignored."""
+def _check_outputs(task: TesTask, check_url: UrlCheck) -> list[Problem]:
+    """The deployment's URL checks; paths, wildcards and path_prefix are the plan's (tes/jobplan.py)."""
+    problems: list[Problem] = []
     for i, out in enumerate(task.outputs or []):
-        where = f"outputs[{i}]"
-        _check_container_path(f"{where}.path", out.path)
-        if has_wildcard(out.path) and out.path_prefix:
-            _check_container_path(f"{where}.path_prefix", out.path_prefix)
-            if has_wildcard(out.path_prefix):
-                raise TaskValidationError(f"{where}.path_prefix: must not contain wildcards")
-            if not out.path.startswith(out.path_prefix):
-                raise TaskValidationError(f"{where}.path_prefix: must be a prefix of path {out.path!r}")
         reason = check_url(out.url, out.type)
         if reason:
-            raise TaskValidationError(f"{where}.url: {reason}")
+            problems.append((f"outputs[{i}].url", reason))
+    return problems
 
 
 def _normalise_backend_parameters(task: TesTask, limits: ValidationLimits) -> list[str]:
@@ -191,14 +166,15 @@ def _normalise_backend_parameters(task: TesTask, limits: ValidationLimits) -> li
     return [f"warning: unsupported backend_parameters key ignored: {key}" for key in unsupported]
 
 
-def _check_resources(task: TesTask) -> None:
+def _check_resources(task: TesTask) -> list[Problem]:
     res = task.resources
     if res is None:
-        return
-    for name in ("cpu_cores", "ram_gb", "disk_gb"):
-        value = getattr(res, name)
-        if value is not None and value < 0:
-            raise TaskValidationError(f"resources.{name}: must not be negative")
+        return []
+    return [
+        (f"resources.{name}", "must not be negative")
+        for name in ("cpu_cores", "ram_gb", "disk_gb")
+        if (value := getattr(res, name)) is not None and value < 0
+    ]
 
 
 def validate_task(
@@ -208,13 +184,23 @@ def validate_task(
     check_input_url: UrlCheck,
     check_output_url: UrlCheck,
 ) -> ValidatedTask:
-    """Parse and check a submitted task (the JSON body of POST /tasks)."""
+    """Parse and check a submitted task (the JSON body of POST /tasks).
+
+    Every problem is reported at once ("field: reason; field: reason"): the JobPlan's (paths, image,
+    env, wildcards, volumes: tesp_api.tes.jobplan) and this module's (url/content, size limits, the
+    deployment's URL checks, resources, backend_parameters)."""
     task = parse_task(raw, limits)
-    _check_executors(task)
-    _check_inputs(task, limits, check_input_url)
-    _check_outputs(task, check_output_url)
-    for i, volume in enumerate(task.volumes or []):
-        _check_container_path(f"volumes[{i}]", volume)
-    _check_resources(task)
+    problems: list[Problem] = []
+    plan: JobPlan | None = None
+    try:
+        plan = build_plan(task)
+    except PlanError as exc:
+        problems += exc.problems
+    problems += _check_inputs(task, limits, check_input_url)
+    problems += _check_outputs(task, check_output_url)
+    problems += _check_resources(task)
+    if problems:
+        raise TaskValidationError(problems)
     warnings = _normalise_backend_parameters(task, limits)
-    return ValidatedTask(task=task, warnings=warnings)
+    assert plan is not None
+    return ValidatedTask(task=task, plan=plan, warnings=warnings)

@@ -6,21 +6,24 @@ each match; the rest of the match is appended to ``url``.
 Without ``path_prefix`` (Nextflow sends glob outputs like that) we use the directory part of
 ``path`` before its first wildcard component: ``/data/out/*.txt`` -> prefix ``/data/out/``, so
 ``/data/out/a.txt`` goes to ``url/a.txt`` and ``/data/*/x.bam`` sends ``/data/s1/x.bam`` to
-``url/s1/x.bam``. The API applies the same rule when it validates the task.
+``url/s1/x.bam``. That rule, and matching, are the JobPlan's (tes/jobplan.py), applied at admission too.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+# The one wildcard implementation is the JobPlan's; re-exported here for the transfer side.
+from tesp_api.tes.jobplan import effective_prefix, has_wildcard, implicit_prefix, matches, normalise
 from tesp_api.tes.models import TesOutput
 from tesp_api.transfer.urls import join_url
 
-_WILDCARD = re.compile(r"[*?\[]")
+__all__ = [
+    "OutputTarget", "effective_prefix", "glob_local", "has_wildcard", "implicit_prefix", "matches",
+    "plan_wildcard_output",
+]
 
 
 @dataclass(frozen=True)
@@ -28,36 +31,6 @@ class OutputTarget:
     local: Path  # the file on this host
     url: str  # where it goes
     path: str  # the path the task saw (container path), for TesOutputFileLog.path
-
-
-def has_wildcards(path: str) -> bool:
-    return bool(_WILDCARD.search(path))
-
-
-def implicit_prefix(path: str) -> str:
-    """The directory part of ``path`` before its first wildcard component, ending in "/"."""
-    parts = PurePosixPath(path).parts
-    fixed: list[str] = []
-    for part in parts:
-        if has_wildcards(part):
-            break
-        fixed.append(part)
-    prefix = str(PurePosixPath(*fixed)) if fixed else "/"
-    return prefix if prefix.endswith("/") else prefix + "/"
-
-
-def effective_prefix(output: TesOutput) -> str:
-    """``path_prefix`` when given, else :func:`implicit_prefix` of the path."""
-    return output.path_prefix if output.path_prefix else implicit_prefix(output.path)
-
-
-def matches(pattern: str, container_path: str) -> bool:
-    """POSIX glob match per path component: ``*`` and ``?`` never cross a "/"."""
-    pat_parts = PurePosixPath(pattern).parts
-    path_parts = PurePosixPath(container_path).parts
-    return len(pat_parts) == len(path_parts) and all(
-        fnmatch.fnmatchcase(name, pat) for name, pat in zip(path_parts, pat_parts, strict=True)
-    )
 
 
 def plan_wildcard_output(
@@ -71,7 +44,7 @@ def plan_wildcard_output(
     """
     prefix = effective_prefix(output)
     targets = []
-    for container_path in sorted(set(matched_paths)):
+    for container_path in sorted({normalise(p) for p in matched_paths}):
         if not matches(output.path, container_path) or not container_path.startswith(prefix):
             continue
         relative = container_path[len(prefix) :].lstrip("/")
