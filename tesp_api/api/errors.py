@@ -27,6 +27,9 @@ class TesHttpError(StarletteHTTPException):
 
 
 def error_response(status_code: int, msg: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    # A message quoting client input could hold a lone surrogate, which UTF-8 cannot encode: escape it
+    # rather than fail the error answer itself.
+    msg = msg.encode("utf-8", "backslashreplace").decode("utf-8")
     return JSONResponse({"msg": msg, "status_code": status_code}, status_code=status_code, headers=headers)
 
 

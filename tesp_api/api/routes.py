@@ -20,6 +20,7 @@ from tesp_api.config.settings import Settings
 from tesp_api.store.port import DuplicateTask, InvalidPageToken, ListQuery, LogPatch, TaskStore
 from tesp_api.tes import states
 from tesp_api.tes.ids import is_safe_id, new_task_id
+from tesp_api.tes.limits import TaskLimits, check_task_limits, check_text
 from tesp_api.tes.models import TesState, TesView
 from tesp_api.tes.validate import TaskValidationError, ValidationLimits, validate_task
 from tesp_api.tes.views import render_task, rfc3339
@@ -91,6 +92,12 @@ async def _read_json_body(request: Request) -> Any:
         raise TesHttpError(400, "(body): JSON nested too deeply") from None
 
 
+def task_limits_of(settings: Settings) -> TaskLimits:
+    """The per-task limits of ``api.max_*`` (docs/api.md, "Limits")."""
+    api = settings.api
+    return TaskLimits(**{name: getattr(api, name) for name in TaskLimits.__dataclass_fields__})
+
+
 class TaskEndpoints:
     """The handlers, bound to one store, engine and settings (no module-level state)."""
 
@@ -103,12 +110,15 @@ class TaskEndpoints:
             supported_backend_parameters=tuple(settings.engine.backend_parameters),
             reject_unknown_fields=settings.api.reject_unknown_fields,
         )
+        self.task_limits = task_limits_of(settings)
         self.check_input_url, self.check_output_url = url_checkers(settings.transfer)
         self.service_info = build_service_info(settings)
 
     async def create_task(self, request: Request, principal: PrincipalDep) -> dict[str, str]:
         raw = await _read_json_body(request)
         try:
+            check_text(raw)  # NUL and lone surrogates: 400 naming the field, before anything stores them
+            check_task_limits(raw, self.task_limits)
             validated = validate_task(
                 raw, self.limits, check_input_url=self.check_input_url, check_output_url=self.check_output_url
             )

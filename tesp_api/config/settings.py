@@ -31,6 +31,30 @@ class ApiSettings(_Section):
     reject_unknown_fields: bool = True
     default_page_size: int = Field(256, ge=1, le=2047)
     forwarded_allow_ips: str = "127.0.0.1"
+    # Bounded answers and input (docs/api.md, "Limits"): checked at create with a 400 naming the field.
+    max_page_bytes: int = Field(
+        16 * MIB, ge=64 * KIB, description="a list page stops early (with next_page_token) before this size"
+    )
+    max_task_content_bytes: int = Field(
+        8 * MIB, ge=128 * KIB, description="inputs[].content bytes added up over one task"
+    )
+    max_executors: int = Field(256, ge=1, description="executors per task")
+    max_inputs: int = Field(10000, ge=1, description="inputs per task")
+    max_outputs: int = Field(10000, ge=1, description="outputs per task")
+    max_volumes: int = Field(1000, ge=0, description="volumes per task")
+    max_tags: int = Field(1000, ge=0, description="tags per task")
+    max_env: int = Field(1000, ge=0, description="env entries per executor")
+    max_command_arguments: int = Field(10000, ge=1, description="command arguments per executor")
+    max_argument_bytes: int = Field(
+        1 * MIB,
+        ge=64 * KIB,
+        description="bytes of one executor's command arguments plus env entries (Linux allows 2 MiB in all)",
+    )
+    max_name_chars: int = Field(
+        4096, ge=256, description="names, tag keys and values, paths, env names, image, workdir"
+    )
+    max_description_chars: int = Field(65536, ge=1024, description="task, input and output descriptions")
+    max_url_chars: int = Field(65536, ge=2048, description="inputs[].url and outputs[].url")
 
 
 class ServiceInfoSettings(_Section):
@@ -282,6 +306,29 @@ class AuthSettings(_Section):
         3600.0, gt=0, description="keys are refetched when older (so removed keys stop working)"
     )
     http_timeout: float = Field(5.0, gt=0, description="seconds for each request to an issuer")
+    insecure_http_hosts: list[str] = Field(
+        default_factory=list,
+        description="hosts whose discovery and JWKS may be fetched over plain http (tests only); others need https",
+    )
+    password_hash_threads: int = Field(
+        2, ge=1, le=64, description="threads of the pool that checks Basic passwords (scrypt), apart from others"
+    )
+    password_hash_queue: int = Field(
+        64, ge=1, description="password checks waiting at once; more are answered 503 with Retry-After"
+    )
+    login_failures_before_throttle: int = Field(
+        5, ge=1, description="wrong passwords for one user before its logins are throttled (429 + Retry-After)"
+    )
+    login_address_failures_before_throttle: int = Field(
+        50, ge=1, description="failed logins from one client address (IPv6: its /64) before it is throttled"
+    )
+    login_throttle_seconds: float = Field(
+        1.0, gt=0, description="first throttle delay; doubles with each further failure"
+    )
+    login_throttle_max_seconds: float = Field(300.0, gt=0, description="the longest throttle delay")
+    login_failure_memory_seconds: float = Field(
+        900.0, gt=0, description="failures older than this (since the last one) are forgotten"
+    )
 
     @field_validator("mode", mode="before")
     @classmethod
