@@ -1,9 +1,14 @@
 """`tesp-api local`: the whole service on one machine with one command.
 
 It starts a local Pulsar child process (pulsar-app, the ``pulsar`` extra) with a configuration
-generated in a state directory, then the API with the engine and the embedded store inside, all on
-127.0.0.1, with the container runtime picked automatically. Pulsar is stopped (its whole process
-group, gunicorn workers included) when the service stops.
+generated in a state directory, then the API with the engine and the embedded store inside, with the
+container runtime picked automatically. Pulsar is stopped (its whole process group, gunicorn workers
+included) when the service stops.
+
+Pulsar runs any command line it is handed, as its own user: task executors must never reach it. So
+Pulsar listens on a Unix socket in a private (0700) directory that no executor sandbox mounts, and
+requires a random private_token, new at each start, written only to its own app.yml (0600): never in
+an argv, an environment, a log line or a job directory (docs/security.md).
 
 ``LocalPulsar`` is also what the test suite uses to start a real Pulsar (tests/services/pulsar.py).
 """
@@ -11,8 +16,10 @@ group, gunicorn workers included) when the service stops.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -20,16 +27,27 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO, Any
 
 import httpx
 
 log = logging.getLogger(__name__)
+
+SOCKET_NAME = "pulsar.sock"
+# sun_path holds 108 bytes with the terminating NUL on Linux; a longer socket path cannot be bound.
+MAX_SOCKET_PATH = 107
+EXIT_USAGE = 2
 
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def new_private_token() -> str:
+    """A random Pulsar private_token (256 bits, URL-safe: it travels as a query parameter)."""
+    return secrets.token_urlsafe(32)
 
 
 def _pulsar_bin(name: str) -> str:
@@ -44,7 +62,11 @@ def _pulsar_bin(name: str) -> str:
 
 
 class LocalPulsar:
-    """A Pulsar REST server as a child process, its state under ``state_dir``."""
+    """A Pulsar REST server as a child process, its state under ``state_dir``.
+
+    On TCP (``host``:``port``) by default; with ``unix_socket`` on ``state_dir/pulsar.sock`` (gunicorn's
+    ``unix:`` bind), reached through :attr:`uds` with :attr:`url` naming only the Host header.
+    """
 
     def __init__(
         self,
@@ -55,32 +77,49 @@ class LocalPulsar:
         private_token: str | None = None,
         num_concurrent_jobs: int = 4,
         message_queue_url: str | None = None,
+        unix_socket: bool = False,
     ) -> None:
         self.state_dir = Path(state_dir).resolve()
         self.host = host
-        self.port = port or free_port(host)
+        self.unix_socket = unix_socket
+        self.port = 0 if unix_socket else (port or free_port(host))
         self.private_token = private_token
         self.num_concurrent_jobs = num_concurrent_jobs
         self.message_queue_url = message_queue_url
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
+    def uds(self) -> str | None:
+        """The socket's path when Pulsar listens on a Unix socket, else None."""
+        return str(self.state_dir / SOCKET_NAME) if self.unix_socket else None
+
+    @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return "http://localhost" if self.unix_socket else f"http://{self.host}:{self.port}"
+
+    @property
+    def where(self) -> str:
+        """Where it listens, for log lines (never the token)."""
+        return f"unix:{self.uds}" if self.uds else self.url
 
     @property
     def staging_directory(self) -> Path:
         return self.state_dir / "files" / "staging"
 
     def write_config(self) -> None:
-        """server.ini and app.yml; regenerated at each start so a changed port takes effect."""
+        """server.ini and app.yml; regenerated at each start so a changed port (or token) takes effect."""
         d = self.state_dir
+        d.mkdir(parents=True, exist_ok=True)
+        d.chmod(0o700)  # the socket (gunicorn makes it 0777) and app.yml (the token) are reached through here
         for sub in ("files/staging", "files/persisted_data", "dependencies", "home"):
             (d / sub).mkdir(parents=True, exist_ok=True)
+        # pulsar-serve binds "<host>:<port>" from server.ini: host "unix" and the path as port give
+        # gunicorn's "unix:<path>" address.
+        host, port = ("unix", str(self.uds)) if self.uds else (self.host, str(self.port))
         (d / "server.ini").write_text(
             "[server:main]\n"
-            f"host = {self.host}\n"
-            f"port = {self.port}\n\n"
+            f"host = {host}\n"
+            f"port = {port}\n\n"
             "[app:main]\n"
             f"app_config = {d / 'app.yml'}\n"
         )
@@ -99,10 +138,22 @@ class LocalPulsar:
             lines.append(f"private_token: {self.private_token}")
         if self.message_queue_url:
             lines.append(f"message_queue_url: {self.message_queue_url}")
-        (d / "app.yml").write_text("\n".join(lines) + "\n")
-        (d / "app.yml").chmod(0o600)
+        app_yml = d / "app.yml"
+        app_yml.touch(mode=0o600)
+        app_yml.chmod(0o600)  # before the token is written, not after
+        app_yml.write_text("\n".join(lines) + "\n")
+
+    def client(self, timeout: float = 1.0) -> httpx.Client:
+        """A synchronous client for this server (socket or TCP); the token is added per request."""
+        from tesp_api.pulsar.rest import install_token_redaction
+
+        install_token_redaction()  # httpx logs request URLs at DEBUG, query string (token) included
+        transport = httpx.HTTPTransport(uds=self.uds) if self.uds else None
+        return httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
 
     def start(self, timeout: float = 60.0) -> None:
+        if self.uds:
+            Path(self.uds).unlink(missing_ok=True)  # left by a killed run: gunicorn would refuse to bind
         self.write_config()
         env = dict(os.environ)
         env["HOME"] = str(self.state_dir / "home")  # gunicorn writes $HOME/.gunicorn
@@ -119,17 +170,20 @@ class LocalPulsar:
         finally:
             logf.close()
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"pulsar-serve exited ({self.process.returncode}); see {self.state_dir}/pulsar.log")
-            try:
-                params = {"private_token": self.private_token} if self.private_token else {}
-                if httpx.get(f"{self.url}/healthz", params=params, timeout=1.0).status_code == 200:
-                    log.info("local Pulsar ready at %s (state in %s)", self.url, self.state_dir)
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        params = {"private_token": self.private_token} if self.private_token else {}
+        with self.client() as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"pulsar-serve exited ({self.process.returncode}); see {self.state_dir}/pulsar.log"
+                    )
+                try:
+                    if client.get("/healthz", params=params).status_code == 200:
+                        log.info("local Pulsar ready at %s (state in %s)", self.where, self.state_dir)
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"pulsar-serve did not answer within {timeout}s; see {self.state_dir}/pulsar.log")
 
@@ -161,39 +215,150 @@ class LocalPulsar:
         self.stop()
 
 
+class LocalError(Exception):
+    """`tesp-api local` cannot start; the message says why and what to do (exit 2, no traceback)."""
+
+
+def lock_state_dir(state: Path) -> IO[str]:
+    """An exclusive lock on the state directory for this process's lifetime: a second `local` on the
+    same directory would rewrite the first one's Pulsar config and share its task store."""
+    fh = (state / "local.lock").open("a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "?"
+        fh.close()
+        raise LocalError(
+            f"another `tesp-api local` (pid {holder}) is using the state directory {state}: stop it, or give "
+            "this one its own --state-dir (and --port)"
+        ) from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse before anything starts (Pulsar, the engine) rather than dying later in uvicorn's bind."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise LocalError(f"cannot resolve the API host {host!r}: {exc}") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is fine
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise LocalError(
+                f"{host}:{port} is already in use ({exc.strerror}): is tesp-api already running? "
+                "Use it, stop it, or pick another --port"
+            ) from None
+
+
+def check_hidden_from_executors(pulsar_dir: Path, runtime_type: str) -> None:
+    """Pulsar's token (app.yml) and socket must not lie in a host directory bubblewrap mounts into
+    every executor (read-only, but readable and connectable)."""
+    if runtime_type not in ("auto", "bwrap"):
+        return  # docker, podman and apptainer (--containall) mount only the job's own paths
+    from tesp_api.engine.runtimes.bwrap import HOST_READ_ONLY
+
+    for visible in HOST_READ_ONLY:
+        if pulsar_dir == Path(visible) or Path(visible) in pulsar_dir.parents:
+            raise LocalError(
+                f"the state directory {pulsar_dir.parent} is under {visible}, which bubblewrap executors see: "
+                "they could read Pulsar's token and reach its socket. Choose another --state-dir "
+                "(e.g. under your home directory)"
+            )
+
+
+def _user_set(raw: dict[str, Any], section: str, key: str) -> bool:
+    return isinstance(raw.get(section), dict) and raw[section].get(key) not in (None, "")
+
+
+def local_raw_settings(raw: dict[str, Any], args: argparse.Namespace, state: Path, pulsar: LocalPulsar) -> None:
+    """What `local` sets over the user's settings (in place). The state directory holds the task store
+    and scratch unless the user set db.sqlite_path / engine.work_dir explicitly."""
+    from tesp_api.config.settings import RuntimeSettings
+
+    api = raw.setdefault("api", {})
+    if args.host:
+        api["host"] = args.host
+    if args.port is not None:
+        api["port"] = args.port
+    raw["pulsar"] = {
+        **raw.get("pulsar", {}),
+        "url": pulsar.url,
+        "uds": pulsar.uds,
+        "amqp_url": None,
+        "servers": [],
+        "private_token": pulsar.private_token,
+    }
+    db = raw.setdefault("db", {})
+    if not _user_set(raw, "db", "sqlite_path"):
+        db["sqlite_path"] = str(state / "tasks.sqlite3")
+    db.pop("mongodb_uri", None)
+    engine = raw.setdefault("engine", {})
+    engine["enabled"] = True
+    if not _user_set(raw, "engine", "work_dir"):
+        engine["work_dir"] = str(state / "work")
+    runtime = raw.setdefault("runtime", {})
+    runtime.setdefault("type", "auto")
+    if "runner_python" in RuntimeSettings.model_fields:
+        # Pulsar runs on this machine: the job runner uses this very interpreter.
+        runtime.setdefault("runner_python", sys.executable)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tesp-api local", description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--settings", metavar="FILE",
+                        help="settings file (default: settings.toml, or $TESP_API_SETTINGS)")
+    parser.add_argument("--profile", metavar="NAME", help="settings profile (default: $FASTAPI_PROFILE or 'default')")
+    parser.add_argument("--state-dir", default=".tesp-api", metavar="DIR",
+                        help="where the task store, Pulsar and scratch live (default: .tesp-api); "
+                             "db.sqlite_path and engine.work_dir, when set, still win")
+    parser.add_argument("--host", default=None, help="API host (default: settings api.host, 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="API port (default: settings api.port, 8080)")
+    parser.add_argument("--pulsar-port", type=int, default=None, metavar="PORT",
+                        help="Pulsar on 127.0.0.1:PORT (still with a token) instead of its private Unix socket")
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"tesp-api local: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def main(argv: list[str] | None = None) -> int:
     """Start Pulsar, then the API + engine + embedded store; stop Pulsar on exit."""
-    parser = argparse.ArgumentParser(prog="tesp-api local", description=__doc__.splitlines()[0])
-    parser.add_argument("--settings", help="settings file (default: settings.toml if present)")
-    parser.add_argument("--state-dir", default=".tesp-api", help="where the store, Pulsar and scratch live")
-    parser.add_argument("--host", default=None, help="API host (default: settings api.host, 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=None, help="API port (default: settings api.port)")
-    parser.add_argument("--pulsar-port", type=int, default=None, help="Pulsar port (default: a free one)")
-    args = parser.parse_args(argv)
+    from tesp_api.config.loader import SettingsError, load_raw, validate_settings
 
-    from tesp_api.config.loader import load_raw
-    from tesp_api.config.settings import Settings
-
+    args = build_parser().parse_args(argv)
     state = Path(args.state_dir).resolve()
-    state.mkdir(parents=True, exist_ok=True)
-    raw = load_raw(args.settings)  # settings.toml (if any) and TESP_API_* variables, as `serve` reads them
-    pulsar = LocalPulsar(state / "pulsar", port=args.pulsar_port)
-    raw.setdefault("api", {})
-    if args.host:
-        raw["api"]["host"] = args.host
-    if args.port is not None:
-        raw["api"]["port"] = args.port
-    raw["pulsar"] = {**raw.get("pulsar", {}), "url": pulsar.url, "amqp_url": None, "servers": [],
-                     "private_token": None}
-    raw.setdefault("db", {}).setdefault("sqlite_path", str(state / "tasks.sqlite3"))
-    raw["db"].pop("mongodb_uri", None)
-    raw.setdefault("engine", {})["enabled"] = True
-    raw["engine"].setdefault("work_dir", str(state / "work"))
-    raw.setdefault("runtime", {}).setdefault("type", "auto")
-    settings = Settings.model_validate(raw)
-    from tesp_api.service import configure_logging, serve
+    pulsar_dir = state / "pulsar"
+    use_socket = args.pulsar_port is None and len(str(pulsar_dir / SOCKET_NAME)) <= MAX_SOCKET_PATH
+    pulsar = LocalPulsar(pulsar_dir, port=args.pulsar_port, private_token=new_private_token(),
+                         unix_socket=use_socket)
+    try:
+        raw = load_raw(args.settings, args.profile)  # as `serve` reads them: settings.toml, TESP_API_*
+        local_raw_settings(raw, args, state, pulsar)
+        settings = validate_settings(raw)
+        check_hidden_from_executors(pulsar_dir, settings.runtime.type)
+        check_port_free(settings.api.host, settings.api.port)
+        state.mkdir(parents=True, exist_ok=True)
+        lock = lock_state_dir(state)
+    except (SettingsError, LocalError) as exc:
+        return _fail(str(exc))
+    from tesp_api.service import StartupError, configure_logging, serve
 
     configure_logging(settings.logging)
+    if not use_socket and args.pulsar_port is None:
+        log.warning("state directory path too long for a Unix socket: Pulsar listens on %s (token required)",
+                    pulsar.url)
 
     def _terminate(signum: int, _frame: object) -> None:
         # uvicorn re-raises the SIGTERM it caught once it has shut down: make that an exit that
@@ -201,14 +366,21 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, _terminate)
-    pulsar.start()
     try:
-        log.info("tesp-api local: API on http://%s:%s, Pulsar on %s, runtime %s",
-                 settings.api.host, settings.api.port, pulsar.url, settings.runtime.type)
-        serve(settings)
+        try:
+            pulsar.start()
+        except RuntimeError as exc:
+            return _fail(f"cannot start the local Pulsar: {exc}")
+        log.info("tesp-api local: API on http://%s:%s, Pulsar on %s, runtime %s, state in %s",
+                 settings.api.host, settings.api.port, pulsar.where, settings.runtime.type, state)
+        try:
+            serve(settings)
+        except StartupError as exc:
+            return _fail(str(exc))
         return 0
     finally:
         pulsar.stop()
+        lock.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,15 +11,23 @@
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 from typing import Any
 
-from dynaconf import Dynaconf
+from dynaconf import Dynaconf  # type: ignore[import-untyped]
+from dynaconf.utils.files import find_file  # type: ignore[import-untyped]
 from pydantic import ValidationError
 
 from tesp_api.config.settings import Settings
 
 PROFILE_ENV_VAR = "FASTAPI_PROFILE"
+DEFAULT_PROFILE = "default"
+# Sections dynaconf treats specially, not profiles one can pick.
+_NOT_PROFILES = {"global", "dynaconf"}
+# An explicit profile (--profile) must win over $FASTAPI_PROFILE: dynaconf lets its env switcher variable
+# override the `env` option, so with an explicit profile it is pointed at a variable nobody sets.
+_NO_SWITCHER = "TESP_API_NO_PROFILE_SWITCH_FOR_DYNACONF"
 ENV_PREFIX = "TESP_API"
 # Dict keys below these names are user data (header names...), not setting names: keep their case.
 _KEEP_CASE_UNDER = {"headers"}
@@ -53,14 +61,53 @@ def _settings_files(explicit: str | os.PathLike[str] | None) -> list[str]:
     return files
 
 
+def _found(files: list[str]) -> list[str]:
+    """The files dynaconf will really read: it looks for a relative name beside the running script and
+    in every parent directory of it and of the working directory (its own find_file)."""
+    found = (find_file(name) for name in files)
+    return [f for f in found if f and Path(f).is_file()]
+
+
+def available_profiles(files: list[str]) -> list[str] | None:
+    """The profiles the settings files define (``default`` always exists); None when a file is not TOML
+    and so cannot be read here (dynaconf reads YAML and others too: no check then)."""
+    names = {DEFAULT_PROFILE}
+    for name in _found(files):
+        path = Path(name)
+        if path.suffix != ".toml":
+            return None
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(f"cannot read {path}: {exc}") from None
+        names.update(k.lower() for k, v in data.items() if isinstance(v, dict) and k.lower() not in _NOT_PROFILES)
+    return sorted(names)
+
+
+def _check_profile(profile: str, files: list[str], explicit: bool) -> None:
+    """An unknown profile would silently run [default]: stop instead, naming those that exist."""
+    known = available_profiles(files)
+    if known is None or profile.lower() in known:
+        return
+    source = "--profile" if explicit else f"${PROFILE_ENV_VAR}"
+    existing = _found(files)
+    where = " and ".join(existing) if existing else f"{files[0]} (absent)"
+    raise SettingsError(f"unknown profile {profile!r} ({source}); profiles in {where}: {', '.join(known)}")
+
+
 def load_raw(settings_file: str | os.PathLike[str] | None = None, profile: str | None = None) -> dict[str, Any]:
-    """The merged settings of one profile, as plain lower-case dicts, before validation."""
+    """The merged settings of one profile, as plain lower-case dicts, before validation.
+
+    ``profile`` (the --profile option) wins over ``$FASTAPI_PROFILE``; an unknown one is a SettingsError.
+    """
     files = _settings_files(settings_file)
+    chosen = profile or os.environ.get(PROFILE_ENV_VAR) or DEFAULT_PROFILE
+    _check_profile(chosen, files, explicit=bool(profile))
     options: dict[str, Any] = {
         "environments": True,
-        "default_env": "default",
-        "env": profile or os.environ.get(PROFILE_ENV_VAR, "default"),
-        "env_switcher": PROFILE_ENV_VAR,
+        "default_env": DEFAULT_PROFILE,
+        "env": chosen,
+        "env_switcher": _NO_SWITCHER if profile else PROFILE_ENV_VAR,
         "envvar_prefix": ENV_PREFIX,
         "merge_enabled": True,
         "load_dotenv": False,
@@ -79,7 +126,12 @@ def load_raw(settings_file: str | os.PathLike[str] | None = None, profile: str |
 
 
 def load_settings(settings_file: str | os.PathLike[str] | None = None, profile: str | None = None) -> Settings:
-    raw = load_raw(settings_file, profile)
+    return validate_settings(load_raw(settings_file, profile))
+
+
+def validate_settings(raw: dict[str, Any]) -> Settings:
+    """Typed settings from raw ones, or a SettingsError naming every offending key (no values: they
+    may be secrets), which the commands print before exiting 2."""
     try:
         return Settings.model_validate(raw)
     except ValidationError as exc:

@@ -33,7 +33,14 @@ def default_worker_id() -> str:
 
 
 def build_backends(settings: Settings) -> dict[str, PulsarBackend]:
-    """One backend per configured Pulsar server: REST when it has a url, AMQP otherwise."""
+    """One backend per configured Pulsar server: REST when it has a url, AMQP otherwise.
+
+    Control-plane exposure (a guest broker, a token-less Pulsar on TCP while executors have a
+    network) is warned about here, where every process that talks to Pulsar passes.
+    """
+    from tesp_api.engine.control_plane import warn_about_exposure
+
+    warn_about_exposure(settings)
     backends: dict[str, PulsarBackend] = {}
     p = settings.pulsar
     for server in p.effective_servers():
@@ -42,7 +49,8 @@ def build_backends(settings: Settings) -> dict[str, PulsarBackend]:
             from tesp_api.pulsar.rest import RestBackend
 
             backends[server.name] = RestBackend(
-                server.name, server.url, private_token=token, timeout=p.client_timeout, retries=p.retries
+                server.name, server.url, private_token=token, timeout=p.client_timeout, retries=p.retries,
+                uds=server.uds,
             )
         elif server.amqp_url:
             try:

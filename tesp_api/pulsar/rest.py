@@ -5,7 +5,8 @@ Uploads and downloads stream (never a whole file in memory). Connection errors, 
 answers are retried with exponential backoff; when the retries run out ``BackendUnavailable``
 lets the engine wait longer (up to ``pulsar.unreachable_deadline``) before failing the task.
 The private token travels as a query parameter (Pulsar reads it only there), so it is redacted
-from httpx's request log lines.
+from httpx's request log lines. With ``uds`` the requests go over a Unix socket (Pulsar bound to
+``unix:<path>``): an executor that may use the network still cannot reach a socket file it cannot see.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ class _RedactToken(logging.Filter):
         return True
 
 
-def _install_redaction() -> None:
+def install_token_redaction() -> None:
+    """Idempotent: adds the redacting filter to httpx's logger (every client of a Pulsar calls it)."""
     httpx_log = logging.getLogger("httpx")
     if not any(isinstance(f, _RedactToken) for f in httpx_log.filters):
         httpx_log.addFilter(_RedactToken())
@@ -66,13 +68,14 @@ class RestBackend:
         backoff_base: float = 0.5,
         max_in_flight: int = 8,
         client: httpx.AsyncClient | None = None,
+        uds: str | None = None,
     ) -> None:
         self.name = name
         self.url = url.rstrip("/")
         self._token = private_token
         self.retries = retries
         self.backoff_base = backoff_base
-        _install_redaction()
+        install_token_redaction()
         self._script_paths: dict[str, str] = {}  # job id -> absolute job script path, from prepare
         # At most `max_in_flight` requests at a time, queued here (O(1) per request) rather than in
         # httpcore's pool, whose queue costs O(waiting x connections) per request: with hundreds of
@@ -92,10 +95,14 @@ class RestBackend:
         self._completed: set[str] = set()  # seen "complete" here, not cleaned yet
         self._idle = asyncio.Event()
         self._idle.set()
+        self.uds = uds
+        limits = httpx.Limits(max_connections=2 * max_in_flight, max_keepalive_connections=2 * max_in_flight)
         self._client = client or httpx.AsyncClient(
             base_url=self.url,
             timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=2 * max_in_flight, max_keepalive_connections=2 * max_in_flight),
+            limits=limits,
+            # A socket needs a transport of its own (and no proxy from the environment can apply to it).
+            transport=httpx.AsyncHTTPTransport(uds=uds, limits=limits) if uds else None,
         )
 
     def _params(self, **params: str) -> dict[str, str]:

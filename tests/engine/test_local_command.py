@@ -24,7 +24,7 @@ def test_local_runs_a_task_and_stops_its_pulsar(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TESP_API_") and k != "CONTAINER_TYPE"}
     env["TESP_API_SETTINGS"] = str(tmp_path / "settings.toml")  # absent: defaults
-    env["TESP_API_DB__SQLITE_PATH"] = str(tmp_path / "state" / "tasks.sqlite3")
+    env["CONTAINER_TYPE"] = "bwrap"  # podman or docker may work here, but with no image to run
     log_file = tmp_path / "local.log"
     with log_file.open("wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "tesp_api", "local", "--port", str(port),
@@ -56,5 +56,4 @@ def test_local_runs_a_task_and_stops_its_pulsar(tmp_path: Path) -> None:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGTERM)
             proc.wait(timeout=30)
-    assert "IMAGES ARE IGNORED" in log_file.read_text()
     assert processes_with(str(tmp_path / "state" / "pulsar")) == []
