@@ -1,4 +1,4 @@
-"""TES container paths -> mount roots under the job directory."""
+"""TES container paths -> mount roots under the job directory (the rules are the JobPlan's: tests/tes)."""
 
 from __future__ import annotations
 
@@ -41,6 +41,18 @@ def test_workdir_is_mapped_only_when_the_runtime_needs_it() -> None:
     t = TesTask.model_validate({"executors": [{"image": "i", "command": ["true"], "workdir": "/w"}]})
     assert roots(t, map_workdirs=True) == ["/w"]
     assert roots(t, map_workdirs=False) == []
+
+
+@pytest.mark.parametrize("workdir", ["/", "/usr", "/etc"])
+def test_a_workdir_that_is_slash_or_a_system_directory_is_never_mapped(workdir: str) -> None:
+    """Pulsar's TES client (Galaxy) sends workdir "/": a chdir, never a mount, never an error."""
+    t = TesTask.model_validate({"executors": [{"image": "i", "command": ["pwd"], "workdir": workdir}]})
+    assert roots(t, map_workdirs=True) == []
+
+
+def test_the_mapper_exposes_the_plan_it_maps() -> None:
+    t = task(volumes=["/v"])
+    assert FileMapper(t, map_workdirs=False).plan.volumes == ("/v",)
 
 
 def test_std_streams_are_mapped() -> None:

@@ -57,3 +57,17 @@ def test_glob_local_finds_files_by_container_path(tmp_path: Path) -> None:
 def test_glob_local_skips_symlinks_leaving_the_job_directory(tmp_path: Path) -> None:
     (tmp_path / "leak.txt").symlink_to("/etc/hostname")
     assert glob_local("/data/*.txt", "/data", tmp_path) == []
+
+
+def test_the_wildcard_rules_are_the_jobplans() -> None:
+    """One implementation: admission, the engine and the uploads agree on what a wildcard matches."""
+    from tesp_api.tes import jobplan
+    from tesp_api.transfer import outputs
+
+    assert (outputs.matches, outputs.implicit_prefix, outputs.effective_prefix, outputs.has_wildcard) == (
+        jobplan.matches, jobplan.implicit_prefix, jobplan.effective_prefix, jobplan.has_wildcard)
+
+
+def test_matches_from_a_sloppy_listing_are_normalised_before_matching() -> None:
+    out = TesOutput(url="s3://b/r/", path="/data//out/*.txt")
+    assert [t.url for t in plan_wildcard_output(out, ["/data/out//a.txt"], host)] == ["s3://b/r/a.txt"]
