@@ -94,9 +94,11 @@ class PulsarServer(_Section):
     url: str | None = None  # REST: http(s)://host:port
     amqp_url: SecretStr | None = None  # AMQP mode when set
     private_token: SecretStr | None = None
-    # REST over a Unix socket (Pulsar bound with gunicorn's `unix:` address): requests go to this path and
-    # `url` only gives the Host header. Executors cannot reach a socket whose file they cannot see.
-    uds: str | None = None
+    uds: str | None = Field(
+        None,
+        description="REST over this Unix socket (Pulsar bound to `unix:<path>`); `url` then only names the Host "
+        "header. Executors cannot reach a socket file they cannot see (docs/security.md)",
+    )
     manager: str = "_default_"
     amqp_key_prefix: str | None = None
     # AMQP remote staging: the backend's own HTTP server, from which Pulsar GETs inputs and to which it
@@ -111,7 +113,7 @@ class PulsarSettings(_Section):
     url: str | None = "http://127.0.0.1:8913"
     amqp_url: SecretStr | None = None
     private_token: SecretStr | None = None
-    uds: str | None = None  # REST over this Unix socket (see PulsarServer.uds)
+    uds: str | None = Field(None, description="REST over this Unix socket, not url's address (servers[].uds)")
     manager: str = "_default_"
     amqp_key_prefix: str | None = None
     client_timeout: float = Field(30.0, gt=0)
