@@ -91,6 +91,41 @@ async def test_container_path_with_dotdot_segment_is_400(client: httpx.AsyncClie
     assert_tes_error(await post(client, body), 400, "inputs[0].path")
 
 
+async def test_container_path_with_a_colon_or_comma_is_400_not_a_later_system_error(
+    client: httpx.AsyncClient,
+) -> None:
+    """Runtimes split mount specs on ':' and ','; such a task used to be accepted and then die as SYSTEM_ERROR."""
+    body = task_body(outputs=[{"url": "http://h/f", "path": "/out/a:b"}], volumes=["/v,w"])
+    assert_tes_error(await post(client, body), 400, "outputs[0].path", "volumes[0]", "':' or ','")
+
+
+async def test_workdir_slash_is_accepted(client: httpx.AsyncClient) -> None:
+    """Pulsar's TES client (Galaxy) sends workdir "/" on every executor."""
+    body = task_body(executors=[{"image": "alpine", "command": ["pwd"], "workdir": "/"}])
+    assert (await post(client, body)).status_code == 200
+
+
+async def test_an_image_that_is_not_a_reference_is_400(client: httpx.AsyncClient) -> None:
+    body = task_body(executors=[{"image": "--privileged", "command": ["id"]}])
+    assert_tes_error(await post(client, body), 400, "executors[0].image", "not an image reference")
+
+
+async def test_a_system_directory_as_volume_is_400(client: httpx.AsyncClient) -> None:
+    assert_tes_error(await post(client, task_body(volumes=["/usr"])), 400, "volumes[0]", "system directory")
+
+
+async def test_every_problem_of_a_task_is_named_in_one_answer(client: httpx.AsyncClient) -> None:
+    body = task_body(
+        inputs=[{"path": "rel"}],
+        executors=[{"image": "alpine", "command": ["true"], "env": {"A-B": "x"}}],
+        resources={"cpu_cores": -1},
+    )
+    assert_tes_error(
+        await post(client, body), 400, "inputs[0].path", "inputs[0]: url or content", "executors[0].env",
+        "resources.cpu_cores",
+    )
+
+
 async def test_input_without_url_or_content_is_400(client: httpx.AsyncClient) -> None:
     assert_tes_error(await post(client, task_body(inputs=[{"path": "/data/f"}])), 400, "inputs[0]", "url")
 
