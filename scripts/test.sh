@@ -7,12 +7,28 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 
-# bubblewrap runs the executors where no container engine exists (the build machines have none).
-if ! command -v bwrap >/dev/null 2>&1; then
+# Executors run for real under bubblewrap, Docker and Podman (tests/runtimes/ is parametrized over all
+# three); busybox-static is the local/busybox:1 test image (no registry is reachable), uidmap is what
+# podman needs for user namespaces. Debian packages, installed as root when missing; a machine where
+# they cannot be installed skips those tests with the reason.
+missing=()
+for pkg in bubblewrap docker.io podman busybox-static uidmap; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null
+    # Start no service: the suite runs its own private dockerd (tests/services/docker_daemon.py); a
+    # system dockerd on /var/run/docker.sock would change what runtime.type=auto picks machine-wide.
+    norc=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && norc=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null || \
+      echo "warning: could not install ${missing[*]}; the tests that need them will be skipped" >&2
+    [ -z "$norc" ] || rm -f /usr/sbin/policy-rc.d
   else
-    echo "warning: bwrap (bubblewrap) not found; tests that run executors will be skipped" >&2
+    echo "warning: ${missing[*]} not installed (needs root + apt-get); the tests that need them will be skipped" >&2
   fi
 fi
 
