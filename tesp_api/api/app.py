@@ -11,63 +11,24 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import RedirectResponse
 
 import tesp_api
+from tesp_api.api.cors import TesCorsMiddleware
+from tesp_api.api.docs_assets import SWAGGER_URL, install_docs
 from tesp_api.api.errors import install_error_handlers
 from tesp_api.api.limits import BodySizeLimitMiddleware
+from tesp_api.api.openapi import install_openapi
 from tesp_api.api.routes import TaskEndpoints, build_router
 from tesp_api.auth.authenticator import Authenticator, build_authenticator
-from tesp_api.auth.effective import effective_auth_settings
-from tesp_api.auth.openapi import add_security
 from tesp_api.config.settings import Settings
 from tesp_api.store.port import TaskStore
-from tesp_api.tes.models import TesCreateTaskResponse, TesServiceInfo, TesTask
 
 # Clients disagree on the base path (py-tes 1.x: /ga4gh/tes/v1; py-tes 0.4, Nextflow, Pulsar: /v1).
 PRIMARY_PREFIX = "/ga4gh/tes/v1"
 ALIAS_PREFIXES = ("/v1",)
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
-
-
-def _tes_component_schemas() -> dict[str, Any]:
-    """TES object schemas for the OpenAPI document, generated from the models the service uses."""
-    schemas: dict[str, Any] = {}
-    for model in (TesTask, TesServiceInfo, TesCreateTaskResponse):
-        schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
-        schemas.update(schema.pop("$defs", {}))
-        schemas[model.__name__] = schema
-    schemas["TesListTasksResponse"] = {
-        "type": "object",
-        "required": ["tasks"],
-        "properties": {
-            "tasks": {"type": "array", "items": {"$ref": "#/components/schemas/TesTask"}},
-            "next_page_token": {"type": "string"},
-        },
-    }
-    schemas["TesCancelTaskResponse"] = {"type": "object"}
-    schemas["ErrorResponse"] = {
-        "type": "object",
-        "required": ["msg", "status_code"],
-        "properties": {"msg": {"type": "string"}, "status_code": {"type": "integer"}},
-    }
-    return schemas
-
-
-def _install_openapi(app: FastAPI) -> None:
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            doc = get_openapi(
-                title=app.title, version=app.version, description=app.description, routes=app.routes
-            )
-            doc.setdefault("components", {}).setdefault("schemas", {}).update(_tes_component_schemas())
-            add_security(doc, effective_auth_settings(app.state.settings))
-            app.openapi_schema = doc
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _authenticator_from_settings(
@@ -113,6 +74,8 @@ def create_app(
         description="GA4GH Task Execution Service 1.1 running tasks on Galaxy Pulsar",
         version=tesp_api.__version__,
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load from a CDN: install_docs serves packaged ones
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.store = store
@@ -120,6 +83,8 @@ def create_app(
     app.state.authenticator = authenticator
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.api.max_body_bytes)
+    if settings.api.cors_origins:  # outermost, so that errors (413...) carry the CORS headers too
+        app.add_middleware(TesCorsMiddleware, origins=settings.api.cors_origins)
 
     endpoints = TaskEndpoints(settings, store, engine)
     app.include_router(build_router(endpoints), prefix=PRIMARY_PREFIX)
@@ -135,8 +100,9 @@ def create_app(
     )
 
     async def root() -> RedirectResponse:
-        return RedirectResponse(url="/docs")
+        return RedirectResponse(url=SWAGGER_URL)
 
     app.add_api_route("/", root, methods=["GET"], include_in_schema=False)
-    _install_openapi(app)
+    install_docs(app)
+    install_openapi(app)
     return app

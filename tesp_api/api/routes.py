@@ -14,7 +14,8 @@ from fastapi.responses import JSONResponse
 
 from tesp_api.api.deps import Principal, current_principal, service_info_principal
 from tesp_api.api.errors import TesHttpError
-from tesp_api.api.service_info import build_service_info
+from tesp_api.api.openapi import error_responses, ok_response
+from tesp_api.api.service_info import build_legacy_service_info, build_service_info
 from tesp_api.api.url_checks import url_checkers
 from tesp_api.config.settings import Settings
 from tesp_api.store.port import DuplicateTask, InvalidPageToken, ListQuery, LogPatch, TaskStore
@@ -225,26 +226,53 @@ class TaskEndpoints:
         return self.service_info
 
 
-def _ok(schema: str) -> dict[Any, Any]:
-    """OpenAPI answer documentation pointing at the TES component schemas the app registers."""
-    return {200: {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}}
+# The error statuses each operation really answers (ErrorResponse); 401 is added by
+# tesp_api.api.openapi when authentication is on. tests/api/test_openapi*.py and schemathesis hold
+# the server to these.
+_ERRORS: dict[str, tuple[int, ...]] = {
+    "GetServiceInfo": (),
+    "ListTasks": (400, 503),
+    "CreateTask": (400, 413, 415, 503),
+    "GetTask": (400, 404, 503),
+    "CancelTask": (404, 409, 413, 503),
+}
+
+
+def _responses(operation_id: str, schema: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI answer documentation: 200 with the TES schema, then the operation's errors."""
+    return {**ok_response(schema), **error_responses(*_ERRORS.get(operation_id, ()))}
 
 
 def build_router(endpoints: TaskEndpoints, *, include_in_schema: bool = True) -> APIRouter:
     router = APIRouter(tags=["TaskService"], include_in_schema=include_in_schema)
+    legacy_service_info = build_legacy_service_info(endpoints.settings)
+
+    async def get_legacy_service_info(principal: ServiceInfoPrincipalDep) -> dict[str, Any]:
+        """py-tes 0.4.2 (Snakemake's TES plugin, Toil 5) asks GET /v1/tasks/service-info and parses
+        exactly name, doc, storage. Added before /tasks/{id}, which would answer 404."""
+        return legacy_service_info
+
+    router.add_api_route(
+        "/tasks/service-info",
+        get_legacy_service_info,
+        methods=["GET"],
+        include_in_schema=False,
+        response_model=None,
+        response_class=JSONResponse,
+    )
     create_body = {
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TesTask"}}},
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/tesTask"}}},
         }
     }
     # (path, method, handler, operation id = summary, answer schema, extra OpenAPI)
     routes: list[tuple[str, str, Any, str, str, dict[str, Any] | None]] = [
-        ("/service-info", "GET", endpoints.get_service_info, "GetServiceInfo", "TesServiceInfo", None),
-        ("/tasks", "GET", endpoints.list_tasks, "ListTasks", "TesListTasksResponse", None),
-        ("/tasks", "POST", endpoints.create_task, "CreateTask", "TesCreateTaskResponse", create_body),
-        ("/tasks/{id}", "GET", endpoints.get_task, "GetTask", "TesTask", None),
-        ("/tasks/{id}:cancel", "POST", endpoints.cancel_task, "CancelTask", "TesCancelTaskResponse", None),
+        ("/service-info", "GET", endpoints.get_service_info, "GetServiceInfo", "tesServiceInfo", None),
+        ("/tasks", "GET", endpoints.list_tasks, "ListTasks", "tesListTasksResponse", None),
+        ("/tasks", "POST", endpoints.create_task, "CreateTask", "tesCreateTaskResponse", create_body),
+        ("/tasks/{id}", "GET", endpoints.get_task, "GetTask", "tesTaskView", None),
+        ("/tasks/{id}:cancel", "POST", endpoints.cancel_task, "CancelTask", "tesCancelTaskResponse", None),
     ]
     for path, method, handler, operation_id, schema, extra in routes:
         router.add_api_route(
@@ -254,7 +282,7 @@ def build_router(endpoints: TaskEndpoints, *, include_in_schema: bool = True) ->
             operation_id=operation_id,
             summary=operation_id,
             response_model=None,
-            responses=_ok(schema),
+            responses=_responses(operation_id, schema),
             response_class=JSONResponse,
             openapi_extra=extra,
         )

@@ -51,3 +51,16 @@ def build_service_info(settings: Settings) -> dict[str, Any]:
         tesResources_backend_parameters=list(settings.engine.backend_parameters),
     )
     return info.model_dump(mode="json", exclude_none=True)
+
+
+def build_legacy_service_info(settings: Settings) -> dict[str, Any]:
+    """The pre-1.0 TES service-info (``name``, ``doc``, ``storage`` and nothing else) that py-tes
+    0.4.2 parses: it builds its ServiceInfo from the whole object and fails on any other field
+    ("unexpected keyword argument 'id'"). Served at ``/v1/tasks/service-info`` and
+    ``/ga4gh/tes/v1/tasks/service-info``; every other client uses ``/service-info``."""
+    conf = settings.service_info
+    return {
+        "name": conf.name,
+        "doc": conf.description,
+        "storage": list(conf.storage) or derived_storage(settings),
+    }

@@ -31,6 +31,10 @@ class ApiSettings(_Section):
     reject_unknown_fields: bool = True
     default_page_size: int = Field(256, ge=1, le=2047)
     forwarded_allow_ips: str = "127.0.0.1"
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="browser origins that may call the API (CORS), e.g. https://app.example.org; empty: off",
+    )
     # Bounded answers and input (docs/api.md, "Limits"): checked at create with a 400 naming the field.
     max_page_bytes: int = Field(
         16 * MIB, ge=64 * KIB, description="a list page stops early (with next_page_token) before this size"

@@ -58,7 +58,7 @@ async def test_openapi_document_lists_the_tes_operations(client: httpx.AsyncClie
     doc = (await client.get("/openapi.json")).json()
     operations = {op["operationId"] for path in doc["paths"].values() for op in path.values()}
     assert operations == {"GetServiceInfo", "ListTasks", "CreateTask", "GetTask", "CancelTask"}
-    assert "TesTask" in doc["components"]["schemas"]
+    assert "tesTask" in doc["components"]["schemas"]
     assert f"{BASE}/tasks/{{id}}:cancel" in doc["paths"]
 
 
