@@ -14,9 +14,10 @@ from fastapi.responses import JSONResponse
 
 from tesp_api.api.deps import Principal, current_principal, service_info_principal
 from tesp_api.api.errors import TesHttpError
+from tesp_api.api.pages import PageResponse, page_read_budget, page_response
 from tesp_api.api.openapi import error_responses, ok_response
 from tesp_api.api.service_info import build_legacy_service_info, build_service_info
-from tesp_api.api.url_checks import url_checkers
+from tesp_api.api.url_checks import address_problems, egress_policy, url_checkers
 from tesp_api.config.settings import Settings
 from tesp_api.store.port import DuplicateTask, InvalidPageToken, ListQuery, LogPatch, TaskStore
 from tesp_api.tes import states
@@ -112,7 +113,8 @@ class TaskEndpoints:
             reject_unknown_fields=settings.api.reject_unknown_fields,
         )
         self.task_limits = task_limits_of(settings)
-        self.check_input_url, self.check_output_url = url_checkers(settings.transfer)
+        self.egress = egress_policy(settings)
+        self.check_input_url, self.check_output_url = url_checkers(settings, self.egress)
         self.service_info = build_service_info(settings)
 
     async def create_task(self, request: Request, principal: PrincipalDep) -> dict[str, str]:
@@ -126,6 +128,9 @@ class TaskEndpoints:
         except TaskValidationError as exc:
             raise TesHttpError(400, str(exc)) from None
         task = validated.task
+        refused = await address_problems(task, self.egress)  # the SSRF guard's DNS lookups
+        if refused:
+            raise TesHttpError(400, refused)
         for _ in range(3):  # a uuid4 clash is next to impossible; retry rather than fail if it happens
             task.id = new_task_id()
             try:
@@ -153,7 +158,7 @@ class TaskEndpoints:
         page_size: Annotated[int | None, Query(description="1..2047, default 256")] = None,
         page_token: Annotated[str | None, Query(description="next_page_token of the previous page")] = None,
         view: Annotated[str | None, Query(description=_VIEW_DOC)] = None,
-    ) -> dict[str, Any]:
+    ) -> PageResponse:
         chosen_view = _parse_view(view)
         size = self.settings.api.default_page_size if page_size is None else page_size
         if not 1 <= size <= MAX_PAGE_SIZE:
@@ -165,15 +170,13 @@ class TaskEndpoints:
             state=_parse_state(state),
             tags=_tag_pairs(tag_key, tag_value),
             owner=principal.read_scope,
+            max_bytes=page_read_budget(self.settings.api.max_page_bytes, size),
         )
         try:
             page = await self.store.list(query)
         except InvalidPageToken:
             raise TesHttpError(400, "page_token: not a page token issued by this service") from None
-        body: dict[str, Any] = {"tasks": [render_task(r, chosen_view) for r in page.records]}
-        if page.next_page_token:
-            body["next_page_token"] = page.next_page_token
-        return body
+        return page_response(page, chosen_view)  # at most api.max_page_bytes (tesp_api/api/pages.py)
 
     async def get_task(
         self,

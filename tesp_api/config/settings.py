@@ -8,6 +8,7 @@ with their old meaning so that its users can keep their settings.toml; see docs/
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -165,14 +166,70 @@ RuntimeType = Literal["auto", "docker", "podman", "apptainer", "singularity", "b
 
 
 class RuntimeSettings(_Section):
+    """How executors run on the Pulsar host (docs/runtimes.md). The runtime CLI runs inside the Pulsar job with
+    a clean environment: PATH and ``env`` only, never the task's env."""
+
     type: RuntimeType = "auto"
     docker_bin: str = "docker"
     podman_bin: str = "podman"
     apptainer_bin: str = "apptainer"
     singularity_bin: str = "singularity"
     bwrap_bin: str = "bwrap"
-    extra_args: list[str] = Field(default_factory=list)  # appended to the run command, before the image
+    extra_args: list[str] = Field(
+        default_factory=list,
+        description="added to the run command of WHATEVER runtime is used (before the image; bwrap: before --); "
+        "prefer the per-runtime *_args",
+    )
+    docker_args: list[str] = Field(default_factory=list, description="extra `docker run` options (docker only)")
+    podman_args: list[str] = Field(default_factory=list, description="extra `podman run` options (podman only)")
+    bwrap_args: list[str] = Field(default_factory=list, description="extra bwrap options (bwrap only)")
+    apptainer_args: list[str] = Field(
+        default_factory=list, description="extra `apptainer/singularity exec` options (apptainer, singularity)"
+    )
     pull_policy: Literal["missing", "always", "never"] = "missing"
+    network: Literal["none", "host", "bridge"] = Field(
+        "none", description="executors' network: none (default; bwrap --unshare-net, docker/podman --network none), "
+        "host, or bridge (docker/podman; bwrap treats it as host)"
+    )
+    allow_task_network: bool = Field(
+        False, description='a task may ask for "host"/"bridge" with resources.backend_parameters {"network": ...}'
+    )
+    cap_add: list[str] = Field(
+        default_factory=list, description="capabilities given back after --cap-drop ALL (docker, podman, bwrap)"
+    )
+    user: str | None = Field(None, description="docker/podman --user (uid[:gid]) for every executor; empty = image's")
+    pids_limit: int = Field(4096, ge=0, description="docker/podman --pids-limit (0 = no limit)")
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="environment of the runtime CLI in the Pulsar job (e.g. DOCKER_HOST, CONTAINERS_CONF, "
+        "CONTAINERS_STORAGE_CONF; PATH overrides the default)",
+    )
+    runner_python: str = Field(
+        "python3", description="Python (>= 3.8) that runs the job runner on the Pulsar host"
+    )
+    bind_host_paths: list[str] = Field(
+        default_factory=list, description="extra host paths bwrap binds read-only at the same place (e.g. a venv)"
+    )
+
+    @field_validator("cap_add")
+    @classmethod
+    def _caps(cls, value: list[str]) -> list[str]:
+        out = []
+        for cap in value:
+            name = cap.strip().upper()
+            name = name if name.startswith("CAP_") else "CAP_" + name
+            if not re.fullmatch(r"CAP_[A-Z_]+", name):
+                raise ValueError(f"not a capability name: {cap!r}")
+            out.append(name)
+        return out
+
+    @field_validator("bind_host_paths")
+    @classmethod
+    def _abs(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if not path.startswith("/") or ".." in path.split("/"):
+                raise ValueError(f"bind_host_paths: {path!r} must be absolute, without '..'")
+        return value
 
 
 class HttpCredential(_Section):
@@ -221,6 +278,36 @@ class TransferSettings(_Section):
     follow_redirects: bool = Field(
         True, description="http(s) GET follows redirects; each host gets only its own credentials"
     )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description=(
+            "hosts transfers may reach although they are loopback/private/link-local (SSRF guard): exact "
+            'host names, "host:port", IPs or CIDRs, e.g. ["minio.internal:9000", "10.1.0.0/16"]; the '
+            "control plane (Pulsar, broker, staging, this API) stays refused"
+        ),
+    )
+    denied_hosts: list[str] = Field(
+        default_factory=list,
+        description=(
+            "more endpoints transfers must never reach, even when allowed_hosts covers them (e.g. a "
+            'broker management port elsewhere: "rabbit.internal:15672"); same forms as allowed_hosts'
+        ),
+    )
+    resolve_timeout: float = Field(
+        5.0, gt=0, description="seconds for one host-name lookup of the SSRF check (at create and per connection)"
+    )
+
+    @field_validator("allowed_hosts", "denied_hosts")
+    @classmethod
+    def _host_rules(cls, v: list[str]) -> list[str]:
+        from tesp_api.transfer.egress import parse_rule  # imports this module: import late
+
+        for entry in v:
+            try:
+                parse_rule(entry)
+            except ValueError as exc:
+                raise ValueError(f"{entry!r} is not a host name, host:port, IP or CIDR ({exc})") from None
+        return v
 
 
 # Signature algorithms a JWT may use: asymmetric only. "none" and the HS* family are never accepted

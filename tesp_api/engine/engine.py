@@ -100,7 +100,10 @@ class Engine:
     @property
     def staging(self) -> Staging:
         if self._staging is None:
-            self._staging = Staging(self.settings.transfer)
+            from tesp_api.transfer.egress import EgressPolicy
+
+            egress = EgressPolicy.from_settings(self.settings)  # the SSRF guard knows the control plane
+            self._staging = Staging(self.settings.transfer, egress=egress)
         return self._staging
 
     def backend_for(self, record: TaskRecord) -> PulsarBackend:

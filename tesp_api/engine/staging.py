@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from tesp_api.config.settings import TransferSettings
+from tesp_api.transfer.egress import EgressPolicy
 from tesp_api.tes.jobplan import has_wildcard
 from tesp_api.engine.results import ManifestEntry
 from tesp_api.tes.models import TesFileType, TesInput, TesOutputFileLog, TesTask
@@ -31,10 +32,10 @@ class StagingError(Exception):
 
 
 class Staging:
-    def __init__(self, settings: TransferSettings) -> None:
+    def __init__(self, settings: TransferSettings, *, egress: EgressPolicy | None = None) -> None:
         from tesp_api.transfer.mux import TransferMux
 
-        self._mux = TransferMux(settings)
+        self._mux = TransferMux(settings, egress=egress)
 
     async def fetch_input(self, index: int, inp: TesInput, scratch: Path) -> tuple[Path, bool]:
         """Download a URL input; returns (local file to upload, whether it is a tar of a directory)."""

@@ -4,6 +4,10 @@ One control connection per file keeps the code simple and makes each retry start
 servers handle that well, and the cost is small next to moving the data.
 Credentials: from the URL (``ftp://user:pass@host/...``), else ``transfer.ftp`` for that host,
 else anonymous.
+
+SSRF guard (tesp_api/transfer/egress.py): the host is resolved and checked once, the control
+connection goes to that checked address, and every data connection must go to the same address
+(the address in a PASV answer is never trusted) on a port that is no control-plane endpoint.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import aioftp
 
 from tesp_api.config.settings import TransferSettings
 from tesp_api.transfer.base import part_file
+from tesp_api.transfer.egress import EgressDenied, EgressPolicy, Unresolvable
 from tesp_api.transfer.errors import TransferError
 from tesp_api.transfer.file import os_reason
 from tesp_api.transfer.urls import join_url
@@ -35,6 +40,11 @@ def ftp_error(url: str, exc: BaseException, direction: str) -> TransferError:
             return TransferError(url, f"not found or access denied (FTP {codes})", direction=direction)
         retryable = any(str(c).startswith("4") for c in exc.received_codes)
         return TransferError(url, f"server answered FTP {codes}", retryable=retryable, direction=direction)
+    if isinstance(exc, EgressDenied):
+        return TransferError(url, f"refused by the SSRF guard: {exc.reason}", direction=direction)
+    if isinstance(exc, Unresolvable):
+        host = urlsplit(url).hostname or "?"
+        return TransferError(url, f"cannot resolve host name {host}", retryable=True, direction=direction)
     if isinstance(exc, TimeoutError):
         return TransferError(url, "timed out", retryable=True, direction=direction)
     if isinstance(exc, socket.gaierror):
@@ -46,11 +56,33 @@ def ftp_error(url: str, exc: BaseException, direction: str) -> TransferError:
     return TransferError(url, f"FTP problem ({type(exc).__name__})", retryable=True, direction=direction)
 
 
+class GuardedFtpClient(aioftp.Client):
+    """aioftp's client, connecting only to the address the egress policy checked."""
+
+    def __init__(self, policy: EgressPolicy, **options: float) -> None:
+        super().__init__(**options)  # type: ignore[arg-type]
+        self._policy = policy
+        self._peer: str | None = None
+
+    async def connect_checked(self, host: str, port: int) -> None:
+        addresses = await self._policy.checked_addresses(host, port)
+        self._peer = addresses[0]
+        await self.connect(self._peer, port)
+
+    async def _open_connection(self, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self._peer is None or host != self._peer:
+            raise EgressDenied(f"an FTP connection to {host} was not checked")
+        if self._stream is not None:  # a data connection: same address, the port must not be ours
+            await self._policy.check_port_on(host, port)
+        return await super()._open_connection(host, port)
+
+
 class FtpBackend:
-    def __init__(self, settings: TransferSettings) -> None:
+    def __init__(self, settings: TransferSettings, policy: EgressPolicy | None = None) -> None:
         self._credentials = settings.ftp
         self._chunk = settings.chunk_bytes
         self._timeout = settings.timeout
+        self._policy = policy or EgressPolicy(settings)
 
     def _login(self, url: str) -> tuple[str, str]:
         parts = urlsplit(url)
@@ -66,11 +98,14 @@ class FtpBackend:
     @asynccontextmanager
     async def _session(self, url: str) -> AsyncIterator[aioftp.Client]:
         parts = urlsplit(url)
-        client = aioftp.Client(
-            socket_timeout=self._timeout, connection_timeout=self._timeout, path_timeout=self._timeout
+        client = GuardedFtpClient(
+            self._policy,
+            socket_timeout=self._timeout,
+            connection_timeout=self._timeout,
+            path_timeout=self._timeout,
         )
         try:
-            await client.connect(parts.hostname or "", parts.port or 21)
+            await client.connect_checked(parts.hostname or "", parts.port or 21)
             user, password = self._login(url)
             await client.login(user, password)
             yield client

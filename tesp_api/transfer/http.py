@@ -3,6 +3,13 @@
 Credentials (headers, bearer token, basic) are chosen per host from ``transfer.http``. Redirects
 are followed by hand so that the credentials of the *new* host are used: httpx alone would
 forward custom headers (an API key) to whatever host a redirect names.
+
+SSRF guard (tesp_api/transfer/egress.py): every hop of a redirect chain is checked before it is
+requested, and every new connection is made by :class:`GuardedBackend`, which resolves the host
+itself, refuses it unless every address is allowed, and connects to the checked address literal
+(TLS still verifies the URL's host name). So no request byte reaches a refused address, whatever
+DNS answers between the create-time check and the connection. Proxies from the environment are
+not used (a proxy would make the connection for us, out of the guard's sight).
 """
 
 from __future__ import annotations
@@ -14,14 +21,75 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 
 from tesp_api.config.settings import HttpCredential, TransferSettings
 from tesp_api.transfer.base import part_file
+from tesp_api.transfer.egress import EgressDenied, EgressPolicy, Unresolvable
 from tesp_api.transfer.errors import TransferError
 from tesp_api.transfer.file import os_reason
+from tesp_api.transfer.redact import install_log_masking, redact_url
 
 MAX_REDIRECTS = 10
+
+install_log_masking("httpx")  # httpx logs each request's full URL (signatures included) at INFO/DEBUG
+
+
+class GuardedBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend behind the egress policy: connect only to checked addresses."""
+
+    def __init__(self, policy: EgressPolicy) -> None:
+        self._policy = policy
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: object = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            addresses = await self._policy.checked_addresses(host, port)
+        except Unresolvable:
+            raise httpcore.ConnectError(f"cannot resolve {host}") from socket.gaierror(host)
+        last: Exception | None = None
+        for address in addresses:  # each one was checked; the first that answers wins
+            try:
+                return await self._inner.connect_tcp(
+                    address, port, timeout, local_address, socket_options  # type: ignore[arg-type]
+                )
+            except httpcore.ConnectError as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: object = None
+    ) -> httpcore.AsyncNetworkStream:
+        raise EgressDenied("unix sockets are never a transfer target")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def guarded_transport(policy: EgressPolicy) -> httpx.AsyncHTTPTransport:
+    """httpx's own transport (SSL_CERT_FILE honoured) whose connections go through GuardedBackend."""
+    transport = httpx.AsyncHTTPTransport(trust_env=True)
+    pool = transport._pool  # httpx builds it; rebuilt here with the same TLS context and our backend
+    if not isinstance(pool, httpcore.AsyncConnectionPool):  # pragma: no cover - httpx internals moved
+        raise TypeError("httpx transport internals changed: cannot install the SSRF guard")
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=5.0)
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=pool._ssl_context,
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        network_backend=GuardedBackend(policy),
+    )
+    return transport
 
 
 def _host_key(url: httpx.URL) -> tuple[str, str]:
@@ -61,12 +129,38 @@ def transport_error(url: str, exc: httpx.TransportError, direction: str) -> Tran
     return TransferError(url, reason, retryable=True, direction=direction)
 
 
+def denied_error(url: str, exc: EgressDenied, direction: str, *, hop: str | None = None) -> TransferError:
+    """A refusal of the SSRF guard: final (no retry), naming the refused host, never a secret."""
+    where = f"a redirect to {hop} " if hop else ""
+    return TransferError(url, f"{where}refused by the SSRF guard: {exc.reason}", direction=direction)
+
+
 class HttpBackend:
-    def __init__(self, settings: TransferSettings) -> None:
+    def __init__(self, settings: TransferSettings, policy: EgressPolicy | None = None) -> None:
         self._credentials = settings.http
         self._chunk = settings.chunk_bytes
         self._follow = settings.follow_redirects
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(settings.timeout), follow_redirects=False)
+        self._policy = policy or EgressPolicy(settings)
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.timeout),
+            follow_redirects=False,
+            transport=guarded_transport(self._policy),
+            trust_env=False,  # no proxies or .netrc from the environment (see the module doc)
+        )
+
+    async def _check_hop(self, url: str, target: httpx.URL) -> None:
+        """Refuse a redirect target before anything is sent to it (the connection guard would too)."""
+        port = target.port or {"http": 80, "https": 443}.get(target.scheme)
+        if target.scheme not in ("http", "https") or port is None:
+            raise TransferError(
+                url, f"a redirect to a {target.scheme or '?'}:// URL is not followed", direction="download"
+            )
+        try:
+            await self._policy.checked_addresses(target.host, port)
+        except EgressDenied as exc:
+            raise denied_error(url, exc, "download", hop=redact_url(str(target))) from None
+        except Unresolvable:
+            pass  # the connection reports it as a resolution failure (retryable)
 
     def _credential(self, url: httpx.URL) -> HttpCredential | None:
         host, host_port = _host_key(url)
@@ -101,6 +195,7 @@ class HttpBackend:
             if self._follow and response.is_redirect and "location" in response.headers:
                 await response.aclose()
                 target = target.join(response.headers["location"])
+                await self._check_hop(url, target)
                 continue
             if response.status_code >= 300:
                 await response.aclose()
@@ -119,6 +214,8 @@ class HttpBackend:
             finally:
                 await response.aclose()
             os.replace(tmp, dest)
+        except EgressDenied as exc:
+            raise denied_error(url, exc, "download") from None
         except httpx.TransportError as exc:
             raise transport_error(url, exc, "download") from None
         except httpx.InvalidURL:
@@ -150,6 +247,8 @@ class HttpBackend:
             response = await self._client.put(
                 target, content=self._chunks(src), headers=headers, auth=auth or httpx.USE_CLIENT_DEFAULT
             )
+        except EgressDenied as exc:
+            raise denied_error(url, exc, "upload") from None
         except httpx.TransportError as exc:
             raise transport_error(url, exc, "upload") from None
         except httpx.InvalidURL:

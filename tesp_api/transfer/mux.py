@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 from tesp_api.config.settings import TransferSettings
 from tesp_api.tes.models import TesFileType, TesOutputFileLog
 from tesp_api.transfer.base import SchemeBackend, safe_relative
+from tesp_api.transfer.egress import EgressPolicy
 from tesp_api.transfer.errors import TransferError
 from tesp_api.transfer.redact import redact_url
 from tesp_api.transfer.urls import join_url, scheme_of
@@ -69,8 +70,13 @@ async def _all_bounded(jobs: list[Callable[[], Awaitable[T]]]) -> list[T]:
 
 
 class TransferMux:
-    def __init__(self, settings: TransferSettings) -> None:
+    """``egress``: the SSRF policy every http(s)/ftp connection is checked against. The service
+    passes ``EgressPolicy.from_settings(settings)`` (with its control plane); the default knows only
+    ``settings`` (allowed/denied hosts and the address ranges)."""
+
+    def __init__(self, settings: TransferSettings, *, egress: EgressPolicy | None = None) -> None:
         self._settings = settings
+        self._egress = egress or EgressPolicy(settings)
         self._backends: dict[str, SchemeBackend] = {}
 
     def _backend(self, url: str, direction: str) -> SchemeBackend:
@@ -87,11 +93,11 @@ class TransferMux:
         if kind == "http":
             from tesp_api.transfer.http import HttpBackend
 
-            return HttpBackend(self._settings)
+            return HttpBackend(self._settings, self._egress)
         if kind == "ftp":
             from tesp_api.transfer.ftp import FtpBackend
 
-            return FtpBackend(self._settings)
+            return FtpBackend(self._settings, self._egress)
         if kind == "s3":
             from tesp_api.transfer.s3 import S3Backend
 

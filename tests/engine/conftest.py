@@ -16,6 +16,7 @@ from tesp_api.store.port import TaskRecord
 from tesp_api.store.sqlite import SqliteTaskStore
 from tesp_api.tes.ids import new_task_id
 from tesp_api.tes.models import TesState, TesTask
+from tests.services.egress import LOOPBACK_TRANSFER
 from tests.services.pulsar import LocalPulsar, pulsar_server
 
 
@@ -32,7 +33,7 @@ def engine_settings(pulsar_url: str, tmp: Path, **engine: Any) -> Settings:
                        "unreachable_deadline": 3},
             "engine": {"work_dir": str(tmp / "work"), "claim_interval": 0.1, "lease_seconds": 5, **engine},
             "runtime": {"type": "bwrap"},
-            "transfer": {"allowed_dirs": [str(tmp)]},
+            "transfer": {"allowed_dirs": [str(tmp)], **LOOPBACK_TRANSFER},  # data servers on 127.0.0.1
             "db": {"sqlite_path": str(tmp / "tasks.sqlite3")},
         }
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tesp_api.config.settings import FtpCredential, HttpCredential, S3Credential, TransferSettings
+from tests.services.egress import LOOPBACK_TRANSFER
 from tests.services.ftp_server import FtpServer, ftp_server
 from tests.services.http_server import HttpServer, http_server
 from tests.services.s3_server import S3Server, s3_server
@@ -63,6 +64,7 @@ def make_settings(
         "retry_backoff": 0.01,
         "timeout": 10.0,
         "chunk_bytes": 64 * 1024,
+        **LOOPBACK_TRANSFER,  # the test servers listen on 127.0.0.1, which the SSRF guard refuses
     }
     if s3 is not None:
         values["s3"] = [
