@@ -27,9 +27,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    from tesp_api.config.settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
 
@@ -260,14 +263,19 @@ def check_port_free(host: str, port: int) -> None:
             ) from None
 
 
-def check_hidden_from_executors(pulsar_dir: Path, runtime_type: str) -> None:
+def bwrap_visible_paths(runtime: RuntimeSettings) -> list[str]:
+    """The host paths a bubblewrap executor sees (read-only): the runtime's own list and the operator's."""
+    from tesp_api.engine.runtimes import bwrap
+
+    return [*bwrap.HOST_READ_ONLY, *getattr(bwrap, "HOST_ETC", ()), *getattr(runtime, "bind_host_paths", [])]
+
+
+def check_hidden_from_executors(pulsar_dir: Path, runtime: RuntimeSettings) -> None:
     """Pulsar's token (app.yml) and socket must not lie in a host directory bubblewrap mounts into
     every executor (read-only, but readable and connectable)."""
-    if runtime_type not in ("auto", "bwrap"):
+    if runtime.type not in ("auto", "bwrap"):
         return  # docker, podman and apptainer (--containall) mount only the job's own paths
-    from tesp_api.engine.runtimes.bwrap import HOST_READ_ONLY
-
-    for visible in HOST_READ_ONLY:
+    for visible in bwrap_visible_paths(runtime):
         if pulsar_dir == Path(visible) or Path(visible) in pulsar_dir.parents:
             raise LocalError(
                 f"the state directory {pulsar_dir.parent} is under {visible}, which bubblewrap executors see: "
@@ -347,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         raw = load_raw(args.settings, args.profile)  # as `serve` reads them: settings.toml, TESP_API_*
         local_raw_settings(raw, args, state, pulsar)
         settings = validate_settings(raw)
-        check_hidden_from_executors(pulsar_dir, settings.runtime.type)
+        check_hidden_from_executors(pulsar_dir, settings.runtime)
         check_port_free(settings.api.host, settings.api.port)
         state.mkdir(parents=True, exist_ok=True)
         lock = lock_state_dir(state)
