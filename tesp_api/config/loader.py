@@ -29,8 +29,9 @@ _NOT_PROFILES = {"global", "dynaconf"}
 # override the `env` option, so with an explicit profile it is pointed at a variable nobody sets.
 _NO_SWITCHER = "TESP_API_NO_PROFILE_SWITCH_FOR_DYNACONF"
 ENV_PREFIX = "TESP_API"
-# Dict keys below these names are user data (header names...), not setting names: keep their case.
-_KEEP_CASE_UNDER = {"headers"}
+# Dict keys below these names are user data (header names, runtime.env variable names such as
+# DOCKER_HOST...), not setting names: keep their case.
+_KEEP_CASE_UNDER = {"headers", "env"}
 
 
 class SettingsError(Exception):
