@@ -60,8 +60,37 @@ def decode_page_token(key: bytes, token: str, query: ListQuery) -> int:
     return seq
 
 
-def page_from(records: list[TaskRecord], page_size: int, key: bytes, query: ListQuery) -> Page:
-    """The page for ``records`` fetched with LIMIT page_size + 1: the extra one only says a next page exists."""
+def stored_bytes(*texts: str | None) -> int:
+    """UTF-8 size of a record's stored JSON texts (what ``ListQuery.max_bytes`` counts)."""
+    return sum(len(t) if t.isascii() else len(t.encode("utf-8", "surrogatepass")) for t in texts if t)
+
+
+class PageBudget:
+    """``ListQuery.max_bytes`` while reading rows one by one: ``admits(size)`` is False for the first row
+    that would go over it (never for the first row), and ``cut`` says the page stopped early."""
+
+    def __init__(self, max_bytes: int | None) -> None:
+        self._left = max_bytes
+        self._taken = 0
+        self.cut = False
+
+    def admits(self, size: int) -> bool:
+        if self._left is not None:
+            if self._taken and size > self._left:
+                self.cut = True
+                return False
+            self._left -= size
+        self._taken += 1
+        return True
+
+
+def page_from(
+    records: list[TaskRecord], page_size: int, key: bytes, query: ListQuery, *, cut: bool = False
+) -> Page:
+    """The page for ``records`` fetched with LIMIT page_size + 1: the extra one only says a next page exists.
+    ``cut``: reading stopped early at ``query.max_bytes`` (there are more), so the page ends here."""
+    if cut and records:
+        return Page(records=records, next_page_token=encode_page_token(key, records[-1].seq, query))
     if len(records) <= page_size:
         return Page(records=records, next_page_token=None)
     records = records[:page_size]

@@ -36,7 +36,7 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from tesp_api.store.cursor import decode_page_token, page_from
+from tesp_api.store.cursor import PageBudget, decode_page_token, page_from, stored_bytes
 from tesp_api.store.port import DuplicateTask, ListQuery, LogPatch, Owner, Page, StoreError, TaskRecord
 from tesp_api.store.records import (
     apply_log_patch,
@@ -217,8 +217,18 @@ class MongoTaskStore:
         if keys:
             where["tag_keys"] = {"$all": keys}
         cursor = self._tasks.find(where).sort([("seq", DESCENDING)]).limit(page_size + 1)
-        records = [r for r in [_record(doc) async for doc in cursor] if r is not None]
-        return page_from(records, page_size, key, query)
+        budget = PageBudget(query.max_bytes)
+        records: builtins.list[TaskRecord] = []
+        async for doc in cursor:  # the driver reads in batches; max_bytes bounds what is held
+            if "task_json" not in doc:
+                continue
+            if not budget.admits(stored_bytes(doc.get("task_json"), doc.get("log_json"))):
+                break
+            record = _record(doc)
+            if record is not None:
+                records.append(record)
+        await cursor.close()
+        return page_from(records, page_size, key, query, cut=budget.cut)
 
     async def update(
         self,

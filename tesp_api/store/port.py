@@ -70,6 +70,9 @@ class ListQuery:
     state: TesState | None = None
     tags: list[tuple[str, str | None]] = field(default_factory=list)  # (key, value; None/"" = any value)
     owner: Owner | None = None  # None = every owner (admin, or auth off)
+    # Stop early once the tasks read add up to this many bytes of stored JSON (task + log), keeping at
+    # least one: a page of big tasks is then shorter, with a next_page_token. None = no byte limit.
+    max_bytes: int | None = None
 
 
 @dataclass(slots=True)

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
-from tesp_api.store.cursor import decode_page_token, page_from
+from tesp_api.store.cursor import PageBudget, decode_page_token, page_from, stored_bytes
 from tesp_api.store.port import (
     DuplicateTask,
     ListQuery,
@@ -455,12 +455,19 @@ class SqliteTaskStore:
         below = decode_page_token(key, query.page_token, query) if query.page_token else None
         page_size = max(1, query.page_size)
 
+        budget = PageBudget(query.max_bytes)
+
         def read(conn: sqlite3.Connection) -> list[TaskRecord]:
             sql, params = _list_sql(conn, query, below, page_size + 1)
-            return [_record(row) for row in conn.execute(sql, params).fetchall()]
+            records: list[TaskRecord] = []
+            for row in conn.execute(sql, params):  # row by row: max_bytes bounds what is held
+                if not budget.admits(stored_bytes(row[6], row[7])):
+                    break
+                records.append(_record(row))
+            return records
 
         records = await self._call(read, write=False)
-        return page_from(records, page_size, key, query)
+        return page_from(records, page_size, key, query, cut=budget.cut)
 
     async def update(
         self,

@@ -193,6 +193,20 @@ async def test_pages_stay_disjoint_while_tasks_are_created(store: TaskStore) -> 
     assert seen == [r.id for r in reversed(before)]
 
 
+async def test_max_bytes_ends_a_page_early_with_a_token_and_loses_no_task(store: TaskStore) -> None:
+    """Each task's stored JSON is ~2 kB: a 5 kB budget takes two per page, and every task comes once."""
+    records = [await create(store, "x" * 2000) for _ in range(5)]
+    pages = await collect_pages(store, page_size=100, max_bytes=5000)
+    assert [len(p) for p in pages] == [2, 2, 1]
+    assert [i for p in pages for i in p] == [r.id for r in reversed(records)]
+
+
+async def test_max_bytes_still_gives_one_task_bigger_than_the_budget(store: TaskStore) -> None:
+    records = [await create(store, "y" * 5000) for _ in range(2)]
+    pages = await collect_pages(store, page_size=100, max_bytes=1000)
+    assert pages == [[records[1].id], [records[0].id]]
+
+
 async def test_paging_applies_the_filters_on_every_page(store: TaskStore) -> None:
     wanted = []
     for i in range(5):

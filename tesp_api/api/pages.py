@@ -1,0 +1,59 @@
+"""A ListTasks answer of bounded size (``api.max_page_bytes``).
+
+Why: a FULL page of big tasks (10 MB of input content each) was built whole in memory several times
+over (records, dicts, JSON) and sent as one 150 MB answer; any user could make the server allocate
+a gigabyte. Now the store stops reading once the tasks' stored JSON reaches a byte budget
+(``ListQuery.max_bytes``) and gives a next_page_token there, so a page simply has fewer tasks than
+``page_size``. Every TES client follows next_page_token, so none breaks; a task bigger than the
+budget still comes alone on its page (each task is bounded by the per-task limits, tes/limits.py).
+
+The budget is the cap minus a margin per task: a rendered task is never bigger than its stored JSON
+(task and log) plus its id, state, creation_time and the list punctuation, which the margin covers.
+Each task is serialized as soon as it is rendered and its record dropped, so the answer's bytes are
+held about once.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.responses import Response
+
+from tesp_api.store.port import Page
+from tesp_api.tes.models import TesView
+from tesp_api.tes.views import render_task
+
+# Bytes a rendered task may have beyond its stored JSON: "id", "state", "creation_time", list commas.
+PER_TASK_MARGIN = 1024
+_ENVELOPE = 256  # {"tasks":[...],"next_page_token":"..."}
+
+
+class PageResponse(Response):
+    media_type = "application/json"
+
+
+def page_read_budget(max_page_bytes: int, page_size: int) -> int:
+    """The stored-bytes budget for the store, so that the rendered page stays under ``max_page_bytes``."""
+    return max(max_page_bytes - _ENVELOPE - PER_TASK_MARGIN * page_size, max_page_bytes // 2)
+
+
+def _dumps(value: Any) -> bytes:
+    # As Starlette's JSONResponse (compact, UTF-8); a lone surrogate (never accepted, see tes/limits.py)
+    # would come out as its JSON escape rather than fail the answer.
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return text.encode("utf-8", "backslashreplace")
+
+
+def page_response(page: Page, view: TesView) -> PageResponse:
+    """``{"tasks": [...], "next_page_token": ...}``; empties ``page.records`` as it goes."""
+    records = page.records
+    records.reverse()
+    parts: list[bytes] = []
+    while records:
+        parts.append(_dumps(render_task(records.pop(), view)))
+    body = b'{"tasks":[' + b",".join(parts) + b"]"
+    parts.clear()
+    if page.next_page_token:
+        body += b',"next_page_token":' + _dumps(page.next_page_token)
+    return PageResponse(body + b"}")

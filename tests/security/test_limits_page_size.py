@@ -1,0 +1,136 @@
+"""The issue's scenario against a real ``tesp-api serve``: 15 tasks with 10 MB of input content
+each, then ``GET /tasks?view=FULL&page_size=20``. It used to answer 151 MB in one page while the
+server grew by 700 MiB; now every page stays under ``api.max_page_bytes`` (it ends early with a
+next_page_token), the pages together still give every task once, and the server's peak memory while
+listing grows by a bounded amount. Sizes are asserted, never times.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tesp_api.local import free_port
+
+BASE = "/ga4gh/tes/v1"
+MIB = 1024 * 1024
+CONTENT_BYTES = 10_000_000
+TASKS = 15
+PAGE_CAP = 16 * MIB
+
+
+def _status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def _reset_peak(pid: int) -> bool:
+    """Linux resets VmHWM to the current RSS on "5" > clear_refs (our own child may be reset)."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, int]]:
+    """``tesp-api serve`` (engine off: only the API is under test) on 127.0.0.1; yields (url, pid)."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TESP_API")}
+    env.update(
+        {
+            "TESP_API_DB__SQLITE_PATH": str(tmp_path / "tasks.sqlite3"),
+            "TESP_API_DB__SQLITE_SYNCHRONOUS": "NORMAL",
+            "TESP_API_ENGINE__ENABLED": "false",
+            "TESP_API_API__MAX_BODY_BYTES": str(16 * MIB),
+            "TESP_API_API__MAX_CONTENT_BYTES": str(CONTENT_BYTES),
+            "TESP_API_API__MAX_TASK_CONTENT_BYTES": str(CONTENT_BYTES),
+            "TESP_API_API__MAX_PAGE_BYTES": str(PAGE_CAP),
+            "TESP_API_SETTINGS": str(tmp_path / "absent.toml"),
+        }
+    )
+    log = (tmp_path / "serve.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tesp_api", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            if process.poll() is not None:
+                raise RuntimeError((tmp_path / "serve.log").read_text())
+            try:
+                if httpx.get(f"{url}{BASE}/service-info", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError("tesp-api serve did not start: " + (tmp_path / "serve.log").read_text())
+        yield url, process.pid
+    finally:
+        os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+def test_a_full_list_of_big_tasks_is_paged_under_the_cap_and_bounds_the_servers_memory(
+    server: tuple[str, int],
+) -> None:
+    url, pid = server
+    with httpx.Client(base_url=url, timeout=120) as client:
+        created = []
+        for i in range(TASKS):
+            body = {
+                "name": f"big-{i}",
+                "inputs": [{"path": "/in/big.txt", "content": chr(ord("a") + i) * CONTENT_BYTES}],
+                "executors": [{"image": "alpine", "command": ["wc", "-c", "/in/big.txt"]}],
+            }
+            answer = client.post(f"{BASE}/tasks", json=body)
+            assert answer.status_code == 200, answer.text
+            created.append(answer.json()["id"])
+
+        rss_before = _status_kib(pid, "VmRSS")
+        peak_measured = _reset_peak(pid)
+        seen: list[str] = []
+        sizes: list[int] = []
+        token = None
+        while True:
+            params = {"view": "FULL", "page_size": "20", **({"page_token": token} if token else {})}
+            answer = client.get(f"{BASE}/tasks", params=params)
+            assert answer.status_code == 200, answer.text
+            sizes.append(len(answer.content))
+            page = answer.json()
+            assert page["tasks"], "every page has at least one task"
+            for task in page["tasks"]:
+                assert len(task["inputs"][0]["content"]) == CONTENT_BYTES
+            seen += [t["id"] for t in page["tasks"]]
+            token = page.get("next_page_token")
+            if not token:
+                break
+        peak_growth_mib = (_status_kib(pid, "VmHWM") - rss_before) / 1024
+
+    assert max(sizes) <= PAGE_CAP, sizes
+    assert sorted(seen) == sorted(created) and len(seen) == TASKS  # each task once, none lost
+    assert len(sizes) > 1  # the 150 MB answer was split
+    if peak_measured:
+        # The old code grew by ~700 MiB here. A page now holds about one cap's worth of tasks, each in
+        # a few copies (row, model, dict, JSON): well under 200 MiB.
+        assert peak_growth_mib < 200, f"peak memory grew by {peak_growth_mib:.0f} MiB while listing"
