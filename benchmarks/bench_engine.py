@@ -10,8 +10,10 @@
 
 What is compared (the same on both sides, so the ratio is tesp-api's own overhead):
 
-* the same command: the executor's `true` under the same bubblewrap sandbox (the argv the bwrap
-  runtime builds), sent to Pulsar as a one-line job script (setup, upload, submit);
+* the same command: the executor's `true` under the same runtime (`--runtime bwrap`: the same
+  bubblewrap sandbox; `--runtime docker|podman`: the same `docker run`/`podman run` of
+  local/busybox:1, on a private dockerd or podman store as the test suite starts them), the argv
+  tesp-api's runtime builder makes, sent to Pulsar as a one-line job script (setup, upload, submit);
 * the same polling of Pulsar: the direct client polls each job on the engine's own schedule (first
   after 50 ms, then 1.5x longer each time up to pulsar.status.poll_interval = 0.5 s), restarting
   the fast polls when Pulsar reports the job running, as the engine does;
@@ -25,21 +27,27 @@ bookkeeping (start/end times, exit code, log tails, output manifest, read back a
 the DELETE of the Pulsar job directory (the direct client deletes its jobs after the clock stops).
 Prints a Markdown block for docs/benchmarks.md.
 
-    .venv/bin/python benchmarks/bench_engine.py [--tasks 200] [--latency-runs 10]
+    .venv/bin/python benchmarks/bench_engine.py [--tasks 200] [--latency-runs 10] [--runtime bwrap]
+    .venv/bin/python benchmarks/bench_engine.py --runtime docker --cpu-sizes ''   # docker row (podman alike)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import statistics
 import subprocess
 import sys
+import shlex
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -72,18 +80,54 @@ def group_cpu(pgid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def bwrap_true() -> str:
-    """The command line tesp-api's bwrap runtime runs for the executor ``true``."""
+@contextmanager
+def real_runtime(kind: str, tmp: Path) -> Iterator[dict[str, Any]]:
+    """The ``runtime`` settings section for ``kind``; docker and podman on a private daemon/store
+    with local/busybox:1 imported (tests/services), stopped at the end."""
+    if kind == "bwrap":
+        yield {"type": "bwrap"}
+        return
+    from tests.services.images import import_image
+
+    if kind == "docker":
+        from tests.services.docker_daemon import docker_daemon
+
+        with docker_daemon(tmp / "dockerd") as daemon:
+            import_image([daemon.client], daemon.env)
+            yield {"type": "docker", "docker_bin": daemon.client, "env": daemon.env}
+        return
+    from tests.services.podman import podman_store
+
+    with podman_store(tmp / "podman") as store:
+        import_image([store.binary], store.env)
+        yield {"type": "podman", "podman_bin": store.binary, "env": store.env}
+
+
+def image_for(kind: str) -> str:
+    return "alpine" if kind == "bwrap" else "local/busybox:1"  # bwrap ignores the image
+
+
+NAME = "tes-benchjob-0"
+
+
+def direct_command(runtime: dict[str, Any]) -> str:
+    """The shell line tesp-api's runtime builder makes for the executor ``true`` (container name
+    ``NAME``, replaced per job), with the runtime CLI's environment (``runtime.env``) exported first."""
+    from tesp_api.config.settings import RuntimeSettings
+    from tesp_api.engine.runtimes import build_runtime
     from tesp_api.engine.runtimes.base import ExecutorRun
-    from tesp_api.engine.runtimes.bwrap import BwrapRuntime
     from tesp_api.engine.shell import render
 
-    return render(BwrapRuntime().command(ExecutorRun(name="bench", image="alpine", command=["true"])))
+    rt = build_runtime(RuntimeSettings.model_validate(runtime))
+    line = render(rt.command(ExecutorRun(name=NAME, image=image_for(runtime["type"]), command=["true"])))
+    exports = "".join(f"export {k}={shlex.quote(v)}; " for k, v in runtime.get("env", {}).items())
+    return exports + line
 
 
 # ---- straight to Pulsar ---------------------------------------------------------------------------
 async def pulsar_job(client: httpx.AsyncClient, job_id: str, command: str) -> None:
     await client.post("/jobs", params={"job_id": job_id})
+    command = command.replace(NAME, f"tes-{job_id}-0")  # a container name of its own per job
     path = (await client.post(f"/jobs/{job_id}/files", params={"name": "job.sh", "type": "tool"},
                               content=f"{command}\n".encode())).json()["path"]
     await client.post(f"/jobs/{job_id}/submit", params={"command_line": f"bash {path}"})
@@ -133,7 +177,7 @@ async def pulsar_burst(url: str, n: int, command: str) -> float:
 
 
 # ---- through tesp-api -------------------------------------------------------------------------------
-TRIVIAL = {"executors": [{"image": "alpine", "command": ["true"]}]}
+TRIVIAL: dict[str, Any] = {"executors": [{"image": "alpine", "command": ["true"]}]}  # image: see main()
 
 
 async def tes_wait(client: httpx.AsyncClient, task_id: str, poll: float = POLL) -> str:
@@ -151,8 +195,8 @@ async def tes_latency(api: str, runs: int) -> list[float]:
             started = time.time()
             task_id = (await client.post("/tasks", json=TRIVIAL)).json()["id"]
             state = await tes_wait(client, task_id)
-            assert state == "COMPLETE", state
             task = (await client.get(f"/tasks/{task_id}", params={"view": "FULL"})).json()
+            assert state == "COMPLETE", (state, task["logs"][-1].get("system_logs"))
             out.append(_ts(task["logs"][-1]["end_time"]) - started)
     return out
 
@@ -203,8 +247,12 @@ def print_breakdown(tasks: list[dict[str, object]]) -> None:
               f"max {max(values):.3f} s", file=sys.stderr)
 
 
-def start_serve(tmp: Path, pulsar_url: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_serve(tmp: Path, pulsar_url: str, runtime: dict[str, Any]) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
+    lines = ["[default.runtime]"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in runtime.items() if k != "env"]
+    lines += ["[default.runtime.env]"] + [f"{k} = {json.dumps(v)}" for k, v in runtime.get("env", {}).items()]
+    (tmp / "settings.toml").write_text("\n".join(lines) + "\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TESP_API_")}
     env.update({
         "TESP_API_SETTINGS": str(tmp / "settings.toml"),
@@ -213,7 +261,6 @@ def start_serve(tmp: Path, pulsar_url: str) -> tuple[subprocess.Popen[bytes], st
         "TESP_API_PULSAR__STATUS__POLL_INTERVAL": str(POLL_INTERVAL),
         "TESP_API_ENGINE__WORK_DIR": str(tmp / "work"),
         "TESP_API_ENGINE__CLAIM_INTERVAL": "0.05",
-        "TESP_API_RUNTIME__TYPE": "bwrap",
         "TESP_API_LOGGING__LEVEL": "WARNING",
     })
     log = (tmp / "serve.log").open("wb")
@@ -285,13 +332,17 @@ def main() -> None:
     ap.add_argument("--burst-runs", type=int, default=2, help="bursts per side, alternating; the median counts")
     ap.add_argument("--cpu-sizes", default="25,50,100,200")
     ap.add_argument("--cpu-window", type=float, default=8.0)
+    ap.add_argument("--runtime", choices=["bwrap", "docker", "podman"], default="bwrap",
+                    help="docker/podman: a private daemon/store as the test suite starts them")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmpdir:
+    TRIVIAL["executors"][0]["image"] = image_for(args.runtime)
+    with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmpdir, \
+            real_runtime(args.runtime, Path(tmpdir)) as runtime:
         tmp = Path(tmpdir)
         with LocalPulsar(tmp / "pulsar", num_concurrent_jobs=CONCURRENT_JOBS) as pulsar:
-            serve, api = start_serve(tmp, pulsar.url)
+            serve, api = start_serve(tmp, pulsar.url, runtime)
             try:
-                command = bwrap_true()
+                command = direct_command(runtime)
                 direct_lat = asyncio.run(pulsar_latency(pulsar.url, args.latency_runs, command))
                 tes_lat = asyncio.run(tes_latency(api, args.latency_runs))
                 direct_runs, tes_runs, direct_cpu, tes_cpu, direct_pulsar, tes_pulsar = [], [], [], [], [], []
@@ -320,7 +371,7 @@ def main() -> None:
                 cpu_rows = asyncio.run(engine_cpu(pulsar, tmp, sizes, args.cpu_window))
     tl, dl = statistics.median(tes_lat), statistics.median(direct_lat)
     print(f"## Engine (measured {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, Pulsar {CONCURRENT_JOBS} "
-          "concurrent jobs, bwrap)\n")
+          f"concurrent jobs, {args.runtime})\n")
     print("| measure | tesp-api | Pulsar REST directly | ratio |")
     print("|---|---|---|---|")
     print(f"| POST -> COMPLETE, trivial task (median of {args.latency_runs}) | {tl:.3f} s | {dl:.3f} s | {tl / dl:.2f} |")
