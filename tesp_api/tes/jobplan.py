@@ -38,7 +38,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 from tesp_api.tes.models import TesExecutor, TesFileType, TesOutput, TesTask
@@ -145,7 +145,7 @@ class JobPlan:
     outputs: tuple[OutputPlan, ...]
     volumes: tuple[str, ...]  # normalised
     # mount_roots with the workdirs folded in (outermost roots only)
-    mount_roots_with_workdirs: tuple[MountRoot, ...] = field(default=())
+    mount_roots_with_workdirs: tuple[MountRoot, ...]
 
     def roots(self, *, with_workdirs: bool) -> tuple[MountRoot, ...]:
         return self.mount_roots_with_workdirs if with_workdirs else self.mount_roots
