@@ -45,7 +45,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tesp_api.config.settings import RuntimeSettings, TransferSettings
+from tesp_api.config.settings import RuntimeSettings
 from tests.services import rabbitmq
 from tests.services.job_files_server import job_files_server
 from tests.services.tesp_local import LocalServiceProcess
@@ -102,8 +102,6 @@ def _service_env() -> dict[str, str]:
     if extra:
         key = "bwrap_args" if "bwrap_args" in runtime_fields else "extra_args"
         env[f"TESP_API_RUNTIME__{key.upper()}"] = json.dumps(extra)
-    if "allowed_hosts" in TransferSettings.model_fields:
-        env["TESP_API_TRANSFER__ALLOWED_HOSTS"] = json.dumps(["127.0.0.1"])
     return env
 
 
