@@ -7,6 +7,10 @@ fields, py-tes 0.4 on some nulls).
 ``logs`` holds the one attempt's TesTaskLog once there is something to say: the task has started,
 ended, or the log has any content (a system_logs warning written at creation counts). A QUEUED task
 that nothing has happened to yet has no ``logs``.
+
+Credentials in URLs never leave through a view: inputs[].url, outputs[].url, logs[].outputs[].url
+and every system_logs line are rendered through ``tes.masking`` (userinfo and signature/token
+parameters become ``***``). The stored record keeps the originals, which the engine needs.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from tesp_api.tes.masking import mask_text, mask_url
 from tesp_api.tes.models import TesTaskLog, TesView
 
 if TYPE_CHECKING:
@@ -42,6 +47,20 @@ def _full(record: TaskRecord) -> dict[str, Any]:
     return body
 
 
+def _mask_secrets(body: dict[str, Any]) -> dict[str, Any]:
+    """The JSON body with every URL credential masked (see the module doc)."""
+    for item in [*body.get("inputs", []), *body.get("outputs", [])]:
+        if isinstance(item.get("url"), str):
+            item["url"] = mask_url(item["url"])
+    for task_log in body.get("logs", []):
+        for output in task_log.get("outputs", []):
+            if isinstance(output.get("url"), str):
+                output["url"] = mask_url(output["url"])
+        if task_log.get("system_logs"):
+            task_log["system_logs"] = [mask_text(line) for line in task_log["system_logs"]]
+    return body
+
+
 def _strip_for_basic(body: dict[str, Any]) -> dict[str, Any]:
     for inp in body.get("inputs", []):
         inp.pop("content", None)
@@ -57,7 +76,7 @@ def render_task(record: TaskRecord, view: TesView = TesView.MINIMAL) -> dict[str
     """The JSON object of ``record`` in ``view``."""
     if view == TesView.MINIMAL:
         return {"id": record.id, "state": record.state.value}
-    body = _full(record)
+    body = _mask_secrets(_full(record))
     if view == TesView.BASIC:
         return _strip_for_basic(body)
     return body

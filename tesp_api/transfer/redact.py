@@ -5,10 +5,8 @@ A URL may carry secrets in three places: userinfo (``ftp://user:pass@host``), th
 
 - ``redact_url`` (log lines, system logs, error messages) drops all three instead of trying to
   recognise which parameters are secret: a log line does not need them.
-- ``mask_url`` (task views: the submitter's own URLs shown back) keeps the URL recognisable:
-  userinfo becomes ``***@`` and the value of every credential parameter (SECRET_PARAMETERS, or a
-  name containing one of SECRET_NAME_PARTS) becomes ``***``; other parameters stay as sent.
-  The stored task keeps the original: the engine needs it for the transfer.
+- ``mask_url`` (task views; it lives in tesp_api/tes/masking.py because the views are domain code)
+  keeps the URL recognisable: userinfo becomes ``***@`` and credential parameter values ``***``.
 """
 
 from __future__ import annotations
@@ -16,44 +14,23 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
-from urllib.parse import unquote_plus, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
-REDACTED = "***"
+from tesp_api.tes.masking import REDACTED, SECRET_NAME_PARTS, SECRET_PARAMETERS, is_secret_parameter, mask_url
 
-# Query/fragment parameters whose value is a credential (compared case-insensitively, after
-# percent-decoding the name). AWS SigV4/SigV2, GCS, Azure SAS (sig; se/sp/sv are not secret),
-# OAuth-style tokens, GitLab/Pulsar private tokens, API keys.
-SECRET_PARAMETERS = frozenset(
-    {
-        "x-amz-signature",
-        "x-amz-credential",
-        "x-amz-security-token",
-        "awsaccesskeyid",
-        "signature",
-        "x-goog-signature",
-        "x-goog-credential",
-        "googleaccessid",
-        "sig",
-        "token",
-        "access_token",
-        "id_token",
-        "refresh_token",
-        "private_token",
-        "key",
-        "api_key",
-        "apikey",
-        "password",
-        "passwd",
-        "pwd",
-        "secret",
-        "client_secret",
-        "auth",
-        "authorization",
-        "code",
-    }
-)
-# A parameter whose name contains one of these is a credential too (x-ms-signature, upload_token...).
-SECRET_NAME_PARTS = ("token", "secret", "signature", "credential", "password", "apikey", "api_key")
+__all__ = [
+    "REDACTED",
+    "SECRET_NAME_PARTS",
+    "SECRET_PARAMETERS",
+    "UrlRedactingFilter",
+    "install_log_masking",
+    "is_secret_parameter",
+    "mask_url",
+    "redact_text",
+    "redact_url",
+    "scrub",
+]
+
 _URL_IN_TEXT = re.compile(r"[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s'\"<>]+")
 
 
@@ -86,42 +63,6 @@ def scrub(text: str, secrets: Iterable[str | None]) -> str:
         if secret and len(secret) >= 3:
             text = text.replace(secret, REDACTED)
     return text
-
-
-def is_secret_parameter(name: str) -> bool:
-    lowered = unquote_plus(name).strip().lower()
-    return lowered in SECRET_PARAMETERS or any(part in lowered for part in SECRET_NAME_PARTS)
-
-
-def _mask_parameters(text: str) -> str:
-    """``a=1&sig=xyz`` -> ``a=1&sig=***``; the rest kept byte for byte (order, encoding, separators)."""
-    pieces = re.split(r"([&;])", text)
-    for i in range(0, len(pieces), 2):
-        name, eq, _value = pieces[i].partition("=")
-        if eq and is_secret_parameter(name):
-            pieces[i] = f"{name}={REDACTED}"
-        elif not eq and is_secret_parameter(name) and name:
-            pieces[i] = name  # a bare flag carries no value
-    return "".join(pieces)
-
-
-def mask_url(url: str) -> str:
-    """``url`` as a view shows it: userinfo and credential parameter values replaced by ``***``."""
-    if not isinstance(url, str) or url.startswith("/"):
-        return url
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return redact_url(url)
-    if not parts.scheme:
-        return url
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = f"{REDACTED}@" + netloc.rsplit("@", 1)[1]
-    query = _mask_parameters(parts.query)
-    fragment = _mask_parameters(parts.fragment) if "=" in parts.fragment else parts.fragment
-    head = f"{parts.scheme}://{netloc}" if url[len(parts.scheme) :].startswith("://") else f"{parts.scheme}:"
-    return head + parts.path + (f"?{query}" if "?" in url else "") + (f"#{fragment}" if "#" in url else "")
 
 
 def redact_text(text: str) -> str:
