@@ -37,11 +37,11 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import signal
 import statistics
 import subprocess
 import sys
-import shlex
 import tempfile
 import time
 from collections.abc import Iterator

@@ -43,7 +43,7 @@ class RealRuntime:
     kind: str
     settings: dict[str, Any]
     image: str = BUSYBOX_IMAGE
-    container_names: Callable[[], list[str]] = field(default=lambda: [])
+    container_names: Callable[[], list[str]] = field(default=list)
     has_images: bool = True  # bwrap ignores the image: the host userland runs
     has_cgroup_limits: bool = True  # bwrap has no cpu/memory limits
 

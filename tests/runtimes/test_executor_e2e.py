@@ -33,6 +33,10 @@ def one(runtime: RealRuntime, command: str, **executor: object) -> dict[str, obj
     return {"image": runtime.image, "command": ["sh", "-c", command], **executor}
 
 
+def stdout_of(rec: TaskRecord, index: int = 0) -> str:
+    return rec.log.logs[index].stdout or ""
+
+
 def logs_of(rec: TaskRecord) -> str:
     """The system logs and the executors' stderr: what explains a failure in the assertion message."""
     lines = list(rec.log.system_logs or [])
@@ -210,7 +214,7 @@ async def test_cpu_cores_and_ram_gb_are_cgroup_limits_of_the_container(
                                         " /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_period_us")]})
     rec = await wait_for(store, tid)
     assert rec.state == TesState.COMPLETE, logs_of(rec)
-    memory, quota, period = (int(v) for v in rec.log.logs[0].stdout.split())
+    memory, quota, period = (int(v) for v in stdout_of(rec).split())
     assert memory == ram_bytes(0.25)
     assert quota / period == 1.0
 
@@ -221,7 +225,7 @@ async def test_the_executor_has_no_effective_capabilities(
     tid = await submit(store, {"executors": [one(real_runtime, "grep CapEff /proc/self/status")]})
     rec = await wait_for(store, tid)
     assert rec.state == TesState.COMPLETE, logs_of(rec)
-    assert rec.log.logs[0].stdout.split() == ["CapEff:", "0000000000000000"]
+    assert stdout_of(rec).split() == ["CapEff:", "0000000000000000"]
 
 
 async def test_the_executor_has_no_network_but_loopback(
@@ -230,5 +234,5 @@ async def test_the_executor_has_no_network_but_loopback(
     tid = await submit(store, {"executors": [one(real_runtime, "tail -n +3 /proc/net/dev")]})
     rec = await wait_for(store, tid)
     assert rec.state == TesState.COMPLETE, logs_of(rec)
-    interfaces = sorted(line.split(":")[0].strip() for line in rec.log.logs[0].stdout.splitlines() if ":" in line)
+    interfaces = sorted(line.split(":")[0].strip() for line in stdout_of(rec).splitlines() if ":" in line)
     assert interfaces == ["lo"]

@@ -21,6 +21,7 @@ import tarfile
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 __all__ = ["BUSYBOX_IMAGE", "ImageUnavailable", "busybox_rootfs_tar", "import_image"]
 
@@ -45,8 +46,7 @@ def _is_static_elf(path: Path) -> bool:
         return False
     if data[:4] != b"\x7fELF" or data[4] != 2:  # 64-bit only (the build machines are x86-64/arm64)
         return False
-    little = data[5] == 1
-    order = "little" if little else "big"
+    order: Literal["little", "big"] = "little" if data[5] == 1 else "big"
     phoff = int.from_bytes(data[0x20:0x28], order)
     phentsize = int.from_bytes(data[0x36:0x38], order)
     phnum = int.from_bytes(data[0x38:0x3A], order)
