@@ -79,8 +79,14 @@ async def test_option_like_separator_or_system_volumes_are_400(
     await refused(client, store, {**with_executor(), "volumes": [volume]}, "volumes[0]")
 
 
-@pytest.mark.parametrize("path", ["/a/../b", "/a/..", "/..", "/../etc/passwd", "/a/b/../../../etc", "/data/x/.."])
-@pytest.mark.parametrize("where", ["inputs", "outputs", "volumes", "workdir", "stdout", "stdin"])
+DOTDOT_FORMS = ["/a/../b", "/a/..", "/..", "/../etc/passwd", "/a/b/../../../etc", "/data/x/../"]
+
+
+@pytest.mark.parametrize(
+    ("where", "path"),
+    [("volumes", p) for p in DOTDOT_FORMS] + [(w, DOTDOT_FORMS[1]) for w in ("inputs", "outputs", "workdir", "stdout",
+                                                                              "stdin")],
+)
 async def test_dotdot_in_every_form_is_400(
     client: httpx.AsyncClient, store: SqliteTaskStore, path: str, where: str
 ) -> None:
@@ -94,6 +100,15 @@ async def test_dotdot_in_every_form_is_400(
     else:
         body, field = with_executor(**{where: path}), f"executors[0].{where}"
     await refused(client, store, body, field, "..")
+
+
+@pytest.mark.parametrize("escaped", [r"/a/\u002e\u002e/b", r"/a/.\u002e", r"/\u002E\u002E/etc", r"/a\u002f..\u002fb"])
+async def test_json_escaped_dotdot_is_400(client: httpx.AsyncClient, store: SqliteTaskStore, escaped: str) -> None:
+    """JSON escapes are decoded before any check: ``\\u002e\\u002e`` is ``..``."""
+    text = '{"executors": [{"image": "alpine", "command": ["true"]}], "volumes": ["' + escaped + '"]}'
+    response = await client.post(f"{BASE}/tasks", content=text.encode(), headers={"content-type": "application/json"})
+    assert_tes_error(response, 400, "volumes[0]", "..")
+    assert await store.count() == 0
 
 
 async def test_percent_encoded_dotdot_is_a_plain_name_that_stays_in_place(client: httpx.AsyncClient) -> None:
