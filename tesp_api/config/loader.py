@@ -5,7 +5,9 @@
 * ``.secrets.toml`` beside it, same layout, for what must not be committed.
 * ``TESP_API_<SECTION>__<KEY>`` environment variables override anything (values parsed as TOML,
   so ``TESP_API_ENGINE__ENABLED=false`` is a bool).
-* ``TESP_API_SETTINGS`` names another settings file; ``CONTAINER_TYPE`` picks the runtime as it did.
+* ``TESP_API_SETTINGS`` names another settings file; ``CONTAINER_TYPE`` picks the runtime as it did
+  (over the files; ``TESP_API_RUNTIME__TYPE`` wins over it).
+* An unknown profile (``FASTAPI_PROFILE`` or ``--profile``) stops the start, naming those that exist.
 """
 
 from __future__ import annotations
@@ -120,9 +122,10 @@ def load_raw(settings_file: str | os.PathLike[str] | None = None, profile: str |
         raw.pop(key, None)
     raw = {k: v for k, v in raw.items() if not k.endswith("_for_dynaconf")}
     container_type = os.environ.get("CONTAINER_TYPE")
-    if container_type:
-        raw.setdefault("runtime", {})
-        raw["runtime"].setdefault("type", container_type.lower())
+    if container_type and not os.environ.get(f"{ENV_PREFIX}_RUNTIME__TYPE"):
+        # An environment variable, so it wins over the files (the shipped settings.toml says "auto"), as
+        # in tesp-api 0.2; TESP_API_RUNTIME__TYPE, the newer name, wins over it.
+        raw.setdefault("runtime", {})["type"] = container_type.lower()
     return raw
 
 
