@@ -236,3 +236,34 @@ async def test_the_executor_has_no_network_but_loopback(
     assert rec.state == TesState.COMPLETE, logs_of(rec)
     interfaces = sorted(line.split(":")[0].strip() for line in stdout_of(rec).splitlines() if ":" in line)
     assert interfaces == ["lo"]
+
+
+def command_lines_with(needle: str) -> list[int]:
+    """PIDs of the processes (host-wide: containers' included) whose argv contains ``needle``."""
+    found = []
+    for stat in Path("/proc").iterdir():
+        if not stat.name.isdigit():
+            continue
+        try:
+            if needle.encode() in (stat / "cmdline").read_bytes():
+                found.append(int(stat.name))
+        except OSError:
+            continue
+    return found
+
+
+async def test_env_values_never_appear_on_a_command_line_while_the_executor_runs(
+    engine: Engine, store: SqliteTaskStore, real_runtime: RealRuntime
+) -> None:
+    secret = f"s3cret-{random.randint(10**8, 10**9)}"
+    marker = f"299.{random.randint(10**8, 10**9)}"
+    tid = await submit(store, {"executors": [one(real_runtime, f"sleep {marker}", env={"TOKEN": secret})]})
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while not command_lines_with(f"sleep {marker}"):  # the executor's own process, seen from the host
+        assert loop.time() < deadline, "the executor never started"
+        await asyncio.sleep(0.1)
+    assert command_lines_with(secret) == []
+    await store.update(tid, expected=CANCELABLE_STATES, state=TesState.CANCELED)
+    engine.notify_cancel(tid)
+    assert (await wait_for(store, tid)).state == TesState.CANCELED
