@@ -21,7 +21,9 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -58,9 +60,19 @@ def test_quick_start_and_use_it_are_one_shell_block_each() -> None:
     assert SHIPPED_PORT in shell_blocks("Use it")[0]  # what the port substitution below replaces
 
 
+@dataclass
+class QuickStart:
+    port: int
+    process: subprocess.Popen[bytes]
+    log_file: Path
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace")[-4000:]
+
+
 @pytest.fixture(scope="module")
-def quick_start() -> Iterator[int]:
-    """The Quick start block running in the background (the newcomer's first terminal); its API port."""
+def quick_start() -> Iterator[QuickStart]:
+    """The Quick start block running in the background (the newcomer's first terminal)."""
     port = free_port()
     log_file = REPO / ".tesp-api" / "readme-test.log"
     log_file.parent.mkdir(exist_ok=True)
@@ -69,7 +81,7 @@ def quick_start() -> Iterator[int]:
                                 env=clean_env(TESP_API_API__PORT=str(port), CONTAINER_TYPE="bwrap"),
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        yield port
+        yield QuickStart(port, proc, log_file)
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGTERM)
@@ -78,18 +90,29 @@ def quick_start() -> Iterator[int]:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
-        print(log_file.read_text(errors="replace")[-4000:])
 
 
 @pytest.mark.pulsar
 @pytest.mark.slow
-def test_use_it_runs_as_pasted_against_the_quick_start_server(quick_start: int) -> None:
-    script = shell_blocks("Use it")[0].replace(SHIPPED_PORT, f"127.0.0.1:{quick_start}")
-    # The block waits for the server itself (its own loop); the timeout only bounds a broken README.
-    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=REPO, env=clean_env(),
-                          capture_output=True, text=True, timeout=240, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
-    lines = done.stdout.splitlines()
+def test_use_it_runs_as_pasted_against_the_quick_start_server(quick_start: QuickStart) -> None:
+    script = shell_blocks("Use it")[0].replace(SHIPPED_PORT, f"127.0.0.1:{quick_start.port}")
+    # Started at once: the block's own loop waits for the server. Bounded, and stopped by PID if the
+    # server dies (the block would wait for ever) or the README is broken.
+    use_it = subprocess.Popen(["bash", "-euo", "pipefail", "-c", script], cwd=REPO, env=clean_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 240
+    try:
+        while use_it.poll() is None:
+            assert quick_start.process.poll() is None, "Quick start's server exited:\n" + quick_start.log()
+            assert time.monotonic() < deadline, "Use it did not finish:\n" + quick_start.log()
+            time.sleep(0.2)
+    finally:
+        if use_it.poll() is None:
+            os.killpg(use_it.pid, signal.SIGKILL)
+            use_it.wait(timeout=10)
+    output = use_it.stdout.read() if use_it.stdout else ""
+    assert use_it.returncode == 0, output + quick_start.log()
+    lines = output.splitlines()
     task_id = next(line.split()[1] for line in lines if line.startswith("task "))
     answers = [json.loads(line) for line in lines if line.startswith("{")]
     full = next(a for a in answers if a.get("id") == task_id and "logs" in a)
@@ -98,7 +121,7 @@ def test_use_it_runs_as_pasted_against_the_quick_start_server(quick_start: int) 
     assert any(task_id in {t["id"] for t in a.get("tasks", [])} for a in answers)  # the list call
     assert any(a.get("type", {}).get("artifact") == "tes" for a in answers)  # service-info
     assert answers[-1] == {}  # the cancel
-    api = f"http://127.0.0.1:{quick_start}/ga4gh/tes/v1"
+    api = f"http://127.0.0.1:{quick_start.port}/ga4gh/tes/v1"
     newest = httpx.get(f"{api}/tasks", params={"view": "FULL", "page_size": 1}, timeout=10).json()["tasks"][0]
     assert newest["executors"][0]["command"] == ["sleep", "600"]
     assert newest["state"] == "CANCELED"
