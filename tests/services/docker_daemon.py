@@ -108,7 +108,7 @@ class DockerDaemon:
                "https_proxy": CLOSED_PROXY, "http_proxy": CLOSED_PROXY, "NO_PROXY": "", "no_proxy": ""}
         argv = [dockerd, "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
                 "-H", self.host, "--pidfile", str(self.pidfile), "--iptables=false", "--ip-masq=false",
-                "--bridge=none", "--userland-proxy=false"]
+                "--ip-forward=false", "--bridge=none", "--userland-proxy=false"]
         with open(self.log_path, "ab") as logf:
             self.process = subprocess.Popen(argv, env=env, stdout=logf, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, start_new_session=True)
