@@ -4,11 +4,11 @@ Every step is safe to repeat, because a crashed worker's task is claimed again a
 whatever state the store says:
 
 * QUEUED: compare-and-set to INITIALIZING, choosing the Pulsar server (recorded in ``backend``).
-* INITIALIZING: build the job script, stage inputs, ``prepare`` (Pulsar setup + uploads: idempotent
+* INITIALIZING: build the job spec (the fixed runner runs it), stage inputs, ``prepare`` (Pulsar setup + uploads: idempotent
   by job id), then compare-and-set to RUNNING *before* submitting. A cancel that lands first makes
   the CAS fail, so a cancelled task never starts.
 * RUNNING: submit unless Pulsar already knows the job as started (``backend.submitted`` or a
-  Pulsar status past "preprocessing"); the job script itself refuses to run twice. Poll status
+  Pulsar status past "preprocessing"); the job runner itself refuses to run twice. Poll status
   every ``pulsar.status.poll_interval``; between polls re-read the store (a cancel by another
   process) or be woken by ``notify_cancel``.
 * Pulsar final: read the executor logs, upload outputs, compare-and-set to the final state.
@@ -38,11 +38,15 @@ from tesp_api.engine.job_script import (
     INLINE_META_END,
     META_TAR,
     SCRIPT_NAME,
+    SPEC_NAME,
     PlacedInput,
-    build_job_script,
+    build_job_spec,
     input_upload_name,
+    out_rel,
+    spec_bytes,
 )
 from tesp_api.engine.results import inline_meta, read_results
+from tesp_api.engine.runner import runner_source
 from tesp_api.engine.staging import StagingError
 from tesp_api.pulsar.port import BackendError, BackendUnavailable, JobFile, JobSpec, JobStatus, PulsarBackend
 from tesp_api.store.port import LogPatch, TaskRecord
@@ -195,8 +199,10 @@ class TaskDriver:
         self._fresh = self.record.state == TesState.INITIALIZING
 
     def _spec(self, files: list[JobFile]) -> JobSpec:
+        python = self.engine.settings.runtime.runner_python
         return JobSpec(job_id=self.task_id, script_name=SCRIPT_NAME, files=files,
-                       outputs_for_remote_staging=remote_staging_outputs(self.record.task))
+                       outputs_for_remote_staging=remote_staging_outputs(self.record.task),
+                       interpreter=(python, "-I", "-S"), script_args=(SPEC_NAME,))
 
     async def _initializing(self) -> None:
         task = self.record.task
@@ -214,9 +220,11 @@ class TaskDriver:
             await self._move(TesState.RUNNING, backend={"submitted": True})
             return
         files, placed = await self._stage_inputs()
-        script = build_job_script(task, self.task_id, runtime, mapper, placed,
-                                  tail_bytes=self.engine.settings.engine.log_tail_bytes)
-        files.insert(0, JobFile(name=SCRIPT_NAME, kind="tool", data=script.encode()))
+        job = build_job_spec(task, self.task_id, runtime, mapper, placed,
+                             tail_bytes=self.engine.settings.engine.log_tail_bytes,
+                             settings=self.engine.settings.runtime)
+        files[:0] = [JobFile(name=SCRIPT_NAME, kind="tool", data=runner_source()),
+                     JobFile(name=SPEC_NAME, kind="tool", data=spec_bytes(job))]
         spec = self._spec(files)
         try:
             await self._pulsar(lambda: self.backend.prepare(spec))
@@ -326,19 +334,27 @@ class TaskDriver:
             if not await self._pulsar(lambda: self.backend.fetch(self.task_id, META_TAR, packed)):
                 if status.returncode == ALREADY_RAN_EXIT:
                     raise GiveUp("the job was submitted twice; the second run refused to start")
-                raise GiveUp(f"the job script ended without its logs (returncode {status.returncode}): "
+                raise GiveUp(f"the job runner ended without its logs (returncode {status.returncode}): "
                              f"{_tail(status.stderr)}")
         results = await asyncio.to_thread(read_results, packed, n)
         patch.executor_logs = results.executor_logs
         state = TesState.COMPLETE
         failed = [i for i, lg in results.executor_logs.items()
                   if lg.exit_code != 0 and not self.record.task.executors[i].ignore_error]
-        if failed:
+        runtime_failed = [i for i, note in results.system.items() if note.kind == "runtime"]
+        for i, note in sorted(results.system.items()):
+            prefix = "SYSTEM_ERROR: " if note.kind == "runtime" else ""
+            stderr = results.executor_logs[i].stderr if i in results.executor_logs else None
+            patch.system_logs.append(prefix + note.message + (f"; stderr: {_tail(stderr, 500)}"
+                                                               if note.kind == "runtime" and stderr else ""))
+        if runtime_failed:
+            state = TesState.SYSTEM_ERROR  # the runtime could not run the executor (e.g. docker exit 125)
+        elif failed:
             state = TesState.EXECUTOR_ERROR
             patch.system_logs.append(f"executor {failed[0]} exited with code {results.executor_logs[failed[0]].exit_code}")
         elif status.returncode not in (0, None, ALREADY_RAN_EXIT):  # 75: a duplicate submit refused to run
             state = TesState.SYSTEM_ERROR
-            patch.system_logs.append(f"SYSTEM_ERROR: the job script exited {status.returncode}: {_tail(status.stderr)}")
+            patch.system_logs.append(f"SYSTEM_ERROR: the job runner exited {status.returncode}: {_tail(status.stderr)}")
         # Outputs are stored even after an executor failed (Nextflow reads its .exitcode output).
         if self.record.task.outputs:
             try:
@@ -354,7 +370,10 @@ class TaskDriver:
 
     def _fetcher(self) -> Callable[[str, Path], Awaitable[bool]]:
         async def fetch(name: str, dest: Path) -> bool:
-            return await self._pulsar(lambda: self.backend.fetch(self.task_id, name, dest))
+            # Outputs come from the runner's snapshot (tes-out/: regular files only, made without
+            # following links), never from fs/ where an executor may have left a link.
+            snapshot = out_rel(name)
+            return await self._pulsar(lambda: self.backend.fetch(self.task_id, snapshot, dest))
 
         return fetch
 
@@ -395,11 +414,12 @@ class TaskDriver:
 
 def remote_staging_outputs(task: TesTask) -> list[str]:
     """What a backend without file fetching (AMQP) must have Pulsar send back, relative to the job's
-    working directory: the job script's logs and manifest, and each output (a wildcard: its base)."""
+    working directory: the runner's logs and manifest, and each output (a wildcard: its base) from the
+    runner's snapshot in tes-out/ (regular files only: Pulsar follows whatever links it finds)."""
     names = [META_TAR]
     for out in task.outputs or []:
         path = posixpath.normpath(out.path)
-        names.append(host_rel(wildcard_base(path) if has_wildcard(path) else path))
+        names.append(out_rel(host_rel(wildcard_base(path) if has_wildcard(path) else path)))
     return list(dict.fromkeys(names))
 
 

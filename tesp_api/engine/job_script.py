@@ -1,42 +1,48 @@
-"""The ONE bash script a Pulsar job runs for a TES task (uploaded as a file, never in a URL).
+"""The job's spec: everything the fixed runner (engine/runner/tes_runner.py) does, decided here.
 
-Layout inside the Pulsar job directory (the script finds it from its own location)::
+A Pulsar job runs ``<python> -I -S tes_runner.py tes-job.json``; the runner is the same file for every
+task and this module writes the JSON it reads: the directories to create (mount roots, volumes), the
+inputs to place, per executor the runtime's argv (engine/runtimes; host paths as ``{"work": rel}``),
+its stdin/stdout/stderr (paths under the job's working directory, opened by the runner without ever
+following a link), the task's env (delivered by a 0600 file, an fd or prefixed variables, never argv),
+the container cleanup command, and the outputs to list. Nothing from the task is ever evaluated by a
+shell: there is none.
 
-    tool_files/tes-job.sh        this script
-    inputs/tes-in-<i>[.tar]      uploaded inputs (content, or fetched by this service)
-    working/fs/<container path>  every TES path (inputs, outputs, volumes, std streams)
-    working/tes-meta/            per executor: <i>.start, <i>.end, <i>.exit (RFC 3339 / int),
-                                 <i>.stdout.tail, <i>.stderr.tail; manifest (outputs found)
-    working/tes-meta.tar         the small files above, fetched in one request after the job
-                                 (or, when small, read from the script's stdout: see INLINE_META_*)
-    tes-started/                 made atomically at the start: a second run exits at once
-
-The script stops at the first executor that fails unless it has ignore_error, always writes the
-output manifest (NUL-separated ``index, size, path`` records: directories and wildcards are
-expanded here, on the Pulsar side) and exits with the failing executor's code (0 otherwise).
-Every argument is shell-quoted (engine/shell.py); nothing from the task is ever evaluated.
+Layout and contract (unchanged from the bash job script this replaces): see the runner's docstring and
+docs/engine.md.
 """
 
 from __future__ import annotations
 
-import shlex
+import json
 from dataclasses import dataclass
+from typing import Any
 
-from tesp_api.engine.file_mapper import FileMapper, has_wildcard, host_path, host_rel, wildcard_base
-from tesp_api.engine.runtimes.base import ExecutorRun, Runtime
-from tesp_api.engine.shell import Word, render, render_word
-from tesp_api.tes.models import TesExecutor, TesFileType, TesTask
+from tesp_api.config.settings import RuntimeSettings
+from tesp_api.engine.file_mapper import FileMapper, has_wildcard, host_rel, wildcard_base
+from tesp_api.engine.runner import RUNNER_NAME, SPEC_NAME
+from tesp_api.engine.runtimes.base import ExecutorRun, Network, Runtime
+from tesp_api.engine.shell import to_spec
+from tesp_api.tes.models import TesFileType, TesTask
 
-SCRIPT_NAME = "tes-job.sh"
+SCRIPT_NAME = RUNNER_NAME  # the tool file the command line runs
+SPEC_VERSION = 1
 META_DIR = "tes-meta"
 META_TAR = "tes-meta.tar"
+OUT_DIR = "tes-out"  # the runner's snapshot of the outputs (hard links of regular files): fetched from here
 ALREADY_RAN_EXIT = 75
-# The packed logs also ride on the script's stdout (which Pulsar's final status carries, up to
+SETUP_FAILED_EXIT = 70
+# The packed logs also ride on the runner's stdout (which Pulsar's final status carries, up to
 # 64 KiB) when small, between these lines, base64 (gzipped first when too big plain): the
 # engine then needs no download.
 INLINE_META_BEGIN = "TESP-META-BEGIN"
 INLINE_META_END = "TESP-META-END"
 INLINE_META_MAX = 48 * 1024  # base64 characters; well under Pulsar's 64 KiB status stream cut
+NETWORKS: tuple[Network, ...] = ("none", "host", "bridge")
+
+__all__ = ["ALREADY_RAN_EXIT", "INLINE_META_BEGIN", "INLINE_META_END", "META_TAR", "OUT_DIR", "SCRIPT_NAME",
+           "SPEC_NAME", "PlacedInput", "build_job_spec", "container_name", "executor_runs", "input_upload_name",
+           "out_rel", "task_network"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +60,23 @@ def container_name(task_id: str, index: int) -> str:
     return f"tes-{task_id}-{index}"
 
 
-def _q(value: str) -> str:
-    return shlex.quote(value)
+def out_rel(fs_rel: str) -> str:
+    """Where the runner's snapshot of ``fs/<path>`` is: ``tes-out/<path>``."""
+    return OUT_DIR + fs_rel.removeprefix("fs")
 
 
-def executor_runs(task: TesTask, task_id: str, mapper: FileMapper) -> list[ExecutorRun]:
+def task_network(task: TesTask, settings: RuntimeSettings) -> Network:
+    """``runtime.network``, or the task's backend_parameters ``network`` when the operator allows it."""
+    if settings.allow_task_network and task.resources and task.resources.backend_parameters:
+        wanted = next((str(v).lower() for k, v in task.resources.backend_parameters.items()
+                       if k.lower() == "network"), None)
+        for net in NETWORKS:
+            if wanted == net:
+                return net
+    return settings.network
+
+
+def executor_runs(task: TesTask, task_id: str, mapper: FileMapper, network: Network = "none") -> list[ExecutorRun]:
     res = task.resources
     return [
         ExecutorRun(
@@ -70,12 +88,18 @@ def executor_runs(task: TesTask, task_id: str, mapper: FileMapper) -> list[Execu
             mounts=mapper.mounts(),
             cpu_cores=res.cpu_cores if res else None,
             ram_gb=res.ram_gb if res else None,
+            network=network,
         )
         for i, ex in enumerate(task.executors)
     ]
 
 
-def build_job_script(
+def _under_a_root(path: str, mapper: FileMapper) -> bool:
+    return any(not r.is_file and (path == r.container or path.startswith(r.container.rstrip("/") + "/"))
+               for r in mapper.roots)
+
+
+def build_job_spec(
     task: TesTask,
     task_id: str,
     runtime: Runtime,
@@ -83,137 +107,51 @@ def build_job_script(
     inputs: list[PlacedInput],
     *,
     tail_bytes: int,
-) -> str:
-    w = render_word
-    lines: list[str] = [
-        "#!/bin/bash",
-        f"# tesp-api job script for TES task {task_id} (runtime {runtime.kind}); generated, do not edit.",
-        "set -u",
-        "umask 022",
-        "# Builtins where a command would do: every process started costs each job milliseconds.",
-        'tes_self="${BASH_SOURCE[0]}"',
-        '[[ "$tes_self" == */* ]] || tes_self="./$tes_self"',
-        'cd -P "${tes_self%/*}/.." || exit 70',
-        'TES_JOB="$PWD"',
-        'TES_WORK="$TES_JOB/working"',
-        'cd "$TES_WORK" || exit 70',
-        f'TES_META="$TES_WORK"/{META_DIR}',
-        "# Run at most once, even if Pulsar were asked twice (crash between submit and its record).",
-        'if ! mkdir "$TES_JOB/tes-started" 2>/dev/null; then',
-        '  echo "tesp-api: this job has already run; not running it again" >&2',
-        f"  exit {ALREADY_RAN_EXIT}",
-        "fi",
-        # bash >= 5 has the time as a variable; the decimal mark follows the locale.
-        "if [ -n \"${EPOCHREALTIME:-}\" ]; then",
-        "  tes_now() { local t=$EPOCHREALTIME; TZ=UTC0 printf '%(%Y-%m-%dT%H:%M:%S)T.%sZ\\n' \"${t%[.,]*}\" \"${t#*[.,]}\"; }",
-        "else",
-        "  tes_now() { date -u +%Y-%m-%dT%H:%M:%S.%6NZ; }",
-        "fi",
-        "tes_fail() { echo \"tesp-api: $1\" >&2; exit 70; }",
-        "# Mount roots: every TES path lives below one of these.",
-    ]
-    directories = ['"$TES_META"'] + [w(host_path(root.container)) for root in mapper.roots if not root.is_file]
-    lines.append(f"mkdir -p {' '.join(directories)} || tes_fail 'cannot create a mount point'")  # one process
-    for root in mapper.roots:
-        hp = w(host_path(root.container))
-        if root.is_file:
-            lines.append(f"mkdir -p \"$(dirname {hp})\" && touch {hp} || tes_fail 'cannot create a mount point'")
-    lines.append("# Inputs, at their container paths.")
-    for inp in inputs:
-        src = f'"$TES_JOB/inputs"/{_q(inp.upload_name)}'
-        dest = w(host_path(inp.container_path))
-        if inp.is_archive:
-            lines.append(f"mkdir -p {dest} && tar -xf {src} -C {dest} --no-same-owner "
-                         f"|| tes_fail {_q('cannot unpack input ' + inp.container_path)}")
-        else:
-            lines.append(f"mkdir -p \"$(dirname {dest})\" && mv -f {src} {dest} "
-                         f"|| tes_fail {_q('cannot place input ' + inp.container_path)}")
-    for vol in task.volumes or []:
-        lines.append(f"mkdir -p {w(host_path(vol))}")
-    lines.append("tes_rc=0")
-    runs = executor_runs(task, task_id, mapper)
-    for i, (ex, run) in enumerate(zip(task.executors, runs, strict=True)):
-        lines += _executor_function(i, ex, run, runtime, tail_bytes)
-    if runs:
-        lines += [
-            f"for tes_i in {' '.join(str(i) for i in range(len(runs)))}; do",
-            '  "tes_exec_$tes_i"',
-            '  [ "$tes_rc" -eq 0 ] || break',
-            "done",
-        ]
-    lines += _manifest(task)
-    lines += [
-        (
-            f'tar -b 1 -cf "$TES_WORK"/{META_TAR} -C "$TES_META" --exclude=\'*.stdout\' --exclude=\'*.stderr\' . '
-            "|| tes_fail 'cannot pack the executor logs'"
-        ),
-        f'tes_inline="$(base64 -w0 "$TES_WORK"/{META_TAR} 2>/dev/null)"',
-        f'if [ "${{#tes_inline}}" -gt {INLINE_META_MAX} ]; then',
-        f'  tes_inline="$(gzip -c "$TES_WORK"/{META_TAR} 2>/dev/null | base64 -w0 2>/dev/null)"',
-        "fi",
-        f'if [ -n "$tes_inline" ] && [ "${{#tes_inline}}" -le {INLINE_META_MAX} ]; then',
-        f"  printf '%s\\n%s\\n%s\\n' {INLINE_META_BEGIN} \"$tes_inline\" {INLINE_META_END}",
-        "fi",
-        'exit "$tes_rc"',
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def _executor_function(i: int, ex: TesExecutor, run: ExecutorRun, runtime: Runtime, tail_bytes: int) -> list[str]:
-    """One executor as a shell function: it records start/end/exit and the log tails, and sets
-    tes_rc when it fails without ignore_error (the loop then stops)."""
-    w = render_word
-    meta = f'"$TES_META"/{i}'
-    out = w(host_path(ex.stdout)) if ex.stdout else f"{meta}.stdout"
-    err = w(host_path(ex.stderr)) if ex.stderr else f"{meta}.stderr"
-    stdin = w(host_path(ex.stdin)) if ex.stdin else "/dev/null"
-    body = [f"tes_exec_{i}() {{", "  local rc"]
-    if ex.workdir and runtime.needs_workdir_mount:
-        body.append(f"  mkdir -p {w(host_path(ex.workdir))}")
-    for stream in (ex.stdout, ex.stderr):
-        if stream:
-            body.append(f'  mkdir -p "$(dirname {w(host_path(stream))})"')
-    body.append(f"  tes_now > {meta}.start")
-    cleanup: list[Word] | None = runtime.cleanup_command(run)
-    if cleanup:
-        # A detached watchdog (outside the job's process tree, so Pulsar's kill spares it)
-        # removes the container once this script is gone, whatever killed it.
-        body.append(
-            "  ( setsid bash -c 'while kill -0 \"$1\" 2>/dev/null; do sleep 2; done; \"${@:2}\" >/dev/null 2>&1' "
-            f"tes-watchdog $$ {render(cleanup)} </dev/null >/dev/null 2>&1 & )"
-        )
-    body += [
-        f"  {render(runtime.command(run))} <{stdin} >{out} 2>{err}",
-        "  rc=$?",
-        f"  tes_now > {meta}.end",
-        f'  echo "$rc" > {meta}.exit',
-    ]
-    for path, tail in ((out, f"{meta}.stdout.tail"), (err, f"{meta}.stderr.tail")):
-        # No `tail` process for an empty stream (the common case for trivial commands).
-        body.append(f"  if [ -s {path} ]; then tail -c {int(tail_bytes)} {path} > {tail} 2>/dev/null; else : > {tail}; fi")
-    if ex.ignore_error:
-        body.append("  return 0  # ignore_error: the next executor runs whatever this one returned")
-    else:
-        body.append('  if [ "$rc" -ne 0 ]; then tes_rc=$rc; fi')
-    body.append("}")
-    return body
-
-
-def _manifest(task: TesTask) -> list[str]:
-    lines = ["# Output manifest: index NUL size NUL path-under-working NUL; symlinks never listed.",
-             'tes_manifest="$TES_META/manifest"', ': > "$tes_manifest"', 'cd "$TES_WORK" || tes_fail "no working dir"']
+    settings: RuntimeSettings | None = None,
+) -> dict[str, Any]:
+    """The runner's spec (JSON-ready). ``settings`` gives the runtime CLI's environment and the network."""
+    settings = settings or RuntimeSettings.model_validate({})
+    roots = [host_rel(r.container) for r in mapper.roots]
+    executors = []
+    for i, (ex, run) in enumerate(zip(task.executors, executor_runs(task, task_id, mapper,
+                                                                       task_network(task, settings)), strict=True)):
+        cleanup = runtime.cleanup_command(run)
+        mkdirs = []
+        if ex.workdir and runtime.needs_workdir_mount and _under_a_root(ex.workdir, mapper):
+            mkdirs.append(host_rel(ex.workdir))
+        executors.append({
+            "argv": to_spec(runtime.command(run)),
+            "stdin": host_rel(ex.stdin) if ex.stdin else None,
+            "stdout": host_rel(ex.stdout) if ex.stdout else None,
+            "stderr": host_rel(ex.stderr) if ex.stderr else None,
+            "ignore_error": bool(ex.ignore_error),
+            "env": run.env,
+            "env_prefix": runtime.env_prefix,
+            "cleanup": to_spec(cleanup) if cleanup else None,
+            "system_exit": {str(code): why for code, why in runtime.system_exit_codes.items()},
+            "mkdirs": mkdirs,
+            "roots": roots,
+        })
+    outputs = []
     for i, out in enumerate(task.outputs or []):
-        fmt = _q(str(i) + "\\0%s\\0%p\\0")
         if has_wildcard(out.path):
-            base = host_rel(wildcard_base(out.path))
-            lines.append(f"[ -d {_q(base)} ] && [ ! -L {_q(base)} ] && "
-                         f"find {_q(base)} -type f -printf {fmt} >> \"$tes_manifest\"")
-        elif out.type == TesFileType.DIRECTORY:
-            rel = host_rel(out.path)
-            lines.append(f"[ -d {_q(rel)} ] && [ ! -L {_q(rel)} ] && "
-                         f"find {_q(rel)} -type f -printf {fmt} >> \"$tes_manifest\"")
+            outputs.append({"i": i, "rel": host_rel(wildcard_base(out.path)), "dir": True})
         else:
-            rel = host_rel(out.path)
-            lines.append(f"[ -f {_q(rel)} ] && [ ! -L {_q(rel)} ] && "
-                         f"printf '%s\\0%s\\0%s\\0' {i} \"$(stat -c %s {_q(rel)})\" {_q(rel)} >> \"$tes_manifest\"")
-    return lines
+            outputs.append({"i": i, "rel": host_rel(out.path), "dir": out.type == TesFileType.DIRECTORY})
+    return {
+        "v": SPEC_VERSION,
+        "task": task_id,
+        "runtime": runtime.kind,
+        "tail": int(tail_bytes),
+        "env": dict(settings.env),
+        "dirs": [host_rel(r.container) for r in mapper.roots if not r.is_file],
+        "files": [host_rel(r.container) for r in mapper.roots if r.is_file],
+        "inputs": [{"src": p.upload_name, "dest": host_rel(p.container_path), "tar": p.is_archive} for p in inputs],
+        "volumes": [host_rel(v) for v in mapper.plan.volumes],  # normalised: Galaxy sends "/pulsar_staging/"
+        "executors": executors,
+        "outputs": outputs,
+    }
+
+
+def spec_bytes(spec: dict[str, Any]) -> bytes:
+    return json.dumps(spec, separators=(",", ":"), ensure_ascii=True).encode()

@@ -1,4 +1,4 @@
-"""Read back what the job script left: executor logs and the output manifest (tes-meta.tar).
+"""Read back what the job runner left: executor logs, system messages and the output manifest (tes-meta.tar).
 
 The archive is read in memory, member by member (small files: timestamps, exit codes, log tails
 already cut to ``log_tail_bytes``), never extracted: no name in it can reach the filesystem.
@@ -10,9 +10,10 @@ import base64
 import binascii
 import gzip
 import io
+import json
 import tarfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tesp_api.tes.models import TesExecutorLog
@@ -31,10 +32,29 @@ class ManifestEntry:
         return self.rel_path[len("fs"):] if self.rel_path.startswith("fs/") else "/" + self.rel_path
 
 
+@dataclass(frozen=True, slots=True)
+class SystemNote:
+    """What the runner says about an executor beyond its exit code. ``kind``: "task" (the task's own
+    doing, e.g. a stream path through a link an executor planted: EXECUTOR_ERROR) or "runtime" (the
+    runtime could not run it, e.g. docker exit 125: SYSTEM_ERROR)."""
+
+    kind: str
+    message: str
+
+
 @dataclass(slots=True)
 class JobResults:
     executor_logs: dict[int, TesExecutorLog]
     manifest: list[ManifestEntry]
+    system: dict[int, SystemNote] = field(default_factory=dict)
+
+
+def _note(data: bytes) -> SystemNote:
+    try:
+        raw = json.loads(data)
+        return SystemNote(str(raw.get("kind", "runtime")), str(raw.get("msg", "")))
+    except (ValueError, AttributeError):
+        return SystemNote("runtime", _text(data))
 
 
 def _text(data: bytes) -> str:
@@ -100,4 +120,5 @@ def read_results(tar_path: Path | bytes, n_executors: int) -> JobResults:
             stdout=_text(files.get(f"{i}.stdout.tail", b"")),
             stderr=_text(files.get(f"{i}.stderr.tail", b"")),
         )
-    return JobResults(logs, parse_manifest(files.get("manifest", b"")))
+    system = {i: _note(files[f"{i}.system"]) for i in range(n_executors) if f"{i}.system" in files}
+    return JobResults(logs, parse_manifest(files.get("manifest", b"")), system)

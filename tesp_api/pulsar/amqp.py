@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import shlex
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -277,10 +276,9 @@ class AmqpBackend:
             files = [self._staged(spec.job_id, f) for f in prepared.files]
         except (ValueError, StagingPathError) as exc:
             raise BackendError(str(exc)) from None
-        script = f"{JOB_DIRECTORY_TOKEN}/{_KIND_TO_DIR['tool']}/{shlex.quote(spec.script_name)}"
         setup = SetupMessage(
             job_id=spec.job_id,
-            command_line=f"bash {script}",
+            command_line=spec.command_line(f"{JOB_DIRECTORY_TOKEN}/{_KIND_TO_DIR['tool']}"),
             remote_staging=RemoteStaging(
                 files=files,
                 outputs=outputs,

@@ -11,6 +11,7 @@ submitted again).
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -51,6 +52,14 @@ class JobSpec:
     # Files (relative to the job's working directory) to send back by remote staging, for
     # backends that cannot be asked for them afterwards (AMQP).
     outputs_for_remote_staging: list[str] = field(default_factory=list)
+    # The command line is ``<interpreter...> <tool dir>/<script_name> <tool dir>/<script_args...>``.
+    interpreter: tuple[str, ...] = ("bash",)
+    script_args: tuple[str, ...] = ()  # names of other tool files, passed as absolute paths
+
+    def command_line(self, tool_dir: str) -> str:
+        """The shell-quoted command line, given the job's tool_files directory as Pulsar knows it."""
+        words = [*self.interpreter, *(f"{tool_dir}/{name}" for name in (self.script_name, *self.script_args))]
+        return " ".join(shlex.quote(w) for w in words)
 
 
 @dataclass(frozen=True, slots=True)

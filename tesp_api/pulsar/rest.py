@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shlex
+import posixpath
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -181,7 +181,8 @@ class RestBackend:
         self._unfinished.add(spec.job_id)
         self._idle.clear()
         await self._request(
-            "POST", f"/jobs/{spec.job_id}/submit", params={"command_line": f"bash {shlex.quote(script)}"}
+            "POST", f"/jobs/{spec.job_id}/submit",
+            params={"command_line": spec.command_line(posixpath.dirname(script))},
         )
 
     async def status(self, job_id: str) -> JobStatus:

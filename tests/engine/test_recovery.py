@@ -11,7 +11,8 @@ import pytest
 from tesp_api.config.settings import Settings
 from tesp_api.engine import Engine
 from tesp_api.engine.file_mapper import FileMapper
-from tesp_api.engine.job_script import SCRIPT_NAME, build_job_script
+from tesp_api.engine.job_script import SCRIPT_NAME, SPEC_NAME, build_job_spec, spec_bytes
+from tesp_api.engine.runner import runner_source
 from tesp_api.engine.runtimes.bwrap import BwrapRuntime
 from tesp_api.pulsar.port import JobFile, JobSpec
 from tesp_api.pulsar.rest import RestBackend
@@ -31,9 +32,11 @@ async def left_by_a_dead_worker(store: SqliteTaskStore, pulsar: LocalPulsar, *, 
     task_id = await submit(store, TASK)
     rec = await store.get(task_id)
     assert rec is not None
-    script = build_job_script(rec.task, task_id, BwrapRuntime(), FileMapper(rec.task, map_workdirs=True), [],
-                              tail_bytes=1000)
-    spec = JobSpec(task_id, SCRIPT_NAME, [JobFile(SCRIPT_NAME, "tool", data=script.encode())])
+    job = build_job_spec(rec.task, task_id, BwrapRuntime(), FileMapper(rec.task, map_workdirs=True), [],
+                         tail_bytes=1000)
+    spec = JobSpec(task_id, SCRIPT_NAME, [JobFile(SCRIPT_NAME, "tool", data=runner_source()),
+                                          JobFile(SPEC_NAME, "tool", data=spec_bytes(job))],
+                   interpreter=("python3", "-I", "-S"), script_args=(SPEC_NAME,))
     client = RestBackend("default", pulsar.url)
     try:
         await client.prepare(spec)

@@ -8,9 +8,9 @@ from tesp_api.config.settings import RuntimeSettings
 from tesp_api.engine.runtimes import build_runtime, detect_runtime_type
 from tesp_api.engine.runtimes.apptainer import ApptainerRuntime, image_uri
 from tesp_api.engine.runtimes.base import ExecutorRun, Mount
-from tesp_api.engine.runtimes.bwrap import BwrapRuntime
+from tesp_api.engine.runtimes.bwrap import HOST_ETC, BwrapRuntime
 from tesp_api.engine.runtimes.docker import DockerRuntime
-from tesp_api.engine.shell import HostPath, render, resolve
+from tesp_api.engine.shell import ARGS_FD_PLACEHOLDER, ENV_FILE_PLACEHOLDER, HostPath, render, resolve
 
 WORK = "/pulsar/staging/j1/working"
 RUN = ExecutorRun(
@@ -29,15 +29,42 @@ def test_docker_run_line() -> None:
     argv = resolve(DockerRuntime().command(RUN), WORK)
     assert argv == [
         "docker", "run", "--rm", "-i", "--name", "tes-t1-0", "--pull=missing",
-        "--workdir", "/data", "--env", "A=x y", "--env", "B=1,2",
+        "--network", "none", "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--pids-limit", "4096",
+        "--workdir", "/data", "--env-file", ENV_FILE_PLACEHOLDER,
         "--volume", f"{WORK}/fs/data:/data", "--volume", f"{WORK}/fs/ref:/ref:ro",
         "--cpus", "2", "--memory", str(int(1.5 * 1024**3)),
-        "ubuntu:24.04", "sh", "-c", "echo $HOME; rm -rf /x'y",
+        "--", "ubuntu:24.04", "sh", "-c", "echo $HOME; rm -rf /x'y",
     ]
+
+
+def test_docker_hardening_settings() -> None:
+    rt = build_runtime(RuntimeSettings(type="docker", cap_add=["net_bind_service"], user="1000:1000", pids_limit=0,
+                                       docker_args=["--ulimit", "nofile=1:1"], bwrap_args=["--bwrap-only"]))
+    argv = resolve(rt.command(RUN), WORK)
+    assert argv[argv.index("--cap-drop"):argv.index("--security-opt")] == [
+        "--cap-drop", "ALL", "--cap-add", "NET_BIND_SERVICE"]
+    assert argv[argv.index("--user") + 1] == "1000:1000" and "--pids-limit" not in argv
+    assert argv[argv.index("--") - 2:argv.index("--")] == ["--ulimit", "nofile=1:1"] and "--bwrap-only" not in argv
+
+
+def test_docker_env_values_never_reach_argv() -> None:
+    argv = resolve(DockerRuntime().command(RUN), WORK)
+    assert not [a for a in argv if "x y" in a or "1,2" in a]
+
+
+def test_docker_network_follows_the_run() -> None:
+    run = ExecutorRun(name="n", image="i", command=["true"], network="bridge")
+    argv = resolve(DockerRuntime().command(run), WORK)
+    assert argv[argv.index("--network") + 1] == "bridge"
 
 
 def test_docker_cleanup_removes_the_named_container() -> None:
     assert DockerRuntime().cleanup_command(RUN) == ["docker", "rm", "-f", "tes-t1-0"]
+
+
+def test_podman_cleanup_does_not_wait_the_stop_timeout() -> None:
+    rt = build_runtime(RuntimeSettings(type="podman"))
+    assert rt.cleanup_command(RUN) == ["podman", "rm", "-f", "-t", "0", "tes-t1-0"]
 
 
 def test_podman_uses_the_same_line_with_its_binary() -> None:
@@ -48,26 +75,27 @@ def test_podman_uses_the_same_line_with_its_binary() -> None:
 
 
 def test_extra_args_go_before_the_image() -> None:
-    rt = DockerRuntime(extra_args=["--network", "none"])
+    rt = DockerRuntime(extra_args=["--ulimit", "nofile=1:1"])
     argv = resolve(rt.command(RUN), WORK)
-    assert argv[argv.index("ubuntu:24.04") - 2:argv.index("ubuntu:24.04")] == ["--network", "none"]
+    assert argv[argv.index("ubuntu:24.04") - 3:argv.index("ubuntu:24.04")] == ["--ulimit", "nofile=1:1", "--"]
 
 
 def test_apptainer_exec_line() -> None:
-    argv = resolve(ApptainerRuntime().command(RUN), WORK)
+    rt = ApptainerRuntime()
+    argv = resolve(rt.command(RUN), WORK)
     assert argv == [
-        "env", "APPTAINERENV_A=x y", "APPTAINERENV_B=1,2",
-        "apptainer", "exec", "--containall", "--cleanenv", "--no-home", "--pwd", "/data",
+        "apptainer", "exec", "--containall", "--cleanenv", "--no-home", "--no-privs", "--net", "--network", "none",
+        "--pwd", "/data",
         "--bind", f"{WORK}/fs/data:/data", "--bind", f"{WORK}/fs/ref:/ref:ro",
         "--cpus", "2", "--memory", str(int(1.5 * 1024**3)),
-        "docker://ubuntu:24.04", "sh", "-c", "echo $HOME; rm -rf /x'y",
+        "--", "docker://ubuntu:24.04", "sh", "-c", "echo $HOME; rm -rf /x'y",
     ]
+    assert rt.env_prefix == "APPTAINERENV_"  # the runner sets APPTAINERENV_A etc. in the runtime's environment
 
 
 def test_singularity_uses_its_own_env_prefix() -> None:
     rt = build_runtime(RuntimeSettings(type="singularity"))
-    argv = resolve(rt.command(RUN), WORK)
-    assert argv[1] == "SINGULARITYENV_A=x y" and argv[3] == "singularity"
+    assert rt.env_prefix == "SINGULARITYENV_" and resolve(rt.command(RUN), WORK)[0] == "singularity"
 
 
 @pytest.mark.parametrize(
@@ -81,19 +109,34 @@ def test_apptainer_image_references(image: str, uri: str) -> None:
 
 def test_bwrap_line() -> None:
     argv = resolve(BwrapRuntime().command(RUN), WORK)
+    etc = [w for path in HOST_ETC for w in ("--ro-bind-try", path, path)]
     assert argv == [
-        "bwrap", "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+        "bwrap", "--die-with-parent", "--new-session",
+        "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net", "--cap-drop", "ALL",
         "--ro-bind", "/usr", "/usr",
         "--ro-bind-try", "/bin", "/bin", "--ro-bind-try", "/sbin", "/sbin", "--ro-bind-try", "/lib", "/lib",
-        "--ro-bind-try", "/lib32", "/lib32", "--ro-bind-try", "/lib64", "/lib64",
-        "--ro-bind-try", "/etc", "/etc", "--ro-bind-try", "/opt", "/opt",
+        "--ro-bind-try", "/lib32", "/lib32", "--ro-bind-try", "/lib64", "/lib64", "--ro-bind-try", "/opt", "/opt",
+        *etc,
         "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
         "--bind", f"{WORK}/fs/data", "/data", "--ro-bind", f"{WORK}/fs/ref", "/ref",
         "--chdir", "/data",
         "--clearenv", "--setenv", "PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        "--setenv", "HOME", "/tmp", "--setenv", "A", "x y", "--setenv", "B", "1,2",
+        "--setenv", "HOME", "/tmp", "--args", ARGS_FD_PLACEHOLDER,
         "--", "sh", "-c", "echo $HOME; rm -rf /x'y",
     ]
+    assert "/etc/shadow" not in HOST_ETC and "/etc" not in argv
+
+
+def test_bwrap_network_and_extra_paths_from_settings() -> None:
+    rt = build_runtime(RuntimeSettings(type="bwrap", bind_host_paths=["/srv/venv"], cap_add=["CAP_NET_RAW"],
+                                       bwrap_args=["--unshare-cgroup"], podman_args=["--podman-only"]))
+    run = ExecutorRun(name="n", image="i", command=["true"], network="host")
+    argv = resolve(rt.command(run), WORK)
+    assert "--unshare-net" not in argv
+    assert argv[argv.index("--cap-drop"):argv.index("--cap-drop") + 4] == ["--cap-drop", "ALL", "--cap-add",
+                                                                          "CAP_NET_RAW"]
+    assert ["--ro-bind-try", "/srv/venv", "/srv/venv"] == argv[argv.index("/srv/venv") - 1:argv.index("/srv/venv") + 2]
+    assert argv[-3:] == ["--unshare-cgroup", "--", "true"] and "--podman-only" not in argv
 
 
 def test_bwrap_mounts_parents_before_children() -> None:
@@ -115,6 +158,7 @@ def test_auto_detection_falls_back_to_bwrap_when_no_runtime_works(caplog: pytest
                                apptainer_bin="no-such-apptainer", singularity_bin="no-such-singularity")
     assert detect_runtime_type(settings) == "bwrap"
     assert "IMAGES ARE IGNORED" in caplog.text
+    assert "no-such-podman not found" in caplog.text and "`docker info` exited" in caplog.text  # the reasons
 
 
 def test_unknown_runtime_type_is_refused() -> None:

@@ -1,15 +1,19 @@
 """apptainer and singularity: ``exec`` with a clean environment and only the TES paths bound.
 
-Environment values go in as ``APPTAINERENV_<NAME>`` (``SINGULARITYENV_``) variables through
-``env``: ``--env`` splits its argument on commas and would mangle values containing one.
-An image without a scheme is a Docker image reference, as in TES.
+Environment values go in as ``APPTAINERENV_<NAME>`` (``SINGULARITYENV_``) variables of the runtime
+process (set by the job runner, never argv): ``--env`` would show them in /proc/*/cmdline and splits
+its argument on commas. The prefixed names cannot change the host binary's behaviour (LD_PRELOAD and
+the like stay unprefixed only inside the container). ``--no-privs`` drops the capabilities a root user
+would keep; no network (``--net --network none``) unless allowed. An image without a scheme is a
+Docker image reference, as in TES. Not installable on the build machines: exact-argv tests only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from tesp_api.engine.runtimes.base import ExecutorRun, ram_bytes
+from tesp_api.engine.runtimes.base import ExecutorRun, Hardening, ram_bytes
 from tesp_api.engine.shell import Concat, Word
 
 
@@ -24,17 +28,21 @@ class ApptainerRuntime:
     binary: str = "apptainer"
     kind: str = "apptainer"
     extra_args: list[str] = field(default_factory=list)
+    hardening: Hardening = field(default_factory=Hardening)
     needs_workdir_mount: bool = True
 
     @property
-    def _env_prefix(self) -> str:
+    def env_prefix(self) -> str | None:
         return "SINGULARITYENV_" if self.kind == "singularity" else "APPTAINERENV_"
 
+    @property
+    def system_exit_codes(self) -> Mapping[int, str]:
+        return {}
+
     def command(self, run: ExecutorRun) -> list[Word]:
-        argv: list[Word] = []
-        if run.env:
-            argv += ["env", *(f"{self._env_prefix}{k}={v}" for k, v in run.env.items())]
-        argv += [self.binary, "exec", "--containall", "--cleanenv", "--no-home"]
+        argv: list[Word] = [self.binary, "exec", "--containall", "--cleanenv", "--no-home", "--no-privs"]
+        if run.network == "none":
+            argv += ["--net", "--network", "none"]
         if run.workdir:
             argv += ["--pwd", run.workdir]
         for m in run.mounts:
@@ -43,7 +51,7 @@ class ApptainerRuntime:
             argv += ["--cpus", str(run.cpu_cores)]
         if run.ram_gb:
             argv += ["--memory", str(ram_bytes(run.ram_gb))]
-        argv += [*self.extra_args, image_uri(run.image), *run.command]
+        argv += [*self.extra_args, "--", image_uri(run.image), *run.command]
         return argv
 
     def cleanup_command(self, run: ExecutorRun) -> list[Word] | None:

@@ -1,16 +1,27 @@
-"""docker and podman: the same ``run`` line (podman is CLI-compatible).
+"""docker and podman: the same ``run`` line (podman is CLI-compatible), least privilege by default.
 
-The container gets a fixed name so that a watchdog in the job script can ``rm -f`` it when Pulsar
-kills the job: killing the docker client does not stop the container (the engine does).
-The image's entrypoint is kept; TES's command replaces the image's CMD.
+``--network none`` (unless the operator or an allowed task asks otherwise), ``--cap-drop ALL`` (plus
+``runtime.cap_add``), ``--security-opt no-new-privileges``, ``--pids-limit``, ``--user`` when set,
+``--rm`` and a fixed name, so that the runner's watchdog can remove the container when Pulsar kills
+the job (killing the docker client does not stop the container). The task's env goes through
+``--env-file`` (a 0600 file the runner writes and removes), never argv. ``--`` ends the options
+before the image (accepted by docker 20.10+ and podman 4.3; the image grammar check at admission is
+the main guard). The image's entrypoint is kept; TES's command replaces the image's CMD.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from tesp_api.engine.runtimes.base import ExecutorRun, ram_bytes
-from tesp_api.engine.shell import Concat, Word
+from tesp_api.engine.runtimes.base import ExecutorRun, Hardening, cap_names, ram_bytes
+from tesp_api.engine.shell import Concat, EnvFile, Word
+
+SYSTEM_EXITS = {
+    125: "the container runtime could not run the container (image not found, pull failed or refused options; "
+         "see stderr)",
+    126: "the command in the container could not be invoked",
+}
 
 
 @dataclass(frozen=True)
@@ -19,25 +30,42 @@ class DockerRuntime:
     kind: str = "docker"
     pull_policy: str = "missing"
     extra_args: list[str] = field(default_factory=list)
+    hardening: Hardening = field(default_factory=Hardening)
     needs_workdir_mount: bool = False
+    env_prefix: str | None = None
+
+    @property
+    def system_exit_codes(self) -> Mapping[int, str]:
+        return SYSTEM_EXITS
 
     def command(self, run: ExecutorRun) -> list[Word]:
-        argv: list[Word] = [self.binary, "run", "--rm", "-i", "--name", run.name, f"--pull={self.pull_policy}"]
+        h = self.hardening
+        argv: list[Word] = [self.binary, "run", "--rm", "-i", "--name", run.name, f"--pull={self.pull_policy}",
+                            "--network", run.network, "--cap-drop", "ALL"]
+        for cap in cap_names(h.cap_add):
+            argv += ["--cap-add", cap]
+        argv += ["--security-opt", "no-new-privileges"]
+        if h.pids_limit:
+            argv += ["--pids-limit", str(h.pids_limit)]
+        if h.user:
+            argv += ["--user", h.user]
         if run.workdir:
             argv += ["--workdir", run.workdir]
-        for key, value in run.env.items():
-            argv += ["--env", f"{key}={value}"]
+        if run.env:
+            argv += ["--env-file", EnvFile()]
         for m in run.mounts:
             argv += ["--volume", Concat((m.host, f":{m.container}" + (":ro" if m.read_only else "")))]
         if run.cpu_cores:
             argv += ["--cpus", str(run.cpu_cores)]
         if run.ram_gb:
             argv += ["--memory", str(ram_bytes(run.ram_gb))]
-        argv += [*self.extra_args, run.image, *run.command]
+        argv += [*self.extra_args, "--", run.image, *run.command]
         return argv
 
     def cleanup_command(self, run: ExecutorRun) -> list[Word] | None:
-        return [self.binary, "rm", "-f", run.name]
+        if self.kind == "podman":
+            return [self.binary, "rm", "-f", "-t", "0", run.name]  # podman would wait its 10 s stop timeout
+        return [self.binary, "rm", "-f", run.name]  # docker rm -f kills at once
 
 
 def podman(binary: str = "podman", **kw: object) -> DockerRuntime:
