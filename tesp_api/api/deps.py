@@ -26,11 +26,12 @@ async def current_principal(request: Request) -> Principal:
     if authenticator is None:
         return ANONYMOUS_ADMIN
     try:
-        principal: Principal = await authenticator.authenticate(request.headers.get("authorization"))
+        client = request.client.host if request.client else None  # for failed-login throttling
+        principal: Principal = await authenticator.authenticate(request.headers.get("authorization"), client)
     except AuthError as exc:
         headers = {"WWW-Authenticate": exc.www_authenticate} if exc.www_authenticate else None
-        if exc.status_code == 503:
-            headers = {**(headers or {}), "Retry-After": "5"}
+        if exc.retry_after is not None:  # 503 (issuer unreachable, busy), 429 (throttled login)
+            headers = {**(headers or {}), "Retry-After": str(exc.retry_after)}
         raise TesHttpError(exc.status_code, exc.message, headers=headers) from None
     return principal
 

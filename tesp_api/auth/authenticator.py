@@ -13,7 +13,7 @@ from collections.abc import Callable
 import httpx
 
 from tesp_api.auth.admin import basic_user_is_admin, token_holder_is_admin
-from tesp_api.auth.basic import BasicAuthenticator
+from tesp_api.auth.basic import BasicAuthenticator, throttle_policy
 from tesp_api.auth.effective import effective_auth_settings
 from tesp_api.auth.errors import Unauthenticated
 from tesp_api.auth.oidc import OidcAuthenticator
@@ -35,7 +35,18 @@ class Authenticator:
         self._client = http_client
         if self._owns_client:
             self._client = httpx.AsyncClient(timeout=httpx.Timeout(auth.http_timeout), follow_redirects=False)
-        self.basic = BasicAuthenticator(auth.users, auth.realm, clock=clock) if "basic" in auth.mode else None
+        self.basic = (
+            BasicAuthenticator(
+                auth.users,
+                auth.realm,
+                clock=clock,
+                policy=throttle_policy(auth),
+                threads=auth.password_hash_threads,
+                queue=auth.password_hash_queue,
+            )
+            if "basic" in auth.mode
+            else None
+        )
         self.oidc = (
             OidcAuthenticator(auth, self._client, clock=clock)
             if "oidc" in auth.mode and self._client is not None
@@ -51,8 +62,9 @@ class Authenticator:
         """What to put in WWW-Authenticate when no (usable) credentials came."""
         return tuple(a.challenge for a in (self.basic, self.oidc) if a is not None)
 
-    async def authenticate(self, authorization: str | None) -> Principal:
-        """The caller, from the Authorization header value; Unauthenticated (401) or AuthUnavailable (503)."""
+    async def authenticate(self, authorization: str | None, client_address: str | None = None) -> Principal:
+        """The caller, from the Authorization header value; Unauthenticated (401), LoginThrottled (429)
+        or AuthUnavailable (503). ``client_address`` (the peer's IP) is used to throttle failed logins."""
         if not self.enabled:
             return ANONYMOUS_ADMIN
         if not authorization or not authorization.strip():
@@ -60,7 +72,7 @@ class Authenticator:
         scheme, _, credentials = authorization.strip().partition(" ")
         scheme = scheme.lower()
         if scheme == "basic" and self.basic is not None:
-            principal, username = await self.basic.authenticate(credentials)
+            principal, username = await self.basic.authenticate(credentials, client_address)
             return Principal(
                 principal.owner, basic_user_is_admin(self.settings, username, principal.is_admin)
             )
@@ -73,6 +85,8 @@ class Authenticator:
         raise Unauthenticated("unsupported authorization scheme", self.challenges)
 
     async def aclose(self) -> None:
+        if self.basic is not None:
+            self.basic.close()
         if self._owns_client and self._client is not None:
             await self._client.aclose()
 

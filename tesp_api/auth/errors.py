@@ -10,6 +10,7 @@ from __future__ import annotations
 
 class AuthError(Exception):
     status_code: int = 401
+    retry_after: int | None = None  # seconds, sent as Retry-After
 
     def __init__(self, message: str, challenges: tuple[str, ...] = ()) -> None:
         super().__init__(message)
@@ -32,3 +33,14 @@ class AuthUnavailable(AuthError):
     """The credentials could not be checked because an identity provider is unreachable: 503."""
 
     status_code = 503
+    retry_after = 5
+
+
+class LoginThrottled(AuthError):
+    """Too many failed logins for this user or from this address: 429 with Retry-After, no check run."""
+
+    status_code = 429
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many failed logins: try again in {retry_after} s")
+        self.retry_after = retry_after

@@ -90,7 +90,8 @@ def check_text(raw: Any) -> None:
             for key, value in node.items():
                 reason = _bad_char_reason(key) if isinstance(key, str) else None
                 if reason:
-                    raise TaskValidationError(f"{_where(path)}: a key {reason.replace('contains', 'that contains')}")
+                    what = reason.replace("contains", "that contains")
+                    raise TaskValidationError(f"{_where(path)}: a key {what}")
                 stack.append((value, (*path, _printable_key(str(key)))))
         elif isinstance(node, list):
             if len(path) > _MAX_DEPTH:
@@ -142,7 +143,8 @@ def _check_executor(where: str, ex: dict[str, Any], limits: TaskLimits) -> None:
     if size > limits.max_argument_bytes:
         raise TaskLimitError(
             f"{where}: command arguments and env entries add up to {size} bytes, over this service's "
-            f"limit of {limits.max_argument_bytes} bytes (api.max_argument_bytes); pass large data as an input"
+            f"limit of {limits.max_argument_bytes} bytes (api.max_argument_bytes); "
+            "pass large data as an input"
         )
 
 
