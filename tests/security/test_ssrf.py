@@ -21,13 +21,17 @@ from fastapi import FastAPI
 
 from tesp_api.api.app import create_app
 from tesp_api.config.settings import Settings, TransferSettings
+from tesp_api.engine import Engine
+from tesp_api.store.port import TaskRecord
 from tesp_api.store.sqlite import SqliteTaskStore
-from tesp_api.tes.models import TesFileType
+from tesp_api.tes.models import TesFileType, TesState
 from tesp_api.transfer import egress
 from tesp_api.transfer.egress import EgressPolicy, Unresolvable
 from tesp_api.transfer.errors import TransferError
 from tesp_api.transfer.mux import TransferMux
+from tests.engine.conftest import engine_settings, submit, wait_for
 from tests.security.victim_server import VictimServer, victim_server
+from tests.services.pulsar import LocalPulsar, pulsar_server
 
 BASE = "/ga4gh/tes/v1"
 PULSAR_PORT = 8913
@@ -409,3 +413,63 @@ async def test_an_ftp_host_that_rebinds_to_loopback_is_refused_before_connecting
     finally:
         await mux.aclose()
     assert victim.hits() == []
+
+
+# --- the whole path: a task through the engine and a real Pulsar ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def pulsar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPulsar]:
+    with pulsar_server(tmp_path_factory.mktemp("pulsar")) as server:
+        yield server
+
+
+async def run_task(settings: Settings, store: SqliteTaskStore, task: dict[str, Any]) -> TaskRecord:
+    task_id = await submit(store, task)
+    engine = Engine(settings, store)
+    await engine.start()
+    try:
+        return await wait_for(store, task_id)
+    finally:
+        await engine.stop()
+
+
+def pulsar_settings(pulsar: LocalPulsar, tmp_path: Path, allowed: list[str]) -> Settings:
+    settings = engine_settings(pulsar.url, tmp_path)
+    transfer = settings.transfer.model_copy(update={"allowed_hosts": allowed, "retries": 0})
+    return settings.model_copy(update={"transfer": transfer})
+
+
+async def test_a_task_whose_input_redirects_to_a_forbidden_address_fails_and_the_victim_sees_nothing(
+    pulsar: LocalPulsar, store: SqliteTaskStore, attacker: VictimServer, victim: VictimServer, tmp_path: Path
+) -> None:
+    settings = pulsar_settings(pulsar, tmp_path, [f"127.0.0.1:{attacker.port}"])
+    record = await run_task(
+        settings,
+        store,
+        {
+            "executors": [{"image": "alpine", "command": ["true"]}],
+            "inputs": [{"url": attacker.redirect_to(f"{victim.url}/jobs/x/files"), "path": "/data/in"}],
+        },
+    )
+    assert record.state == TesState.SYSTEM_ERROR
+    assert any("SSRF guard" in line for line in record.log.system_logs or []), record.log.system_logs
+    assert victim.hits() == []
+
+
+async def test_a_task_whose_output_is_the_pulsar_port_fails_even_with_loopback_allowed(
+    pulsar: LocalPulsar, store: SqliteTaskStore, attacker: VictimServer, tmp_path: Path
+) -> None:
+    """The engine's policy knows Pulsar's address from the settings: a redirect there is refused."""
+    settings = pulsar_settings(pulsar, tmp_path, ["127.0.0.1"])
+    record = await run_task(
+        settings,
+        store,
+        {
+            "executors": [{"image": "alpine", "command": ["true"]}],
+            "inputs": [{"url": attacker.redirect_to(f"{pulsar.url}/jobs/x/status"), "path": "/data/in"}],
+        },
+    )
+    assert record.state == TesState.SYSTEM_ERROR
+    assert any("control plane" in line for line in record.log.system_logs or []), record.log.system_logs
+    assert attacker.hits() == []  # the redirector answered; nothing else was fetched from it
