@@ -45,7 +45,6 @@ from typing import Any
 import httpx
 import pytest
 
-from tesp_api.config.settings import RuntimeSettings
 from tests.services import rabbitmq
 from tests.services.job_files_server import job_files_server
 from tests.services.tesp_local import LocalServiceProcess
@@ -83,26 +82,13 @@ def _pulsar_host_paths() -> list[str]:
 
 def _service_env() -> dict[str, str]:
     """TESP_API_* settings for `tesp-api local`: bwrap pinned, host network, Pulsar's venv visible."""
-    runtime_fields = RuntimeSettings.model_fields
-    env = {"TESP_API_RUNTIME__TYPE": "bwrap"}
-    host_paths = _pulsar_host_paths()
-    path = f"{sys.prefix}/bin:{DEFAULT_PATH}"
-    extra: list[str] = []
-    if "network" in runtime_fields:
-        env["TESP_API_RUNTIME__NETWORK"] = "host"
-    if "bind_host_paths" in runtime_fields:
-        env["TESP_API_RUNTIME__BIND_HOST_PATHS"] = json.dumps(host_paths)
-    else:
-        for p in host_paths:
-            extra += ["--ro-bind", p, p]
-    if "path" in runtime_fields:
-        env["TESP_API_RUNTIME__PATH"] = path
-    else:
-        extra += ["--setenv", "PATH", path]
-    if extra:
-        key = "bwrap_args" if "bwrap_args" in runtime_fields else "extra_args"
-        env[f"TESP_API_RUNTIME__{key.upper()}"] = json.dumps(extra)
-    return env
+    return {
+        "TESP_API_RUNTIME__TYPE": "bwrap",
+        "TESP_API_RUNTIME__NETWORK": "host",
+        "TESP_API_RUNTIME__BIND_HOST_PATHS": json.dumps(_pulsar_host_paths()),
+        # after tesp-api's own --setenv PATH in the bwrap argv, so this one wins
+        "TESP_API_RUNTIME__BWRAP_ARGS": json.dumps(["--setenv", "PATH", f"{sys.prefix}/bin:{DEFAULT_PATH}"]),
+    }
 
 
 @pytest.fixture(scope="module")
