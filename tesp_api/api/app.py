@@ -15,6 +15,7 @@ from fastapi.responses import RedirectResponse
 
 import tesp_api
 from tesp_api.api.cors import TesCorsMiddleware
+from tesp_api.api.dashboard import install_dashboard
 from tesp_api.api.docs_assets import SWAGGER_URL, install_docs
 from tesp_api.api.errors import install_error_handlers
 from tesp_api.api.limits import BodySizeLimitMiddleware
@@ -104,5 +105,6 @@ def create_app(
 
     app.add_api_route("/", root, methods=["GET"], include_in_schema=False)
     install_docs(app)
+    install_dashboard(app, settings, store, api_base=PRIMARY_PREFIX)
     install_openapi(app)
     return app
