@@ -39,4 +39,15 @@ def effective_auth_settings(settings: Settings) -> AuthSettings:
         raise ValueError('auth.mode includes "basic" but no user is configured (auth.users)')
     if "oidc" in modes and not issuers:
         raise ValueError('auth.mode includes "oidc" but no issuer is configured (auth.issuers)')
+    if "oidc" in modes:
+        from tesp_api.auth.jwks import fetched_urls, insecure_url_reason  # imports httpx/jwt: only when used
+
+        for issuer in issuers:
+            for url in fetched_urls(issuer):
+                reason = insecure_url_reason(url, auth.insecure_http_hosts)
+                if reason:
+                    raise ValueError(
+                        f"auth.issuers: {issuer.issuer}: {reason}; for a test issuer only, list its host "
+                        "in auth.insecure_http_hosts"
+                    )
     return auth.model_copy(update={"mode": modes, "users": users, "issuers": issuers})

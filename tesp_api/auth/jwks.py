@@ -5,6 +5,11 @@ issuer withdrew stops working), and again when a token names a key id we do not 
 rotated its keys) -- but at most once per ``min_refresh`` seconds, so a stream of tokens with made-up
 key ids cannot make this service hammer the issuer. Failing to reach the issuer is reported as
 :class:`AuthUnavailable` (503): the caller's token may be fine, we just cannot tell right now.
+
+Discovery and the JWKS are fetched over https only: over plain http anyone on the path could hand
+us their own keys and sign tokens for any user. The settings are refused at start when an issuer's
+discovery or JWKS URL is http, and a discovered ``jwks_uri`` that is http is refused too; only the
+hosts in ``auth.insecure_http_hosts`` (a test's local issuer) are exempt.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import jwt
@@ -39,6 +45,29 @@ class IssuerUnreachable(Exception):
 
 def discovery_url_of(issuer: OidcIssuer) -> str:
     return issuer.discovery_url or issuer.issuer.rstrip("/") + "/.well-known/openid-configuration"
+
+
+def insecure_url_reason(url: str, insecure_http_hosts: Collection[str]) -> str | None:
+    """Why ``url`` may not be fetched for keys (None: it may): https, or http to an exempt host."""
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        netloc_host = f"{host}:{parts.port}" if parts.port else host
+    except ValueError:
+        return f"{url!r} is not a URL"
+    if not host:
+        return f"{url!r} has no host"
+    if parts.scheme == "https":
+        return None
+    allowed = {h.lower() for h in insecure_http_hosts}
+    if parts.scheme == "http" and (host in allowed or netloc_host in allowed):
+        return None
+    return f"{url!r} must be https (plain http lets anyone on the path substitute the signing keys)"
+
+
+def fetched_urls(issuer: OidcIssuer) -> list[str]:
+    """The URLs this service will GET for an issuer: its jwks_url, else its discovery document."""
+    return [issuer.jwks_url] if issuer.jwks_url else [discovery_url_of(issuer)]
 
 
 async def _get_json(client: httpx.AsyncClient, url: str) -> dict[str, Any]:
@@ -71,8 +100,10 @@ class IssuerKeys:
         min_refresh_seconds: float,
         max_age_seconds: float,
         clock: Callable[[], float] = time.monotonic,
+        insecure_http_hosts: Collection[str] = (),
     ) -> None:
         self._issuer = issuer
+        self._insecure_http_hosts = tuple(insecure_http_hosts)
         self._client = client
         self._min_refresh = min_refresh_seconds
         self._max_age = max_age_seconds
@@ -149,6 +180,9 @@ class IssuerKeys:
         jwks_uri = document.get("jwks_uri")
         if not isinstance(jwks_uri, str) or not jwks_uri.startswith(("https://", "http://")):
             raise IssuerUnreachable(f"{url}: no usable `jwks_uri`")
+        reason = insecure_url_reason(jwks_uri, self._insecure_http_hosts)
+        if reason:
+            raise IssuerUnreachable(f"{url}: jwks_uri {reason}")
         return jwks_uri
 
     def _find(self, kid: str | None, alg: str) -> Any | None:

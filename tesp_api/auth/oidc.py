@@ -67,6 +67,7 @@ class OidcAuthenticator:
                 min_refresh_seconds=auth.jwks_min_refresh_seconds,
                 max_age_seconds=auth.jwks_max_age_seconds,
                 clock=clock,
+                insecure_http_hosts=auth.insecure_http_hosts,
             )
             for i in auth.issuers
         }

@@ -20,6 +20,8 @@ def cheap_hash(password: str) -> str:
 
 
 def settings_with(**auth: Any) -> Settings:
+    """``[auth]`` with these keys; the local issuer (http on 127.0.0.1) is allowed plain http."""
+    auth.setdefault("insecure_http_hosts", ["127.0.0.1"])
     return Settings.model_validate({"auth": auth})
 
 

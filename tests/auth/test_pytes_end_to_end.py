@@ -55,6 +55,7 @@ sqlite_path = "{home / "tasks.sqlite3"}"
 [default.auth]
 mode = ["basic", "oidc"]
 admin_values = ["tes-admins"]
+insecure_http_hosts = ["127.0.0.1"]  # the local test issuer
 [[default.auth.users]]
 username = "alice"
 password_hash = "{cheap_hash("alice-pw")}"

@@ -42,6 +42,7 @@ class LocalOidcIssuer:
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self.keys = [SigningKey()]  # published; the first one signs
         self.requests: Counter[str] = Counter()  # path -> count
+        self.jwks_uri: str | None = None  # what discovery names as jwks_uri (default: its own /jwks)
         self._lock = threading.Lock()
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="oidc-issuer", daemon=True
@@ -115,7 +116,7 @@ class LocalOidcIssuer:
                 if self.path == "/.well-known/openid-configuration":
                     body: dict[str, Any] = {
                         "issuer": issuer.issuer,
-                        "jwks_uri": f"{issuer.url}/jwks",
+                        "jwks_uri": issuer.jwks_uri or f"{issuer.url}/jwks",
                         "id_token_signing_alg_values_supported": [ALGORITHM],
                     }
                 elif self.path == "/jwks":
