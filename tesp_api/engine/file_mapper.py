@@ -16,6 +16,7 @@ from tesp_api.tes.jobplan import (
     MountRoot,
     build_plan,
     has_wildcard,
+    normalise,
     wildcard_base,
 )
 from tesp_api.tes.jobplan import PlanError as PathError
@@ -30,8 +31,9 @@ FS_DIR = "fs"
 
 
 def host_rel(container_path: str) -> str:
-    """Where a container path lives, relative to the job's working directory."""
-    return FS_DIR + container_path
+    """Where a container path lives, relative to the job's working directory. The path is normalised
+    first, as the plan's paths are: admission accepts ``/out//x/`` and the job must find ``fs/out/x``."""
+    return FS_DIR + normalise(container_path)
 
 
 def host_path(container_path: str) -> HostPath:

@@ -17,10 +17,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from tesp_api.config.settings import TransferSettings
-from tesp_api.transfer.egress import EgressPolicy
-from tesp_api.tes.jobplan import has_wildcard
 from tesp_api.engine.results import ManifestEntry
+from tesp_api.tes.jobplan import has_wildcard, normalise
 from tesp_api.tes.models import TesFileType, TesInput, TesOutputFileLog, TesTask
+from tesp_api.transfer.egress import EgressPolicy
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class Staging:
 
     @staticmethod
     async def _fetch(fetch: Fetch, container_path: str, dest: Path) -> None:
-        if not await fetch("fs" + container_path, dest):
+        if not await fetch("fs" + normalise(container_path), dest):  # as the job wrote it (file_mapper.host_rel)
             raise StagingError(f"output {container_path} could not be fetched from Pulsar")
 
     async def aclose(self) -> None:

@@ -59,3 +59,20 @@ async def test_a_galaxy_shaped_task_runs_its_three_executors(engine: Engine, sto
     rec = await wait_for(store, await submit(store, body))
     assert rec.state == TesState.COMPLETE, rec.log.system_logs
     assert [lg.stdout for lg in rec.log.logs] == ["", "", "STAGED\n"]
+
+
+async def test_paths_as_sloppy_as_admission_accepts_run_as_their_normal_form(
+    engine: Engine, store: SqliteTaskStore, tmp_path: Path
+) -> None:
+    """Admission accepts ``//``, ``.`` segments and trailing slashes (normalising them); the job must too."""
+    body = admitted({
+        "inputs": [{"path": "/in//./data.txt", "content": "hello"}],
+        "outputs": [{"path": "/out//log.txt", "url": f"file://{tmp_path}/log.txt"},
+                    {"path": "/out/./", "url": f"file://{tmp_path}/dir", "type": "DIRECTORY"}],
+        "executors": [{"image": "alpine", "command": ["cat"], "stdin": "/in/data.txt/", "stdout": "/out//log.txt",
+                       "workdir": "/work//dir/"}],
+    })
+    rec = await wait_for(store, await submit(store, body))
+    assert rec.state == TesState.COMPLETE, rec.log.system_logs
+    assert (tmp_path / "log.txt").read_text() == "hello"
+    assert (tmp_path / "dir" / "log.txt").read_text() == "hello"
