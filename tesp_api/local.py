@@ -267,7 +267,7 @@ def bwrap_visible_paths(runtime: RuntimeSettings) -> list[str]:
     """The host paths a bubblewrap executor sees (read-only): the runtime's own list and the operator's."""
     from tesp_api.engine.runtimes import bwrap
 
-    return [*bwrap.HOST_READ_ONLY, *getattr(bwrap, "HOST_ETC", ()), *getattr(runtime, "bind_host_paths", [])]
+    return [*bwrap.HOST_READ_ONLY, *bwrap.HOST_ETC, *runtime.bind_host_paths]
 
 
 def check_hidden_from_executors(pulsar_dir: Path, runtime: RuntimeSettings) -> None:
@@ -291,8 +291,6 @@ def _user_set(raw: dict[str, Any], section: str, key: str) -> bool:
 def local_raw_settings(raw: dict[str, Any], args: argparse.Namespace, state: Path, pulsar: LocalPulsar) -> None:
     """What `local` sets over the user's settings (in place). The state directory holds the task store
     and scratch unless the user set db.sqlite_path / engine.work_dir explicitly."""
-    from tesp_api.config.settings import RuntimeSettings
-
     api = raw.setdefault("api", {})
     if args.host:
         api["host"] = args.host
@@ -316,9 +314,8 @@ def local_raw_settings(raw: dict[str, Any], args: argparse.Namespace, state: Pat
         engine["work_dir"] = str(state / "work")
     runtime = raw.setdefault("runtime", {})
     runtime.setdefault("type", "auto")
-    if "runner_python" in RuntimeSettings.model_fields:
-        # Pulsar runs on this machine: the job runner uses this very interpreter.
-        runtime.setdefault("runner_python", sys.executable)
+    # Pulsar runs on this machine: the job runner uses this very interpreter (unless set).
+    runtime.setdefault("runner_python", sys.executable)
 
 
 def build_parser() -> argparse.ArgumentParser:

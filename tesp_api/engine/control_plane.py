@@ -22,9 +22,14 @@ DEFAULT_BROKER_USERS = {"guest"}  # RabbitMQ's default account; kombu uses guest
 BANNER = "!" * 78
 
 
-def executor_network(settings: Settings) -> str:
-    """``runtime.network``; a settings model without the key predates the setting: executors had the host's."""
-    return str(getattr(settings.runtime, "network", "host"))
+def executor_network(settings: Settings) -> str | None:
+    """Why executors may have a network (for the message), or None when none of them can."""
+    runtime = settings.runtime
+    if runtime.network != "none":
+        return f"runtime.network = {runtime.network!r}"
+    if runtime.allow_task_network:
+        return "runtime.allow_task_network = true"
+    return None
 
 
 def broker_uses_default_credentials(amqp_url: str) -> bool:
@@ -35,7 +40,14 @@ def broker_uses_default_credentials(amqp_url: str) -> bool:
     return not user or user in DEFAULT_BROKER_USERS or not password
 
 
-def _server_warnings(server: PulsarServer, network: str) -> list[str]:
+def _address(url: str) -> str:
+    """scheme://host:port only: a URL's user, password or query never reach a log line."""
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}"
+
+
+def _server_warnings(server: PulsarServer, network: str | None) -> list[str]:
     found = []
     if server.amqp_url is not None and broker_uses_default_credentials(server.amqp_url.get_secret_value()):
         found.append(
@@ -43,12 +55,12 @@ def _server_warnings(server: PulsarServer, network: str) -> list[str]:
             "password). Anyone who can reach the broker can publish a setup message that Pulsar runs on its "
             "host; give Pulsar and tesp-api a broker user with a strong password (docs/security.md)."
         )
-    if server.url and not server.amqp_url and not server.uds and server.private_token is None and network != "none":
+    if server.url and not server.amqp_url and not server.uds and server.private_token is None and network:
         found.append(
-            f"Pulsar server {server.name!r}: REST on {server.url} without a private_token while executors have "
-            f"a network (runtime.network = {network!r}). An executor that reaches that address can make Pulsar "
+            f"Pulsar server {server.name!r}: REST on {_address(server.url)} without a private_token while executors have "
+            f"a network ({network}). An executor that reaches that address can make Pulsar "
             "run commands on its host; set pulsar.private_token (and Pulsar's own), bind Pulsar to a Unix "
-            "socket (pulsar.uds), or set runtime.network = \"none\" (docs/security.md)."
+            "socket (pulsar.uds), or keep executors without network (docs/security.md)."
         )
     return found
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from tesp_api.config.settings import RuntimeSettings, Settings
+from tesp_api.config.settings import Settings
 from tesp_api.engine import Engine
 from tesp_api.engine.control_plane import exposure_warnings
 from tesp_api.engine.engine import build_backends
@@ -40,7 +40,6 @@ from tests.engine.conftest import submit, wait_for
 pytestmark = [pytest.mark.pulsar]
 
 HOST_PYTHON = "/usr/bin/python3"
-HAS_NETWORK_SETTING = "network" in RuntimeSettings.model_fields
 
 ATTACK = r'''
 import http.client, json, socket, sys, urllib.parse
@@ -120,8 +119,7 @@ def attack_settings(pulsar: LocalPulsar, tmp: Path, network: str | None) -> Sett
     runtime: dict[str, Any] = {"type": "bwrap"}
     if network is not None:
         runtime["network"] = network
-    if "runner_python" in RuntimeSettings.model_fields:
-        runtime["runner_python"] = sys.executable
+    runtime["runner_python"] = sys.executable
     return Settings.model_validate({
         "pulsar": {"url": pulsar.url, "uds": pulsar.uds, "private_token": pulsar.private_token,
                    "status": {"poll_interval": 0.2}, "retries": 1, "unreachable_deadline": 5},
@@ -176,7 +174,6 @@ def assert_nothing_ran(pulsar: LocalPulsar, victim: str, marker: Path) -> None:
     assert not pulsar_knows(pulsar, victim)
 
 
-@pytest.mark.skipif(not HAS_NETWORK_SETTING, reason="runtime.network (executors without network) not in this tree")
 async def test_by_default_an_executor_has_no_network_to_reach_pulsar(
     tcp_open_pulsar: LocalPulsar, store: SqliteTaskStore, tmp_path: Path, victim_and_marker: tuple[str, Path]
 ) -> None:
@@ -191,7 +188,7 @@ async def test_with_the_host_network_the_token_refuses_the_executor(
     tcp_token_pulsar: LocalPulsar, store: SqliteTaskStore, tmp_path: Path, victim_and_marker: tuple[str, Path]
 ) -> None:
     victim, marker = victim_and_marker
-    seen = await run_attack(tcp_token_pulsar, store, tmp_path, "host" if HAS_NETWORK_SETTING else None,
+    seen = await run_attack(tcp_token_pulsar, store, tmp_path, "host",
                             victim, marker)
     assert seen["setup"] == "HTTP 401" and seen["submit"] == "HTTP 401", seen
     assert seen["app_yml"] == "FileNotFoundError", seen  # the token's file is not in the sandbox
@@ -202,7 +199,7 @@ async def test_with_the_host_network_an_executor_cannot_see_pulsars_unix_socket(
     socket_pulsar: LocalPulsar, store: SqliteTaskStore, tmp_path: Path, victim_and_marker: tuple[str, Path]
 ) -> None:
     victim, marker = victim_and_marker
-    seen = await run_attack(socket_pulsar, store, tmp_path, "host" if HAS_NETWORK_SETTING else None,
+    seen = await run_attack(socket_pulsar, store, tmp_path, "host",
                             victim, marker)
     assert seen["setup"].startswith("FileNotFoundError"), seen
     assert seen["submit"].startswith("FileNotFoundError"), seen
@@ -215,7 +212,7 @@ async def test_control_the_same_attack_on_an_unprotected_pulsar_runs_a_command_o
 ) -> None:
     """Host network, TCP, no token: the attack works, so the tests above test the defences."""
     victim, marker = victim_and_marker
-    seen = await run_attack(tcp_open_pulsar, store, tmp_path, "host" if HAS_NETWORK_SETTING else None,
+    seen = await run_attack(tcp_open_pulsar, store, tmp_path, "host",
                             victim, marker)
     assert seen["setup"] == "HTTP 200" and seen["submit"] == "HTTP 200", seen
     loop = asyncio.get_running_loop()
@@ -265,7 +262,6 @@ async def probe_broker(pulsar: LocalPulsar, store: SqliteTaskStore, tmp: Path, n
 
 
 @pytest.mark.amqp
-@pytest.mark.skipif(not HAS_NETWORK_SETTING, reason="runtime.network (executors without network) not in this tree")
 async def test_by_default_an_executor_cannot_connect_to_the_broker(
     tcp_token_pulsar: LocalPulsar, store: SqliteTaskStore, tmp_path: Path
 ) -> None:
@@ -277,12 +273,12 @@ async def test_by_default_an_executor_cannot_connect_to_the_broker(
 async def test_with_the_host_network_an_executor_reaches_the_broker_so_guest_credentials_are_warned_about(
     tcp_token_pulsar: LocalPulsar, store: SqliteTaskStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    seen = await probe_broker(tcp_token_pulsar, store, tmp_path, "host" if HAS_NETWORK_SETTING else None)
+    seen = await probe_broker(tcp_token_pulsar, store, tmp_path, "host")
     assert seen == "connected"  # only the broker's credentials stand between the executor and Pulsar
     settings = Settings.model_validate({
         "pulsar": {"url": None, "amqp_url": "amqp://guest:guest@127.0.0.1:5672//"},
         "engine": {"work_dir": str(tmp_path / "amqp-work")},
-        "runtime": {"type": "bwrap", **({"network": "host"} if HAS_NETWORK_SETTING else {})},
+        "runtime": {"type": "bwrap", "network": "host"},
     })
     with caplog.at_level(logging.WARNING, logger="tesp_api.engine.control_plane"):
         backends = build_backends(settings)  # what serve and worker call at start
@@ -296,11 +292,8 @@ async def test_with_the_host_network_an_executor_reaches_the_broker_so_guest_cre
 
 # ---- what is warned about at start (no services needed) ---------------------------------------------
 
-def settings_with(pulsar: dict[str, Any], network: str = "host") -> Settings:
-    runtime: dict[str, Any] = {"type": "bwrap"}
-    if HAS_NETWORK_SETTING:
-        runtime["network"] = network
-    return Settings.model_validate({"pulsar": pulsar, "runtime": runtime})
+def settings_with(pulsar: dict[str, Any], network: str = "host", **runtime: Any) -> Settings:
+    return Settings.model_validate({"pulsar": pulsar, "runtime": {"type": "bwrap", "network": network, **runtime}})
 
 
 @pytest.mark.parametrize("url", [
@@ -329,9 +322,15 @@ def test_a_token_or_a_unix_socket_silences_the_rest_warning(pulsar: dict[str, An
     assert exposure_warnings(settings_with(pulsar)) == []
 
 
-@pytest.mark.skipif(not HAS_NETWORK_SETTING, reason="runtime.network not in this tree")
 def test_without_executor_network_a_tokenless_tcp_pulsar_is_not_warned_about() -> None:
     assert exposure_warnings(settings_with({"url": "http://127.0.0.1:8913"}, network="none")) == []
+
+
+def test_tasks_allowed_to_ask_for_a_network_count_as_executors_with_one() -> None:
+    warnings = exposure_warnings(settings_with({"url": "http://u:pw@127.0.0.1:8913"}, network="none",
+                                               allow_task_network=True))
+    assert len(warnings) == 1 and "runtime.allow_task_network" in warnings[0]
+    assert "pw" not in warnings[0] and "http://127.0.0.1:8913" in warnings[0]
 
 
 def tcp_listening_inodes() -> set[str]:

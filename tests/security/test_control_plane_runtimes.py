@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tesp_api.config.settings import RuntimeSettings, Settings
+from tesp_api.config.settings import Settings
 from tesp_api.engine import Engine
 from tesp_api.local import LocalPulsar
 from tesp_api.store.sqlite import SqliteTaskStore
@@ -29,10 +29,7 @@ from tests.security.test_control_plane import (  # noqa: F401 - fixtures
     tcp_token_pulsar,
 )
 
-pytestmark = [
-    pytest.mark.pulsar,
-    pytest.mark.skipif("network" not in RuntimeSettings.model_fields, reason="runtime.network not in this tree"),
-]
+pytestmark = [pytest.mark.pulsar]
 
 ATTACK = r'''
 target=$1 victim=$2 marker=$3 sock=$4 app_yml=$5
