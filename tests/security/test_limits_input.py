@@ -180,3 +180,24 @@ async def test_a_task_as_big_as_a_workflow_engine_sends_is_accepted(client: http
     )
     response = await post(client, body)
     assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/tasks?name_prefix=%ED%B0%80"),  # UTF-8 of a lone surrogate, percent-encoded
+        ("GET", "/tasks?name_prefix=%00"),
+        ("GET", "/tasks?tag_key=%ED%A0%80&tag_value=%00"),
+        ("GET", "/tasks?view=%ED%B0%80"),
+        ("GET", "/tasks?state=%00"),
+        ("GET", "/tasks?page_token=%ED%B0%80"),
+        ("GET", "/tasks/%ED%B0%80"),
+        ("POST", "/tasks/%00:cancel"),
+    ],
+)
+async def test_bad_text_in_the_url_is_a_client_error_never_a_500(
+    client: httpx.AsyncClient, method: str, path: str
+) -> None:
+    response = await client.request(method, BASE + path)
+    assert response.status_code in (200, 400, 404), response.text
+    assert response.json()  # a JSON answer, the connection intact
