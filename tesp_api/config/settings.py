@@ -526,6 +526,14 @@ class Settings(_Section):
         return self
 
     @model_validator(mode="after")
+    def _task_network(self) -> Settings:
+        """With runtime.allow_task_network a task may ask for a network: the key is then supported."""
+        keys = self.engine.backend_parameters
+        if self.runtime.allow_task_network and "network" not in (k.lower() for k in keys):
+            keys.append("network")
+        return self
+
+    @model_validator(mode="after")
     def _check_auth(self) -> Settings:
         from tesp_api.auth.effective import effective_auth_settings  # imports this module: import late
 

@@ -117,7 +117,8 @@ def build_job_spec(
                                                                        task_network(task, settings)), strict=True)):
         cleanup = runtime.cleanup_command(run)
         mkdirs = []
-        if ex.workdir and runtime.needs_workdir_mount and _under_a_root(ex.workdir, mapper):
+        if ex.workdir and _under_a_root(ex.workdir, mapper):
+            # Below a mount: made on the host (podman, bwrap and apptainer do not create it; docker would).
             mkdirs.append(host_rel(ex.workdir))
         executors.append({
             "argv": to_spec(runtime.command(run)),

@@ -119,6 +119,11 @@ def test_ignore_error_lets_the_next_executor_run(tmp_path: Path) -> None:
     assert [logs[0].exit_code, logs[1].exit_code, logs[1].stdout] == [3, 0, "next\n"]
 
 
+def test_a_command_not_found_exits_127(tmp_path: Path) -> None:
+    proc, job, _ = run_job(tmp_path, {"executors": [{"image": "a", "command": ["no-such-command-here"]}]})
+    assert proc.returncode == 127 and results(job, 1).executor_logs[0].exit_code == 127
+
+
 def test_volumes_are_shared_between_executors(tmp_path: Path) -> None:
     _proc, job, _ = run_job(tmp_path, {"volumes": ["/shared"], "executors": [
         {"image": "a", "command": ["sh", "-c", "echo hi > /shared/f"]},

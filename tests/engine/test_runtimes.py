@@ -62,6 +62,12 @@ def test_docker_cleanup_removes_the_named_container() -> None:
     assert DockerRuntime().cleanup_command(RUN) == ["docker", "rm", "-f", "tes-t1-0"]
 
 
+def test_podman_mounts_the_workdir_docker_creates_it() -> None:
+    """podman 4.3 refuses a --workdir that is not in the image; docker creates it."""
+    assert build_runtime(RuntimeSettings(type="podman")).needs_workdir_mount
+    assert not build_runtime(RuntimeSettings(type="docker")).needs_workdir_mount
+
+
 def test_podman_cleanup_does_not_wait_the_stop_timeout() -> None:
     rt = build_runtime(RuntimeSettings(type="podman"))
     assert rt.cleanup_command(RUN) == ["podman", "rm", "-f", "-t", "0", "tes-t1-0"]
@@ -122,7 +128,7 @@ def test_bwrap_line() -> None:
         "--chdir", "/data",
         "--clearenv", "--setenv", "PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "--setenv", "HOME", "/tmp", "--args", ARGS_FD_PLACEHOLDER,
-        "--", "sh", "-c", "echo $HOME; rm -rf /x'y",
+        "--", "/bin/sh", "-c", 'exec "$@"', "sh", "sh", "-c", "echo $HOME; rm -rf /x'y",
     ]
     assert "/etc/shadow" not in HOST_ETC and "/etc" not in argv
 
@@ -136,7 +142,8 @@ def test_bwrap_network_and_extra_paths_from_settings() -> None:
     assert argv[argv.index("--cap-drop"):argv.index("--cap-drop") + 4] == ["--cap-drop", "ALL", "--cap-add",
                                                                           "CAP_NET_RAW"]
     assert ["--ro-bind-try", "/srv/venv", "/srv/venv"] == argv[argv.index("/srv/venv") - 1:argv.index("/srv/venv") + 2]
-    assert argv[-3:] == ["--unshare-cgroup", "--", "true"] and "--podman-only" not in argv
+    assert argv[-7:] == ["--unshare-cgroup", "--", "/bin/sh", "-c", 'exec "$@"', "sh", "true"]
+    assert "--podman-only" not in argv
 
 
 def test_bwrap_mounts_parents_before_children() -> None:

@@ -82,8 +82,10 @@ def build_runtime(settings: RuntimeSettings, kind: str | None = None) -> Runtime
         return DockerRuntime(binary=settings.docker_bin, pull_policy=settings.pull_policy,
                              extra_args=extra + settings.docker_args, hardening=hardening)
     if kind == "podman":
+        # podman 4.3 refuses a --workdir missing from the image ("does not exist on container"; docker
+        # creates it), so the workdir is mounted from the job directory like bwrap's (docs/runtimes.md).
         return DockerRuntime(binary=settings.podman_bin, kind="podman", pull_policy=settings.pull_policy,
-                             extra_args=extra + settings.podman_args, hardening=hardening)
+                             extra_args=extra + settings.podman_args, hardening=hardening, needs_workdir_mount=True)
     if kind in ("apptainer", "singularity"):
         binary = settings.apptainer_bin if kind == "apptainer" else settings.singularity_bin
         return ApptainerRuntime(binary=binary, kind=kind, extra_args=extra + settings.apptainer_args,

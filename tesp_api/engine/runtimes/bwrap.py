@@ -28,6 +28,7 @@ HOST_ETC = (
     "/etc/profile", "/etc/bash.bashrc", "/etc/inputrc", "/etc/terminfo", "/etc/fonts", "/etc/java",
     "/etc/python3", "/etc/perl", "/etc/R",
 )
+EXEC_SHIM = ("/bin/sh", "-c", 'exec "$@"', "sh")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -65,7 +66,9 @@ class BwrapRuntime:
         argv += ["--clearenv", "--setenv", "PATH", DEFAULT_PATH, "--setenv", "HOME", "/tmp"]
         if run.env:
             argv += ["--args", ArgsFd()]
-        argv += [*self.extra_args, "--", *run.command]
+        # Through ``exec`` in a shell (which replaces itself): a command that is not found exits 127 and
+        # one that cannot run 126, as in docker and podman; bwrap's own execvp failure would exit 1.
+        argv += [*self.extra_args, "--", *EXEC_SHIM, *run.command]
         return argv
 
     def cleanup_command(self, run: ExecutorRun) -> list[Word] | None:

@@ -69,4 +69,4 @@ class DockerRuntime:
 
 
 def podman(binary: str = "podman", **kw: object) -> DockerRuntime:
-    return DockerRuntime(binary=binary, kind="podman", **kw)  # type: ignore[arg-type]
+    return DockerRuntime(binary=binary, kind="podman", needs_workdir_mount=True, **kw)  # type: ignore[arg-type]
