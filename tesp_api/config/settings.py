@@ -112,6 +112,13 @@ class PulsarServer(_Section):
     staging_url: str | None = None
     staging_listen: str | None = None
 
+    @property
+    def transport(self) -> Literal["amqp", "rest"]:
+        """AMQP whenever ``amqp_url`` is set, whatever ``url`` says: tesp-api 0.2 did so, and its
+        shipped settings.toml sets ``pulsar.url``, so a drop-in TESP_API_PULSAR__AMQP_URL must switch.
+        To run REST and AMQP servers side by side, list them as separate ``pulsar.servers``."""
+        return "amqp" if self.amqp_url is not None and self.amqp_url.get_secret_value() else "rest"
+
 
 class PulsarSettings(_Section):
     # Single-server keys (compatible with tesp-api 0.2); used when `servers` is empty.
@@ -521,8 +528,19 @@ class Settings(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
-        if not any(s.url or s.amqp_url for s in self.pulsar.effective_servers()):
-            raise ValueError("pulsar: every server needs `url` (REST) or `amqp_url` (AMQP)")
+        """Every Pulsar server must have a backend (a server without one would silently get no
+        tasks), and names must be unique (tasks record the server by name)."""
+        pulsar = self.pulsar
+        if not pulsar.servers and not (pulsar.url or pulsar.amqp_url):
+            raise ValueError("pulsar: set `pulsar.url` (REST) or `pulsar.amqp_url` (AMQP)")
+        seen: set[str] = set()
+        for index, server in enumerate(pulsar.servers):
+            where = f"pulsar.servers[{index}] (name {server.name!r})"
+            if not (server.url or (server.amqp_url and server.amqp_url.get_secret_value())):
+                raise ValueError(f"{where}: needs `url` (REST) or `amqp_url` (AMQP)")
+            if server.name in seen:
+                raise ValueError(f"{where}: another server has this name; names must be unique")
+            seen.add(server.name)
         return self
 
     @model_validator(mode="after")

@@ -33,7 +33,8 @@ def default_worker_id() -> str:
 
 
 def build_backends(settings: Settings) -> dict[str, PulsarBackend]:
-    """One backend per configured Pulsar server: REST when it has a url, AMQP otherwise.
+    """One backend per configured Pulsar server: AMQP when it has an amqp_url (whatever url says,
+    as in tesp-api 0.2: ``PulsarServer.transport``), REST otherwise.
 
     Control-plane exposure (a guest broker, a token-less Pulsar on TCP while executors have a
     network) is warned about here, where every process that talks to Pulsar passes.
@@ -45,14 +46,16 @@ def build_backends(settings: Settings) -> dict[str, PulsarBackend]:
     p = settings.pulsar
     for server in p.effective_servers():
         token = server.private_token.get_secret_value() if server.private_token else None
-        if server.url:
+        if server.transport == "rest" and server.url:
             from tesp_api.pulsar.rest import RestBackend
 
             backends[server.name] = RestBackend(
                 server.name, server.url, private_token=token, timeout=p.client_timeout, retries=p.retries,
                 uds=server.uds,
             )
-        elif server.amqp_url:
+        elif server.transport == "amqp":
+            if server.url:
+                log.info("Pulsar server %s: amqp_url is set, so AMQP is used and url is ignored", server.name)
             try:
                 from tesp_api.pulsar.amqp import build_amqp_backend  # type: ignore[attr-defined]
             except ImportError as exc:
