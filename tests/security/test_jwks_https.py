@@ -37,7 +37,7 @@ def oidc(*, insecure_http_hosts: list[str] | None = None, **issuer: Any) -> Sett
     ],
     ids=["jwks_url", "issuer", "discovery_url", "other-scheme", "loopback-not-listed"],
 )
-def test_an_http_key_url_is_refused_in_the_settings(issuer: dict[str, str]) -> None:
+def test_an_http_key_url_is_refused_in_the_settings(issuer: dict[str, Any]) -> None:
     with pytest.raises(ValidationError, match="must be https"):
         oidc(**issuer)
 

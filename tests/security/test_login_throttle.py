@@ -22,6 +22,7 @@ import pytest
 from fastapi import FastAPI
 
 import tesp_api.auth.basic as basic_module
+import tesp_api.auth.passwords as passwords
 from tesp_api.api.app import create_app
 from tesp_api.auth.authenticator import Authenticator, build_authenticator
 from tesp_api.auth.basic import POOL_THREAD_PREFIX
@@ -44,7 +45,7 @@ class CheckSpy:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.threads: list[str] = []
         self._lock = threading.Lock()
-        real = basic_module.verify_password
+        real = passwords.verify_password
 
         def spy(password: str, hashed: ScryptHash) -> bool:
             with self._lock:
@@ -222,3 +223,29 @@ def test_the_address_table_is_bounded() -> None:
         attempt = throttle.admit(None, f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}")
         throttle.done(attempt, ok=False)
     assert throttle.tracked_addresses <= MAX_ADDRESSES
+
+
+async def test_checks_waiting_beyond_the_queue_get_503_with_retry_after(
+    app_for: Callable[..., tuple[FastAPI, Authenticator]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With auth.password_hash_queue = 1, a second check while one is running is refused at once."""
+    release = threading.Event()
+    started = threading.Event()
+    real = passwords.verify_password
+
+    def slow(password: str, hashed: ScryptHash) -> bool:
+        started.set()
+        release.wait(timeout=60)
+        return real(password, hashed)
+
+    monkeypatch.setattr(basic_module, "verify_password", slow)
+    app, _ = app_for(password_hash_queue=1)
+    async with client(app) as c:
+        first = asyncio.create_task(c.get(TASKS, headers=basic("alice", "alice-pw")))
+        await asyncio.to_thread(started.wait, 60)
+        second = await c.get(TASKS, headers=basic("bob", "bob-pw"))
+        release.set()
+        assert (await first).status_code == 200
+    assert second.status_code == 503
+    assert second.headers["Retry-After"] == "5"
+    assert "too many password checks" in second.json()["msg"]
