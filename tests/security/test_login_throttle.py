@@ -22,8 +22,8 @@ import pytest
 from fastapi import FastAPI
 
 import tesp_api.auth.basic as basic_module
-import tesp_api.auth.passwords as passwords
 from tesp_api.api.app import create_app
+from tesp_api.auth import passwords
 from tesp_api.auth.authenticator import Authenticator, build_authenticator
 from tesp_api.auth.basic import POOL_THREAD_PREFIX
 from tesp_api.auth.passwords import ScryptHash
