@@ -6,6 +6,7 @@ SIGKILL (crash tests), ``stop`` SIGTERM. The process is always stopped by its PI
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from tesp_api.local import free_port
+from tests.services.egress import LOOPBACK_HOSTS
 
 
 class ServeProcess:
@@ -33,6 +35,8 @@ class ServeProcess:
             "TESP_API_ENGINE__WORK_DIR": str(workdir / "work"),
             "TESP_API_ENGINE__CLAIM_INTERVAL": "0.1",
             "TESP_API_RUNTIME__TYPE": "bwrap",
+            # the tests' data servers listen on 127.0.0.1, which the SSRF guard refuses by default
+            "TESP_API_TRANSFER__ALLOWED_HOSTS": json.dumps(LOOPBACK_HOSTS),
             **env,
         })
         self.process: subprocess.Popen[bytes] | None = None
