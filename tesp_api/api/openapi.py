@@ -132,21 +132,19 @@ def tes_component_schemas(settings: Settings) -> dict[str, Any]:
     keep_closed = settings.api.reject_unknown_fields
     raw: dict[str, Any] = {}
     models: dict[str, type[BaseModel]] = {}
-    for model in (TesTask, TesServiceInfo, TesCreateTaskResponse):
-        schema = model.model_json_schema(ref_template=REF + "{model}", mode="serialization")
+    roots: tuple[type[BaseModel], ...] = (TesTask, TesServiceInfo, TesCreateTaskResponse)
+    for root in roots:
+        schema = root.model_json_schema(ref_template=REF + "{model}", mode="serialization")
         raw.update(schema.pop("$defs", {}))
-        raw[model.__name__] = schema
-    for model in (TesTask, TesServiceInfo, TesCreateTaskResponse):
-        models[model.__name__] = model
-        for field in model.model_fields.values():
-            models.update(_nested_models(field.annotation))
+        raw[root.__name__] = schema
+        models.update(_nested_models(root))
     schemas: dict[str, Any] = {}
     for name, schema in raw.items():
         normalised = _normalise(schema, keep_closed=keep_closed)
-        model = models.get(name)
-        if model is not None:
+        found = models.get(name)
+        if found is not None:
             required = list(normalised.get("required", []))
-            required += [f for f in _always_serialised(model) if f not in required]
+            required += [f for f in _always_serialised(found) if f not in required]
             if required:
                 normalised["required"] = required
         schemas[spec_name(name)] = normalised
@@ -157,7 +155,9 @@ def tes_component_schemas(settings: Settings) -> dict[str, Any]:
     for (schema_name, field_name), fmt in _FORMATS.items():
         schemas[schema_name]["properties"][field_name]["format"] = fmt
     for (schema_name, maybe_field), default in _DEFAULTS.items():
-        target = schemas[schema_name] if maybe_field is None else schemas[schema_name]["properties"][maybe_field]
+        target = (
+            schemas[schema_name] if maybe_field is None else schemas[schema_name]["properties"][maybe_field]
+        )
         target["default"] = default
     view = copy.deepcopy(schemas["tesTask"])
     view["required"] = ["id", "state"]
@@ -211,7 +211,12 @@ def _fix_parameters(document: dict[str, Any]) -> None:
                 elif name == "state" and operation.get("operationId") == "ListTasks":
                     parameter["schema"] = {"type": "string", "enum": [s.value for s in TesState]}
                 elif name == "page_size":
-                    parameter["schema"] = {"type": "integer", "format": "int32", "minimum": 1, "maximum": MAX_PAGE}
+                    parameter["schema"] = {
+                        "type": "integer",
+                        "format": "int32",
+                        "minimum": 1,
+                        "maximum": MAX_PAGE,
+                    }
 
 
 def _drop_422(document: dict[str, Any]) -> None:
@@ -237,11 +242,43 @@ def _add_auth_errors(document: dict[str, Any]) -> None:
                 responses.setdefault(str(status), answer)
 
 
+def _add_links(document: dict[str, Any]) -> None:
+    """OpenAPI links: the id CreateTask answers is the one GetTask and CancelTask take (generated
+    clients and schemathesis' stateful phase follow them)."""
+    for path_item in document.get("paths", {}).values():
+        create = path_item.get("post", {})
+        if create.get("operationId") == "CreateTask":
+            create["responses"]["200"]["links"] = {
+                target: {"operationId": target, "parameters": {"id": "$response.body#/id"}}
+                for target in ("GetTask", "CancelTask")
+            }
+
+
+# A task every deployment accepts: Swagger UI's "Try it out" starts from it (the sample it would
+# build from the schema alone is refused: relative paths, empty image).
+CREATE_TASK_EXAMPLE: dict[str, Any] = {
+    "name": "hello",
+    "executors": [{"image": "alpine:3.20", "command": ["echo", "hello, TES"]}],
+    "tags": {"project": "demo"},
+}
+
+
+def _add_examples(document: dict[str, Any]) -> None:
+    for path_item in document.get("paths", {}).values():
+        create = path_item.get("post", {})
+        if create.get("operationId") == "CreateTask":
+            create["requestBody"]["content"]["application/json"]["example"] = CREATE_TASK_EXAMPLE
+
+
 def build_document(app: FastAPI, settings: Settings) -> dict[str, Any]:
-    document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    document = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
     document.setdefault("components", {}).setdefault("schemas", {}).update(tes_component_schemas(settings))
     _drop_422(document)
     _fix_parameters(document)
+    _add_links(document)
+    _add_examples(document)
     add_security(document, effective_auth_settings(settings))
     _add_auth_errors(document)
     return document

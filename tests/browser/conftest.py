@@ -77,12 +77,16 @@ class Visit:
     context: BrowserContext
     requests: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    blocked_by_csp: list[str] = field(default_factory=list)  # refused by the page's CSP: never sent
 
     def foreign_requests(self) -> list[str]:
+        """Requests to another host that the browser really sent (not refused by the page's CSP)."""
         return [
             u
             for u in self.requests
-            if urlsplit(u).hostname not in ("127.0.0.1", None) and not u.startswith("data:")
+            if urlsplit(u).hostname not in ("127.0.0.1", None)
+            and not u.startswith(("data:", "blob:"))
+            and u not in self.blocked_by_csp
         ]
 
 
@@ -93,6 +97,10 @@ def open_tab(browser: Browser, **context_options: Any) -> Visit:
     page.on("request", lambda request: visit.requests.append(request.url))
     page.on("console", lambda msg: visit.errors.append(msg.text) if msg.type == "error" else None)
     page.on("pageerror", lambda exc: visit.errors.append(str(exc)))
+    page.on(
+        "requestfailed",
+        lambda request: visit.blocked_by_csp.append(request.url) if request.failure == "csp" else None,
+    )
     page.on("dialog", lambda dialog: dialog.accept())  # "Cancel task ...?" confirmations
     page.set_default_timeout(15000)
     return visit
