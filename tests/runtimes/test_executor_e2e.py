@@ -22,8 +22,9 @@ from tesp_api.store.sqlite import SqliteTaskStore
 from tesp_api.tes.models import TesState
 from tesp_api.tes.states import CANCELABLE_STATES
 from tests.engine.conftest import submit, wait_for
-from tests.runtimes.conftest import RealRuntime
+from tests.runtimes.conftest import RealRuntime, runtime_settings
 from tests.services.http_server import HttpServer
+from tests.services.pulsar import LocalPulsar
 
 pytestmark = [pytest.mark.pulsar, pytest.mark.slow]
 
@@ -267,3 +268,21 @@ async def test_env_values_never_appear_on_a_command_line_while_the_executor_runs
     await store.update(tid, expected=CANCELABLE_STATES, state=TesState.CANCELED)
     engine.notify_cancel(tid)
     assert (await wait_for(store, tid)).state == TesState.CANCELED
+
+
+async def test_each_runtime_gets_only_its_own_extra_args(
+    store: SqliteTaskStore, real_runtime: RealRuntime, pulsar: LocalPulsar, tmp_path: Path
+) -> None:
+    """``docker_args``/``podman_args``/``bwrap_args`` are set at once (as an operator whose auto may
+    pick any of them would): the runtime in use applies its own and never sees the others'."""
+    runtime = {**real_runtime.settings, "docker_args": ["--hostname", "docker-host"],
+               "podman_args": ["--hostname", "podman-host"], "bwrap_args": ["--hostname", "bwrap-host"]}
+    engine = Engine(runtime_settings(pulsar.url, tmp_path, runtime), store)
+    await engine.start()
+    try:
+        tid = await submit(store, {"executors": [one(real_runtime, "hostname")]})
+        rec = await wait_for(store, tid)
+    finally:
+        await engine.stop()
+    assert rec.state == TesState.COMPLETE, logs_of(rec)
+    assert stdout_of(rec) == f"{real_runtime.kind}-host\n"
