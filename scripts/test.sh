@@ -10,9 +10,10 @@ VENV=${VENV:-.venv}
 # Executors run for real under bubblewrap, Docker and Podman (tests/runtimes/ is parametrized over all
 # three); busybox-static is the local/busybox:1 test image (no registry is reachable), uidmap is what
 # podman needs for user namespaces. Debian packages, installed as root when missing; a machine where
-# they cannot be installed skips those tests with the reason.
+# they cannot be installed skips those tests with the reason. chromium: the browser tests (tests/browser,
+# Playwright drives Debian's build; `playwright install` cannot download one here).
 missing=()
-for pkg in bubblewrap docker.io podman busybox-static uidmap; do
+for pkg in bubblewrap docker.io podman busybox-static uidmap chromium; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
