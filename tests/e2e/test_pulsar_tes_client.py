@@ -46,6 +46,7 @@ import httpx
 import pytest
 
 from tests.services import rabbitmq
+from tests.services.images import BUSYBOX_IMAGE
 from tests.services.job_files_server import job_files_server
 from tests.services.tesp_local import LocalServiceProcess
 
@@ -91,9 +92,9 @@ def _service_env() -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServiceProcess]:
-    proc = LocalServiceProcess(tmp_path_factory.mktemp("tesp-local"), **_service_env())
+@contextlib.contextmanager
+def _local_service(state_dir: Path, env: dict[str, str]) -> Iterator[LocalServiceProcess]:
+    proc = LocalServiceProcess(state_dir, **env)
     proc.start()
     try:
         yield proc
@@ -101,6 +102,60 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServicePr
         proc.stop()
         if os.environ.get("TESP_TEST_SHOW_LOGS"):
             print(proc.log_text())
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServiceProcess]:
+    with _local_service(tmp_path_factory.mktemp("tesp-local"), _service_env()) as proc:
+        yield proc
+
+
+# Real containers: no registry is reachable, so the images Pulsar's client names are the test's
+# local/busybox:1 (tests/services/images.py) tagged with those names; the host's /usr, /lib and
+# Pulsar's venv are mounted read-only into each container, in place of an image with pulsar-app
+# (galaxy/pulsar-pod-staging holds it in production).
+PULSAR_STAGING_IMAGE = "galaxy/pulsar-pod-staging:0.15.0.0"  # pulsar 0.16's PULSAR_CONTAINER_IMAGE
+
+
+def _container_mounts() -> list[str]:
+    args: list[str] = []
+    for path in ("/usr", "/lib", "/lib64", *_pulsar_host_paths()):
+        if os.path.exists(path):
+            args += ["-v", f"{path}:{path}:ro"]
+    return [*args, "-e", f"PATH={sys.prefix}/bin:{DEFAULT_PATH}"]
+
+
+def _container_env(kind: str, binary: str, cli_env: dict[str, str]) -> dict[str, str]:
+    args = _container_mounts()
+    if kind == "podman":
+        # podman copies the proxy variables of its own environment into the container (--http-proxy
+        # defaults to true): the test store's closed proxy (for pulls) would catch the executors' HTTP.
+        args.append("--http-proxy=false")
+    return {
+        "TESP_API_RUNTIME__TYPE": kind,
+        f"TESP_API_RUNTIME__{kind.upper()}_BIN": binary,
+        "TESP_API_RUNTIME__ENV": "@json " + json.dumps(cli_env),  # dynaconf: a table from JSON
+        "TESP_API_RUNTIME__NETWORK": "host",
+        "TESP_API_RUNTIME__PULL_POLICY": "never",
+        f"TESP_API_RUNTIME__{kind.upper()}_ARGS": json.dumps(args),
+    }
+
+
+@pytest.fixture(scope="module", params=["docker", "podman"])
+def container_service(request: pytest.FixtureRequest,
+                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServiceProcess]:
+    """`tesp-api local` on a private dockerd or podman store (session fixtures of tests/conftest.py)."""
+    kind: str = request.param
+    if kind == "docker":
+        daemon = request.getfixturevalue("docker_daemon")
+        cli, binary, cli_env = daemon.cli, daemon.client, daemon.env
+    else:
+        store = request.getfixturevalue("podman_store")
+        cli, binary, cli_env = store.cli, store.binary, store.env
+    for name in (PULSAR_STAGING_IMAGE, TEST_TOOL_CONTAINER):
+        cli("tag", BUSYBOX_IMAGE, name)
+    with _local_service(tmp_path_factory.mktemp(f"tesp-local-{kind}"), _container_env(kind, binary, cli_env)) as proc:
+        yield proc
 
 
 @pytest.fixture
@@ -326,3 +381,22 @@ def test_coexecution_tes_with_status_over_mq_runs_through_tesp_api(
                 "setup", "status", "kill", "status_update", "status_update_ack")]))
     _assert_galaxy_shaped(outcome.tasks, executors=3)
     assert outcome.status_via == ["mq"]
+
+
+def test_coexecution_tes_polling_runs_in_real_containers(
+    container_service: LocalServiceProcess, client_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The coexecution case again, the three executors in real docker / podman containers."""
+    _tes_enabled_shim(monkeypatch)
+    extra: dict[str, Any] = {}
+    if container_service.env["TESP_API_RUNTIME__TYPE"] == "podman":
+        # podman shows a container's "/" as dr-xr-xr-x, and with --cap-drop ALL even root cannot write
+        # there: the in-task Pulsar's default tool_dependency_dir ("dependencies" below the workdir "/")
+        # fails with EACCES. A Galaxy admin sets this in the destination's pulsar_app_config.
+        extra["remote_pulsar_app_config"] = {"tool_dependency_dir": "/pulsar_staging/dependencies"}
+    with job_files_server(client_root) as files:
+        outcome = _run_check(container_service, monkeypatch, files.url, container=TEST_TOOL_CONTAINER,
+                             expecting_full_metadata=False, **extra)
+        assert files.served_files, "Pulsar inside the task never fetched an input from the job files endpoint"
+    _assert_galaxy_shaped(outcome.tasks, executors=3)
+    assert outcome.tasks[0]["executors"][0]["image"] == PULSAR_STAGING_IMAGE
