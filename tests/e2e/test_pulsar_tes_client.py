@@ -25,7 +25,9 @@ The image is ignored, so the executors run the host's userland; Pulsar's venv (t
 ``sys.prefix``, and the Python it was made from) is bound read-only into the sandbox and put first on
 PATH, because the executors call ``pulsar-submit``/``pulsar-finish``/``python`` by bare name. The
 stage-in and stage-out executors must reach the job files endpoint on 127.0.0.1, so executors get the
-host network (``runtime.network = "host"``).
+host network (``runtime.network = "host"``). The coexecution case runs once more in real containers,
+on a private dockerd and a private podman store (skipped, saying why, where they cannot run).
+docs/clients.md says what each setting is for and what this test found.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -106,6 +109,8 @@ def _local_service(state_dir: Path, env: dict[str, str]) -> Iterator[LocalServic
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServiceProcess]:
+    if shutil.which("bwrap") is None:
+        pytest.skip("bwrap (bubblewrap) is not installed")
     with _local_service(tmp_path_factory.mktemp("tesp-local"), _service_env()) as proc:
         yield proc
 
