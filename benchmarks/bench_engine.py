@@ -139,7 +139,11 @@ async def pulsar_wait(client: httpx.AsyncClient, job_id: str) -> None:
 
     delay, last = FIRST_POLL, ""
     while True:
-        status = (await client.get(f"/jobs/{job_id}/status")).json()["status"]
+        try:
+            status = (await client.get(f"/jobs/{job_id}/status")).json()["status"]
+        except httpx.TransportError:  # a gunicorn worker restarted under load: ask again, as the engine does
+            await asyncio.sleep(delay)
+            continue
         if status == "complete":
             return
         if status != last and status == "running":

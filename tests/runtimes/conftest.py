@@ -8,15 +8,11 @@ test; ``runtime.type`` is always pinned (auto would pick podman or docker on thi
 
 The runtime CLI inside the Pulsar job gets its endpoint (DOCKER_HOST; CONTAINERS_CONF,
 CONTAINERS_STORAGE_CONF, CONTAINERS_REGISTRIES_CONF and the closed proxy for podman) through the
-``runtime.env`` setting, since Pulsar starts jobs with a clean environment. Before the job runner
-that honours ``runtime.env`` existed, the same variables reached the CLI through a wrapper script
-given as ``runtime.docker_bin``/``podman_bin``; ``TESP_TEST_RUNTIME_ENV=wrapper`` still selects it.
+``runtime.env`` setting, since Pulsar starts jobs with a clean environment.
 """
 
 from __future__ import annotations
 
-import os
-import shlex
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tesp_api.config.settings import RuntimeSettings, Settings, TransferSettings
+from tesp_api.config.settings import Settings, TransferSettings
 from tests.services.docker_daemon import DockerDaemon
 from tests.services.http_server import HttpServer, http_server
 from tests.services.images import BUSYBOX_IMAGE
@@ -33,7 +29,6 @@ from tests.services.podman import PodmanStore
 from tests.services.pulsar import LocalPulsar, pulsar_server
 
 RUNTIMES = ["bwrap", "docker", "podman"]
-RUNNER = Path(__file__).resolve().parents[2] / "tesp_api" / "engine" / "runner" / "tes_runner.py"
 
 
 @dataclass
@@ -48,42 +43,23 @@ class RealRuntime:
     has_cgroup_limits: bool = True  # bwrap has no cpu/memory limits
 
 
-def _env_mode() -> str:
-    forced = os.environ.get("TESP_TEST_RUNTIME_ENV")
-    if forced in ("wrapper", "settings"):
-        return forced
-    return "settings" if "env" in RuntimeSettings.model_fields and RUNNER.exists() else "wrapper"
-
-
-def _wrapper(path: Path, binary: str, env: dict[str, str]) -> str:
-    """A CLI wrapper that sets ``env`` and execs the real binary (for engines without runtime.env)."""
-    assigns = " ".join(shlex.quote(f"{k}={v}") for k, v in env.items())
-    path.write_text(f"#!/bin/sh\nexec env {assigns} {shlex.quote(binary)} \"$@\"\n")
-    path.chmod(0o755)
-    return str(path)
-
-
-def _container_settings(kind: str, binary: str, env: dict[str, str], tmp: Path) -> dict[str, Any]:
-    key = f"{kind}_bin"
-    if _env_mode() == "settings":
-        return {"type": kind, key: binary, "env": env}
-    return {"type": kind, key: _wrapper(tmp / f"{kind}-wrapper", binary, env)}
+def _container_settings(kind: str, binary: str, env: dict[str, str]) -> dict[str, Any]:
+    return {"type": kind, f"{kind}_bin": binary, "env": env}
 
 
 @pytest.fixture(scope="session", params=RUNTIMES)
-def real_runtime(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> RealRuntime:
+def real_runtime(request: pytest.FixtureRequest) -> RealRuntime:
     kind = request.param
     if kind == "bwrap":
         if shutil.which("bwrap") is None:
             pytest.skip("bwrap (bubblewrap) is not installed")
         return RealRuntime("bwrap", {"type": "bwrap"}, has_images=False, has_cgroup_limits=False)
-    tmp = tmp_path_factory.mktemp(f"{kind}-cli")
     if kind == "docker":
         daemon: DockerDaemon = request.getfixturevalue("docker_daemon")
-        return RealRuntime("docker", _container_settings("docker", daemon.client, daemon.env, tmp),
+        return RealRuntime("docker", _container_settings("docker", daemon.client, daemon.env),
                            container_names=daemon.container_names)
     store: PodmanStore = request.getfixturevalue("podman_store")
-    return RealRuntime("podman", _container_settings("podman", store.binary, store.env, tmp),
+    return RealRuntime("podman", _container_settings("podman", store.binary, store.env),
                        container_names=store.container_names)
 
 
