@@ -18,7 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tesp_api.api.app import create_app
+from tesp_api.config.settings import Settings
 from tesp_api.local import free_port
+from tesp_api.store.sqlite import SqliteTaskStore
 
 BASE = "/ga4gh/tes/v1"
 MIB = 1024 * 1024
@@ -134,3 +137,37 @@ def test_a_full_list_of_big_tasks_is_paged_under_the_cap_and_bounds_the_servers_
         # The old code grew by ~700 MiB here. A page now holds about one cap's worth of tasks, each in
         # a few copies (row, model, dict, JSON): well under 200 MiB.
         assert peak_growth_mib < 200, f"peak memory grew by {peak_growth_mib:.0f} MiB while listing"
+
+
+async def test_pages_of_many_small_tasks_stay_under_the_smallest_cap(tmp_path: Path) -> None:
+    """The budget's per-task margin covers what rendering adds (id, state, creation_time, commas),
+    also when the cap is the smallest allowed (64 KiB) and a page could hold 2047 tasks."""
+    store = SqliteTaskStore(str(tmp_path / "tasks.sqlite3"), synchronous="NORMAL")
+    await store.open()
+    try:
+        settings = Settings.model_validate({"api": {"max_page_bytes": 64 * 1024}})
+        app = create_app(settings, store)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://tes.test") as client:
+            created = set()
+            for i in range(400):
+                answer = await client.post(
+                    f"{BASE}/tasks", json={"name": f"t{i}", "executors": [{"image": "a", "command": ["x"]}]}
+                )
+                created.add(answer.json()["id"])
+            seen: list[str] = []
+            pages = 0
+            token = None
+            while True:
+                pages += 1
+                params = {"view": "FULL", "page_size": "2047", **({"page_token": token} if token else {})}
+                answer = await client.get(f"{BASE}/tasks", params=params)
+                assert len(answer.content) <= 64 * 1024
+                seen += [t["id"] for t in answer.json()["tasks"]]
+                token = answer.json().get("next_page_token")
+                if not token:
+                    break
+        assert len(seen) == len(created) and set(seen) == created
+        assert pages > 1
+    finally:
+        await store.close()
