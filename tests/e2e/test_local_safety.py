@@ -3,7 +3,9 @@ directory, with a random private_token that appears in no argv, environment, log
 where httpx logs every request URL) or job file; and ``--state-dir`` holds the task store.
 
 One real `tesp-api local` process for the module (Pulsar child included), run with DEBUG logging and
-Pulsar job directories kept, so that everything it wrote can be searched for the token.
+Pulsar job directories kept, so that everything it wrote can be searched for the token; and with
+``runtime.network = "host"``, the harder case: even an executor with the host's network cannot reach
+that Pulsar.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Local]:
         "TESP_API_LOGGING__LEVEL": "DEBUG",
         "TESP_API_PULSAR__KEEP_JOB_DIRECTORIES": "true",
         "TESP_API_PULSAR__STATUS__POLL_INTERVAL": "0.2",
+        "TESP_API_RUNTIME__NETWORK": "host",
         "CONTAINER_TYPE": "bwrap",  # podman or docker may work here, but with no image to run
     })
     log_file = cwd / "local.log"
@@ -154,6 +157,48 @@ def test_the_executor_environment_holds_no_token(local: Local, finished_task: di
     stdout = logs[0]["logs"][0]["stdout"]
     assert stdout.startswith("payload\n")
     assert local.token not in stdout and "PULSAR" not in stdout
+
+
+ATTACK = r'''
+import socket, sys
+sock_path, app_yml = sys.argv[1:3]
+try:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(sock_path)
+    s.sendall(b"POST /jobs?job_id=intruder2 HTTP/1.0\r\n\r\n")
+    print("socket:", s.recv(100))
+except Exception as exc:
+    print("socket:", type(exc).__name__)
+try:
+    print("app.yml:", len(open(app_yml).read()))
+except Exception as exc:
+    print("app.yml:", type(exc).__name__)
+'''
+
+
+def run_task(local: Local, task: dict[str, object]) -> dict[str, object]:
+    task_id = httpx.post(f"{local.api}/tasks", json=task, timeout=10).json()["id"]
+    deadline = time.monotonic() + 90
+    while (got := httpx.get(f"{local.api}/tasks/{task_id}", params={"view": "FULL"}, timeout=10).json())[
+        "state"
+    ] in ("QUEUED", "INITIALIZING", "RUNNING"):
+        assert time.monotonic() < deadline, got
+        time.sleep(0.1)
+    return dict(got)
+
+
+def test_an_executor_with_the_host_network_cannot_reach_locals_pulsar(local: Local) -> None:
+    task = run_task(local, {
+        "inputs": [{"path": "/attack/attack.py", "content": ATTACK}],
+        "executors": [{"image": "alpine", "command": [
+            "/usr/bin/python3", "/attack/attack.py", str(local.pulsar_dir / "pulsar.sock"),
+            str(local.pulsar_dir / "app.yml")]}],
+    })
+    assert task["state"] == "COMPLETE", task
+    logs = task["logs"]
+    assert isinstance(logs, list)
+    assert logs[0]["logs"][0]["stdout"] == "socket: FileNotFoundError\napp.yml: FileNotFoundError\n"
+    assert not (local.pulsar_dir / "files" / "staging" / "intruder2").exists()
 
 
 def test_the_state_dir_holds_the_task_store(local: Local, finished_task: dict[str, object]) -> None:
