@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp
-from starlette.datastructures import Headers
 
 CORS_METHODS = ("GET", "POST", "OPTIONS")
 CORS_HEADERS = ("Authorization", "Content-Type", "Idempotency-Key")
@@ -43,6 +43,10 @@ class TesCorsMiddleware(CORSMiddleware):
         if response.status_code < 400:
             return response
         msg = bytes(response.body).decode("utf-8", "replace") or "CORS preflight refused"
-        headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
+        headers = {
+            k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")
+        }
         body = json.dumps({"msg": msg, "status_code": response.status_code})
-        return Response(body, status_code=response.status_code, headers=headers, media_type="application/json")
+        return Response(
+            body, status_code=response.status_code, headers=headers, media_type="application/json"
+        )

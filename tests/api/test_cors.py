@@ -31,7 +31,9 @@ async def test_without_cors_origins_a_preflight_is_not_answered_with_cors_header
     assert_tes_error(response, 405)
 
 
-async def test_a_preflight_for_create_task_from_a_listed_origin_succeeds(cors_client: httpx.AsyncClient) -> None:
+async def test_a_preflight_for_create_task_from_a_listed_origin_succeeds(
+    cors_client: httpx.AsyncClient,
+) -> None:
     response = await cors_client.options(f"{BASE}/tasks", headers=PREFLIGHT)
     assert response.status_code == 200
     assert response.headers["access-control-allow-origin"] == APP_ORIGIN
@@ -62,19 +64,27 @@ async def test_credentials_are_never_allowed_cross_origin(cors_client: httpx.Asy
 async def test_a_preflight_from_an_unlisted_origin_is_refused_as_a_tes_error(
     cors_client: httpx.AsyncClient,
 ) -> None:
-    response = await cors_client.options(f"{BASE}/tasks", headers={**PREFLIGHT, "Origin": "https://evil.example"})
+    response = await cors_client.options(
+        f"{BASE}/tasks", headers={**PREFLIGHT, "Origin": "https://evil.example"}
+    )
     assert_tes_error(response, 400, "origin")
     assert response.headers.get("access-control-allow-origin") != "https://evil.example"
 
 
-async def test_an_unlisted_origin_gets_no_allow_origin_on_a_simple_request(cors_client: httpx.AsyncClient) -> None:
+async def test_an_unlisted_origin_gets_no_allow_origin_on_a_simple_request(
+    cors_client: httpx.AsyncClient,
+) -> None:
     response = await cors_client.get(f"{BASE}/tasks", headers={"Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in response.headers
 
 
-async def test_a_star_allows_any_origin_without_credentials(client_for: Callable[..., httpx.AsyncClient]) -> None:
+async def test_a_star_allows_any_origin_without_credentials(
+    client_for: Callable[..., httpx.AsyncClient],
+) -> None:
     async with client_for(make_settings(api={"cors_origins": ["*"]})) as client:
-        response = await client.options(f"{BASE}/tasks", headers={**PREFLIGHT, "Origin": "https://any.example"})
+        response = await client.options(
+            f"{BASE}/tasks", headers={**PREFLIGHT, "Origin": "https://any.example"}
+        )
     assert response.status_code == 200
     assert response.headers["access-control-allow-origin"] == "*"
     assert "access-control-allow-credentials" not in response.headers

@@ -67,7 +67,9 @@ async def test_the_legacy_service_info_is_protected_like_service_info(
     settings = make_settings(auth={"mode": "basic", "users": [user], "service_info_public": False})
     async with client_for(settings) as client:
         assert_tes_error(await client.get("/v1/tasks/service-info"), 401)
-        assert (await client.get("/v1/tasks/service-info", headers=_basic("ann", "ann-pass"))).status_code == 200
+        assert (
+            await client.get("/v1/tasks/service-info", headers=_basic("ann", "ann-pass"))
+        ).status_code == 200
 
 
 # --- py-tes 0.4.2 itself -------------------------------------------------------------------------
@@ -90,7 +92,9 @@ def pytes_042(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return where / "site"
 
 
-def _run_old_client(site: Path, url: str, user: str | None = None, password: str | None = None) -> dict[str, object]:
+def _run_old_client(
+    site: Path, url: str, user: str | None = None, password: str | None = None
+) -> dict[str, object]:
     script = """
 import json, sys, tes
 assert tes.__version__ == "0.4.2", tes.__version__
@@ -117,7 +121,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def test_py_tes_0_4_2_reads_the_service_info(pytes_042: Path, server: str) -> None:
     info = _run_old_client(pytes_042, server)
-    assert info == {"type": "ServiceInfo", "name": "Old clients welcome", "doc": info["doc"], "storage": ["file:///data"]}
+    assert info == {
+        "type": "ServiceInfo",
+        "name": "Old clients welcome",
+        "doc": info["doc"],
+        "storage": ["file:///data"],
+    }
     assert isinstance(info["doc"], str) and info["doc"]
 
 

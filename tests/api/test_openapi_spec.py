@@ -43,7 +43,11 @@ SERVICE_INFO_1_0: dict[str, dict[str, Any]] = {
     "ServiceType": {
         "type": "object",
         "required": ["group", "artifact", "version"],
-        "properties": {"group": {"type": "string"}, "artifact": {"type": "string"}, "version": {"type": "string"}},
+        "properties": {
+            "group": {"type": "string"},
+            "artifact": {"type": "string"},
+            "version": {"type": "string"},
+        },
     },
 }
 
@@ -128,7 +132,9 @@ async def test_the_component_schema_matches_the_tes_spec_field_by_field(
         assert _shape(our_props[prop]) == _shape(their_props[prop]), f"{name}.{prop}"
 
 
-async def test_the_task_view_extension_is_a_task_whose_executors_may_be_absent(document: dict[str, Any]) -> None:
+async def test_the_task_view_extension_is_a_task_whose_executors_may_be_absent(
+    document: dict[str, Any],
+) -> None:
     schemas = document["components"]["schemas"]
     view, task = schemas["tesTaskView"], schemas["tesTask"]
     assert view["properties"] == task["properties"]
@@ -144,9 +150,19 @@ async def test_the_documented_page_size_bound_is_the_servers(document: dict[str,
     assert params["page_size"]["schema"]["maximum"] == routes.MAX_PAGE_SIZE
 
 
-async def test_every_spec_operation_is_in_our_document_with_its_operation_id(document: dict[str, Any]) -> None:
+async def test_every_spec_operation_is_in_our_document_with_its_operation_id(
+    document: dict[str, Any],
+) -> None:
     spec = _spec()
     prefix = spec["servers"][0]["url"]
-    theirs = {(prefix + path, method, op["operationId"]) for path, item in spec["paths"].items() for method, op in item.items()}
-    ours = {(path, method, op["operationId"]) for path, item in document["paths"].items() for method, op in item.items()}
+    theirs = {
+        (prefix + path, method, op["operationId"])
+        for path, item in spec["paths"].items()
+        for method, op in item.items()
+    }
+    ours = {
+        (path, method, op["operationId"])
+        for path, item in document["paths"].items()
+        for method, op in item.items()
+    }
     assert theirs <= ours

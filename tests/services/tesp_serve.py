@@ -24,7 +24,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_tesp_serve(home: Path, extra_toml: str = "", *, ready_headers: dict[str, str] | None = None) -> Iterator[str]:
+def running_tesp_serve(
+    home: Path, extra_toml: str = "", *, ready_headers: dict[str, str] | None = None
+) -> Iterator[str]:
     """Start ``tesp-api serve`` in ``home`` with ``extra_toml`` appended to its settings; yield its URL."""
     port = free_port()
     settings = home / "settings.toml"
