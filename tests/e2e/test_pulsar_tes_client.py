@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -303,6 +304,8 @@ class Outcome:
 def _run_check(service: LocalServiceProcess, monkeypatch: pytest.MonkeyPatch, files_url: str,
                **case: Any) -> Outcome:
     """check.run with upstream's options for one case; what tesp-api received for it."""
+    # check.run starts with logging.basicConfig(level=DEBUG): not for the rest of the test session
+    monkeypatch.setattr(logging, "basicConfig", lambda **_: None)
     created, polled_views = _record_client_calls(monkeypatch)
     status_via: list[str] = []
     _fail_fast_waiter(monkeypatch, service, created, status_via)
