@@ -18,18 +18,20 @@ connection at transfer time (DNS may change in between: "rebinding"):
 
 IP literals are read the way the C library reads them (``2130706433``, ``0x7f000001``,
 ``0177.0.0.1``, ``127.1``), and names ending in ``.localhost`` count as loopback (RFC 6761) without
-a lookup. Name resolution goes through :data:`resolve` (asyncio's getaddrinfo with a timeout): the
+a lookup. Name resolution goes through :data:`resolve` (getaddrinfo in its own lookup threads, with a timeout): the
 one seam tests replace to simulate DNS answers, because the machine's resolver must not be changed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import re
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -63,13 +65,17 @@ class Unresolvable(Exception):
     """The host name did not resolve (or not in time)."""
 
 
+# Lookups run in their own few threads: a stalled resolver (a lookup cannot be cancelled once it
+# runs) then delays only other lookups, never staging, S3 transfers or password checks.
+_LOOKUP_THREADS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="tesp-dns")
+
+
 async def system_resolve(host: str, port: int, timeout: float) -> list[str]:
-    """Every address ``host`` resolves to, via the event loop's getaddrinfo (a worker thread)."""
+    """Every address ``host`` resolves to, via the C library's getaddrinfo in a lookup thread."""
     loop = asyncio.get_running_loop()
+    lookup = functools.partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
     try:
-        infos = await asyncio.wait_for(
-            loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP), timeout
-        )
+        infos = await asyncio.wait_for(loop.run_in_executor(_LOOKUP_THREADS, lookup), timeout)
     except (OSError, TimeoutError, UnicodeError) as exc:
         raise Unresolvable(host) from exc
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
