@@ -10,7 +10,6 @@ import base64
 import binascii
 import gzip
 import io
-import json
 import tarfile
 import zlib
 from dataclasses import dataclass, field
@@ -49,16 +48,16 @@ class JobResults:
     system: dict[int, SystemNote] = field(default_factory=dict)
 
 
-def _note(data: bytes) -> SystemNote:
-    try:
-        raw = json.loads(data)
-        return SystemNote(str(raw.get("kind", "runtime")), str(raw.get("msg", "")))
-    except (ValueError, AttributeError):
-        return SystemNote("runtime", _text(data))
-
-
 def _text(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
+
+
+def _note(data: bytes) -> SystemNote:
+    """``<kind>\n<message>`` as the runner writes it."""
+    kind, _, message = _text(data).partition("\n")
+    if kind not in ("task", "runtime"):
+        return SystemNote("runtime", _text(data))
+    return SystemNote(kind, message)
 
 
 def parse_manifest(data: bytes) -> list[ManifestEntry]:
