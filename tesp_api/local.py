@@ -318,6 +318,13 @@ def local_raw_settings(raw: dict[str, Any], args: argparse.Namespace, state: Pat
     runtime.setdefault("runner_python", sys.executable)
 
 
+def local_pulsar(pulsar_dir: Path, pulsar_port: int | None) -> LocalPulsar:
+    """The Pulsar child: on its Unix socket with a new random token; on 127.0.0.1 (token still required)
+    with ``--pulsar-port`` or when the socket's path would be too long to bind."""
+    use_socket = pulsar_port is None and len(str(pulsar_dir / SOCKET_NAME)) <= MAX_SOCKET_PATH
+    return LocalPulsar(pulsar_dir, port=pulsar_port, private_token=new_private_token(), unix_socket=use_socket)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tesp-api local", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--settings", metavar="FILE",
@@ -345,9 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     state = Path(args.state_dir).resolve()
     pulsar_dir = state / "pulsar"
-    use_socket = args.pulsar_port is None and len(str(pulsar_dir / SOCKET_NAME)) <= MAX_SOCKET_PATH
-    pulsar = LocalPulsar(pulsar_dir, port=args.pulsar_port, private_token=new_private_token(),
-                         unix_socket=use_socket)
+    pulsar = local_pulsar(pulsar_dir, args.pulsar_port)
     try:
         raw = load_raw(args.settings, args.profile)  # as `serve` reads them: settings.toml, TESP_API_*
         local_raw_settings(raw, args, state, pulsar)
@@ -361,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     from tesp_api.service import StartupError, configure_logging, serve
 
     configure_logging(settings.logging)
-    if not use_socket and args.pulsar_port is None:
+    if not pulsar.uds and args.pulsar_port is None:
         log.warning("state directory path too long for a Unix socket: Pulsar listens on %s (token required)",
                     pulsar.url)
 

@@ -14,7 +14,7 @@ import pytest
 
 from tesp_api.config.loader import load_raw, validate_settings
 from tesp_api.config.settings import Settings
-from tesp_api.local import LocalPulsar, build_parser, local_raw_settings, new_private_token
+from tesp_api.local import LocalPulsar, build_parser, local_pulsar, local_raw_settings, new_private_token
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,3 +68,18 @@ def test_tesp_api_runtime_type_wins_over_container_type(monkeypatch: pytest.Monk
     monkeypatch.setenv("CONTAINER_TYPE", "bwrap")
     monkeypatch.setenv("TESP_API_RUNTIME__TYPE", "podman")
     assert validate_settings(load_raw(REPO / "settings.toml")).runtime.type == "podman"
+
+
+def test_pulsar_port_puts_pulsar_on_loopback_tcp_with_its_token(tmp_path: Path) -> None:
+    pulsar = local_pulsar(tmp_path / "pulsar", 18913)
+    assert pulsar.uds is None and pulsar.url == "http://127.0.0.1:18913"
+    assert pulsar.private_token
+
+
+def test_a_socket_path_too_long_to_bind_falls_back_to_tcp_with_a_token(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 100) / "pulsar"
+    pulsar = local_pulsar(deep, None)
+    assert pulsar.uds is None and pulsar.url.startswith("http://127.0.0.1:")
+    assert pulsar.private_token
+    assert local_pulsar(tmp_path / "pulsar", None).uds == str(tmp_path / "pulsar" / "pulsar.sock")
+
