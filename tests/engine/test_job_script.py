@@ -51,8 +51,21 @@ def write_job(tmp: Path, spec: dict[str, Any], inputs: dict[str, bytes] | None =
     return job, task
 
 
-def runner_argv(job: Path) -> list[str]:
-    return [sys.executable, "-I", "-S", str(job / "tool_files" / SCRIPT_NAME), str(job / "tool_files" / SPEC_NAME)]
+def runner_argv(job: Path, python: str = sys.executable) -> list[str]:
+    return [python, "-I", "-S", str(job / "tool_files" / SCRIPT_NAME), str(job / "tool_files" / SPEC_NAME)]
+
+
+def oldest_python() -> str | None:
+    """A Python 3.8 on this machine (PATH or pyenv), for the runner's promise to run on the Pulsar host's."""
+    import glob
+    import shutil
+
+    candidates = [*sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.8*/bin/python3.8"))),
+                  shutil.which("python3.8")]
+    for python in filter(None, candidates):
+        if subprocess.run([python, "-c", "pass"], capture_output=True, check=False).returncode == 0:
+            return python  # a pyenv shim without that version installed does not count
+    return None
 
 
 def run_job(tmp: Path, spec: dict[str, Any], inputs: dict[str, bytes] | None = None,
@@ -72,6 +85,31 @@ def test_every_argument_reaches_the_executor_unchanged(tmp_path: Path) -> None:
         {"image": "alpine", "command": ["printf", "%s|", NASTY, "", "two words"]}]})
     assert proc.returncode == 0, proc.stderr
     assert results(job, 1).executor_logs[0].stdout == f"{NASTY}||two words|"
+
+
+def test_the_runner_runs_on_python_3_8(tmp_path: Path) -> None:
+    import pytest
+
+    python = oldest_python()
+    if python is None:
+        pytest.skip("no Python 3.8 on this machine")
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f").write_text("in\n")
+    archive = tmp_path / "in.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(src, arcname=".")
+    job, _task = write_job(
+        tmp_path, {"inputs": [{"path": "/in", "url": "file:///x", "type": "DIRECTORY"}],
+                   "outputs": [{"path": "/out/*", "url": "file:///y"}],
+                   "executors": [{"image": "a", "command": ["sh", "-c", "cat /in/d/f > /out/r; echo \"$V\""],
+                                  "env": {"V": "v 1"}}]},
+        inputs={"tes-in-0.tar": archive.read_bytes()}, placed=[PlacedInput("tes-in-0.tar", "/in", True)])
+    proc = subprocess.run(runner_argv(job, python), cwd=job / "working", capture_output=True, text=True,
+                          timeout=60, check=False, env={"PATH": os.environ["PATH"]})
+    assert proc.returncode == 0, proc.stderr
+    res = results(job, 1)
+    assert res.executor_logs[0].stdout == "v 1\n" and [e.container_path for e in res.manifest] == ["/out/r"]
 
 
 def test_sh_c_sees_its_script_literally(tmp_path: Path) -> None:
