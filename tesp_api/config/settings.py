@@ -195,24 +195,28 @@ class RuntimeSettings(_Section):
     )
     pull_policy: Literal["missing", "always", "never"] = "missing"
     network: Literal["none", "host", "bridge"] = Field(
-        "none", description="executors' network: none (default; bwrap --unshare-net, docker/podman --network none), "
-        "host, or bridge (docker/podman; bwrap treats it as host)"
+        default="none",
+        description="executors' network: none (default; bwrap --unshare-net, docker/podman --network none), "
+        "host, or bridge (docker/podman; bwrap treats it as host)",
     )
     allow_task_network: bool = Field(
-        False, description='a task may ask for "host"/"bridge" with resources.backend_parameters {"network": ...}'
+        default=False,
+        description='a task may ask for "host"/"bridge" with resources.backend_parameters {"network": ...}',
     )
     cap_add: list[str] = Field(
         default_factory=list, description="capabilities given back after --cap-drop ALL (docker, podman, bwrap)"
     )
-    user: str | None = Field(None, description="docker/podman --user (uid[:gid]) for every executor; empty = image's")
-    pids_limit: int = Field(4096, ge=0, description="docker/podman --pids-limit (0 = no limit)")
+    user: str | None = Field(
+        default=None, description="docker/podman --user (uid[:gid]) for every executor; empty = image's"
+    )
+    pids_limit: int = Field(default=4096, ge=0, description="docker/podman --pids-limit (0 = no limit)")
     env: dict[str, str] = Field(
         default_factory=dict,
         description="environment of the runtime CLI in the Pulsar job (e.g. DOCKER_HOST, CONTAINERS_CONF, "
         "CONTAINERS_STORAGE_CONF; PATH overrides the default)",
     )
     runner_python: str = Field(
-        "python3", description="Python (>= 3.8) that runs the job runner on the Pulsar host"
+        default="python3", description="Python (>= 3.8) that runs the job runner on the Pulsar host"
     )
     bind_host_paths: list[str] = Field(
         default_factory=list, description="extra host paths bwrap binds read-only at the same place (e.g. a venv)"
