@@ -14,12 +14,21 @@ from fastapi.responses import JSONResponse
 
 from tesp_api.api.deps import Principal, current_principal, service_info_principal
 from tesp_api.api.errors import TesHttpError
+from tesp_api.api.idempotency import HEADER as IDEMPOTENCY_HEADER
+from tesp_api.api.idempotency import idempotency_of
 from tesp_api.api.pages import PageResponse, page_read_budget, page_response
 from tesp_api.api.openapi import error_responses, ok_response
 from tesp_api.api.service_info import build_legacy_service_info, build_service_info
 from tesp_api.api.url_checks import address_problems, egress_policy, url_checkers
 from tesp_api.config.settings import Settings
-from tesp_api.store.port import DuplicateTask, InvalidPageToken, ListQuery, LogPatch, TaskStore
+from tesp_api.store.port import (
+    DuplicateTask,
+    IdempotencyConflict,
+    InvalidPageToken,
+    ListQuery,
+    LogPatch,
+    TaskStore,
+)
 from tesp_api.tes import states
 from tesp_api.tes.ids import is_safe_id, new_task_id
 from tesp_api.tes.limits import TaskLimits, check_task_limits, check_text
@@ -119,6 +128,9 @@ class TaskEndpoints:
 
     async def create_task(self, request: Request, principal: PrincipalDep) -> dict[str, str]:
         raw = await _read_json_body(request)
+        idempotency = idempotency_of(
+            request.headers.get(IDEMPOTENCY_HEADER), raw, self.settings.api.idempotency_ttl_seconds
+        )
         try:
             check_text(raw)  # NUL and lone surrogates: 400 naming the field, before anything stores them
             check_task_limits(raw, self.task_limits)
@@ -134,12 +146,19 @@ class TaskEndpoints:
         for _ in range(3):  # a uuid4 clash is next to impossible; retry rather than fail if it happens
             task.id = new_task_id()
             try:
-                record = await self.store.create(task, principal.owner)
+                record = await self.store.create(task, principal.owner, idempotency=idempotency)
                 break
             except DuplicateTask:
                 continue
+            except IdempotencyConflict:
+                raise TesHttpError(
+                    409, f"{IDEMPOTENCY_HEADER}: already used for a different request body; use a new key"
+                ) from None
         else:
             raise TesHttpError(503, "could not allocate a task id, try again")
+        if record.id != task.id:  # a retry of a create this key made before: its task, nothing new
+            log.info("task %s returned again for its %s", record.id, IDEMPOTENCY_HEADER)
+            return {"id": record.id}
         if validated.warnings:
             await self.store.update(record.id, log=LogPatch(system_logs=validated.warnings))
         log.info("task %s created", record.id)
@@ -235,7 +254,7 @@ class TaskEndpoints:
 _ERRORS: dict[str, tuple[int, ...]] = {
     "GetServiceInfo": (),
     "ListTasks": (400, 503),
-    "CreateTask": (400, 413, 415, 503),
+    "CreateTask": (400, 409, 413, 415, 503),
     "GetTask": (400, 404, 503),
     "CancelTask": (404, 409, 413, 503),
 }
@@ -267,7 +286,17 @@ def build_router(endpoints: TaskEndpoints, *, include_in_schema: bool = True) ->
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/tesTask"}}},
-        }
+        },
+        "parameters": [
+            {
+                "name": IDEMPOTENCY_HEADER,
+                "in": "header",
+                "required": False,
+                "description": "a retry with the same key and body returns the first task's id (docs/api.md); "
+                "another body with the same key: 409",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+            }
+        ],
     }
     # (path, method, handler, operation id = summary, answer schema, extra OpenAPI)
     routes: list[tuple[str, str, Any, str, str, dict[str, Any] | None]] = [

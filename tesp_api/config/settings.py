@@ -36,6 +36,7 @@ class ApiSettings(_Section):
         default_factory=list,
         description="browser origins that may call the API (CORS), e.g. https://app.example.org; empty: off",
     )
+    metrics: bool = Field(True, description="serve /metrics (Prometheus; protected like service-info)")
     # Bounded answers and input (docs/api.md, "Limits"): checked at create with a 400 naming the field.
     max_page_bytes: int = Field(
         16 * MIB, ge=64 * KIB, description="a list page stops early (with next_page_token) before this size"
@@ -60,6 +61,11 @@ class ApiSettings(_Section):
     )
     max_description_chars: int = Field(65536, ge=1024, description="task, input and output descriptions")
     max_url_chars: int = Field(65536, ge=2048, description="inputs[].url and outputs[].url")
+    idempotency_ttl_seconds: float = Field(
+        86400.0,
+        gt=0,
+        description="how long POST /tasks remembers an Idempotency-Key (a retry returns the first task)",
+    )
 
 
 class ServiceInfoSettings(_Section):

@@ -21,6 +21,14 @@ exactly one of many racing writers wins and a lost race writes nothing. ``claim`
 
 Documents without ``seq``/``task_json`` (written by tesp-api 0.2) are ignored: lists only take
 ``seq >= 0`` and ``get`` returns None for them. They are not migrated.
+
+Faults (issue 12, docs/store.md): ``claim`` takes a document that does not decode out of the queue
+(SYSTEM_ERROR, a system log line) and goes on. The seq counter carries a random ``instance`` set
+when it was first made; ``create`` increments it only with that instance, so a database or
+collection dropped (or dropped and made afresh) under the running server is noticed at the next
+create, at no extra cost, and the store then answers StoreUnavailable (the API: 503). An
+``Idempotency-Key`` lives on the task document itself (``idem_key``, a unique sparse index), so the
+key and the task are one insert and a crash cannot separate them.
 """
 
 from __future__ import annotations
@@ -37,12 +45,28 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnD
 from pymongo.errors import DuplicateKeyError
 
 from tesp_api.store.cursor import PageBudget, decode_page_token, page_from, stored_bytes
-from tesp_api.store.port import DuplicateTask, ListQuery, LogPatch, Owner, Page, StoreError, TaskRecord
+from tesp_api.store.port import (
+    CorruptRecord,
+    DuplicateTask,
+    IdempotencyConflict,
+    IdempotencyKey,
+    ListQuery,
+    LogPatch,
+    Owner,
+    Page,
+    StoreError,
+    StoreUnavailable,
+    TaskRecord,
+)
 from tesp_api.store.records import (
+    DECODE_ERRORS,
     apply_log_patch,
+    decode_problem,
     log_from_doc,
     new_log_doc,
+    owner_key,
     owner_matches,
+    quarantine_change,
     truncate_ms,
     utc_now,
 )
@@ -60,8 +84,21 @@ def tag_pair(key: str, value: str) -> str:
 
 
 def _record(doc: dict[str, Any]) -> TaskRecord | None:
+    """The document as a record, None for a document of tesp-api 0.2, CorruptRecord (a StoreError)
+    for one of this store that does not decode."""
     if "task_json" not in doc or "seq" not in doc:
         return None  # not a document of this store (e.g. tesp-api 0.2)
+    try:
+        return _decode(doc)
+    except DECODE_ERRORS as exc:
+        raise CorruptRecord(str(doc.get("_id")), decode_problem(exc)) from exc
+
+
+def _idem_key(owner: Owner | None, key: str) -> str:
+    return json.dumps([owner_key(owner), key], separators=(",", ":"), ensure_ascii=False)
+
+
+def _decode(doc: dict[str, Any]) -> TaskRecord:
     subject = doc.get("owner_subject")
     lease_expires = doc.get("lease_expires")
     return TaskRecord(
@@ -89,6 +126,8 @@ class MongoTaskStore:
         self._collection_name = collection
         self._client: AsyncMongoClient[dict[str, Any]] | None = None
         self._token_key = b""
+        self._instance = ""  # the seq counter's instance (see the module docstring)
+        self._failure: str | None = None  # set for good once the database is gone
 
     @property
     def _tasks(self) -> Any:
@@ -123,9 +162,12 @@ class MongoTaskStore:
                     IndexModel(
                         [("seq", ASCENDING)], name="claimable", partialFilterExpression={"active": True}
                     ),
+                    IndexModel([("idem_key", ASCENDING)], name="by_idempotency_key", unique=True, sparse=True),
+                    IndexModel([("idem_expires", ASCENDING)], name="by_idempotency_expiry", sparse=True),
                 ]
             )
             self._token_key = await self._load_token_key()
+            self._instance = await self._load_instance()
         except BaseException:
             await self.close()
             raise
@@ -144,6 +186,29 @@ class MongoTaskStore:
                 continue
         raise StoreError("cannot read the page token key")
 
+    async def _load_instance(self) -> str:
+        """The seq counter's instance, made (with the counter) if missing; older counters get one."""
+        await self._meta.update_one(
+            {"_id": _SEQ_COUNTER}, {"$setOnInsert": {"value": 0, "instance": secrets.token_hex(16)}}, upsert=True
+        )
+        await self._meta.update_one(
+            {"_id": _SEQ_COUNTER, "instance": {"$exists": False}}, {"$set": {"instance": secrets.token_hex(16)}}
+        )
+        doc = await self._meta.find_one({"_id": _SEQ_COUNTER})
+        if doc is None or not doc.get("instance"):
+            raise StoreError("cannot read the sequence counter")
+        return str(doc["instance"])
+
+    def _check_available(self) -> None:
+        if self._failure is not None:
+            raise StoreUnavailable(f"the task store is unavailable: {self._failure}")
+
+    def _fail(self, reason: str) -> StoreUnavailable:
+        if self._failure is None:
+            self._failure = reason
+            logger.error("task store unavailable: %s; restart the server once the database is back", reason)
+        return StoreUnavailable(f"the task store is unavailable: {reason}")
+
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
@@ -151,15 +216,48 @@ class MongoTaskStore:
 
     async def _next_seq(self) -> int:
         doc = await self._meta.find_one_and_update(
-            {"_id": _SEQ_COUNTER}, {"$inc": {"value": 1}}, upsert=True, return_document=ReturnDocument.AFTER
+            {"_id": _SEQ_COUNTER, "instance": self._instance},
+            {"$inc": {"value": 1}},
+            return_document=ReturnDocument.AFTER,
         )
+        if doc is None:  # never upserted: a missing counter means the database went away
+            raise self._fail(
+                f"the MongoDB database {self._database_name!r} (collection {self._collection_name!r}) was dropped"
+                " or replaced under the running server"
+            )
         return int(doc["value"])
+
+    async def _replay(self, idem: str, idempotency: IdempotencyKey) -> TaskRecord | None:
+        """The first task of this key if it is still valid (None: no such key, or it expired and was
+        released); IdempotencyConflict for another body."""
+        now = utc_now()
+        doc = await self._tasks.find_one({"idem_key": idem})
+        if doc is None:
+            return None
+        expires = doc.get("idem_expires")
+        if expires is not None and truncate_ms(expires) <= now:
+            await self._tasks.update_one(
+                {"_id": doc["_id"], "idem_key": idem, "idem_expires": {"$lte": now}},
+                {"$unset": {"idem_key": "", "idem_fingerprint": "", "idem_expires": ""}},
+            )
+            return None
+        if doc.get("idem_fingerprint") != idempotency.fingerprint:
+            raise IdempotencyConflict("this Idempotency-Key was used for a different request body")
+        return _record(doc)
 
     # -- TaskStore ---------------------------------------------------------------------------
 
-    async def create(self, task: TesTask, owner: Owner | None) -> TaskRecord:
+    async def create(
+        self, task: TesTask, owner: Owner | None, *, idempotency: IdempotencyKey | None = None
+    ) -> TaskRecord:
         if not task.id:
             raise ValueError("task.id must be set by the caller")
+        self._check_available()
+        idem = _idem_key(owner, idempotency.key) if idempotency is not None else None
+        if idem is not None and idempotency is not None:
+            first = await self._replay(idem, idempotency)
+            if first is not None:
+                return first
         created_at = utc_now()
         tags = task.tags or {}
         seq = await self._next_seq()
@@ -181,9 +279,19 @@ class MongoTaskStore:
             "backend_json": "{}",
             "version": 0,
         }
+        if idem is not None and idempotency is not None:
+            doc |= {
+                "idem_key": idem,
+                "idem_fingerprint": idempotency.fingerprint,
+                "idem_expires": truncate_ms(idempotency.expires_at),
+            }
         try:
             await self._tasks.insert_one(doc)
         except DuplicateKeyError as exc:
+            if idem is not None and idempotency is not None:  # the same key, inserted just before us?
+                first = await self._replay(idem, idempotency)
+                if first is not None:
+                    return first
             raise DuplicateTask(f"task {task.id} exists already") from exc
         return TaskRecord(id=task.id, state=TesState.QUEUED, task=task, owner=owner, created_at=created_at, seq=seq)
 
@@ -272,19 +380,43 @@ class MongoTaskStore:
         raise StoreError(f"task {task_id}: too much contention, update not applied")
 
     async def claim(self, worker_id: str, now: datetime, lease_until: datetime) -> TaskRecord | None:
-        doc = await self._tasks.find_one_and_update(
+        self._check_available()
+        while True:  # each pass either returns or takes one undecodable document out of the queue
+            doc = await self._tasks.find_one_and_update(
+                {
+                    "active": True,
+                    "$or": [{"lease_expires": None}, {"lease_expires": {"$lte": truncate_ms(now)}}],
+                },
+                {
+                    "$set": {"lease_owner": worker_id, "lease_expires": truncate_ms(lease_until)},
+                    "$inc": {"version": 1},
+                },
+                sort=[("seq", ASCENDING)],
+                return_document=ReturnDocument.AFTER,
+            )
+            if doc is None:
+                return None
+            try:
+                record = _record(doc)
+            except CorruptRecord as exc:
+                await self._quarantine(doc, exc)
+                continue
+            if record is not None:
+                return record
+            await self._quarantine(doc, CorruptRecord(str(doc.get("_id")), "no task_json or seq"))
+
+    async def _quarantine(self, doc: dict[str, Any], exc: CorruptRecord) -> None:
+        """Take a document that does not decode out of the queue: inactive, lease cleared,
+        SYSTEM_ERROR (unless already final), a system log line saying why. Logged for the operator."""
+        logger.error("task store: %s; taken out of the queue", exc)
+        state, log_json = quarantine_change(str(doc.get("state")), doc.get("log_json"), exc.problem)
+        await self._tasks.update_one(
+            {"_id": doc["_id"]},
             {
-                "active": True,
-                "$or": [{"lease_expires": None}, {"lease_expires": {"$lte": truncate_ms(now)}}],
-            },
-            {
-                "$set": {"lease_owner": worker_id, "lease_expires": truncate_ms(lease_until)},
+                "$set": {"state": state, "log_json": log_json, "active": False, "lease_owner": None, "lease_expires": None},
                 "$inc": {"version": 1},
             },
-            sort=[("seq", ASCENDING)],
-            return_document=ReturnDocument.AFTER,
         )
-        return _record(doc) if doc is not None else None
 
     async def renew(
         self, worker_id: str, task_ids: builtins.list[str], lease_until: datetime
@@ -309,3 +441,11 @@ class MongoTaskStore:
 
     async def count(self) -> int:
         return int(await self._tasks.count_documents({"seq": {"$gte": 0}}))
+
+    async def count_by_state(self) -> dict[TesState, int]:
+        """Tasks per state (the /metrics gauge): one count per state, each on the state index."""
+        counts: dict[TesState, int] = {}
+        for state in TesState:
+            query = {"seq": {"$gte": 0}, "state": state.value}
+            counts[state] = int(await self._tasks.count_documents(query))
+        return counts

@@ -93,6 +93,37 @@ class DuplicateTask(StoreError):
     pass
 
 
+class StoreUnavailable(StoreError):
+    """The store cannot serve any more until restarted: its writer died, or the database file was
+    deleted or replaced under the running server. Every call fails fast with this (the API: 503)."""
+
+
+class CorruptRecord(StoreError):
+    """A stored task that no longer decodes (a model change, a hand edit). ``claim`` never returns
+    such a record: it takes it out of the queue (SYSTEM_ERROR, a system log line) and goes on."""
+
+    def __init__(self, task_id: str, problem: str) -> None:
+        super().__init__(f"stored task {task_id} cannot be read: {problem}")
+        self.task_id = task_id
+        self.problem = problem
+
+
+class IdempotencyConflict(StoreError):
+    """An Idempotency-Key already used by this owner for a different request body (the API: 409)."""
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyKey:
+    """An ``Idempotency-Key`` of a create, scoped to the owner: a create with a key the owner used
+    before (and that has not expired) returns that first task instead of making a second one, if
+    ``fingerprint`` (a hash of the request body) is the same, and raises IdempotencyConflict if not.
+    The key is stored in the same transaction as the task (one insert in MongoDB)."""
+
+    key: str
+    fingerprint: str
+    expires_at: datetime  # when the key may be used again for another task
+
+
 @runtime_checkable
 class TaskStore(Protocol):
     async def open(self) -> None:
@@ -100,9 +131,14 @@ class TaskStore(Protocol):
 
     async def close(self) -> None: ...
 
-    async def create(self, task: TesTask, owner: Owner | None) -> TaskRecord:
+    async def create(
+        self, task: TesTask, owner: Owner | None, *, idempotency: IdempotencyKey | None = None
+    ) -> TaskRecord:
         """Persist a new task. The caller has set ``task.id``; the store sets state QUEUED,
-        created_at and seq, and returns the stored record. Raises DuplicateTask on an id clash."""
+        created_at and seq, and returns the stored record. Raises DuplicateTask on an id clash.
+        With ``idempotency`` whose key this owner used before for the same fingerprint, nothing is
+        written and the first task's record is returned (its ``id`` is not ``task.id``: that is how
+        the caller tells a replay); for another fingerprint, raises IdempotencyConflict."""
 
     async def get(self, task_id: str, owner: Owner | None = None) -> TaskRecord | None:
         """The task, or None when it does not exist or ``owner`` is given and does not match."""
@@ -138,3 +174,6 @@ class TaskStore(Protocol):
         """Give a lease back (on shutdown) so another worker may claim the task at once."""
 
     async def count(self) -> int: ...
+
+    async def count_by_state(self) -> dict[TesState, int]:
+        """How many tasks are in each state (states without tasks may be missing): /metrics."""

@@ -12,8 +12,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import hashlib
+import json
+
+from pydantic import ValidationError
+
 from tesp_api.store.port import LogPatch, Owner
-from tesp_api.tes.models import TesExecutorLog, TesTaskLog
+from tesp_api.tes import states
+from tesp_api.tes.models import TesExecutorLog, TesState, TesTaskLog
+
+# What decoding a stored row can raise when the row is not what this version writes.
+DECODE_ERRORS = (ValueError, TypeError, KeyError, AttributeError)
 
 
 def utc_now() -> datetime:
@@ -75,3 +84,47 @@ def log_from_doc(doc: dict[str, Any] | None) -> TesTaskLog:
 def owner_matches(stored: Owner | None, wanted: Owner | None) -> bool:
     """``wanted`` None means "anyone" (admin, or auth off)."""
     return wanted is None or stored == wanted
+
+
+def decode_problem(exc: BaseException) -> str:
+    """Why a stored row does not decode, naming fields but never their values (a task's env or
+    inputs may hold secrets, and this text goes to the log and the task's system_logs)."""
+    if isinstance(exc, ValidationError):
+        parts = [
+            f"{'.'.join(str(p) for p in err['loc']) or '(task)'}: {err['msg']}"
+            for err in exc.errors(include_input=False, include_url=False)[:5]
+        ]
+        return f"{exc.title} does not validate ({'; '.join(parts)})"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"invalid JSON at position {exc.pos}"
+    return type(exc).__name__
+
+
+def quarantine_change(state: str, log_json: str | None, problem: str) -> tuple[str, str]:
+    """The (state, log JSON) of a row taken out of the queue because it does not decode: a final
+    state is kept (it must never change), any other becomes SYSTEM_ERROR; one system log line says
+    why. A log that does not decode either is started afresh."""
+    line = f"tesp-api cannot read this stored task any more and stopped handling it: {problem}"
+    try:
+        doc = json.loads(log_json or "{}")
+        if not isinstance(doc, dict):
+            raise TypeError("log is not an object")
+        doc = apply_log_patch(doc, LogPatch(end_time=utc_now().isoformat().replace("+00:00", "Z"), system_logs=[line]))
+    except DECODE_ERRORS:
+        doc = apply_log_patch(new_log_doc(), LogPatch(system_logs=[line]))
+    try:
+        final = states.is_final(TesState(state))
+    except ValueError:
+        final = False
+    return (state if final else TesState.SYSTEM_ERROR.value), json.dumps(doc)
+
+
+def owner_key(owner: Owner | None) -> str:
+    """The owner as one string (idempotency keys are scoped by it); "" when auth is off."""
+    return "" if owner is None else json.dumps([owner.subject, owner.issuer], separators=(",", ":"))
+
+
+def body_fingerprint(body: Any) -> str:
+    """A hash of a JSON request body, independent of whitespace and key order."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()

@@ -28,10 +28,12 @@ import asyncio
 import builtins
 import json
 import logging
+import os
 import queue
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,20 +41,28 @@ from typing import Any, TypeVar
 
 from tesp_api.store.cursor import PageBudget, decode_page_token, page_from, stored_bytes
 from tesp_api.store.port import (
+    CorruptRecord,
     DuplicateTask,
+    IdempotencyConflict,
+    IdempotencyKey,
     ListQuery,
     LogPatch,
     Owner,
     Page,
     StoreError,
+    StoreUnavailable,
     TaskRecord,
 )
 from tesp_api.store.records import (
+    DECODE_ERRORS,
     apply_log_patch,
+    decode_problem,
     from_epoch_ms,
     log_from_doc,
     new_log_doc,
+    owner_key,
     owner_matches,
+    quarantine_change,
     to_epoch_ms,
     utc_now,
 )
@@ -91,6 +101,15 @@ CREATE INDEX IF NOT EXISTS tasks_by_owner ON tasks(owner_subject, owner_issuer, 
 CREATE INDEX IF NOT EXISTS tasks_by_name ON tasks(name, seq);
 CREATE INDEX IF NOT EXISTS tasks_claimable ON tasks(seq) WHERE active = 1;
 CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    owner TEXT NOT NULL,
+    key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    PRIMARY KEY (owner, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idempotency_keys_by_expiry ON idempotency_keys(expires_ms);
 """
 
 _COLUMNS = (
@@ -100,6 +119,9 @@ _COLUMNS = (
 
 _MAX_BATCH = 512
 _STOP = object()
+_IDENTITY_CHECK_SECONDS = 1.0  # reads look at the file's identity at most this often (writes: every batch)
+_PURGE_SECONDS = 60.0  # expired idempotency keys are deleted at most this often
+_CLAIM_SCAN = 16  # claim reads this many candidates at a time (undecodable ones are skipped)
 
 
 @dataclass(slots=True)
@@ -127,9 +149,12 @@ class _Lane:
     """
 
     queue: queue.SimpleQueue[Any]
-    thread: threading.Thread
+    thread: threading.Thread | None = None
     pending: dict[asyncio.AbstractEventLoop, list[_Op]] = field(default_factory=dict)
     closed: bool = False
+    # Set once for good when the lane cannot serve any more (a dead writer, a vanished file): every
+    # call then fails at once with StoreUnavailable instead of waiting for an answer that never comes.
+    failure: str | None = None
 
 
 def _settle(outcomes: list[_Outcome]) -> None:
@@ -144,6 +169,14 @@ def _settle(outcomes: list[_Outcome]) -> None:
 
 
 def _record(row: tuple[Any, ...]) -> TaskRecord:
+    """The row as a record; CorruptRecord (a StoreError) when it does not decode."""
+    try:
+        return _decode(row)
+    except DECODE_ERRORS as exc:
+        raise CorruptRecord(str(row[1]), decode_problem(exc)) from exc
+
+
+def _decode(row: tuple[Any, ...]) -> TaskRecord:
     (seq, task_id, state, subject, issuer, created_ms, task_json, log_json, active, lease_owner,
      lease_ms, backend_json, version) = row
     return TaskRecord(
@@ -159,6 +192,18 @@ def _record(row: tuple[Any, ...]) -> TaskRecord:
         lease_expires=from_epoch_ms(lease_ms) if lease_ms is not None else None,
         backend=json.loads(backend_json),
         version=version,
+    )
+
+
+def _quarantine(conn: sqlite3.Connection, row: tuple[Any, ...], exc: CorruptRecord) -> None:
+    """Take a row that does not decode out of the queue: inactive, lease cleared, SYSTEM_ERROR
+    (unless already final), a system log line saying why. Logged for the operator."""
+    logger.error("task store: %s; taken out of the queue", exc)
+    state, log_json = quarantine_change(str(row[2]), row[7], exc.problem)
+    conn.execute(
+        "UPDATE tasks SET state = ?, log_json = ?, active = 0, lease_owner = NULL, lease_expires_ms = NULL,"
+        " version = version + 1 WHERE seq = ?",
+        (state, log_json, row[0]),
     )
 
 
@@ -227,15 +272,29 @@ def _list_sql(conn: sqlite3.Connection, query: ListQuery, below: int | None, lim
 class SqliteTaskStore:
     """TaskStore on one SQLite file; see the module docstring for the threading and commit model."""
 
-    def __init__(self, path: str, *, busy_timeout_ms: int = 30_000, synchronous: str = "FULL") -> None:
+    # The connection class (tests substitute one that fails on purpose).
+    connection_class: type[sqlite3.Connection] = sqlite3.Connection
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        busy_timeout_ms: int = 30_000,
+        synchronous: str = "FULL",
+        call_timeout: float | None = None,
+    ) -> None:
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
         self._path = path
         self._busy_timeout_ms = busy_timeout_ms
         self._synchronous = synchronous
+        # No call waits for ever: a batch may wait busy_timeout for another process's lock, then run.
+        self._call_timeout = call_timeout if call_timeout is not None else 2 * busy_timeout_ms / 1000 + 30
         self._writer: _Lane | None = None  # writes (and reads inside CAS/claim), group-committed
         self._reader: _Lane | None = None  # get/list/count: never wait behind a write transaction
         self._token_key = b""
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file at open
+        self._last_purge = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -245,20 +304,20 @@ class SqliteTaskStore:
         self._writer = self._start_lane(await asyncio.to_thread(self._connect), "writer")
         try:
             self._token_key = await self._call(self._init_schema, write=True)
-            reader = await asyncio.to_thread(self._connect)
-            reader.execute("PRAGMA query_only = ON")
+            self._identity = await asyncio.to_thread(self._file_identity)
+            reader = await asyncio.to_thread(self._connect, read_only=True)
             self._reader = self._start_lane(reader, "reader")
         except BaseException:
             await self.close()
             raise
 
     def _start_lane(self, conn: sqlite3.Connection, role: str) -> _Lane:
-        q: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        thread = threading.Thread(
-            target=self._serve, args=(conn, q), name=f"sqlite-store-{role}:{self._path}", daemon=True
+        lane = _Lane(queue.SimpleQueue())
+        lane.thread = threading.Thread(
+            target=self._serve, args=(lane, conn, role), name=f"sqlite-store-{role}:{self._path}", daemon=True
         )
-        thread.start()
-        return _Lane(q, thread)
+        lane.thread.start()
+        return lane
 
     async def close(self) -> None:
         lanes = [lane for lane in (self._writer, self._reader) if lane is not None]
@@ -270,15 +329,42 @@ class SqliteTaskStore:
             lane.closed = True
             lane.queue.put(_STOP)
         for lane in lanes:
-            await asyncio.to_thread(lane.thread.join)
+            if lane.thread is not None:
+                await asyncio.to_thread(lane.thread.join)
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+    def _connect(self, read_only: bool = False) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self._path, isolation_level=None, check_same_thread=False, factory=self.connection_class
+        )
         conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")
         conn.execute("PRAGMA foreign_keys = ON")
+        if read_only:
+            conn.execute("PRAGMA query_only = ON")
         return conn
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        """(device, inode) of the database file; None for an in-memory or URI database."""
+        if self._path == ":memory:" or self._path.startswith("file:"):
+            return None
+        st = os.stat(self._path)
+        return (st.st_dev, st.st_ino)
+
+    def _identity_problem(self) -> str | None:
+        """Why the file this store opened is no longer the one at its path (deleted, replaced):
+        writes would then go into a file nobody will ever open again."""
+        if self._identity is None:
+            return None
+        try:
+            st = os.stat(self._path)
+        except FileNotFoundError:
+            return f"the SQLite file {self._path} was deleted under the running server"
+        except OSError as exc:
+            return f"the SQLite file {self._path} cannot be checked: {exc}"
+        if (st.st_dev, st.st_ino) != self._identity:
+            return f"the SQLite file {self._path} was replaced under the running server"
+        return None
 
     @staticmethod
     def _init_schema(conn: sqlite3.Connection) -> bytes:
@@ -294,7 +380,12 @@ class SqliteTaskStore:
 
     # -- the connection thread -------------------------------------------------------------
 
-    def _serve(self, conn: sqlite3.Connection, q: queue.SimpleQueue[Any]) -> None:
+    def _serve(self, lane: _Lane, conn: sqlite3.Connection | None, role: str) -> None:
+        """The lane's thread. It survives every failure of a batch (the batch's callers get the
+        error); when it cannot serve any more it sets ``lane.failure`` and answers every call with
+        StoreUnavailable, so nobody waits for ever."""
+        q = lane.queue
+        last_identity_check = time.monotonic()
         try:
             stop = False
             while not stop:
@@ -311,9 +402,61 @@ class SqliteTaskStore:
                         stop = True
                         break
                     batch.extend(nxt)
-                self._deliver(self._execute(conn, batch))
+                writes = any(op.write for op in batch)
+                if lane.failure is None and (writes or time.monotonic() - last_identity_check >= _IDENTITY_CHECK_SECONDS):
+                    last_identity_check = time.monotonic()
+                    problem = self._identity_problem()
+                    if problem is not None:
+                        self._fail_lane(lane, problem)
+                if lane.failure is None and conn is None:
+                    conn = self._reconnect(lane, role)
+                if lane.failure is not None or conn is None:
+                    error = StoreUnavailable(f"the task store is unavailable: {lane.failure}")
+                    self._deliver([_Outcome(op, error=error) for op in batch])
+                    continue
+                try:
+                    outcomes, healthy = self._execute(conn, batch)
+                except BaseException as exc:  # noqa: BLE001 - a bug must not kill the lane
+                    logger.exception("sqlite store %s: a batch failed unexpectedly", role)
+                    outcomes, healthy = [_Outcome(op, error=StoreError(f"database error: {exc}")) for op in batch], False
+                self._deliver(outcomes)
+                if not healthy:  # the connection is in an unknown state: start a fresh one
+                    try:
+                        conn.close()
+                    except sqlite3.Error:
+                        pass
+                    conn = None
+        except BaseException as exc:
+            self._fail_lane(lane, f"the {role} thread died: {type(exc).__name__}: {exc}")
+            raise
         finally:
-            conn.close()
+            self._fail_lane(lane, lane.failure or "the task store is closed", quiet=True)
+            while True:  # nobody serves this queue any more: answer what is in it
+                try:
+                    item = q.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not _STOP:
+                    error = StoreUnavailable(f"the task store is unavailable: {lane.failure}")
+                    self._deliver([_Outcome(op, error=error) for op in item])
+            if conn is not None:
+                conn.close()
+
+    def _reconnect(self, lane: _Lane, role: str) -> sqlite3.Connection | None:
+        try:
+            conn = self._connect(read_only=role == "reader")
+        except sqlite3.Error as exc:
+            self._fail_lane(lane, f"cannot reopen the SQLite file {self._path}: {exc}")
+            return None
+        logger.warning("sqlite store %s: reconnected to %s after a failed transaction", role, self._path)
+        return conn
+
+    @staticmethod
+    def _fail_lane(lane: _Lane, reason: str, *, quiet: bool = False) -> None:
+        if lane.failure is None:
+            lane.failure = reason
+            if not quiet:
+                logger.error("task store unavailable: %s; restart the server once the database is back", reason)
 
     @staticmethod
     def _run_one(conn: sqlite3.Connection, op: _Op) -> _Outcome:
@@ -322,8 +465,9 @@ class SqliteTaskStore:
         except Exception as exc:  # noqa: BLE001 - handed to the awaiting coroutine, which re-raises it
             return _Outcome(op, error=exc)
 
-    def _execute(self, conn: sqlite3.Connection, batch: list[_Op]) -> list[_Outcome]:
-        """Run a batch; all writes in one transaction, committed once (group commit).
+    def _execute(self, conn: sqlite3.Connection, batch: list[_Op]) -> tuple[list[_Outcome], bool]:
+        """Run a batch; all writes in one transaction, committed once (group commit). Also says
+        whether the connection is still in a known state (False: a ROLLBACK failed).
 
         Every write operation is written so that when it fails it has written nothing: one write
         statement (SQLite undoes a failed statement by itself) or it undoes its own first
@@ -331,12 +475,13 @@ class SqliteTaskStore:
         a SAVEPOINT per operation, which would cost more than the insert itself.
         """
         if not any(op.write for op in batch):
-            return [self._run_one(conn, op) for op in batch]
+            return [self._run_one(conn, op) for op in batch], True
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             logger.warning("sqlite store: cannot begin a write transaction: %s", exc)
-            return [_Outcome(op, error=StoreError(f"database busy or unavailable: {exc}")) for op in batch]
+            failed = [_Outcome(op, error=StoreError(f"database busy or unavailable: {exc}")) for op in batch]
+            return failed, not conn.in_transaction
         outcomes: list[_Outcome] = []
         try:
             for op in batch:
@@ -349,10 +494,15 @@ class SqliteTaskStore:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             logger.warning("sqlite store: a write transaction failed: %s", exc)
+            healthy = True
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            return [_Outcome(op, error=StoreError(f"database write failed: {exc}")) for op in batch]
-        return outcomes
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error as rollback_exc:  # the thread must live on (issue 12)
+                    logger.warning("sqlite store: ROLLBACK failed too: %s", rollback_exc)
+                    healthy = False
+            return [_Outcome(op, error=StoreError(f"database write failed: {exc}")) for op in batch], healthy
+        return outcomes, True
 
     @staticmethod
     def _deliver(outcomes: list[_Outcome]) -> None:
@@ -369,6 +519,8 @@ class SqliteTaskStore:
         lane = self._writer if write else self._reader
         if lane is None:
             raise StoreError("the task store is not open")
+        if lane.failure is not None:
+            raise StoreUnavailable(f"the task store is unavailable: {lane.failure}")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         pending = lane.pending.get(loop)
@@ -376,21 +528,31 @@ class SqliteTaskStore:
             pending = lane.pending[loop] = []
             loop.call_soon(self._hand_over, lane, loop)
         pending.append(_Op(fn, write, loop, future))
-        return await future
+        try:
+            return await asyncio.wait_for(future, self._call_timeout)
+        except TimeoutError:
+            raise StoreError(f"the task store did not answer within {self._call_timeout:g} s") from None
 
     @staticmethod
     def _hand_over(lane: _Lane, loop: asyncio.AbstractEventLoop) -> None:
         ops = lane.pending.pop(loop, [])
-        if lane.closed:
+        if lane.closed or lane.failure is not None or lane.thread is None or not lane.thread.is_alive():
+            error = (
+                StoreError("the task store is not open")
+                if lane.closed
+                else StoreUnavailable(f"the task store is unavailable: {lane.failure or 'its thread is gone'}")
+            )
             for op in ops:
                 if not op.future.done():
-                    op.future.set_exception(StoreError("the task store is not open"))
+                    op.future.set_exception(error)
             return
         lane.queue.put(ops)
 
     # -- TaskStore ---------------------------------------------------------------------------
 
-    async def create(self, task: TesTask, owner: Owner | None) -> TaskRecord:
+    async def create(
+        self, task: TesTask, owner: Owner | None, *, idempotency: IdempotencyKey | None = None
+    ) -> TaskRecord:
         if not task.id:
             raise ValueError("task.id must be set by the caller")
         created_at = utc_now()
@@ -398,47 +560,92 @@ class SqliteTaskStore:
         log_doc = new_log_doc()
         tags = list((task.tags or {}).items())
         task_id = task.id
+        scope = owner_key(owner)
+        purge = idempotency is not None and time.monotonic() - self._last_purge >= _PURGE_SECONDS
+        if purge:
+            self._last_purge = time.monotonic()
 
-        def insert(conn: sqlite3.Connection) -> int:
-            try:
-                cursor = conn.execute(
-                    "INSERT INTO tasks(id, state, name, owner_subject, owner_issuer, created_at_ms, task_json,"
-                    " log_json, active, lease_owner, lease_expires_ms, backend_json, version)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, NULL, NULL, '{}', 0)",
-                    (
-                        task_id,
-                        TesState.QUEUED.value,
-                        task.name,
-                        owner.subject if owner else None,
-                        owner.issuer if owner else None,
-                        to_epoch_ms(created_at),
-                        task_json,
-                        json.dumps(log_doc),
-                    ),
-                )
-            except sqlite3.IntegrityError as exc:
-                raise DuplicateTask(f"task {task_id} exists already") from exc
-            seq = int(cursor.lastrowid or 0)
-            if tags:
+        def insert(conn: sqlite3.Connection) -> int | TaskRecord:
+            if idempotency is not None:
+                now_ms = to_epoch_ms(utc_now())
+                if purge:
+                    conn.execute("DELETE FROM idempotency_keys WHERE expires_ms <= ?", (now_ms,))
+                first = conn.execute(
+                    "SELECT fingerprint, task_id FROM idempotency_keys WHERE owner = ? AND key = ? AND expires_ms > ?",
+                    (scope, idempotency.key, now_ms),
+                ).fetchone()
+                if first is not None:
+                    if first[0] != idempotency.fingerprint:
+                        raise IdempotencyConflict("this Idempotency-Key was used for a different request body")
+                    row = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (first[1],)).fetchone()
+                    if row is not None:
+                        return _record(row)
+            seq = self._insert_task(conn, task_id, task, owner, created_at, task_json, log_doc, tags)
+            if idempotency is not None:
                 try:
-                    conn.executemany(
-                        "INSERT INTO task_tags(seq, key, value) VALUES (?, ?, ?)",
-                        [(seq, key, value) for key, value in tags],
+                    conn.execute(
+                        "INSERT OR REPLACE INTO idempotency_keys(owner, key, fingerprint, task_id, expires_ms)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (scope, idempotency.key, idempotency.fingerprint, task_id, to_epoch_ms(idempotency.expires_at)),
                     )
                 except BaseException:
                     conn.execute("DELETE FROM tasks WHERE seq = ?", (seq,))  # leave nothing behind
                     raise
             return seq
 
-        seq = await self._call(insert, write=True)
+        outcome = await self._call(insert, write=True)
+        if isinstance(outcome, TaskRecord):
+            return outcome  # a replay: the first task of this key
         return TaskRecord(
             id=task_id,
             state=TesState.QUEUED,
             task=task,
             owner=owner,
             created_at=created_at,
-            seq=seq,
+            seq=outcome,
         )
+
+    @staticmethod
+    def _insert_task(
+        conn: sqlite3.Connection,
+        task_id: str,
+        task: TesTask,
+        owner: Owner | None,
+        created_at: datetime,
+        task_json: str,
+        log_doc: dict[str, Any],
+        tags: builtins.list[tuple[str, str]],
+    ) -> int:
+        """One task row and its tags; on failure nothing is left behind."""
+        try:
+            cursor = conn.execute(
+                "INSERT INTO tasks(id, state, name, owner_subject, owner_issuer, created_at_ms, task_json,"
+                " log_json, active, lease_owner, lease_expires_ms, backend_json, version)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, NULL, NULL, '{}', 0)",
+                (
+                    task_id,
+                    TesState.QUEUED.value,
+                    task.name,
+                    owner.subject if owner else None,
+                    owner.issuer if owner else None,
+                    to_epoch_ms(created_at),
+                    task_json,
+                    json.dumps(log_doc),
+                ),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise DuplicateTask(f"task {task_id} exists already") from exc
+        seq = int(cursor.lastrowid or 0)
+        if tags:
+            try:
+                conn.executemany(
+                    "INSERT INTO task_tags(seq, key, value) VALUES (?, ?, ?)",
+                    [(seq, key, value) for key, value in tags],
+                )
+            except BaseException:
+                conn.execute("DELETE FROM tasks WHERE seq = ?", (seq,))  # leave nothing behind
+                raise
+        return seq
 
     async def get(self, task_id: str, owner: Owner | None = None) -> TaskRecord | None:
         def read(conn: sqlite3.Connection) -> TaskRecord | None:
@@ -521,14 +728,25 @@ class SqliteTaskStore:
         now_ms, until_ms = to_epoch_ms(now), to_epoch_ms(lease_until)
 
         def take(conn: sqlite3.Connection) -> TaskRecord | None:
-            row = conn.execute(
-                f"SELECT {_COLUMNS} FROM tasks WHERE active = 1"
-                " AND (lease_expires_ms IS NULL OR lease_expires_ms <= ?) ORDER BY seq LIMIT 1",
-                (now_ms,),
-            ).fetchone()
-            if row is None:
-                return None
-            record = _record(row)
+            # Decode before taking the lease, and take a row that does not decode out of the queue
+            # (quarantine) instead of failing: it must not block the valid tasks behind it.
+            while True:
+                rows = conn.execute(
+                    f"SELECT {_COLUMNS} FROM tasks WHERE active = 1"
+                    " AND (lease_expires_ms IS NULL OR lease_expires_ms <= ?) ORDER BY seq LIMIT ?",
+                    (now_ms, _CLAIM_SCAN),
+                ).fetchall()
+                if not rows:
+                    return None
+                for row in rows:
+                    try:
+                        record = _record(row)
+                    except CorruptRecord as exc:
+                        _quarantine(conn, row, exc)
+                        continue
+                    return _lease(conn, record)
+
+        def _lease(conn: sqlite3.Connection, record: TaskRecord) -> TaskRecord:
             record.lease_owner = worker_id
             record.lease_expires = from_epoch_ms(until_ms)
             record.version += 1
@@ -579,5 +797,14 @@ class SqliteTaskStore:
     async def count(self) -> int:
         def read(conn: sqlite3.Connection) -> int:
             return int(conn.execute("SELECT count(*) FROM tasks").fetchone()[0])
+
+        return await self._call(read, write=False)
+
+    async def count_by_state(self) -> dict[TesState, int]:
+        """Tasks per state (the /metrics gauge): one GROUP BY over the tasks_by_state index."""
+
+        def read(conn: sqlite3.Connection) -> dict[TesState, int]:
+            rows = conn.execute("SELECT state, count(*) FROM tasks GROUP BY state").fetchall()
+            return {TesState(state): int(n) for state, n in rows if state in TesState.__members__}
 
         return await self._call(read, write=False)

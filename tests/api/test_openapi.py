@@ -20,7 +20,7 @@ ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
 EXPECTED_STATUSES = {
     ("/service-info", "get"): {"200"},
     ("/tasks", "get"): {"200", "400", "503"},
-    ("/tasks", "post"): {"200", "400", "413", "415", "503"},
+    ("/tasks", "post"): {"200", "400", "409", "413", "415", "503"},  # 409: Idempotency-Key reused
     ("/tasks/{id}", "get"): {"200", "400", "404", "503"},
     ("/tasks/{id}:cancel", "post"): {"200", "404", "409", "413", "503"},
 }
