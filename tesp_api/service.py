@@ -21,6 +21,7 @@ from fastapi import FastAPI
 
 from tesp_api.api.app import create_app
 from tesp_api.config.settings import LoggingSettings, Settings
+from tesp_api.metrics import instrument
 from tesp_api.store.factory import open_store
 from tesp_api.store.port import TaskStore
 
@@ -70,7 +71,8 @@ class StartupError(Exception):
 async def build_store(settings: Settings) -> TaskStore:
     """The opened task store the settings ask for (SQLite by default, MongoDB with db.mongodb_uri)."""
     try:
-        return await open_store(settings)
+        # Counted creates and finishes for /metrics (tesp_api/metrics.py)
+        return instrument(await open_store(settings))  # type: ignore[no-any-return]
     except Exception as exc:  # noqa: BLE001 - whatever stops the store opening stops the start, with its reason
         reason = f"{type(exc).__name__}: {exc}"
         uri = settings.db.mongodb_uri.get_secret_value() if settings.db.mongodb_uri else ""

@@ -19,6 +19,7 @@ from tesp_api.api.dashboard import install_dashboard
 from tesp_api.api.docs_assets import SWAGGER_URL, install_docs
 from tesp_api.api.errors import install_error_handlers
 from tesp_api.api.limits import BodySizeLimitMiddleware
+from tesp_api.api.metrics import install_metrics
 from tesp_api.api.openapi import install_openapi
 from tesp_api.api.routes import TaskEndpoints, build_router
 from tesp_api.auth.authenticator import Authenticator, build_authenticator
@@ -106,5 +107,7 @@ def create_app(
     app.add_api_route("/", root, methods=["GET"], include_in_schema=False)
     install_docs(app)
     install_dashboard(app, settings, store, api_base=PRIMARY_PREFIX)
+    if settings.api.metrics:
+        install_metrics(app, store)
     install_openapi(app)
     return app

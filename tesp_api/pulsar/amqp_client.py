@@ -45,6 +45,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from tesp_api.metrics import AMQP_MESSAGES
 from tesp_api.pulsar.amqp_messages import SetupMessage, kill_body, status_request_body
 from tesp_api.pulsar.amqp_names import EXCHANGE, PulsarQueues
 
@@ -291,6 +292,7 @@ class AmqpPulsarClient:
                     raise PulsarAmqpUnavailable("AMQP client not started")
                 await self._exchange.publish(message, routing_key=routing_key, mandatory=True, timeout=30)
                 self.stats.published[kind] += 1
+                AMQP_MESSAGES.labels("out", kind).inc()
                 return
             except aio_pika.exceptions.DeliveryError as exc:  # unroutable or nacked: not transient
                 raise PulsarAmqpUnavailable(f"broker refused the {kind} message: {exc!r}") from exc
@@ -305,6 +307,7 @@ class AmqpPulsarClient:
 
     async def _handle_message(self, message: AbstractIncomingMessage) -> None:
         self.stats.received += 1
+        AMQP_MESSAGES.labels("in", "status_update").inc()
         try:
             update = PulsarStatusUpdate.from_body(json.loads(message.body))
         except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError

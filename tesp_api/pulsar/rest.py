@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from tesp_api.metrics import pulsar_request
 from tesp_api.pulsar.port import BackendError, BackendUnavailable, JobSpec, JobStatus
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,9 @@ class RestBackend:
         while True:
             try:
                 async with slots or self._in_flight:
-                    resp = await self._client.request(method, path, params=self._params(**params), **kw)
+                    with pulsar_request(self.name) as seen:  # tesp_pulsar_request* metrics
+                        resp = await self._client.request(method, path, params=self._params(**params), **kw)
+                        seen.status = resp.status_code
             except (httpx.TransportError, httpx.TimeoutException) as exc:
                 reason = f"{type(exc).__name__}: {exc}"
             else:

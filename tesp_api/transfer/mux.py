@@ -18,6 +18,7 @@ from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from tesp_api.config.settings import TransferSettings
+from tesp_api.metrics import count_transfer
 from tesp_api.tes.models import TesFileType, TesOutputFileLog
 from tesp_api.transfer.base import SchemeBackend, safe_relative
 from tesp_api.transfer.egress import EgressPolicy
@@ -136,6 +137,7 @@ class TransferMux:
     async def _download_one(self, backend: SchemeBackend, url: str, dest: Path) -> None:
         started = time.monotonic()
         await self._retrying("download", url, lambda: backend.download_file(url, dest))
+        count_transfer(url, "download", dest.stat().st_size)
         log.info(
             "downloaded %s (%d bytes, %.2fs)",
             redact_url(url),
@@ -178,6 +180,7 @@ class TransferMux:
         started = time.monotonic()
         size = src.stat().st_size
         await self._retrying("upload", url, lambda: backend.upload_file(src, url))
+        count_transfer(url, "upload", size)
         log.info("uploaded %s (%d bytes, %.2fs)", redact_url(url), size, time.monotonic() - started)
         return TesOutputFileLog(url=without_userinfo(url), path=path, size_bytes=str(size))
 
