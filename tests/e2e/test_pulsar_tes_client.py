@@ -133,10 +133,6 @@ def _container_mounts() -> list[str]:
 
 def _container_env(kind: str, binary: str, cli_env: dict[str, str]) -> dict[str, str]:
     args = _container_mounts()
-    if kind == "podman":
-        # podman copies the proxy variables of its own environment into the container (--http-proxy
-        # defaults to true): the test store's closed proxy (for pulls) would catch the executors' HTTP.
-        args.append("--http-proxy=false")
     return {
         "TESP_API_RUNTIME__TYPE": kind,
         f"TESP_API_RUNTIME__{kind.upper()}_BIN": binary,

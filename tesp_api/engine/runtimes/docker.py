@@ -42,6 +42,8 @@ class DockerRuntime:
         h = self.hardening
         argv: list[Word] = [self.binary, "run", "--rm", "-i", "--name", run.name, f"--pull={self.pull_policy}",
                             "--network", run.network, "--cap-drop", "ALL"]
+        if self.kind == "podman":  # podman copies its own HTTP(S)_PROXY (runtime.env) into containers
+            argv.append("--http-proxy=false")
         for cap in cap_names(h.cap_add):
             argv += ["--cap-add", cap]
         argv += ["--security-opt", "no-new-privileges"]
