@@ -162,7 +162,9 @@ class MongoTaskStore:
                     IndexModel(
                         [("seq", ASCENDING)], name="claimable", partialFilterExpression={"active": True}
                     ),
-                    IndexModel([("idem_key", ASCENDING)], name="by_idempotency_key", unique=True, sparse=True),
+                    IndexModel(
+                        [("idem_key", ASCENDING)], name="by_idempotency_key", unique=True, sparse=True
+                    ),
                     IndexModel([("idem_expires", ASCENDING)], name="by_idempotency_expiry", sparse=True),
                 ]
             )
@@ -189,10 +191,13 @@ class MongoTaskStore:
     async def _load_instance(self) -> str:
         """The seq counter's instance, made (with the counter) if missing; older counters get one."""
         await self._meta.update_one(
-            {"_id": _SEQ_COUNTER}, {"$setOnInsert": {"value": 0, "instance": secrets.token_hex(16)}}, upsert=True
+            {"_id": _SEQ_COUNTER},
+            {"$setOnInsert": {"value": 0, "instance": secrets.token_hex(16)}},
+            upsert=True,
         )
         await self._meta.update_one(
-            {"_id": _SEQ_COUNTER, "instance": {"$exists": False}}, {"$set": {"instance": secrets.token_hex(16)}}
+            {"_id": _SEQ_COUNTER, "instance": {"$exists": False}},
+            {"$set": {"instance": secrets.token_hex(16)}},
         )
         doc = await self._meta.find_one({"_id": _SEQ_COUNTER})
         if doc is None or not doc.get("instance"):
@@ -222,7 +227,8 @@ class MongoTaskStore:
         )
         if doc is None:  # never upserted: a missing counter means the database went away
             raise self._fail(
-                f"the MongoDB database {self._database_name!r} (collection {self._collection_name!r}) was dropped"
+                f"the MongoDB database {self._database_name!r} (collection {self._collection_name!r})"
+                " was dropped"
                 " or replaced under the running server"
             )
         return int(doc["value"])
@@ -293,7 +299,9 @@ class MongoTaskStore:
                 if first is not None:
                     return first
             raise DuplicateTask(f"task {task.id} exists already") from exc
-        return TaskRecord(id=task.id, state=TesState.QUEUED, task=task, owner=owner, created_at=created_at, seq=seq)
+        return TaskRecord(
+            id=task.id, state=TesState.QUEUED, task=task, owner=owner, created_at=created_at, seq=seq
+        )
 
     async def get(self, task_id: str, owner: Owner | None = None) -> TaskRecord | None:
         doc = await self._tasks.find_one({"_id": task_id})
@@ -372,7 +380,9 @@ class MongoTaskStore:
             if active is not None:
                 record.active = active
                 changes["active"] = active
-            result = await self._tasks.update_one({"_id": task_id, "version": record.version}, {"$set": changes})
+            result = await self._tasks.update_one(
+                {"_id": task_id, "version": record.version}, {"$set": changes}
+            )
             if result.matched_count == 1:
                 record.version += 1
                 return record
@@ -413,7 +423,13 @@ class MongoTaskStore:
         await self._tasks.update_one(
             {"_id": doc["_id"]},
             {
-                "$set": {"state": state, "log_json": log_json, "active": False, "lease_owner": None, "lease_expires": None},
+                "$set": {
+                    "state": state,
+                    "log_json": log_json,
+                    "active": False,
+                    "lease_owner": None,
+                    "lease_expires": None,
+                },
                 "$inc": {"version": 1},
             },
         )

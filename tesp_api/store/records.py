@@ -109,7 +109,9 @@ def quarantine_change(state: str, log_json: str | None, problem: str) -> tuple[s
         doc = json.loads(log_json or "{}")
         if not isinstance(doc, dict):
             raise TypeError("log is not an object")
-        doc = apply_log_patch(doc, LogPatch(end_time=utc_now().isoformat().replace("+00:00", "Z"), system_logs=[line]))
+        doc = apply_log_patch(
+            doc, LogPatch(end_time=utc_now().isoformat().replace("+00:00", "Z"), system_logs=[line])
+        )
     except DECODE_ERRORS:
         doc = apply_log_patch(new_log_doc(), LogPatch(system_logs=[line]))
     try:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import json
 import logging
 import os
@@ -177,8 +178,21 @@ def _record(row: tuple[Any, ...]) -> TaskRecord:
 
 
 def _decode(row: tuple[Any, ...]) -> TaskRecord:
-    (seq, task_id, state, subject, issuer, created_ms, task_json, log_json, active, lease_owner,
-     lease_ms, backend_json, version) = row
+    (
+        seq,
+        task_id,
+        state,
+        subject,
+        issuer,
+        created_ms,
+        task_json,
+        log_json,
+        active,
+        lease_owner,
+        lease_ms,
+        backend_json,
+        version,
+    ) = row
     return TaskRecord(
         id=task_id,
         state=TesState(state),
@@ -221,7 +235,9 @@ def _prefix_upper_bound(prefix: str) -> str | None:
     return prefix[:-1] + chr(last) if last <= 0x10FFFF else None
 
 
-def _list_sql(conn: sqlite3.Connection, query: ListQuery, below: int | None, limit: int) -> tuple[str, list[Any]]:
+def _list_sql(
+    conn: sqlite3.Connection, query: ListQuery, below: int | None, limit: int
+) -> tuple[str, list[Any]]:
     """The SELECT for one page: the filters, keyset condition, and the best driving index."""
     where: list[str] = []
     params: list[Any] = []
@@ -244,7 +260,9 @@ def _list_sql(conn: sqlite3.Connection, query: ListQuery, below: int | None, lim
             drivers.append(("SELECT seq FROM tasks WHERE name >= ? AND name < ?", [query.name_prefix, upper]))
     for tag_key, tag_value in query.tags:
         if tag_value:
-            where.append("EXISTS (SELECT 1 FROM task_tags t WHERE t.seq = tasks.seq AND t.key = ? AND t.value = ?)")
+            where.append(
+                "EXISTS (SELECT 1 FROM task_tags t WHERE t.seq = tasks.seq AND t.key = ? AND t.value = ?)"
+            )
             params += [tag_key, tag_value]
             drivers.append(("SELECT seq FROM task_tags WHERE key = ? AND value = ?", [tag_key, tag_value]))
         else:
@@ -403,7 +421,9 @@ class SqliteTaskStore:
                         break
                     batch.extend(nxt)
                 writes = any(op.write for op in batch)
-                if lane.failure is None and (writes or time.monotonic() - last_identity_check >= _IDENTITY_CHECK_SECONDS):
+                if lane.failure is None and (
+                    writes or time.monotonic() - last_identity_check >= _IDENTITY_CHECK_SECONDS
+                ):
                     last_identity_check = time.monotonic()
                     problem = self._identity_problem()
                     if problem is not None:
@@ -416,15 +436,14 @@ class SqliteTaskStore:
                     continue
                 try:
                     outcomes, healthy = self._execute(conn, batch)
-                except BaseException as exc:  # noqa: BLE001 - a bug must not kill the lane
+                except Exception as exc:  # noqa: BLE001 - a bug must not kill the lane
                     logger.exception("sqlite store %s: a batch failed unexpectedly", role)
-                    outcomes, healthy = [_Outcome(op, error=StoreError(f"database error: {exc}")) for op in batch], False
+                    error = StoreError(f"database error: {exc}")
+                    outcomes, healthy = [_Outcome(op, error=error) for op in batch], False
                 self._deliver(outcomes)
                 if not healthy:  # the connection is in an unknown state: start a fresh one
-                    try:
+                    with contextlib.suppress(sqlite3.Error):
                         conn.close()
-                    except sqlite3.Error:
-                        pass
                     conn = None
         except BaseException as exc:
             self._fail_lane(lane, f"the {role} thread died: {type(exc).__name__}: {exc}")
@@ -456,7 +475,9 @@ class SqliteTaskStore:
         if lane.failure is None:
             lane.failure = reason
             if not quiet:
-                logger.error("task store unavailable: %s; restart the server once the database is back", reason)
+                logger.error(
+                    "task store unavailable: %s; restart the server once the database is back", reason
+                )
 
     @staticmethod
     def _run_one(conn: sqlite3.Connection, op: _Op) -> _Outcome:
@@ -540,7 +561,9 @@ class SqliteTaskStore:
             error = (
                 StoreError("the task store is not open")
                 if lane.closed
-                else StoreUnavailable(f"the task store is unavailable: {lane.failure or 'its thread is gone'}")
+                else StoreUnavailable(
+                    f"the task store is unavailable: {lane.failure or 'its thread is gone'}"
+                )
             )
             for op in ops:
                 if not op.future.done():
@@ -571,12 +594,15 @@ class SqliteTaskStore:
                 if purge:
                     conn.execute("DELETE FROM idempotency_keys WHERE expires_ms <= ?", (now_ms,))
                 first = conn.execute(
-                    "SELECT fingerprint, task_id FROM idempotency_keys WHERE owner = ? AND key = ? AND expires_ms > ?",
+                    "SELECT fingerprint, task_id FROM idempotency_keys"
+                    " WHERE owner = ? AND key = ? AND expires_ms > ?",
                     (scope, idempotency.key, now_ms),
                 ).fetchone()
                 if first is not None:
                     if first[0] != idempotency.fingerprint:
-                        raise IdempotencyConflict("this Idempotency-Key was used for a different request body")
+                        raise IdempotencyConflict(
+                            "this Idempotency-Key was used for a different request body"
+                        )
                     row = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (first[1],)).fetchone()
                     if row is not None:
                         return _record(row)
@@ -584,9 +610,16 @@ class SqliteTaskStore:
             if idempotency is not None:
                 try:
                     conn.execute(
-                        "INSERT OR REPLACE INTO idempotency_keys(owner, key, fingerprint, task_id, expires_ms)"
+                        "INSERT OR REPLACE INTO idempotency_keys"
+                        "(owner, key, fingerprint, task_id, expires_ms)"
                         " VALUES (?, ?, ?, ?, ?)",
-                        (scope, idempotency.key, idempotency.fingerprint, task_id, to_epoch_ms(idempotency.expires_at)),
+                        (
+                            scope,
+                            idempotency.key,
+                            idempotency.fingerprint,
+                            task_id,
+                            to_epoch_ms(idempotency.expires_at),
+                        ),
                     )
                 except BaseException:
                     conn.execute("DELETE FROM tasks WHERE seq = ?", (seq,))  # leave nothing behind

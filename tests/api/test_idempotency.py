@@ -31,7 +31,9 @@ async def test_a_retry_with_the_same_key_and_body_returns_the_first_task(
     assert await store.count() == 1
 
 
-async def test_without_the_header_every_post_makes_a_task(client: httpx.AsyncClient, store: SqliteTaskStore) -> None:
+async def test_without_the_header_every_post_makes_a_task(
+    client: httpx.AsyncClient, store: SqliteTaskStore
+) -> None:
     await post(client, task_body(), None)
     await post(client, task_body(), None)
     assert await store.count() == 2
@@ -53,7 +55,9 @@ async def test_whitespace_and_key_order_do_not_make_another_body(client: httpx.A
     assert (await post(client, reordered, "k")).json() == first.json()
 
 
-async def test_a_quoted_structured_field_key_and_the_bare_key_are_the_same_key(client: httpx.AsyncClient) -> None:
+async def test_a_quoted_structured_field_key_and_the_bare_key_are_the_same_key(
+    client: httpx.AsyncClient,
+) -> None:
     first = await post(client, task_body(), '"8e03978e-40d5-43e8-bc93-6894a57f9324"')
     again = await post(client, task_body(), "8e03978e-40d5-43e8-bc93-6894a57f9324")
     assert again.json() == first.json()
@@ -71,7 +75,10 @@ async def test_a_retry_on_the_other_base_path_returns_the_first_task(client: htt
 async def test_a_malformed_key_is_a_400_naming_the_header(
     client: httpx.AsyncClient, store: SqliteTaskStore, key: str, reason: str
 ) -> None:
-    headers = {b"Content-Type": b"application/json", b"Idempotency-Key": key.encode()}  # UTF-8 bytes on the wire
+    headers = {
+        b"Content-Type": b"application/json",
+        b"Idempotency-Key": key.encode(),
+    }  # UTF-8 bytes on the wire
     response = await client.post(f"{BASE}/tasks", content=json.dumps(task_body()), headers=headers)
     assert_tes_error(response, 400, "Idempotency-Key", reason)
     assert await store.count() == 0

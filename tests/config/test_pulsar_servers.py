@@ -53,7 +53,9 @@ def test_two_servers_with_one_name_are_refused(tmp_path: Path) -> None:
         load_settings(write(tmp_path, text))
 
 
-def test_amqp_url_from_the_environment_switches_the_shipped_settings_to_amqp(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_amqp_url_from_the_environment_switches_the_shipped_settings_to_amqp(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The shipped settings.toml sets pulsar.url; TESP_API_PULSAR__AMQP_URL alone must still mean AMQP."""
     monkeypatch.setenv("TESP_API_PULSAR__AMQP_URL", BROKER)
     settings = load_settings(REPO / "settings.toml")

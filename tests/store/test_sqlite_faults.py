@@ -84,7 +84,9 @@ async def test_a_row_that_does_not_decode_does_not_block_the_task_behind_it(
     bad = await store.create(make_task(), None)
     good = await store.create(make_task(), None)
     # An old row a stricter model refuses (extra="forbid"), the case the issue names.
-    _corrupt(tmp_path / "tasks.sqlite3", bad.id, '{"executors": [{"image": "a", "command": ["x"]}], "old": 1}')
+    _corrupt(
+        tmp_path / "tasks.sqlite3", bad.id, '{"executors": [{"image": "a", "command": ["x"]}], "old": 1}'
+    )
     with caplog.at_level(logging.ERROR, logger="tesp_api.store.sqlite"):
         claimed = await store.claim("w1", *_hours())
     assert claimed is not None and claimed.id == good.id
@@ -123,7 +125,11 @@ async def test_reading_a_row_that_does_not_decode_is_a_store_error_naming_no_val
 ) -> None:
     bad = await store.create(make_task(), None)
     secret = "hunter2-secret-value"
-    _corrupt(tmp_path / "tasks.sqlite3", bad.id, f'{{"executors": [{{"image": "a", "command": ["x"]}}], "x": "{secret}"}}')
+    _corrupt(
+        tmp_path / "tasks.sqlite3",
+        bad.id,
+        f'{{"executors": [{{"image": "a", "command": ["x"]}}], "x": "{secret}"}}',
+    )
     with pytest.raises(CorruptRecord) as raised:
         await store.get(bad.id)
     assert isinstance(raised.value, StoreError)
@@ -139,7 +145,9 @@ async def test_a_failed_rollback_does_not_kill_the_writer(flaky: FlakyStore) -> 
     assert await flaky.count() == 1  # the failed batch wrote nothing
 
 
-async def test_a_writer_that_cannot_go_on_fails_every_write_at_once_with_a_clear_error(flaky: FlakyStore) -> None:
+async def test_a_writer_that_cannot_go_on_fails_every_write_at_once_with_a_clear_error(
+    flaky: FlakyStore,
+) -> None:
     FlakyConnection.armed = {"COMMIT": 1, "ROLLBACK": 1}
     FlakyConnection.refuse_connect = True  # the fresh connection after the failed ROLLBACK cannot open
     with pytest.raises(StoreError):
@@ -157,7 +165,9 @@ async def test_the_api_answers_503_tes_shaped_when_the_writer_cannot_go_on(flaky
     with pytest.raises(StoreError):
         await flaky.create(make_task(), None)
     app = create_app(Settings(), flaky)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tes.test") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://tes.test"
+    ) as client:
         body = {"executors": [{"image": "alpine", "command": ["true"]}]}
         response = await asyncio.wait_for(client.post("/ga4gh/tes/v1/tasks", json=body), HANG_GUARD)
     assert response.status_code == 503
@@ -185,8 +195,7 @@ async def test_a_database_file_deleted_or_replaced_under_the_store_refuses_write
     path = tmp_path / "tasks.sqlite3"
     await store.create(make_task(), None)
     for suffix in ("", "-wal", "-shm"):
-        if os.path.exists(f"{path}{suffix}"):
-            os.remove(f"{path}{suffix}")
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
     if how == "replaced":
         other = SqliteTaskStore(str(path))  # a fresh, empty database at the same path
         await other.open()
@@ -203,7 +212,9 @@ async def test_the_api_answers_503_when_the_database_file_was_deleted(
 ) -> None:
     app = create_app(Settings(), store)
     body = {"executors": [{"image": "alpine", "command": ["true"]}]}
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tes.test") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://tes.test"
+    ) as client:
         assert (await client.post("/ga4gh/tes/v1/tasks", json=body)).status_code == 200
         os.remove(tmp_path / "tasks.sqlite3")
         for _ in range(10):
