@@ -18,6 +18,7 @@ from tesp_api.api.cors import TesCorsMiddleware
 from tesp_api.api.dashboard import install_dashboard
 from tesp_api.api.docs_assets import SWAGGER_URL, install_docs
 from tesp_api.api.errors import install_error_handlers
+from tesp_api.api.head import HeadAsGetMiddleware
 from tesp_api.api.limits import BodySizeLimitMiddleware
 from tesp_api.api.metrics import install_metrics
 from tesp_api.api.openapi import install_openapi
@@ -85,6 +86,7 @@ def create_app(
     app.state.authenticator = authenticator
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.api.max_body_bytes)
+    app.add_middleware(HeadAsGetMiddleware)  # HEAD = GET without the body, on every GET endpoint
     if settings.api.cors_origins:  # outermost, so that errors (413...) carry the CORS headers too
         app.add_middleware(TesCorsMiddleware, origins=settings.api.cors_origins)
 
