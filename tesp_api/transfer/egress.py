@@ -209,6 +209,17 @@ def parse_rule(entry: str) -> HostRule:
     return HostRule(name=host.rstrip("."), port=port)
 
 
+def _control_rule(entry: str) -> HostRule:
+    """A denylist rule; an odd host name from a service URL is kept as a plain name, never dropped."""
+    try:
+        return parse_rule(entry)
+    except ValueError:
+        host, _, port = entry.rpartition(":")
+        return HostRule(name=host.strip("[]").lower(), port=int(port)) if port.isdigit() else HostRule(
+            name=entry.lower()
+        )
+
+
 def allowed_hosts_hint(reason: str) -> str:
     """The pointer to the setting that could re-allow a refusal (none for the control plane)."""
     return "" if "control plane" in reason else " (an operator can allow it: transfer.allowed_hosts)"
@@ -263,7 +274,7 @@ class EgressPolicy:
     def __init__(self, settings: TransferSettings, control_plane: Sequence[str] = ()) -> None:
         self.timeout = settings.resolve_timeout
         self._allowed = [parse_rule(e) for e in settings.allowed_hosts]
-        self._denied = [parse_rule(e) for e in [*control_plane, *settings.denied_hosts]]
+        self._denied = [_control_rule(e) for e in [*control_plane, *settings.denied_hosts]]
         self._denied_addresses: tuple[float, list[tuple[HostRule, list[Address]]], list[Address]] | None = None
 
     @classmethod

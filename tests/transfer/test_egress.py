@@ -136,3 +136,8 @@ async def test_an_ftp_data_connection_to_another_address_than_the_checked_one_is
     client = GuardedFtpClient(EgressPolicy(TransferSettings()))
     with pytest.raises(EgressDenied):
         await client._open_connection("127.0.0.1", 8913)
+
+
+def test_an_odd_host_name_in_a_service_url_is_still_denied_not_a_crash() -> None:
+    policy = EgressPolicy(TransferSettings(), ["pülsar:8913"])
+    assert "control plane" in (policy.static_reason("pülsar", 8913) or "")
