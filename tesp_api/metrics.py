@@ -60,6 +60,17 @@ class _Seen:
     status: int | None = None
 
 
+@dataclass(frozen=True)
+class LastContact:
+    """The outcome of this process's latest request to one Pulsar server (the dashboard's health)."""
+
+    outcome: str  # ok, client_error, server_error, error
+    at: float  # time.time()
+
+
+LAST_CONTACT: dict[str, LastContact] = {}
+
+
 @contextmanager
 def pulsar_request(server: str) -> Iterator[_Seen]:
     """Time one Pulsar HTTP request and count its outcome; the caller sets ``.status``."""
@@ -73,6 +84,7 @@ def pulsar_request(server: str) -> Iterator[_Seen]:
     finally:
         PULSAR_REQUEST_SECONDS.labels(server).observe(time.monotonic() - started)
         PULSAR_REQUESTS.labels(server, outcome).inc()
+        LAST_CONTACT[server] = LastContact(outcome, time.time())
 
 
 def count_transfer(url: str, direction: str, size: int) -> None:

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from tesp_api.auth.passwords import hash_password
+from tesp_api.metrics import pulsar_request
 from tests.api.conftest import BASE, assert_tes_error, make_settings, task_body
 
 PASSWORDS = {"ann": "ann-pass", "root": "root-pass"}
@@ -119,3 +120,34 @@ async def test_owners_takes_a_bounded_number_of_ids(auth_client: httpx.AsyncClie
 async def test_the_dashboard_helpers_are_not_in_the_openapi_document(client: httpx.AsyncClient) -> None:
     paths = (await client.get("/openapi.json")).json()["paths"]
     assert not [p for p in paths if p.startswith("/dashboard")]
+
+
+async def test_the_pulsar_servers_are_listed_by_name_with_their_last_contact(
+    client_for: Callable[..., httpx.AsyncClient],
+) -> None:
+    settings = make_settings(
+        pulsar={
+            "servers": [
+                {"name": "hpc-a", "url": "http://10.0.0.5:8913", "private_token": "s3cret"},
+                {"name": "cloud-b", "amqp_url": "amqp://user:pw@broker:5672//"},
+            ]
+        }
+    )
+    with pulsar_request("hpc-a") as seen:
+        seen.status = 200
+    async with client_for(settings) as client:
+        response = await client.get("/dashboard/api/pulsar")
+    servers = {s["name"]: s for s in response.json()}
+    assert servers["hpc-a"]["transport"] == "rest" and servers["hpc-a"]["health"] == "ok"
+    assert servers["cloud-b"] == {
+        "name": "cloud-b",
+        "transport": "amqp",
+        "health": "unknown",
+        "last_contact": None,
+    }
+    assert "10.0.0.5" not in response.text and "s3cret" not in response.text and "pw@" not in response.text
+
+
+async def test_the_pulsar_servers_need_credentials_under_auth(auth_client: httpx.AsyncClient) -> None:
+    assert_tes_error(await auth_client.get("/dashboard/api/pulsar"), 401)
+    assert (await auth_client.get("/dashboard/api/pulsar", headers=basic("ann"))).status_code == 200

@@ -43,7 +43,10 @@ CHROMIUM_ARGS = [
 
 pytest.importorskip("playwright", reason="Playwright for Python is not installed (pip install playwright)")
 
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect, sync_playwright
+
+# The machines are small and shared: generous waits (an expectation returns as soon as it holds).
+expect.set_options(timeout=20_000)
 
 
 def artifact_dir() -> Path:
@@ -102,7 +105,7 @@ def open_tab(browser: Browser, **context_options: Any) -> Visit:
         lambda request: visit.blocked_by_csp.append(request.url) if request.failure == "csp" else None,
     )
     page.on("dialog", lambda dialog: dialog.accept())  # "Cancel task ...?" confirmations
-    page.set_default_timeout(15000)
+    page.set_default_timeout(30_000)
     return visit
 
 

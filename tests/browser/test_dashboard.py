@@ -213,6 +213,9 @@ def test_the_service_page_shows_the_service_info(tab: Visit, served: Served) -> 
     expect(info).to_contain_text("tesp-api")
     expect(info).to_contain_text("org.ga4gh:tes:1.1.0")
     expect(info).to_contain_text("pulsar_server")
+    servers = tab.page.locator("#pulsar-servers tbody")
+    expect(servers).to_contain_text("default")
+    expect(servers).to_contain_text("unknown")  # the engine is off: nothing asked Pulsar yet
 
 
 def test_a_task_name_with_markup_is_shown_as_text_and_never_runs(tab: Visit, served: Served) -> None:

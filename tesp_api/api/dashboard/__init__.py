@@ -28,6 +28,7 @@ from tesp_api.api.deps import Principal, current_principal
 from tesp_api.api.errors import TesHttpError
 from tesp_api.auth.effective import effective_auth_settings
 from tesp_api.config.settings import Settings
+from tesp_api.metrics import LAST_CONTACT
 from tesp_api.store.port import Owner, TaskStore
 from tesp_api.tes.ids import is_safe_id
 
@@ -116,6 +117,22 @@ def install_dashboard(app: FastAPI, settings: Settings, store: TaskStore, *, api
                 found[one] = owner_label(record.owner)
         return found
 
+    async def pulsar(principal: PrincipalDep) -> list[dict[str, Any]]:
+        """The Pulsar servers by name and transport, with the outcome of this process's latest
+        request to each (REST; AMQP servers answer through the broker: "unknown"). Never a URL."""
+        servers: list[dict[str, Any]] = []
+        for server in settings.pulsar.effective_servers():
+            contact = LAST_CONTACT.get(server.name)
+            servers.append(
+                {
+                    "name": server.name,
+                    "transport": "amqp" if server.amqp_url else "rest",
+                    "health": "unknown" if contact is None else contact.outcome,
+                    "last_contact": None if contact is None else contact.at,
+                }
+            )
+        return servers
+
     router.add_api_route(DASHBOARD_URL, page, methods=["GET"])
     router.add_api_route(f"{DASHBOARD_URL}/", page, methods=["GET"])
     router.add_api_route(f"{DASHBOARD_URL}/service", page, methods=["GET"])
@@ -123,5 +140,6 @@ def install_dashboard(app: FastAPI, settings: Settings, store: TaskStore, *, api
     router.add_api_route(f"{DASHBOARD_URL}/api/config", config, methods=["GET"])
     router.add_api_route(f"{DASHBOARD_URL}/api/whoami", whoami, methods=["GET"])
     router.add_api_route(f"{DASHBOARD_URL}/api/owners", owners, methods=["GET"])
+    router.add_api_route(f"{DASHBOARD_URL}/api/pulsar", pulsar, methods=["GET"])
     app.include_router(router)
     app.mount(STATIC_URL, StaticFiles(directory=static_dir()), name="dashboard-static")

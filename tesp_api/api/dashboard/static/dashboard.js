@@ -500,6 +500,18 @@
       ["Backend parameters", (info.tesResources_backend_parameters || []).join(", ")],
       ["Sign-in", config.auth_modes.length ? config.auth_modes.join(", ") : "none (everybody is an administrator)"],
     ]);
+    let servers = [];
+    try {
+      servers = await call("GET", `${DASH}/api/pulsar`);
+    } catch (error) {
+      servers = [];
+    }
+    rowsInto($("pulsar-servers"), servers.map((s) => [
+      s.name,
+      s.transport,
+      el("span", { class: `health health-${s.health}` }, s.health),
+      s.last_contact ? new Date(s.last_contact * 1000).toLocaleString() : "",
+    ]));
   }
 
   // --- routing ---------------------------------------------------------------------------------
