@@ -44,8 +44,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -125,11 +126,24 @@ def direct_command(runtime: dict[str, Any]) -> str:
 
 
 # ---- straight to Pulsar ---------------------------------------------------------------------------
+async def _again(send: Callable[[], Awaitable[httpx.Response]]) -> httpx.Response:
+    """An idempotent request, asked again after a transport error (a gunicorn worker restarted under
+    load), as the engine's REST backend does."""
+    for attempt in range(5):
+        try:
+            return await send()
+        except httpx.TransportError:
+            if attempt == 4:
+                raise
+            await asyncio.sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
 async def pulsar_job(client: httpx.AsyncClient, job_id: str, command: str) -> None:
-    await client.post("/jobs", params={"job_id": job_id})
+    await _again(lambda: client.post("/jobs", params={"job_id": job_id}))  # setup: same job id, same answer
     command = command.replace(NAME, f"tes-{job_id}-0")  # a container name of its own per job
-    path = (await client.post(f"/jobs/{job_id}/files", params={"name": "job.sh", "type": "tool"},
-                              content=f"{command}\n".encode())).json()["path"]
+    path = (await _again(lambda: client.post(f"/jobs/{job_id}/files", params={"name": "job.sh", "type": "tool"},
+                                             content=f"{command}\n".encode()))).json()["path"]
     await client.post(f"/jobs/{job_id}/submit", params={"command_line": f"bash {path}"})
 
 
@@ -162,7 +176,7 @@ async def pulsar_latency(url: str, runs: int, command: str) -> list[float]:
             await pulsar_job(client, job, command)
             await pulsar_wait(client, job)
             out.append(time.perf_counter() - started)
-            await client.delete(f"/jobs/{job}")
+            await _again(partial(client.delete, f"/jobs/{job}"))
     return out
 
 
@@ -175,7 +189,7 @@ async def pulsar_burst(url: str, n: int, command: str) -> float:
         await asyncio.gather(*(pulsar_wait(client, j) for j in jobs))
         elapsed = time.perf_counter() - started
         deleted = time.perf_counter()
-        await asyncio.gather(*(client.delete(f"/jobs/{j}") for j in jobs))
+        await asyncio.gather(*(_again(partial(client.delete, f"/jobs/{j}")) for j in jobs))
         print(f"direct: {n} DELETEs after the clock took {time.perf_counter() - deleted:.2f} s", file=sys.stderr)
     return elapsed
 
