@@ -154,7 +154,7 @@ class LocalPulsar:
         transport = httpx.HTTPTransport(uds=self.uds) if self.uds else None
         return httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 180.0) -> None:  # generous: a loaded host starts Python slowly
         if self.uds:
             Path(self.uds).unlink(missing_ok=True)  # left by a killed run: gunicorn would refuse to bind
         self.write_config()

@@ -24,8 +24,9 @@ import httpx
 import pytest
 
 from tesp_api.local import free_port
+from tests.services.die_with_parent import die_with_parent
 
-pytestmark = [pytest.mark.pulsar, pytest.mark.slow]
+pytestmark = [pytest.mark.pulsar, pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 @dataclass
@@ -48,7 +49,7 @@ class Local:
         raise AssertionError("no private_token in Pulsar's app.yml")
 
 
-def wait_until_up(proc: subprocess.Popen[bytes], api: str, log_file: Path, timeout: float = 60) -> None:
+def wait_until_up(proc: subprocess.Popen[bytes], api: str, log_file: Path, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while True:
         assert proc.poll() is None, log_file.read_text()
@@ -79,7 +80,8 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Local]:
     log_file = cwd / "local.log"
     with log_file.open("wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "tesp_api", "local", "--port", str(port),
-                                 "--state-dir", str(state)], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+                                 "--state-dir", str(state)], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                preexec_fn=die_with_parent)  # noqa: PLW1509 - one C call, see die_with_parent.py
     api = f"http://127.0.0.1:{port}/ga4gh/tes/v1"
     try:
         wait_until_up(proc, api, log_file)
@@ -97,7 +99,7 @@ def finished_task(local: Local) -> dict[str, object]:
         "inputs": [{"path": "/data/in.txt", "content": "payload\n"}],
         "executors": [{"image": "alpine", "command": ["sh", "-c", "cat /data/in.txt; env"]}],
     }).json()["id"]
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 240
     while (task := httpx.get(f"{local.api}/tasks/{task_id}", params={"view": "FULL"}, timeout=10).json())[
         "state"
     ] in ("QUEUED", "INITIALIZING", "RUNNING"):
@@ -178,7 +180,7 @@ except Exception as exc:
 
 def run_task(local: Local, task: dict[str, object]) -> dict[str, object]:
     task_id = httpx.post(f"{local.api}/tasks", json=task, timeout=10).json()["id"]
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 240
     while (got := httpx.get(f"{local.api}/tasks/{task_id}", params={"view": "FULL"}, timeout=10).json())[
         "state"
     ] in ("QUEUED", "INITIALIZING", "RUNNING"):
@@ -212,7 +214,7 @@ def test_a_second_local_on_the_same_state_dir_stops_at_once(local: Local) -> Non
     server_ini = (local.pulsar_dir / "server.ini").read_text()
     second = subprocess.run([sys.executable, "-m", "tesp_api", "local", "--port", str(free_port()),
                              "--state-dir", str(local.state)], cwd=local.cwd, env=env, capture_output=True,
-                            text=True, timeout=60, check=False)
+                            text=True, timeout=240, check=False)
     assert second.returncode == 2
     assert "another `tesp-api local`" in second.stderr and "Traceback" not in second.stderr
     assert (local.pulsar_dir / "server.ini").read_text() == server_ini  # the first one's Pulsar untouched

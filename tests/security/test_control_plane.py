@@ -150,7 +150,7 @@ async def run_attack(pulsar: LocalPulsar, store: SqliteTaskStore, tmp: Path, net
                 HOST_PYTHON, "/attack/attack.py", target_of(pulsar), victim, str(marker),
                 str(pulsar.state_dir / "app.yml")]}],
         })
-        record = await wait_for(store, task_id, timeout=90)
+        record = await wait_for(store, task_id, timeout=240)
     finally:
         await engine.stop()
     assert record.state == TesState.COMPLETE, record.log.system_logs
@@ -221,7 +221,7 @@ async def test_control_the_same_attack_on_an_unprotected_pulsar_runs_a_command_o
                             victim, marker)
     assert seen["setup"] == "HTTP 200" and seen["submit"] == "HTTP 200", seen
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + 60
+    deadline = loop.time() + 240
     with tcp_open_pulsar.client(timeout=10) as client:
         while client.get(f"/jobs/{victim}/status").json().get("complete") != "true":
             assert loop.time() < deadline, "the victim job never finished"
@@ -260,7 +260,7 @@ async def probe_broker(pulsar: LocalPulsar, store: SqliteTaskStore, tmp: Path, n
             "inputs": [{"path": "/attack/probe.py", "content": PROBE}],
             "executors": [{"image": "alpine", "command": [HOST_PYTHON, "/attack/probe.py", str(broker_port())]}],
         })
-        record = await wait_for(store, task_id, timeout=90)
+        record = await wait_for(store, task_id, timeout=240)
     finally:
         await engine.stop()
     assert record.state == TesState.COMPLETE, record.log.system_logs

@@ -66,7 +66,7 @@ async def attack(pulsar: LocalPulsar, runtime: RealRuntime, store: SqliteTaskSto
             "command": ["sh", "-c", ATTACK, "attack", target, victim, str(marker),
                         str(pulsar.state_dir / "pulsar.sock"), str(pulsar.state_dir / "app.yml")],
         }]})
-        record = await wait_for(store, task_id, timeout=120)
+        record = await wait_for(store, task_id, timeout=240)
     finally:
         await engine.stop()
     assert record.state == TesState.COMPLETE, (record.log.system_logs, record.log.logs)
