@@ -362,6 +362,25 @@ def test_coexecution_tes_polling_runs_three_executors_through_tesp_api(
     assert outcome.polled_views and set(outcome.polled_views) == {"FULL"}
 
 
+def _mq_case(service: LocalServiceProcess, client_root: Path, monkeypatch: pytest.MonkeyPatch,
+             **app_config: Any) -> Outcome:
+    """upstream test_coexecution_integration_tes_mq's options; queues of its own on the shared broker."""
+    rabbitmq.require_broker()
+    url = rabbitmq.URL + "/"  # Pulsar's kombu form of the default vhost
+    prefix = rabbitmq.unique_prefix("galaxy")
+    _tes_enabled_shim(monkeypatch, amqp_key_prefix=prefix)
+    try:
+        with job_files_server(client_root) as files:
+            outcome = _run_check(service, monkeypatch, files.url, container=TEST_TOOL_CONTAINER, manager_url=url,
+                                 remote_pulsar_app_config={"message_queue_url": url, **app_config})
+            assert files.served_files, "Pulsar inside the task never fetched an input from the job files endpoint"
+    finally:
+        with contextlib.suppress(Exception):
+            asyncio.run(rabbitmq.delete_queues([f"{prefix}_{name}" for name in (
+                "setup", "status", "kill", "status_update", "status_update_ack")]))
+    return outcome
+
+
 def test_coexecution_tes_with_status_over_mq_runs_through_tesp_api(
     service: LocalServiceProcess, client_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -370,21 +389,19 @@ def test_coexecution_tes_with_status_over_mq_runs_through_tesp_api(
     Upstream leaves expecting_full_metadata at True here: check.run also asserts the tool's exit code
     (4) and stdout from the final status message, and collects the outputs through the client.
     """
-    rabbitmq.require_broker()
-    url = rabbitmq.URL + "/"  # Pulsar's kombu form of the default vhost
-    prefix = rabbitmq.unique_prefix("galaxy")
-    _tes_enabled_shim(monkeypatch, amqp_key_prefix=prefix)
-    try:
-        with job_files_server(client_root) as files:
-            outcome = _run_check(service, monkeypatch, files.url, container=TEST_TOOL_CONTAINER, manager_url=url,
-                                 remote_pulsar_app_config={"message_queue_url": url})
-            assert files.served_files, "Pulsar inside the task never fetched an input from the job files endpoint"
-    finally:
-        with contextlib.suppress(Exception):
-            asyncio.run(rabbitmq.delete_queues([f"{prefix}_{name}" for name in (
-                "setup", "status", "kill", "status_update", "status_update_ack")]))
+    outcome = _mq_case(service, client_root, monkeypatch)
     _assert_galaxy_shaped(outcome.tasks, executors=3)
     assert outcome.status_via == ["mq"]
+
+
+def _container_app_config(service: LocalServiceProcess) -> dict[str, Any]:
+    """What the in-task Pulsar needs on this runtime, as a Galaxy admin's destination pulsar_app_config."""
+    if service.env["TESP_API_RUNTIME__TYPE"] == "podman":
+        # podman shows a container's "/" as dr-xr-xr-x, and with --cap-drop ALL even root cannot write
+        # there: the in-task Pulsar's default tool_dependency_dir ("dependencies" below the workdir "/")
+        # fails with EACCES.
+        return {"tool_dependency_dir": "/pulsar_staging/dependencies"}
+    return {}
 
 
 def test_coexecution_tes_polling_runs_in_real_containers(
@@ -393,14 +410,22 @@ def test_coexecution_tes_polling_runs_in_real_containers(
     """The coexecution case again, the three executors in real docker / podman containers."""
     _tes_enabled_shim(monkeypatch)
     extra: dict[str, Any] = {}
-    if container_service.env["TESP_API_RUNTIME__TYPE"] == "podman":
-        # podman shows a container's "/" as dr-xr-xr-x, and with --cap-drop ALL even root cannot write
-        # there: the in-task Pulsar's default tool_dependency_dir ("dependencies" below the workdir "/")
-        # fails with EACCES. A Galaxy admin sets this in the destination's pulsar_app_config.
-        extra["remote_pulsar_app_config"] = {"tool_dependency_dir": "/pulsar_staging/dependencies"}
+    app_config = _container_app_config(container_service)
+    if app_config:
+        extra["remote_pulsar_app_config"] = app_config
     with job_files_server(client_root) as files:
         outcome = _run_check(container_service, monkeypatch, files.url, container=TEST_TOOL_CONTAINER,
                              expecting_full_metadata=False, **extra)
         assert files.served_files, "Pulsar inside the task never fetched an input from the job files endpoint"
     _assert_galaxy_shaped(outcome.tasks, executors=3)
     assert outcome.tasks[0]["executors"][0]["image"] == PULSAR_STAGING_IMAGE
+
+
+def test_galaxys_own_path_coexecution_with_mq_status_runs_in_real_containers(
+    container_service: LocalServiceProcess, client_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What Galaxy's PulsarTesJobRunner (a message-queue runner) does, on docker / podman: the executors
+    reach Galaxy's files endpoint and the broker from their containers."""
+    outcome = _mq_case(container_service, client_root, monkeypatch, **_container_app_config(container_service))
+    _assert_galaxy_shaped(outcome.tasks, executors=3)
+    assert outcome.status_via == ["mq"]
