@@ -54,7 +54,7 @@ _ERROR_DESCRIPTIONS = {
     400: "Bad request: a parameter or the task document is invalid",
     401: "Unauthorized: missing or invalid credentials",
     404: "The task does not exist (or is not the caller's)",
-    409: "The task is changing state: cancel again",
+    409: "Conflict: a cancel raced with state changes, or an Idempotency-Key reused with another body",
     413: "The request body is larger than api.max_body_bytes",
     415: "The request body is not application/json",
     503: "The task store (or the identity provider) is unavailable: retry later",
