@@ -438,8 +438,8 @@ class SqliteTaskStore:
                     outcomes, healthy = self._execute(conn, batch)
                 except Exception as exc:  # noqa: BLE001 - a bug must not kill the lane
                     logger.exception("sqlite store %s: a batch failed unexpectedly", role)
-                    error = StoreError(f"database error: {exc}")
-                    outcomes, healthy = [_Outcome(op, error=error) for op in batch], False
+                    failed = StoreError(f"database error: {exc}")
+                    outcomes, healthy = [_Outcome(op, error=failed) for op in batch], False
                 self._deliver(outcomes)
                 if not healthy:  # the connection is in an unknown state: start a fresh one
                     with contextlib.suppress(sqlite3.Error):
