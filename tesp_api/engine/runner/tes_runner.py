@@ -294,25 +294,25 @@ class Runner:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
         try:
-            os.makedirs(self.meta, exist_ok=True)
-            self.work_fd = os.open(self.work, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            self._setup()
-        except (OSError, Unsafe) as exc:
-            sys.stderr.write(f"tesp-api: cannot set up the job: {exc}\n")
-            return SETUP_FAILED_EXIT
-        rc = 0
-        try:
+            try:
+                os.makedirs(self.meta, exist_ok=True)
+                self.work_fd = os.open(self.work, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                self._setup()
+            except (OSError, Unsafe) as exc:
+                sys.stderr.write(f"tesp-api: cannot set up the job: {exc}\n")
+                return SETUP_FAILED_EXIT
+            rc = 0
             for i, ex in enumerate(self.spec.get("executors") or []):
                 code = self._executor(i, ex)
                 if code != 0 and not ex.get("ignore_error"):
                     rc = code
                     break
+            self._manifest()
+            self._pack()
+            return rc
         except Terminated as term:
             self._kill_current()
             return 128 + term.signum
-        self._manifest()
-        self._pack()
-        return rc
 
     def _on_signal(self, signum: int, frame: object) -> None:
         raise Terminated(signum)
