@@ -144,7 +144,16 @@ async def pulsar_job(client: httpx.AsyncClient, job_id: str, command: str) -> No
     command = command.replace(NAME, f"tes-{job_id}-0")  # a container name of its own per job
     path = (await _again(lambda: client.post(f"/jobs/{job_id}/files", params={"name": "job.sh", "type": "tool"},
                                              content=f"{command}\n".encode()))).json()["path"]
-    await client.post(f"/jobs/{job_id}/submit", params={"command_line": f"bash {path}"})
+    for _ in range(5):
+        try:
+            await client.post(f"/jobs/{job_id}/submit", params={"command_line": f"bash {path}"})
+            return
+        except httpx.TransportError:  # submitted or not? Pulsar says "preprocessing" until it is (as the engine asks)
+            await asyncio.sleep(1.0)
+            status = (await _again(lambda: client.get(f"/jobs/{job_id}/status"))).json()["status"]
+            if status != "preprocessing":
+                return
+    raise RuntimeError(f"{job_id}: submit failed 5 times")
 
 
 async def pulsar_wait(client: httpx.AsyncClient, job_id: str) -> None:
