@@ -55,20 +55,37 @@ def artifact_dir() -> Path:
     return where
 
 
+# One Playwright and one browser per test session, even when another directory reuses these
+# fixtures (tests/security/test_dashboard_xss.py): a second sync_playwright() in the same thread fails.
+_SHARED: dict[str, Any] = {}
+
+
 @pytest.fixture(scope="session")
 def playwright() -> Iterator[Playwright]:
     if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
         pytest.skip(f"no chromium at {CHROMIUM} (apt-get install -y chromium); the browser tests need it")
+    if "playwright" in _SHARED:
+        yield _SHARED["playwright"]
+        return
     with sync_playwright() as p:
-        yield p
+        _SHARED["playwright"] = p
+        try:
+            yield p
+        finally:
+            _SHARED.pop("playwright", None)
 
 
 @pytest.fixture(scope="session")
 def browser(playwright: Playwright) -> Iterator[Browser]:
+    if "browser" in _SHARED:
+        yield _SHARED["browser"]
+        return
     launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    _SHARED["browser"] = launched
     try:
         yield launched
     finally:
+        _SHARED.pop("browser", None)
         launched.close()
 
 
