@@ -55,12 +55,14 @@ def artifact_dir() -> Path:
     return where
 
 
-# One Playwright and one browser per test session, even when another directory reuses these
-# fixtures (tests/security/test_dashboard_xss.py): a second sync_playwright() in the same thread fails.
+# Playwright's sync API keeps an event loop running in this thread while it is started, and
+# pytest-asyncio cannot run an async test then: so Playwright lives for one module at a time (started
+# again by the next browser module), never for the whole session. _SHARED keeps it to one instance
+# if two modules' fixtures ever overlap (a second sync_playwright() in one thread fails).
 _SHARED: dict[str, Any] = {}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def playwright() -> Iterator[Playwright]:
     if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
         pytest.skip(f"no chromium at {CHROMIUM} (apt-get install -y chromium); the browser tests need it")
@@ -75,7 +77,7 @@ def playwright() -> Iterator[Playwright]:
             _SHARED.pop("playwright", None)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     if "browser" in _SHARED:
         yield _SHARED["browser"]
