@@ -227,6 +227,11 @@ class RuntimeSettings(_Section):
     bind_host_paths: list[str] = Field(
         default_factory=list, description="extra host paths bwrap binds read-only at the same place (e.g. a venv)"
     )
+    sandbox_user: str = Field(
+        default="65534:65534",
+        description="bwrap: uid:gid the executors run as when the runner runs as root (never root on the host); "
+        "empty = keep root's uid (unsafe: the host's device nodes are then writable by their owner)",
+    )
 
     @field_validator("cap_add")
     @classmethod
@@ -239,6 +244,13 @@ class RuntimeSettings(_Section):
                 raise ValueError(f"not a capability name: {cap!r}")
             out.append(name)
         return out
+
+    @field_validator("sandbox_user")
+    @classmethod
+    def _uid_gid(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[1-9][0-9]*:[1-9][0-9]*", value.strip()):
+            raise ValueError(f"sandbox_user must be 'uid:gid' (numbers, not 0) or empty, got {value!r}")
+        return value.strip()
 
     @field_validator("bind_host_paths")
     @classmethod

@@ -99,6 +99,11 @@ def _under_a_root(path: str, mapper: FileMapper) -> bool:
                for r in mapper.roots)
 
 
+def _uid_gid(value: str) -> list[int]:
+    uid, gid = value.split(":")
+    return [int(uid), int(gid)]
+
+
 def build_job_spec(
     task: TesTask,
     task_id: str,
@@ -122,6 +127,7 @@ def build_job_spec(
             mkdirs.append(host_rel(ex.workdir))
         executors.append({
             "argv": to_spec(runtime.command(run)),
+            "argv_root": to_spec(root_argv) if (root_argv := runtime.root_command(run)) else None,
             "stdin": host_rel(ex.stdin) if ex.stdin else None,
             "stdout": host_rel(ex.stdout) if ex.stdout else None,
             "stderr": host_rel(ex.stderr) if ex.stderr else None,
@@ -145,6 +151,8 @@ def build_job_spec(
         "runtime": runtime.kind,
         "tail": int(tail_bytes),
         "env": dict(settings.env),
+        # A root runner makes the fs/ tree this user's before the executors run (bwrap's argv_root drops to it).
+        "sandbox_user": _uid_gid(settings.sandbox_user) if any(e["argv_root"] for e in executors) else None,
         "dirs": [host_rel(r.container) for r in mapper.roots if not r.is_file],
         "files": [host_rel(r.container) for r in mapper.roots if r.is_file],
         "inputs": [{"src": p.upload_name, "dest": host_rel(p.container_path), "tar": p.is_archive} for p in inputs],

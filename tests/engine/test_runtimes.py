@@ -133,6 +133,41 @@ def test_bwrap_line() -> None:
     assert "/etc/shadow" not in HOST_ETC and "/etc" not in argv
 
 
+def test_bwrap_under_a_root_runner_drops_to_the_sandbox_user_with_setpriv() -> None:
+    """A user namespace would leave uid 0 on the host (owner of /dev/null): the root variant stays in the
+    host's namespace with only setpriv's capabilities, and setpriv switches to the sandbox user."""
+    run = ExecutorRun(name="n", image="i", command=["id"], mounts=[Mount(HostPath("fs/a/b/data"), "/a/b/data")])
+    argv = resolve(BwrapRuntime().root_command(run) or [], WORK)
+    assert "--unshare-user" not in argv
+    assert [argv[i + 1] for i, w in enumerate(argv) if w == "--cap-add"] == ["CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"]
+    dirs = [argv[i + 1] for i, w in enumerate(argv) if w == "--dir"]
+    assert dirs == ["/a", "/etc", "/a/b"]  # parents first; bwrap as root would make them 0700
+    assert all(argv[argv.index(d) - 3:argv.index(d)] == ["--perms", "0755", "--dir"] for d in dirs)
+    assert argv[argv.index("--tmpfs") - 2:argv.index("--tmpfs")] == ["--perms", "1777"]
+    tail = argv[argv.index("--") + 1:]
+    assert tail == ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--bounding-set=-all",
+                    "--", "/bin/sh", "-c", 'exec "$@"', "sh", "id"]
+
+
+def test_bwrap_root_variant_keeps_the_operators_capabilities_as_ambient_ones() -> None:
+    rt = build_runtime(RuntimeSettings(type="bwrap", cap_add=["NET_RAW"], sandbox_user="1000:1001"))
+    argv = resolve(rt.root_command(ExecutorRun(name="n", image="i", command=["true"])) or [], WORK)
+    tail = argv[argv.index("--") + 1:]
+    assert tail[:7] == ["/usr/bin/setpriv", "--reuid=1000", "--regid=1001", "--clear-groups",
+                        "--bounding-set=-all,+net_raw", "--inh-caps=+net_raw", "--ambient-caps=+net_raw"]
+
+
+def test_an_empty_sandbox_user_keeps_one_argv_for_root_too() -> None:
+    rt = build_runtime(RuntimeSettings(type="bwrap", sandbox_user=""))
+    assert rt.root_command(ExecutorRun(name="n", image="i", command=["true"])) is None
+
+
+@pytest.mark.parametrize("kind", ["docker", "podman", "apptainer"])
+def test_container_engines_have_no_root_variant(kind: str) -> None:
+    rt = build_runtime(RuntimeSettings(type=kind))  # type: ignore[arg-type]
+    assert rt.root_command(RUN) is None
+
+
 def test_bwrap_network_and_extra_paths_from_settings() -> None:
     rt = build_runtime(RuntimeSettings(type="bwrap", bind_host_paths=["/srv/venv"], cap_add=["CAP_NET_RAW"],
                                        bwrap_args=["--unshare-cgroup"], podman_args=["--podman-only"]))

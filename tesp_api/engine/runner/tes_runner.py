@@ -270,6 +270,9 @@ class Runner:
         self.tar = Tar()
         self.tail_bytes = int(self.spec.get("tail", 65536))
         self.env = self._runtime_env()
+        # Root runner + bwrap: the executors run as this uid/gid (argv_root), so what they must write is theirs.
+        user = self.spec.get("sandbox_user")
+        self.drop = (int(user[0]), int(user[1])) if user and os.geteuid() == 0 else None
         self.pid = 0  # the running executor's runtime process
         self.current: dict[str, Any] | None = None
         self.watchdog = -1
@@ -351,6 +354,24 @@ class Runner:
                     os.close(parent)
         for rel in self.spec.get("volumes") or []:
             os.close(open_dir(self.work_fd, components(rel), create=True))
+        if self.drop is not None:
+            self._give_tree(os.path.join(self.work, "fs"))
+
+    def _give_tree(self, top: str) -> None:
+        """Make everything under ``top`` the sandbox user's. Only before the first executor, when the runner
+        alone has written there (no link can have been planted): lchown never follows one anyway."""
+        if not os.path.isdir(top) or os.path.islink(top):
+            return
+        assert self.drop is not None
+        uid, gid = self.drop
+        os.lchown(top, uid, gid)
+        for root, dirs, files in os.walk(top, followlinks=False):
+            for name in dirs + files:
+                os.lchown(os.path.join(root, name), uid, gid)
+
+    def _give(self, fd: int) -> None:
+        if self.drop is not None:
+            os.fchown(fd, *self.drop)
 
     # ---- one executor ---------------------------------------------------------------------------
     def _executor(self, i: int, ex: dict[str, Any]) -> int:
@@ -361,7 +382,11 @@ class Runner:
         try:
             try:
                 for rel in ex.get("mkdirs") or []:
-                    os.close(open_dir(self.work_fd, components(rel), create=True))
+                    made = open_dir(self.work_fd, components(rel), create=True)
+                    try:
+                        self._give(made)
+                    finally:
+                        os.close(made)
                 for rel in ex.get("roots") or []:  # mount sources must still be what the runner made
                     check_root(self.work_fd, rel)
                 stdin = open_file(self.work_fd, ex["stdin"], write=False) if ex.get("stdin") else \
@@ -425,7 +450,9 @@ class Runner:
 
     def _stream(self, rel: object, default: str) -> int:
         if rel:
-            return open_file(self.work_fd, str(rel), write=True)
+            fd = open_file(self.work_fd, str(rel), write=True)
+            self._give(fd)  # a later executor may append to it
+            return fd
         return os.open(os.path.join(self.meta, default), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
 
     def _system(self, i: int, kind: str, message: str) -> None:
@@ -445,7 +472,8 @@ class Runner:
                 raise Unsafe(f"env name {key!r} is not a plain variable name")
             if any(c in value for c in "\0\n\r"):
                 raise Unsafe(f"env {key}: a value with a line break or NUL cannot be passed")
-        for word in ex["argv"]:
+        words = ex.get("argv_root") if self.drop is not None and ex.get("argv_root") else ex["argv"]
+        for word in words:
             if isinstance(word, str):
                 argv.append(word)
             elif "work" in word:

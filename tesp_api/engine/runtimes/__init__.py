@@ -69,6 +69,13 @@ def detect_runtime_type(settings: RuntimeSettings) -> str:
     return "bwrap"
 
 
+def _uid_gid(value: str) -> tuple[int, int] | None:
+    if not value:
+        return None
+    uid, gid = value.split(":")
+    return int(uid), int(gid)
+
+
 def build_runtime(settings: RuntimeSettings, kind: str | None = None) -> Runtime:
     """``extra_args`` apply to whichever runtime is used; ``docker_args``/``podman_args``/``bwrap_args``/
     ``apptainer_args`` only to their own (so bwrap-only flags never reach podman when auto picks it)."""
@@ -77,7 +84,7 @@ def build_runtime(settings: RuntimeSettings, kind: str | None = None) -> Runtime
         kind = detect_runtime_type(settings)
     extra = list(settings.extra_args)
     hardening = Hardening(cap_add=tuple(settings.cap_add), user=settings.user, pids_limit=settings.pids_limit,
-                          bind_host_paths=tuple(settings.bind_host_paths))
+                          bind_host_paths=tuple(settings.bind_host_paths), sandbox_user=_uid_gid(settings.sandbox_user))
     if kind == "docker":
         return DockerRuntime(binary=settings.docker_bin, pull_policy=settings.pull_policy,
                              extra_args=extra + settings.docker_args, hardening=hardening)

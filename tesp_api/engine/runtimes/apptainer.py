@@ -54,6 +54,9 @@ class ApptainerRuntime:
         argv += [*self.extra_args, "--", image_uri(run.image), *run.command]
         return argv
 
+    def root_command(self, run: ExecutorRun) -> list[Word] | None:
+        return None  # the engine's own user model (--user, userns) applies, whoever starts the CLI
+
     def cleanup_command(self, run: ExecutorRun) -> list[Word] | None:
         return None  # runs in the job's process tree: Pulsar's kill reaches it
 

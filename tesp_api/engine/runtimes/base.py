@@ -45,6 +45,7 @@ class Hardening:
     user: str | None = None  # docker/podman --user
     pids_limit: int = 4096  # docker/podman --pids-limit; 0 = none
     bind_host_paths: tuple[str, ...] = ()  # bwrap: extra read-only host paths
+    sandbox_user: tuple[int, int] | None = (65534, 65534)  # bwrap under a root runner: run as this uid, gid
 
 
 class Runtime(Protocol):
@@ -67,6 +68,9 @@ class Runtime(Protocol):
 
     def command(self, run: ExecutorRun) -> list[Word]:
         """The argv that runs one executor in the foreground, its exit code the executor's."""
+
+    def root_command(self, run: ExecutorRun) -> list[Word] | None:
+        """The argv to use instead when the runner runs as root on the Pulsar host (None: the same one)."""
 
     def cleanup_command(self, run: ExecutorRun) -> list[Word] | None:
         """A command that removes what survives a SIGKILL of the foreground command (a detached

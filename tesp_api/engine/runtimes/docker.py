@@ -64,6 +64,9 @@ class DockerRuntime:
         argv += [*self.extra_args, "--", run.image, *run.command]
         return argv
 
+    def root_command(self, run: ExecutorRun) -> list[Word] | None:
+        return None  # the engine's own user model (--user, userns) applies, whoever starts the CLI
+
     def cleanup_command(self, run: ExecutorRun) -> list[Word] | None:
         if self.kind == "podman":
             return [self.binary, "rm", "-f", "-t", "0", run.name]  # podman would wait its 10 s stop timeout
