@@ -11,9 +11,10 @@ VENV=${VENV:-.venv}
 # three); busybox-static is the local/busybox:1 test image (no registry is reachable), uidmap is what
 # podman needs for user namespaces. Debian packages, installed as root when missing; a machine where
 # they cannot be installed skips those tests with the reason. chromium: the browser tests (tests/browser,
-# Playwright drives Debian's build; `playwright install` cannot download one here).
+# Playwright drives Debian's build; `playwright install` cannot download one here); curl: the README's
+# Use it block (tests/test_readme.py).
 missing=()
-for pkg in bubblewrap docker.io podman busybox-static uidmap chromium; do
+for pkg in bubblewrap docker.io podman busybox-static uidmap chromium curl; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -34,7 +35,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 # RabbitMQ for the AMQP tests: the build machines run it on 127.0.0.1:5672; start it if it is down.
-if command -v rabbitmqctl >/dev/null 2>&1 && ! rabbitmqctl -q status >/dev/null 2>&1; then
+# (`rabbitmqctl status` itself crashes on these VMs: disk free is NaN; ping only asks the node.)
+if command -v rabbitmq-diagnostics >/dev/null 2>&1 && ! rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
   (rabbitmq-server -detached >/dev/null 2>&1 && rabbitmqctl -q await_startup --timeout 60) || \
     echo "warning: RabbitMQ could not be started; AMQP tests will be skipped" >&2
 fi
