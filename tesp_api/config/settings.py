@@ -17,6 +17,12 @@ KIB = 1024
 MIB = 1024 * KIB
 
 
+Scheme = Literal["file", "http", "https", "ftp", "s3"]
+ALL_SCHEMES: tuple[Scheme, ...] = ("file", "http", "https", "ftp", "s3")
+AuthMode = Literal["none", "basic", "oidc"]
+NO_AUTH: tuple[AuthMode, ...] = ("none",)
+
+
 class _Section(BaseModel):
     # hide_input_in_errors: a validation error must not echo the raw values (passwords, URIs with secrets).
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
@@ -298,8 +304,8 @@ class TransferSettings(_Section):
     signed_url_ttl: float = Field(
         86400.0, gt=0, description="seconds a presigned S3 URL or staging token given to Pulsar stays valid"
     )
-    schemes: list[Literal["file", "http", "https", "ftp", "s3"]] = Field(
-        default_factory=lambda: ["file", "http", "https", "ftp", "s3"],
+    schemes: list[Scheme] = Field(
+        default_factory=lambda: list(ALL_SCHEMES),
         description='URL schemes accepted for inputs and outputs ("file" also covers plain absolute paths)',
     )
     retry_backoff: float = Field(0.5, ge=0, description="first retry delay (s); doubles per attempt, at most 30 s")
@@ -413,8 +419,8 @@ class OidcIssuer(_Section):
 class AuthSettings(_Section):
     """Who may call the API (see docs/auth.md). "none" is for local use only."""
 
-    mode: list[Literal["none", "basic", "oidc"]] = Field(
-        default_factory=lambda: ["none"], description='"none", or "basic" and/or "oidc"'
+    mode: list[AuthMode] = Field(
+        default_factory=lambda: list(NO_AUTH), description='"none", or "basic" and/or "oidc"'
     )
     users: list[BasicUser] = Field(default_factory=list, description="Basic users")
     issuers: list[OidcIssuer] = Field(default_factory=list, description="the OIDC issuer allowlist")

@@ -57,7 +57,7 @@ def build_backends(settings: Settings) -> dict[str, PulsarBackend]:
             if server.url:
                 log.info("Pulsar server %s: amqp_url is set, so AMQP is used and url is ignored", server.name)
             try:
-                from tesp_api.pulsar.amqp import build_amqp_backend  # type: ignore[attr-defined]
+                from tesp_api.pulsar.amqp import build_amqp_backend
             except ImportError as exc:
                 raise RuntimeError(f"Pulsar server {server.name}: the AMQP backend is not available") from exc
             backends[server.name] = build_amqp_backend(settings, server)

@@ -95,7 +95,7 @@ def read_results(tar_path: Path | bytes, n_executors: int) -> JobResults:
     """``tar_path``: the downloaded tes-meta.tar, or its bytes (from ``inline_meta``)."""
     files: dict[str, bytes] = {}
     source = {"fileobj": io.BytesIO(tar_path)} if isinstance(tar_path, bytes) else {"name": tar_path}
-    with tarfile.open(mode="r:", **source) as tar:  # type: ignore[call-overload]
+    with tarfile.open(mode="r:", **source) as tar:
         for member in tar:
             if not member.isfile() or member.size > MAX_MEMBER_BYTES:
                 continue

@@ -472,7 +472,7 @@ class Runner:
                 raise Unsafe(f"env name {key!r} is not a plain variable name")
             if any(c in value for c in "\0\n\r"):
                 raise Unsafe(f"env {key}: a value with a line break or NUL cannot be passed")
-        words = ex.get("argv_root") if self.drop is not None and ex.get("argv_root") else ex["argv"]
+        words: list[Any] = ex["argv_root"] if self.drop is not None and ex.get("argv_root") else ex["argv"]
         for word in words:
             if isinstance(word, str):
                 argv.append(word)
