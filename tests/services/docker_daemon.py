@@ -25,6 +25,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.services.die_with_parent import die_with_parent
+
 CLOSED_PROXY = "http://127.0.0.1:9"  # discard port: nothing listens, a connect is refused at once
 
 __all__ = ["CLOSED_PROXY", "DaemonUnavailable", "DockerDaemon", "docker_client_binary", "docker_daemon",
@@ -110,8 +112,11 @@ class DockerDaemon:
                 "-H", self.host, "--pidfile", str(self.pidfile), "--iptables=false", "--ip-masq=false",
                 "--ip-forward=false", "--bridge=none", "--userland-proxy=false"]
         with open(self.log_path, "ab") as logf:
+            # die_with_parent: a test run killed from outside runs no finalizer; dockerd then gets SIGTERM
+            # (and stops its containerd) instead of living on, orphaned, with its containers
             self.process = subprocess.Popen(argv, env=env, stdout=logf, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+                                            stdin=subprocess.DEVNULL, start_new_session=True,
+                                            preexec_fn=die_with_parent)  # noqa: PLW1509 - one C call, see die_with_parent.py
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
