@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import logging
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import uvicorn
@@ -21,6 +19,7 @@ from fastapi import FastAPI
 
 from tesp_api.api.app import create_app
 from tesp_api.config.settings import LoggingSettings, Settings
+from tesp_api.log_context import JsonLogFormatter, LogContextFilter, TextLogFormatter
 from tesp_api.metrics import instrument
 from tesp_api.store.factory import open_store
 from tesp_api.store.port import TaskStore
@@ -28,31 +27,17 @@ from tesp_api.store.port import TaskStore
 log = logging.getLogger(__name__)
 
 
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object per line, for log collectors (``logging.output_json = true``)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
-
-
 _CHATTY_LIBRARIES = ("httpx", "httpcore", "aio_pika", "aiormq", "botocore", "boto3", "s3transfer", "aioftp")
 
 
 def configure_logging(conf: LoggingSettings) -> None:
-    """Root logging from settings; uvicorn's loggers propagate to it (we pass log_config=None)."""
+    """Root logging from settings; uvicorn's loggers propagate to it (we pass log_config=None).
+
+    Every line carries the task, worker and Pulsar server it is about, where known
+    (tesp_api/log_context.py, docs/logging.md)."""
     handler = logging.StreamHandler(sys.stderr)
-    if conf.output_json:
-        handler.setFormatter(JsonLogFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(LogContextFilter())
+    handler.setFormatter(JsonLogFormatter() if conf.output_json else TextLogFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from tesp_api import log_context
 from tesp_api.engine.file_mapper import FileMapper, PathError, has_wildcard, host_rel, wildcard_base
 from tesp_api.engine.job_script import (
     ALREADY_RAN_EXIT,
@@ -132,7 +133,7 @@ class TaskDriver:
                 deadline = self.engine.settings.pulsar.unreachable_deadline
                 if waited >= deadline:
                     raise GiveUp(f"Pulsar unreachable for {waited:.0f}s (deadline {deadline:.0f}s): {exc}") from None
-                log.warning("task %s: %s; retrying in %.1fs", self.task_id, exc, delay)
+                log.warning("%s; retrying in %.1fs", exc, delay)
                 await self._sleep(min(delay, deadline - waited))
                 delay = min(delay * 2, MAX_BACKOFF)
 
@@ -148,21 +149,26 @@ class TaskDriver:
 
     # ---- the state machine ---------------------------------------------------------------------
     async def run(self) -> None:
+        # Every log line written while driving this task (here, in the Pulsar clients, transfers and
+        # threads they start) names the task, this worker and, once chosen, the Pulsar server.
+        context = log_context.bind(task_id=self.task_id, worker_id=self.engine.worker_id,
+                                   pulsar_server=self.record.backend.get("server"))
         try:
             await self._drive()
         except LeaseLost as exc:
-            log.warning("task %s: stopped driving it (%s)", self.task_id, exc)
+            log.warning("stopped driving it (%s)", exc)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # never leave a task half-driven without a word in its log
-            log.exception("task %s: internal error", self.task_id)
+            log.exception("internal error")
             try:
                 await self._fail(f"internal error in the engine: {type(exc).__name__}: {exc}")
                 await self._finish()
             except Exception:
-                log.exception("task %s: could not record the internal error", self.task_id)
+                log.exception("could not record the internal error")
         finally:
             shutil.rmtree(self._scratch, ignore_errors=True)
+            log_context.reset(context)
 
     async def _drive(self) -> None:
         while True:
@@ -183,7 +189,7 @@ class TaskDriver:
                 await self._fail(str(exc))
 
     async def _fail(self, reason: str) -> None:
-        log.warning("task %s: SYSTEM_ERROR: %s", self.task_id, reason)
+        log.warning("SYSTEM_ERROR: %s", reason)
         await self._move(
             TesState.SYSTEM_ERROR, LogPatch(end_time=now_rfc3339(), system_logs=[f"SYSTEM_ERROR: {reason}"])
         )
@@ -196,6 +202,7 @@ class TaskDriver:
                      system_logs=[f"worker {self.engine.worker_id}: Pulsar server {server}"]),
             backend={"server": server, "job_id": self.task_id},
         )
+        log_context.bind(pulsar_server=self.record.backend.get("server"))  # reset when run() ends
         self._fresh = self.record.state == TesState.INITIALIZING
 
     def _spec(self, files: list[JobFile]) -> JobSpec:
@@ -388,7 +395,7 @@ class TaskDriver:
                 await self._update(log=LogPatch(system_logs=[f"could not clean the Pulsar job: {exc}"]))
         # One store write for both (a crash before it only repeats the idempotent DELETE).
         await self._update(active=False, backend={"cleaned": True} if cleaned else None)
-        log.info("task %s: %s, done", self.task_id, rec.state.value)
+        log.info("%s, done", rec.state.value)
 
     async def _release_pulsar_job(self, rec: TaskRecord) -> bool:
         """Kill the job if it may still run, then delete its directory: True when deleted."""

@@ -17,6 +17,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from tesp_api import log_context
 from tesp_api.config.settings import Settings
 from tesp_api.engine.driver import TaskDriver
 from tesp_api.engine.runtimes import Runtime, build_runtime
@@ -169,7 +170,8 @@ class Engine:
             try:
                 await self.store.release(self.worker_id, task_id)
             except Exception:
-                log.exception("could not release the lease of task %s", task_id)
+                with log_context.bound(task_id=task_id, worker_id=self.worker_id):
+                    log.exception("could not release the lease of task %s", task_id)
         self._drivers.clear()
         for backend in (self._backends or {}).values():
             await backend.aclose()
@@ -194,6 +196,7 @@ class Engine:
 
     # ---- loops ---------------------------------------------------------------------------------
     async def _claim_loop(self) -> None:
+        log_context.bind(worker_id=self.worker_id)  # this loop's own asyncio task: never leaks out
         interval = self.settings.engine.claim_interval
         lease = timedelta(seconds=self.settings.engine.lease_seconds)
         while True:
@@ -235,6 +238,7 @@ class Engine:
         task.add_done_callback(done)
 
     async def _renew_loop(self) -> None:
+        log_context.bind(worker_id=self.worker_id)  # this loop's own asyncio task: never leaks out
         period = self.settings.engine.lease_seconds / 3
         while True:
             await asyncio.sleep(period)
@@ -251,7 +255,8 @@ class Engine:
                 continue
             for task_id in ids:
                 if task_id not in held and task_id in self._drivers:
-                    log.warning("engine: lost the lease of task %s; another worker drives it now", task_id)
+                    with log_context.bound(task_id=task_id, worker_id=self.worker_id):
+                        log.warning("engine: lost the lease of task %s; another worker drives it now", task_id)
                     self._drivers[task_id][1].cancel()
 
     def snapshot(self) -> dict[str, Any]:
