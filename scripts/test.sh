@@ -14,7 +14,7 @@ VENV=${VENV:-.venv}
 # Playwright drives Debian's build; `playwright install` cannot download one here); curl: the README's
 # Use it block (tests/test_readme.py).
 missing=()
-for pkg in bubblewrap docker.io podman busybox-static uidmap chromium curl; do
+for pkg in bubblewrap docker.io docker-compose podman busybox-static uidmap chromium curl; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -1,9 +1,12 @@
 """docker-compose.yaml and docker/dts/docker-compose.yaml: valid, safe by default, complete.
 
-There is no Docker engine on the build machines: nothing here builds an image or starts a
-container. The files are validated by Debian's docker-compose 1.29 (`config`, schema and
-interpolation; it reads `profiles` but its `config --services` ignores them) and, for what v1 does
-not check, by reading them as Compose does (tests/deploy/compose.py).
+Nothing here builds an image or starts a container: `docker build` cannot pull base images on
+these machines (no registry is reachable; docs/deploy.md). The files are validated by Debian's
+docker-compose 1.29 (`config`, schema and interpolation; it reads `profiles` but its `config
+--services` ignores them), also against a private dockerd (tests/services/docker_daemon.py) reached
+only through DOCKER_HOST, and, for what v1 does not check, by reading them as Compose v2 does
+(tests/deploy/compose.py). Compose v2 (`docker compose`) is not packaged in Debian 12, so it is not
+run here.
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ import yaml  # type: ignore[import-untyped]
 
 from tests.deploy import compose
 from tests.deploy.conftest import DTS_ENV, MAIN_ENV
+from tests.services.docker_daemon import DockerDaemon
 
 SECRET_NAME = re.compile(r"PASSWORD|TOKEN|SECRET|_KEY$|ACCESS_KEY|_PASS$")
+# Every profile of docker-compose.yaml alone, none, and all together.
+PROFILES = [(), ("pulsar",), ("amqp",), ("pulsar", "amqp")]
 
 
 def run_v1(
@@ -27,7 +33,9 @@ def run_v1(
 ) -> subprocess.CompletedProcess[str]:
     empty_env_file = tmp_path / "empty.env"  # a developer's own .env must not change the result
     empty_env_file.write_text("")
-    clean = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), **env}
+    # No DOCKER_HOST unless the caller gives one: never the machine's /var/run/docker.sock.
+    clean = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
+             "DOCKER_HOST": "unix:///nonexistent/docker.sock", **env}
     return subprocess.run(
         [binary, "--env-file", str(empty_env_file), "-f", str(path), *args],
         capture_output=True,
@@ -38,8 +46,8 @@ def run_v1(
     )
 
 
-# v1 reads `profiles` but does not filter by them: one run without and one with every profile.
-@pytest.mark.parametrize("profiles", [(), ("pulsar", "amqp")], ids=str)
+# v1 reads `profiles` but does not filter by them: the resolved file has at least the profile's services.
+@pytest.mark.parametrize("profiles", PROFILES, ids=str)
 def test_docker_compose_v1_accepts_the_main_file_with_each_profile(
     docker_compose_v1: str, tmp_path: Path, profiles: tuple[str, ...]
 ) -> None:
@@ -48,6 +56,23 @@ def test_docker_compose_v1_accepts_the_main_file_with_each_profile(
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)
     assert set(resolved["services"]) >= compose.active_services(compose.raw(compose.MAIN_FILE), profiles)
+
+
+@pytest.mark.parametrize("profiles", PROFILES, ids=str)
+def test_docker_compose_v1_works_with_every_profile_against_a_private_dockerd(
+    docker_compose_v1: str, docker_daemon: DockerDaemon, tmp_path: Path, profiles: tuple[str, ...]
+) -> None:
+    """`config` and `ps` (which asks the daemon for the project's containers) with DOCKER_HOST on
+    the private daemon's socket: v1's client speaks this dockerd's API, and nothing is started."""
+    env = {**MAIN_ENV, **docker_daemon.env}
+    flags = [arg for p in profiles for arg in ("--profile", p)]
+    for command in (["config", "-q"], ["ps", "-q"]):
+        result = run_v1(docker_compose_v1, compose.MAIN_FILE, env, *flags, *command, tmp_path=tmp_path)
+        assert result.returncode == 0, f"{command}: {result.stderr}"
+        assert result.stdout.strip() == "", command  # valid, and no container of this project exists
+    dts = run_v1(docker_compose_v1, compose.DTS_FILE, {**DTS_ENV, **docker_daemon.env}, "config", "-q",
+                 tmp_path=tmp_path)
+    assert dts.returncode == 0, dts.stderr
 
 
 def test_docker_compose_v1_accepts_the_data_transfer_stack(docker_compose_v1: str, tmp_path: Path) -> None:
