@@ -59,6 +59,18 @@ def bound(**fields: str | None) -> Iterator[None]:
         reset(token)
 
 
+@contextmanager
+def cleared() -> Iterator[None]:
+    """No fields for the ``with`` block: for starting long-lived work (a consumer, a server, a
+    sweeper) lazily from inside a task's driver, whose asyncio tasks would otherwise copy that
+    task's context and name it on every line for as long as they live."""
+    token = _current.set(_EMPTY)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
 class LogContextFilter(logging.Filter):
     """Copies the bound fields onto each record (None when unbound); a field the caller passed in
     ``extra=`` wins. Never drops a record. On a handler, so it sees every logger's records."""

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tesp_api import log_context
 from tesp_api.pulsar.amqp_client import (
     AmqpClientOptions,
     AmqpPulsarClient,
@@ -134,8 +135,9 @@ class AmqpBackend:
             if self._started:
                 return
             try:
-                await self.staging.start()
-                await self.client.start()
+                with log_context.cleared():  # started lazily inside the first task's driver
+                    await self.staging.start()
+                    await self.client.start()
             except PulsarAmqpUnavailable as exc:
                 await self.staging.stop()
                 raise BackendUnavailable(f"Pulsar {self.name}: {exc}") from None

@@ -168,3 +168,39 @@ def test_the_served_apis_request_lines_carry_no_stale_task_id(tmp_path: Path, pu
         assert "task_id" not in e and "pulsar_server" not in e, e
     driver = [e for e in entries if e["logger"] == "tesp_api.engine.driver"]
     assert driver and all(e["task_id"] == tid and e["pulsar_server"] == "default" for e in driver)
+
+
+@pytest.mark.amqp
+async def test_the_amqp_consumer_started_inside_a_task_does_not_name_that_task_forever(
+    tmp_path: Path, configured_output: Any
+) -> None:
+    """AmqpBackend starts lazily, on the first task's first call, so inside that task's driver: its
+    consumer must not copy the task's context, or every later line it writes would name that task.
+    Real RabbitMQ (127.0.0.1:5672), no Pulsar: a malformed status update makes the consumer log."""
+    from tesp_api.pulsar.amqp import AmqpBackend
+    from tesp_api.pulsar.amqp_client import AmqpClientOptions
+    from tesp_api.pulsar.amqp_names import PulsarQueues
+    from tesp_api.pulsar.amqp_staging import StagingServer, StagingTokens
+    from tests.pulsar.test_amqp_client import publish_as_pulsar
+    from tests.services import rabbitmq
+
+    rabbitmq.require_broker()
+    buffer = configured_output(True)
+    queues = PulsarQueues.for_manager(amqp_key_prefix=rabbitmq.unique_prefix("lc"))
+    staging = StagingServer(tmp_path / "received", StagingTokens(b"k" * 32, ttl=60))
+    backend = AmqpBackend("default", rabbitmq.URL, queues, staging, options=AmqpClientOptions(reconcile_after=3600))
+    try:
+        with log_context.bound(task_id="first-task", worker_id="w", pulsar_server="default"):
+            await backend.start()
+        await publish_as_pulsar(queues, b"not json")
+        for _ in range(200):
+            if backend.client.stats.rejected:
+                break
+            await asyncio.sleep(0.05)
+        assert backend.client.stats.rejected >= 1  # through the shared and the own queue
+    finally:
+        await backend.aclose()
+        await rabbitmq.delete_queues([*queues.consumed_by_pulsar, queues.status_update])
+    entries = parse(buffer.getvalue(), True)
+    dropped = [e for e in entries if e["message"].startswith("dropping malformed status update")]
+    assert dropped and all("task_id" not in e for e in dropped), dropped
