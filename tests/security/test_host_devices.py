@@ -74,3 +74,18 @@ def test_files_the_executors_write_are_readable_by_the_runner_and_shared(tmp_pat
     assert [lg.exit_code for lg in res.executor_logs.values()] == [0, 0]
     assert res.executor_logs[1].stdout == "one\ntwo\n"
     assert (job / "working" / "fs" / "data" / "a").read_text() == "one\nthree\n"
+
+
+def test_a_directory_the_runner_makes_for_a_stream_is_the_sandbox_users_too(tmp_path: Path) -> None:
+    """stdout into a directory nobody made yet: the runner creates it (as root); a later executor must
+    still be able to write beside that file."""
+    task = {
+        "volumes": ["/data"],
+        "executors": [
+            {"image": "alpine", "command": ["echo", "one"], "stdout": "/data/new/dir/out.txt"},
+            {"image": "alpine", "command": ["sh", "-c", "echo two > /data/new/dir/more.txt && cat /data/new/dir/*"]},
+        ],
+    }
+    _proc, _job, res = run_task(tmp_path, task)
+    assert [lg.exit_code for lg in res.executor_logs.values()] == [0, 0]
+    assert res.executor_logs[1].stdout == "two\none\n"

@@ -148,9 +148,10 @@ def components(rel: str) -> list[str]:
     return parts
 
 
-def open_dir(root: int, parts: list[str], create: bool) -> int:
+def open_dir(root: int, parts: list[str], create: bool, owner: tuple[int, int] | None = None) -> int:
     """An fd of the directory ``parts`` below ``root``, never through a link (each component O_NOFOLLOW;
-    missing ones made with mkdir(dir_fd=) when ``create``). The caller closes it."""
+    missing ones made with mkdir(dir_fd=) when ``create``, and given to ``owner``, the sandbox user, so
+    that a later executor can write there too). The caller closes it."""
     fd = os.dup(root)
     try:
         for part in parts:
@@ -159,11 +160,14 @@ def open_dir(root: int, parts: list[str], create: bool) -> int:
             except FileNotFoundError:
                 if not create:
                     raise
+                made = True
                 try:
                     os.mkdir(part, 0o777, dir_fd=fd)
                 except FileExistsError:
-                    pass
+                    made = False
                 nxt = os.open(part, DIR_FLAGS, dir_fd=fd)
+                if made and owner is not None:
+                    os.fchown(nxt, *owner)
             except OSError as exc:
                 raise Unsafe(f"{part} is not a directory (a link or another file type?): {exc.strerror}")
             os.close(fd)
@@ -174,12 +178,12 @@ def open_dir(root: int, parts: list[str], create: bool) -> int:
         raise
 
 
-def open_file(root: int, rel: str, write: bool) -> int:
+def open_file(root: int, rel: str, write: bool, owner: tuple[int, int] | None = None) -> int:
     """Open ``rel`` (below ``root``) as a regular file without following any link: for writing it is
     created (parents too) and truncated; for reading it must exist. Anything but a regular file is
     refused before it is opened (lstat), and checked again on the fd (fstat)."""
     parts = components(rel)
-    parent = open_dir(root, parts[:-1], create=write)
+    parent = open_dir(root, parts[:-1], create=write, owner=owner)
     name = parts[-1]
     try:
         try:
@@ -382,7 +386,7 @@ class Runner:
         try:
             try:
                 for rel in ex.get("mkdirs") or []:
-                    made = open_dir(self.work_fd, components(rel), create=True)
+                    made = open_dir(self.work_fd, components(rel), create=True, owner=self.drop)
                     try:
                         self._give(made)
                     finally:
@@ -450,7 +454,7 @@ class Runner:
 
     def _stream(self, rel: object, default: str) -> int:
         if rel:
-            fd = open_file(self.work_fd, str(rel), write=True)
+            fd = open_file(self.work_fd, str(rel), write=True, owner=self.drop)
             self._give(fd)  # a later executor may append to it
             return fd
         return os.open(os.path.join(self.meta, default), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
