@@ -49,6 +49,7 @@ def test_tasks_survive_a_kill_9_of_the_server_and_run_once(
 ) -> None:
     markers = tmp_path / "markers"
     markers.mkdir()
+    markers.chmod(0o777)  # bound into the sandbox, whose executors run as runtime.sandbox_user (not root)
     env = {
         "TESP_API_ENGINE__LEASE_SECONDS": "2",
         "TESP_API_ENGINE__MAX_RUNNING_TASKS": "3",  # the rest stays QUEUED

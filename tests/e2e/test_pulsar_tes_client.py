@@ -340,7 +340,8 @@ def test_tes_polling_without_tool_container_runs_through_tesp_api(
     """upstream test_tes_polling_integration: one executor, pulsar-submit --wait runs the tool."""
     _tes_enabled_shim(monkeypatch)
     with job_files_server(client_root) as files:
-        outcome = _run_check(service, monkeypatch, files.url, expecting_full_metadata=False)
+        outcome = _run_check(service, monkeypatch, files.url, expecting_full_metadata=False,
+                             remote_pulsar_app_config=non_root_app_config())
         assert files.served_files, "Pulsar inside the task never fetched an input from the job files endpoint"
     _assert_galaxy_shaped(outcome.tasks, executors=1)
     assert outcome.status_via == ["polling"]
@@ -354,7 +355,7 @@ def test_coexecution_tes_polling_runs_three_executors_through_tesp_api(
     _tes_enabled_shim(monkeypatch)
     with job_files_server(client_root) as files:
         outcome = _run_check(service, monkeypatch, files.url, container=TEST_TOOL_CONTAINER,
-                             expecting_full_metadata=False)
+                             expecting_full_metadata=False, remote_pulsar_app_config=non_root_app_config())
         assert files.served_files, "Pulsar inside the task never fetched an input from the job files endpoint"
     _assert_galaxy_shaped(outcome.tasks, executors=3)
     assert outcome.tasks[0]["executors"][1]["image"] == TEST_TOOL_CONTAINER
@@ -372,7 +373,8 @@ def _mq_case(service: LocalServiceProcess, client_root: Path, monkeypatch: pytes
     try:
         with job_files_server(client_root) as files:
             outcome = _run_check(service, monkeypatch, files.url, container=TEST_TOOL_CONTAINER, manager_url=url,
-                                 remote_pulsar_app_config={"message_queue_url": url, **app_config})
+                                 remote_pulsar_app_config={"message_queue_url": url, **non_root_app_config(),
+                                                           **app_config})
             assert files.served_files, "Pulsar inside the task never fetched an input from the job files endpoint"
     finally:
         with contextlib.suppress(Exception):
@@ -392,6 +394,14 @@ def test_coexecution_tes_with_status_over_mq_runs_through_tesp_api(
     outcome = _mq_case(service, client_root, monkeypatch)
     _assert_galaxy_shaped(outcome.tasks, executors=3)
     assert outcome.status_via == ["mq"]
+
+
+# Executors are not root (bwrap under a root runner runs them as runtime.sandbox_user; podman's "/" is
+# dr-xr-xr-x with --cap-drop ALL): the in-task Pulsar's default tool_dependency_dir ("dependencies"
+# below the workdir "/") cannot be made, so a Galaxy admin points it into the shared volume.
+# A new dict per case: check.run adds its own manager settings to the one it is given.
+def non_root_app_config() -> dict[str, Any]:
+    return {"tool_dependency_dir": "/pulsar_staging/dependencies"}
 
 
 def _container_app_config(service: LocalServiceProcess) -> dict[str, Any]:
