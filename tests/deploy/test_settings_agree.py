@@ -133,7 +133,10 @@ def test_api_listens_on_the_published_container_port_and_public_url_names_tesp_a
 
 
 def test_tasks_run_in_docker_in_both_compose_profiles(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert container_settings(monkeypatch, MAIN_ENV).runtime.type == "docker"
+    # One container's environment at a time: the first's TESP_API_* variables (e.g. an amqp_url removed
+    # with '@del') must not leak into the second profile's load.
+    with monkeypatch.context() as env:
+        assert container_settings(env, MAIN_ENV).runtime.type == "docker"
     assert load_settings(SETTINGS_FILE, profile="dev-docker-amqp").runtime.type == "docker"
 
 
