@@ -47,7 +47,14 @@ fi
 
 # The MongoDB wire-protocol test server (mongoeco) needs Python >= 3.13: a sidecar venv.
 if [ ! -x .venv-mongoeco/bin/python ]; then
-  PY313=$(command -v python3.13 || ls -d "$HOME"/.pyenv/versions/3.1[3-9]*/bin/python 2>/dev/null | head -n1 || true)
+  # The first candidate that really runs (a pyenv shim named python3.13 exists without that version selected).
+  PY313=
+  for candidate in python3.13 "$HOME"/.pyenv/versions/3.1[3-9]*/bin/python; do
+    if "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 13))' >/dev/null 2>&1; then
+      PY313=$candidate
+      break
+    fi
+  done
   if [ -n "$PY313" ]; then
     "$PY313" -m venv .venv-mongoeco && .venv-mongoeco/bin/python -m pip install -q --disable-pip-version-check mongoeco \
       || echo "warning: mongoeco could not be installed; MongoDB adapter tests will be skipped" >&2
