@@ -22,7 +22,7 @@ import pytest
 from tesp_api import log_context
 from tesp_api.config.settings import LoggingSettings
 from tesp_api.engine import Engine
-from tesp_api.service import configure_logging
+from tesp_api.service import _CHATTY_LIBRARIES, configure_logging
 from tesp_api.store.sqlite import SqliteTaskStore
 from tesp_api.tes.models import TesState
 from tests.engine.conftest import submit, wait_for
@@ -40,6 +40,9 @@ def configured_output() -> Iterator[Any]:
     the root handlers and level are put back afterwards."""
     root = logging.getLogger()
     saved, level = list(root.handlers), root.level
+    # configure_logging at DEBUG also opens up the client libraries (botocore, aio-pika...): put those back
+    # too, or every later test logs (and pytest keeps) each S3 chunk's DEBUG lines.
+    libraries = {name: logging.getLogger(name).level for name in _CHATTY_LIBRARIES}
     buffers: list[io.StringIO] = []
 
     def configure(output_json: bool) -> io.StringIO:
@@ -57,8 +60,8 @@ def configured_output() -> Iterator[Any]:
     for handler in saved:
         root.addHandler(handler)
     root.setLevel(level)
-    for name in ("httpx", "httpcore"):
-        logging.getLogger(name).setLevel(logging.NOTSET)
+    for name, lib_level in libraries.items():
+        logging.getLogger(name).setLevel(lib_level)
 
 
 def parse(output: str, output_json: bool) -> list[dict[str, str]]:
