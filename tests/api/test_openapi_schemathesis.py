@@ -41,7 +41,9 @@ def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_document(
             "--max-examples", str(MAX_EXAMPLES),
             "--seed", "14",
             "--generation-database", "none",
-            "--workers", "2",
+            # One worker: schemathesis' threads trip CPython 3.11's "AST constructor recursion depth
+            # mismatch" (ast compiled in two threads at once; seen once here in CI-like runs).
+            "--workers", "1",
             "--request-timeout", "30",
             "--no-color",
         ],
