@@ -81,8 +81,14 @@ def serve_bare(port: int) -> None:
 
     configure_logging(LoggingSettings())
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, proxy_headers=True, forwarded_allow_ips="127.0.0.1",
-        log_config=None, lifespan="on", server_header=False,
+        app,
+        host="127.0.0.1",
+        port=port,
+        proxy_headers=True,
+        forwarded_allow_ips="127.0.0.1",
+        log_config=None,
+        lifespan="on",
+        server_header=False,
     )
     uvicorn.Server(config).run()
 
@@ -107,7 +113,9 @@ class Server:
 @contextmanager
 def server_process(argv: list[str], env: dict[str, str], ready_url: str, log_path: Path) -> Iterator[int]:
     with log_path.open("wb") as log:
-        process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
@@ -147,8 +155,18 @@ def api_server(workdir: Path, db_env: dict[str, str], label: str) -> Iterator[Se
     settings = workdir / "settings.toml"
     settings.write_text("[default]\n")
     env = {**os.environ, "TESP_API_ENGINE__ENABLED": "false", **db_env}
-    argv = [sys.executable, "-m", "tesp_api", "serve", "--settings", str(settings),
-            "--host", "127.0.0.1", "--port", str(port)]
+    argv = [
+        sys.executable,
+        "-m",
+        "tesp_api",
+        "serve",
+        "--settings",
+        str(settings),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with server_process(argv, env, f"{base}{TES}/service-info", workdir / f"api-{label}.log") as pid:
         yield Server(base, pid)
 
@@ -264,47 +282,73 @@ class Figures:
     filtered: dict[str, Latency]
 
 
-async def measure(bare: Server, api: Server, ids: list[str], deep_token: str | None, args: argparse.Namespace,
-                  creates: int, reads: int) -> Figures:
+async def measure(
+    bare: Server,
+    api: Server,
+    ids: list[str],
+    deep_token: str | None,
+    args: argparse.Namespace,
+    creates: int,
+    reads: int,
+) -> Figures:
     """Each figure of the service next to the same figure of the bare endpoint, taken alternately
     so that both see the same background load; the best throughput round of each is kept."""
     creates_seen: list[Rate] = []
     bare_seen: list[Rate] = []
     for _ in range(args.rounds):
         bare_seen.append(await throughput(bare, f"{bare.base}/bare", CREATE_BODY, args.clients, creates))
-        creates_seen.append(await throughput(api, f"{api.base}{TES}/tasks", CREATE_BODY, args.clients, creates))
+        creates_seen.append(
+            await throughput(api, f"{api.base}{TES}/tasks", CREATE_BODY, args.clients, creates)
+        )
     step = max(1, len(ids) // reads)
     task_urls = [f"{api.base}{TES}/tasks/{task_id}" for task_id in ids[::step][:reads]]
     bare_get, get = await latencies([[f"{bare.base}/bare"] * len(task_urls), task_urls])
     list_url = f"{api.base}{TES}/tasks?page_size={args.page_size}"
     deep_url = f"{list_url}&page_token={deep_token}" if deep_token else list_url
     n = args.list_requests
-    bare_list, list_first, list_deep = await latencies([[f"{bare.base}/bare"] * n, [list_url] * n, [deep_url] * n])
+    bare_list, list_first, list_deep = await latencies(
+        [[f"{bare.base}/bare"] * n, [list_url] * n, [deep_url] * n]
+    )
     filters = {
         "tag every task has": "tag_key=project",
         "tag value no task has": "tag_key=project&tag_value=nobody",
         "name prefix no task has": "name_prefix=nobody",
     }
-    filtered = dict(zip(filters, await latencies([[f"{list_url}&{q}"] * n for q in filters.values()]), strict=True))
+    filtered = dict(
+        zip(filters, await latencies([[f"{list_url}&{q}"] * n for q in filters.values()]), strict=True)
+    )
 
     def best(rates: list[Rate]) -> Rate:
         return max(rates, key=lambda r: r.per_second)
 
-    return Figures(best(creates_seen), get, list_first, list_deep, best(bare_seen), bare_get, bare_list, filtered)
+    return Figures(
+        best(creates_seen), get, list_first, list_deep, best(bare_seen), bare_get, bare_list, filtered
+    )
 
 
 def report(title: str, stored: int, f: Figures, args: argparse.Namespace) -> None:
     print(f"\n## {title}\n({stored} tasks stored; list: page_size {args.page_size}, view MINIMAL)")
-    print(f"create, {args.clients} clients: {f.create.per_second:6.0f} req/s vs bare POST {f.bare_post.per_second:6.0f}"
-          f" req/s = {f.create.per_second / f.bare_post.per_second:6.1%} of bare   (goal >= 50%)")
-    print(f"  server CPU per request: create {f.create.cpu_ms:5.2f} ms, bare POST {f.bare_post.cpu_ms:5.2f} ms"
-          f" -> CPU-bound capacity {f.bare_post.cpu_ms / f.create.cpu_ms:6.1%} of bare")
-    for name, value, base in (("GET task", f.get, f.bare_get), ("list, first page", f.list_first, f.bare_list),
-                              ("list, deep page", f.list_deep, f.bare_list)):
-        print(f"{name:17s} {value}   bare GET {base}   = {value.p50 / base.p50:5.1f}x / {value.p95 / base.p95:5.1f}x"
-              " (p50/p95)")
-    print(f"list deep page / first page p50: {f.list_deep.p50 / f.list_first.p50:4.2f}"
-          "   (goal: about 1, independent of depth)")
+    print(
+        f"create, {args.clients} clients: {f.create.per_second:6.0f} req/s vs bare POST {f.bare_post.per_second:6.0f}"
+        f" req/s = {f.create.per_second / f.bare_post.per_second:6.1%} of bare   (goal >= 50%)"
+    )
+    print(
+        f"  server CPU per request: create {f.create.cpu_ms:5.2f} ms, bare POST {f.bare_post.cpu_ms:5.2f} ms"
+        f" -> CPU-bound capacity {f.bare_post.cpu_ms / f.create.cpu_ms:6.1%} of bare"
+    )
+    for name, value, base in (
+        ("GET task", f.get, f.bare_get),
+        ("list, first page", f.list_first, f.bare_list),
+        ("list, deep page", f.list_deep, f.bare_list),
+    ):
+        print(
+            f"{name:17s} {value}   bare GET {base}   = {value.p50 / base.p50:5.1f}x / {value.p95 / base.p95:5.1f}x"
+            " (p50/p95)"
+        )
+    print(
+        f"list deep page / first page p50: {f.list_deep.p50 / f.list_first.p50:4.2f}"
+        "   (goal: about 1, independent of depth)"
+    )
     for name, value in f.filtered.items():
         print(f"list, {name:24s} {value}")
 
@@ -323,8 +367,10 @@ async def run_sqlite(workdir: Path, args: argparse.Namespace, bare: Server) -> N
     load_seconds = time.perf_counter() - started
     token = await deep_page_token(store, args.tasks, args.page_size, step=2047)
     await store.close()
-    print(f"\n(bulk load of {args.tasks} tasks through SqliteTaskStore.create: {load_seconds:.1f} s,"
-          f" {args.tasks / load_seconds:.0f} tasks/s)")
+    print(
+        f"\n(bulk load of {args.tasks} tasks through SqliteTaskStore.create: {load_seconds:.1f} s,"
+        f" {args.tasks / load_seconds:.0f} tasks/s)"
+    )
     with api_server(workdir, {"TESP_API_DB__SQLITE_PATH": str(path)}, "sqlite") as base:
         figures = await measure(bare, base, ids, token, args, args.creates, args.reads)
     report("embedded store (SQLite)", args.tasks, figures, args)
@@ -347,14 +393,20 @@ async def run_mongo(workdir: Path, args: argparse.Namespace, bare: Server) -> No
     except MongoUnavailable as exc:
         print(f"\n(MongoDB adapter skipped: {exc})")
         return
-    report("MongoDB adapter through mongoeco - mongoeco figures, they say nothing about a real MongoDB",
-           args.mongo_tasks, figures, args)
+    report(
+        "MongoDB adapter through mongoeco - mongoeco figures, they say nothing about a real MongoDB",
+        args.mongo_tasks,
+        figures,
+        args,
+    )
 
 
 async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
         workdir = Path(tmp)
-        print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+        print(
+            f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+        )
         with bare_server(workdir) as bare:
             await run_sqlite(workdir, args, bare)
             if args.mongo:
@@ -362,7 +414,9 @@ async def main(args: argparse.Namespace) -> None:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--tasks", type=int, default=100_000, help="tasks stored in the embedded store")
     parser.add_argument("--creates", type=int, default=3000, help="POSTs per throughput round")

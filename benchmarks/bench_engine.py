@@ -142,13 +142,22 @@ async def _again(send: Callable[[], Awaitable[httpx.Response]]) -> httpx.Respons
 async def pulsar_job(client: httpx.AsyncClient, job_id: str, command: str) -> None:
     await _again(lambda: client.post("/jobs", params={"job_id": job_id}))  # setup: same job id, same answer
     command = command.replace(NAME, f"tes-{job_id}-0")  # a container name of its own per job
-    path = (await _again(lambda: client.post(f"/jobs/{job_id}/files", params={"name": "job.sh", "type": "tool"},
-                                             content=f"{command}\n".encode()))).json()["path"]
+    path = (
+        await _again(
+            lambda: client.post(
+                f"/jobs/{job_id}/files",
+                params={"name": "job.sh", "type": "tool"},
+                content=f"{command}\n".encode(),
+            )
+        )
+    ).json()["path"]
     for _ in range(5):
         try:
             await client.post(f"/jobs/{job_id}/submit", params={"command_line": f"bash {path}"})
             return
-        except httpx.TransportError:  # submitted or not? Pulsar says "preprocessing" until it is (as the engine asks)
+        except (
+            httpx.TransportError
+        ):  # submitted or not? Pulsar says "preprocessing" until it is (as the engine asks)
             await asyncio.sleep(1.0)
             status = (await _again(lambda: client.get(f"/jobs/{job_id}/status"))).json()["status"]
             if status != "preprocessing":
@@ -190,8 +199,7 @@ async def pulsar_latency(url: str, runs: int, command: str) -> list[float]:
 
 
 async def pulsar_burst(url: str, n: int, command: str) -> float:
-    async with httpx.AsyncClient(base_url=url, timeout=60,
-                                 limits=httpx.Limits(max_connections=20)) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=20)) as client:
         started = time.perf_counter()
         jobs = [f"burst-{i}-{os.getpid()}" for i in range(n)]
         await asyncio.gather(*(pulsar_job(client, j, command) for j in jobs))
@@ -199,7 +207,9 @@ async def pulsar_burst(url: str, n: int, command: str) -> float:
         elapsed = time.perf_counter() - started
         deleted = time.perf_counter()
         await asyncio.gather(*(_again(partial(client.delete, f"/jobs/{j}")) for j in jobs))
-        print(f"direct: {n} DELETEs after the clock took {time.perf_counter() - deleted:.2f} s", file=sys.stderr)
+        print(
+            f"direct: {n} DELETEs after the clock took {time.perf_counter() - deleted:.2f} s", file=sys.stderr
+        )
     return elapsed
 
 
@@ -234,15 +244,22 @@ async def tes_burst(api: str, n: int, staging: Path) -> float:
     Pulsar, as the direct side's bursts do after their DELETEs."""
     async with httpx.AsyncClient(base_url=api, timeout=60, limits=httpx.Limits(max_connections=20)) as client:
         started = time.time()
-        ids = {r.json()["id"] for r in await asyncio.gather(*(client.post("/tasks", json=TRIVIAL) for _ in range(n)))}
+        ids = {
+            r.json()["id"]
+            for r in await asyncio.gather(*(client.post("/tasks", json=TRIVIAL) for _ in range(n)))
+        }
         states: dict[str, str] = {}
         while len(states) < n:
             await asyncio.sleep(1.0)
             page = (await client.get("/tasks", params={"view": "MINIMAL", "page_size": 2047})).json()
-            states.update({t["id"]: t["state"] for t in page.get("tasks", [])
-                           if t["id"] in ids and t["state"] in FINAL})
-        full = [t for t in (await client.get("/tasks", params={"view": "FULL", "page_size": 2047})).json()["tasks"]
-                if t["id"] in ids]
+            states.update(
+                {t["id"]: t["state"] for t in page.get("tasks", []) if t["id"] in ids and t["state"] in FINAL}
+            )
+        full = [
+            t
+            for t in (await client.get("/tasks", params={"view": "FULL", "page_size": 2047})).json()["tasks"]
+            if t["id"] in ids
+        ]
         failed = [t["logs"][-1].get("system_logs") for t in full if t["state"] != "COMPLETE"]
         assert not failed, f"{len(failed)} tasks not COMPLETE, e.g. {failed[0]}"
     print_breakdown(full)
@@ -260,19 +277,26 @@ def _ts(value: str) -> float:
 
 def print_breakdown(tasks: list[dict[str, object]]) -> None:
     """Where a burst task's time went, from its own log (medians; stderr, not the Markdown)."""
-    phases: dict[str, list[float]] = {"created -> claimed": [], "claimed -> executor start": [],
-                                      "executor start -> end": [], "executor end -> final": []}
+    phases: dict[str, list[float]] = {
+        "created -> claimed": [],
+        "claimed -> executor start": [],
+        "executor start -> end": [],
+        "executor end -> final": [],
+    }
     for t in tasks:
         lg = t["logs"][-1]  # type: ignore[index]
         ex = lg["logs"][0]
         created, claimed = _ts(t["creation_time"]), _ts(lg["start_time"])  # type: ignore[arg-type]
         ex_start, ex_end, final = _ts(ex["start_time"]), _ts(ex["end_time"]), _ts(lg["end_time"])
-        for key, value in zip(phases, (claimed - created, ex_start - claimed, ex_end - ex_start, final - ex_end),
-                              strict=True):
+        for key, value in zip(
+            phases, (claimed - created, ex_start - claimed, ex_end - ex_start, final - ex_end), strict=True
+        ):
             phases[key].append(value)
     for key, values in phases.items():
-        print(f"burst task phase {key}: median {statistics.median(values):.3f} s, "
-              f"max {max(values):.3f} s", file=sys.stderr)
+        print(
+            f"burst task phase {key}: median {statistics.median(values):.3f} s, max {max(values):.3f} s",
+            file=sys.stderr,
+        )
 
 
 def start_serve(tmp: Path, pulsar_url: str, runtime: dict[str, Any]) -> tuple[subprocess.Popen[bytes], str]:
@@ -282,18 +306,25 @@ def start_serve(tmp: Path, pulsar_url: str, runtime: dict[str, Any]) -> tuple[su
     lines += ["[default.runtime.env]"] + [f"{k} = {json.dumps(v)}" for k, v in runtime.get("env", {}).items()]
     (tmp / "settings.toml").write_text("\n".join(lines) + "\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TESP_API_")}
-    env.update({
-        "TESP_API_SETTINGS": str(tmp / "settings.toml"),
-        "TESP_API_DB__SQLITE_PATH": str(tmp / "tasks.sqlite3"),
-        "TESP_API_PULSAR__URL": pulsar_url,
-        "TESP_API_PULSAR__STATUS__POLL_INTERVAL": str(POLL_INTERVAL),
-        "TESP_API_ENGINE__WORK_DIR": str(tmp / "work"),
-        "TESP_API_ENGINE__CLAIM_INTERVAL": "0.05",
-        "TESP_API_LOGGING__LEVEL": "WARNING",
-    })
+    env.update(
+        {
+            "TESP_API_SETTINGS": str(tmp / "settings.toml"),
+            "TESP_API_DB__SQLITE_PATH": str(tmp / "tasks.sqlite3"),
+            "TESP_API_PULSAR__URL": pulsar_url,
+            "TESP_API_PULSAR__STATUS__POLL_INTERVAL": str(POLL_INTERVAL),
+            "TESP_API_ENGINE__WORK_DIR": str(tmp / "work"),
+            "TESP_API_ENGINE__CLAIM_INTERVAL": "0.05",
+            "TESP_API_LOGGING__LEVEL": "WARNING",
+        }
+    )
     log = (tmp / "serve.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "tesp_api", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                            cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tesp_api", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -307,7 +338,9 @@ def start_serve(tmp: Path, pulsar_url: str, runtime: dict[str, Any]) -> tuple[su
 
 
 # ---- engine CPU per poll ----------------------------------------------------------------------------
-async def engine_cpu(pulsar: LocalPulsar, tmp: Path, sizes: list[int], window: float) -> list[tuple[int, float, float]]:
+async def engine_cpu(
+    pulsar: LocalPulsar, tmp: Path, sizes: list[int], window: float
+) -> list[tuple[int, float, float]]:
     from tesp_api.config.settings import Settings
     from tesp_api.engine import Engine
     from tesp_api.store.sqlite import SqliteTaskStore
@@ -318,11 +351,13 @@ async def engine_cpu(pulsar: LocalPulsar, tmp: Path, sizes: list[int], window: f
     for n in sizes:
         d = tmp / f"cpu-{n}"
         d.mkdir(parents=True, exist_ok=True)
-        settings = Settings.model_validate({
-            "pulsar": {"url": pulsar.url, "status": {"poll_interval": 0.5}},
-            "engine": {"work_dir": str(d / "work"), "claim_interval": 1.0, "lease_seconds": 30},
-            "runtime": {"type": "bwrap"},
-        })
+        settings = Settings.model_validate(
+            {
+                "pulsar": {"url": pulsar.url, "status": {"poll_interval": 0.5}},
+                "engine": {"work_dir": str(d / "work"), "claim_interval": 1.0, "lease_seconds": 30},
+                "runtime": {"type": "bwrap"},
+            }
+        )
         store = SqliteTaskStore(str(d / "tasks.sqlite3"))
         await store.open()
         # One job occupies Pulsar's single slot; the others wait queued in Pulsar, RUNNING in TES.
@@ -357,15 +392,23 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", type=int, default=200)
     ap.add_argument("--latency-runs", type=int, default=10)
-    ap.add_argument("--burst-runs", type=int, default=2, help="bursts per side, alternating; the median counts")
+    ap.add_argument(
+        "--burst-runs", type=int, default=2, help="bursts per side, alternating; the median counts"
+    )
     ap.add_argument("--cpu-sizes", default="25,50,100,200")
     ap.add_argument("--cpu-window", type=float, default=8.0)
-    ap.add_argument("--runtime", choices=["bwrap", "docker", "podman"], default="bwrap",
-                    help="docker/podman: a private daemon/store as the test suite starts them")
+    ap.add_argument(
+        "--runtime",
+        choices=["bwrap", "docker", "podman"],
+        default="bwrap",
+        help="docker/podman: a private daemon/store as the test suite starts them",
+    )
     args = ap.parse_args()
     TRIVIAL["executors"][0]["image"] = image_for(args.runtime)
-    with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmpdir, \
-            real_runtime(args.runtime, Path(tmpdir)) as runtime:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-engine-") as tmpdir,
+        real_runtime(args.runtime, Path(tmpdir)) as runtime,
+    ):
         tmp = Path(tmpdir)
         with LocalPulsar(tmp / "pulsar", num_concurrent_jobs=CONCURRENT_JOBS) as pulsar:
             serve, api = start_serve(tmp, pulsar.url, runtime)
@@ -385,9 +428,14 @@ def main() -> None:
                     tes_runs.append(asyncio.run(tes_burst(api, args.tasks, pulsar.staging_directory)))
                     tes_cpu.append(process_cpu(serve.pid) - serve0 + time.process_time() - cpu0)
                     tes_pulsar.append(group_cpu(pgid) - pulsar0)
-                print("bursts (direct, tesp-api, ratio): " + ", ".join(
-                    f"{d:.2f} s, {t:.2f} s, {t / d:.2f}" for d, t in zip(direct_runs, tes_runs, strict=True)),
-                    file=sys.stderr)
+                print(
+                    "bursts (direct, tesp-api, ratio): "
+                    + ", ".join(
+                        f"{d:.2f} s, {t:.2f} s, {t / d:.2f}"
+                        for d, t in zip(direct_runs, tes_runs, strict=True)
+                    ),
+                    file=sys.stderr,
+                )
                 direct_burst, tes_burst_s = statistics.median(direct_runs), statistics.median(tes_runs)
             finally:
                 serve.send_signal(signal.SIGTERM)
@@ -398,15 +446,23 @@ def main() -> None:
             with LocalPulsar(tmp / "pulsar-cpu", num_concurrent_jobs=1) as pulsar:
                 cpu_rows = asyncio.run(engine_cpu(pulsar, tmp, sizes, args.cpu_window))
     tl, dl = statistics.median(tes_lat), statistics.median(direct_lat)
-    print(f"## Engine (measured {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, Pulsar {CONCURRENT_JOBS} "
-          f"concurrent jobs, {args.runtime})\n")
+    print(
+        f"## Engine (measured {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, Pulsar {CONCURRENT_JOBS} "
+        f"concurrent jobs, {args.runtime})\n"
+    )
     print("| measure | tesp-api | Pulsar REST directly | ratio |")
     print("|---|---|---|---|")
-    print(f"| POST -> COMPLETE, trivial task (median of {args.latency_runs}) | {tl:.3f} s | {dl:.3f} s | {tl / dl:.2f} |")
-    print(f"| {args.tasks} trivial tasks submitted at once, all finished | {tes_burst_s:.2f} s | {direct_burst:.2f} s "
-          f"| {tes_burst_s / direct_burst:.2f} |")
-    print(f"| CPU of the client side in that burst (tesp-api: serve + TES client) | {statistics.median(tes_cpu):.2f} s "
-          f"| {statistics.median(direct_cpu):.2f} s | {statistics.median(tes_cpu) / statistics.median(direct_cpu):.2f} |")
+    print(
+        f"| POST -> COMPLETE, trivial task (median of {args.latency_runs}) | {tl:.3f} s | {dl:.3f} s | {tl / dl:.2f} |"
+    )
+    print(
+        f"| {args.tasks} trivial tasks submitted at once, all finished | {tes_burst_s:.2f} s | {direct_burst:.2f} s "
+        f"| {tes_burst_s / direct_burst:.2f} |"
+    )
+    print(
+        f"| CPU of the client side in that burst (tesp-api: serve + TES client) | {statistics.median(tes_cpu):.2f} s "
+        f"| {statistics.median(direct_cpu):.2f} s | {statistics.median(tes_cpu) / statistics.median(direct_cpu):.2f} |"
+    )
     tp, dp = statistics.median(tes_pulsar), statistics.median(direct_pulsar)
     print(f"| CPU of Pulsar (server and jobs) in that burst | {tp:.2f} s | {dp:.2f} s | {tp / dp:.2f} |")
     if not cpu_rows:

@@ -120,11 +120,7 @@ class LocalPulsar:
         # gunicorn's "unix:<path>" address.
         host, port = ("unix", str(self.uds)) if self.uds else (self.host, str(self.port))
         (d / "server.ini").write_text(
-            "[server:main]\n"
-            f"host = {host}\n"
-            f"port = {port}\n\n"
-            "[app:main]\n"
-            f"app_config = {d / 'app.yml'}\n"
+            f"[server:main]\nhost = {host}\nport = {port}\n\n[app:main]\napp_config = {d / 'app.yml'}\n"
         )
         lines = [
             f"staging_directory: {d / 'files' / 'staging'}",
@@ -288,7 +284,9 @@ def _user_set(raw: dict[str, Any], section: str, key: str) -> bool:
     return isinstance(raw.get(section), dict) and raw[section].get(key) not in (None, "")
 
 
-def local_raw_settings(raw: dict[str, Any], args: argparse.Namespace, state: Path, pulsar: LocalPulsar) -> None:
+def local_raw_settings(
+    raw: dict[str, Any], args: argparse.Namespace, state: Path, pulsar: LocalPulsar
+) -> None:
     """What `local` sets over the user's settings (in place). The state directory holds the task store
     and scratch unless the user set db.sqlite_path / engine.work_dir explicitly."""
     api = raw.setdefault("api", {})
@@ -322,21 +320,35 @@ def local_pulsar(pulsar_dir: Path, pulsar_port: int | None) -> LocalPulsar:
     """The Pulsar child: on its Unix socket with a new random token; on 127.0.0.1 (token still required)
     with ``--pulsar-port`` or when the socket's path would be too long to bind."""
     use_socket = pulsar_port is None and len(str(pulsar_dir / SOCKET_NAME)) <= MAX_SOCKET_PATH
-    return LocalPulsar(pulsar_dir, port=pulsar_port, private_token=new_private_token(), unix_socket=use_socket)
+    return LocalPulsar(
+        pulsar_dir, port=pulsar_port, private_token=new_private_token(), unix_socket=use_socket
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tesp-api local", description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--settings", metavar="FILE",
-                        help="settings file (default: settings.toml, or $TESP_API_SETTINGS)")
-    parser.add_argument("--profile", metavar="NAME", help="settings profile (default: $FASTAPI_PROFILE or 'default')")
-    parser.add_argument("--state-dir", default=".tesp-api", metavar="DIR",
-                        help="where the task store, Pulsar and scratch live (default: .tesp-api); "
-                             "db.sqlite_path and engine.work_dir, when set, still win")
+    parser.add_argument(
+        "--settings", metavar="FILE", help="settings file (default: settings.toml, or $TESP_API_SETTINGS)"
+    )
+    parser.add_argument(
+        "--profile", metavar="NAME", help="settings profile (default: $FASTAPI_PROFILE or 'default')"
+    )
+    parser.add_argument(
+        "--state-dir",
+        default=".tesp-api",
+        metavar="DIR",
+        help="where the task store, Pulsar and scratch live (default: .tesp-api); "
+        "db.sqlite_path and engine.work_dir, when set, still win",
+    )
     parser.add_argument("--host", default=None, help="API host (default: settings api.host, 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="API port (default: settings api.port, 8080)")
-    parser.add_argument("--pulsar-port", type=int, default=None, metavar="PORT",
-                        help="Pulsar on 127.0.0.1:PORT (still with a token) instead of its private Unix socket")
+    parser.add_argument(
+        "--pulsar-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="Pulsar on 127.0.0.1:PORT (still with a token) instead of its private Unix socket",
+    )
     return parser
 
 
@@ -367,8 +379,10 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging(settings.logging)
     if not pulsar.uds and args.pulsar_port is None:
-        log.warning("state directory path too long for a Unix socket: Pulsar listens on %s (token required)",
-                    pulsar.url)
+        log.warning(
+            "state directory path too long for a Unix socket: Pulsar listens on %s (token required)",
+            pulsar.url,
+        )
 
     def _terminate(signum: int, _frame: object) -> None:
         # uvicorn re-raises the SIGTERM it caught once it has shut down: make that an exit that
@@ -381,8 +395,14 @@ def main(argv: list[str] | None = None) -> int:
             pulsar.start()
         except RuntimeError as exc:
             return _fail(f"cannot start the local Pulsar: {exc}")
-        log.info("tesp-api local: API on http://%s:%s, Pulsar on %s, runtime %s, state in %s",
-                 settings.api.host, settings.api.port, pulsar.where, settings.runtime.type, state)
+        log.info(
+            "tesp-api local: API on http://%s:%s, Pulsar on %s, runtime %s, state in %s",
+            settings.api.host,
+            settings.api.port,
+            pulsar.where,
+            settings.runtime.type,
+            state,
+        )
         try:
             serve(settings)
         except StartupError as exc:

@@ -24,7 +24,9 @@ from types import MappingProxyType
 from typing import Any
 
 # record attribute / JSON key -> short name in text lines
-FIELDS: Mapping[str, str] = MappingProxyType({"task_id": "task", "worker_id": "worker", "pulsar_server": "server"})
+FIELDS: Mapping[str, str] = MappingProxyType(
+    {"task_id": "task", "worker_id": "worker", "pulsar_server": "server"}
+)
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 _current: ContextVar[Mapping[str, str]] = ContextVar("tesp_api_log_context", default=_EMPTY)

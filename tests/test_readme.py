@@ -50,8 +50,11 @@ def shell_blocks(title: str) -> list[str]:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("TESP_API_") and k not in ("FASTAPI_PROFILE", "CONTAINER_TYPE", "VIRTUAL_ENV")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("TESP_API_") and k not in ("FASTAPI_PROFILE", "CONTAINER_TYPE", "VIRTUAL_ENV")
+    }
     env.update(extra)
     return env
 
@@ -79,10 +82,15 @@ def quick_start() -> Iterator[QuickStart]:
     log_file = REPO / ".tesp-api" / "readme-test.log"
     log_file.parent.mkdir(exist_ok=True)
     with log_file.open("wb") as log:
-        proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", shell_blocks("Quick start")[0]], cwd=REPO,
-                                env=clean_env(TESP_API_API__PORT=str(port), CONTAINER_TYPE="bwrap"),
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=die_with_parent)  # noqa: PLW1509 - one C call, see die_with_parent.py
+        proc = subprocess.Popen(
+            ["bash", "-euo", "pipefail", "-c", shell_blocks("Quick start")[0]],
+            cwd=REPO,
+            env=clean_env(TESP_API_API__PORT=str(port), CONTAINER_TYPE="bwrap"),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )  # noqa: PLW1509 - one C call, see die_with_parent.py
     try:
         yield QuickStart(port, proc, log_file)
     finally:
@@ -104,9 +112,16 @@ def test_use_it_runs_as_pasted_against_the_quick_start_server(quick_start: Quick
     script = shell_blocks("Use it")[0].replace(SHIPPED_PORT, f"127.0.0.1:{quick_start.port}")
     # Started at once: the block's own loop waits for the server. Bounded, and stopped by PID if the
     # server dies (the block would wait for ever) or the README is broken.
-    use_it = subprocess.Popen(["bash", "-euo", "pipefail", "-c", script], cwd=REPO, env=clean_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                              preexec_fn=die_with_parent)  # noqa: PLW1509 - one C call, see die_with_parent.py
+    use_it = subprocess.Popen(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=REPO,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        preexec_fn=die_with_parent,
+    )  # noqa: PLW1509 - one C call, see die_with_parent.py
     deadline = time.monotonic() + 420  # generous: a loaded 2-core machine starts Python slowly
     try:
         while use_it.poll() is None:
@@ -136,14 +151,19 @@ def test_use_it_runs_as_pasted_against_the_quick_start_server(quick_start: Quick
 
 # ---- the Commands section and the real options ------------------------------------------------------
 
+
 def command_options() -> dict[str, set[str]]:
     """Each command's long options, from the parsers themselves."""
     from tesp_api.cli import build_parser
     from tesp_api.local import build_parser as local_parser
 
     def longs(parser: argparse.ArgumentParser) -> set[str]:
-        return {o for action in parser._actions for o in action.option_strings
-                if o.startswith("--") and o != "--help"}
+        return {
+            o
+            for action in parser._actions
+            for o in action.option_strings
+            if o.startswith("--") and o != "--help"
+        }
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     options = {name: longs(parser) for name, parser in sub.choices.items() if name in ("serve", "worker")}
@@ -178,8 +198,14 @@ def test_the_readme_says_where_the_command_lives() -> None:
 
 def test_every_command_answers_help() -> None:
     for command in ("serve", "worker", "local", "hash-password"):
-        done = subprocess.run([sys.executable, "-m", "tesp_api", command, "--help"], capture_output=True,
-                              text=True, timeout=180, check=False, env=clean_env())
+        done = subprocess.run(
+            [sys.executable, "-m", "tesp_api", command, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+            env=clean_env(),
+        )
         assert done.returncode == 0 and "usage" in done.stdout, (command, done.stderr)
 
 

@@ -83,7 +83,9 @@ def available_profiles(files: list[str]) -> list[str] | None:
             data = tomllib.loads(path.read_text())
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise SettingsError(f"cannot read {path}: {exc}") from None
-        names.update(k.lower() for k, v in data.items() if isinstance(v, dict) and k.lower() not in _NOT_PROFILES)
+        names.update(
+            k.lower() for k, v in data.items() if isinstance(v, dict) and k.lower() not in _NOT_PROFILES
+        )
     return sorted(names)
 
 
@@ -98,7 +100,9 @@ def _check_profile(profile: str, files: list[str], explicit: bool) -> None:
     raise SettingsError(f"unknown profile {profile!r} ({source}); profiles in {where}: {', '.join(known)}")
 
 
-def load_raw(settings_file: str | os.PathLike[str] | None = None, profile: str | None = None) -> dict[str, Any]:
+def load_raw(
+    settings_file: str | os.PathLike[str] | None = None, profile: str | None = None
+) -> dict[str, Any]:
     """The merged settings of one profile, as plain lower-case dicts, before validation.
 
     ``profile`` (the --profile option) wins over ``$FASTAPI_PROFILE``; an unknown one is a SettingsError.
@@ -129,7 +133,9 @@ def load_raw(settings_file: str | os.PathLike[str] | None = None, profile: str |
     return raw
 
 
-def load_settings(settings_file: str | os.PathLike[str] | None = None, profile: str | None = None) -> Settings:
+def load_settings(
+    settings_file: str | os.PathLike[str] | None = None, profile: str | None = None
+) -> Settings:
     return validate_settings(load_raw(settings_file, profile))
 
 

@@ -53,7 +53,11 @@ def _rows(model: type[BaseModel], prefix: str) -> list[str]:
             rows.extend(_rows(ann, f"{prefix}{name}."))
             continue
         item = (getattr(ann, "__args__", None) or [None])[0]
-        if getattr(ann, "__origin__", None) is list and isinstance(item, type) and issubclass(item, BaseModel):
+        if (
+            getattr(ann, "__origin__", None) is list
+            and isinstance(item, type)
+            and issubclass(item, BaseModel)
+        ):
             about = (info.description or "").replace("|", "\\|")
             rows.append(f"| `{prefix}{name}` | list of tables | `[]` | {about} |")
             rows.extend(_rows(item, f"{prefix}{name}[]."))

@@ -199,11 +199,16 @@ class RuntimeSettings(_Section):
         description="added to the run command of WHATEVER runtime is used (before the image; bwrap: before --); "
         "prefer the per-runtime *_args",
     )
-    docker_args: list[str] = Field(default_factory=list, description="extra `docker run` options (docker only)")
-    podman_args: list[str] = Field(default_factory=list, description="extra `podman run` options (podman only)")
+    docker_args: list[str] = Field(
+        default_factory=list, description="extra `docker run` options (docker only)"
+    )
+    podman_args: list[str] = Field(
+        default_factory=list, description="extra `podman run` options (podman only)"
+    )
     bwrap_args: list[str] = Field(default_factory=list, description="extra bwrap options (bwrap only)")
     apptainer_args: list[str] = Field(
-        default_factory=list, description="extra `apptainer/singularity exec` options (apptainer, singularity)"
+        default_factory=list,
+        description="extra `apptainer/singularity exec` options (apptainer, singularity)",
     )
     pull_policy: Literal["missing", "always", "never"] = "missing"
     network: Literal["none", "host", "bridge"] = Field(
@@ -216,7 +221,8 @@ class RuntimeSettings(_Section):
         description='a task may ask for "host"/"bridge" with resources.backend_parameters {"network": ...}',
     )
     cap_add: list[str] = Field(
-        default_factory=list, description="capabilities given back after --cap-drop ALL (docker, podman, bwrap)"
+        default_factory=list,
+        description="capabilities given back after --cap-drop ALL (docker, podman, bwrap)",
     )
     user: str | None = Field(
         default=None, description="docker/podman --user (uid[:gid]) for every executor; empty = image's"
@@ -231,7 +237,8 @@ class RuntimeSettings(_Section):
         default="python3", description="Python (>= 3.8) that runs the job runner on the Pulsar host"
     )
     bind_host_paths: list[str] = Field(
-        default_factory=list, description="extra host paths bwrap binds read-only at the same place (e.g. a venv)"
+        default_factory=list,
+        description="extra host paths bwrap binds read-only at the same place (e.g. a venv)",
     )
     sandbox_user: str = Field(
         default="65534:65534",
@@ -269,7 +276,9 @@ class RuntimeSettings(_Section):
 
 class HttpCredential(_Section):
     host: str = Field(description='exact host name, optionally with port ("data.example.org:8443")')
-    headers: dict[str, SecretStr] = Field(default_factory=dict, description="extra request headers for this host")
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict, description="extra request headers for this host"
+    )
     bearer_token: SecretStr | None = Field(None, description="sent as `Authorization: Bearer ...`")
     username: str | None = Field(None, description="HTTP basic auth (when no bearer_token)")
     password: SecretStr | None = None
@@ -299,7 +308,9 @@ class TransferSettings(_Section):
     ftp: list[FtpCredential] = Field(default_factory=list, description="credentials per FTP host")
     s3: list[S3Credential] = Field(default_factory=list, description="endpoint, region and keys per bucket")
     timeout: float = Field(60.0, gt=0, description="seconds: connect and per-read timeout of each transfer")
-    retries: int = Field(3, ge=0, description="retries per file after a transient failure (5xx, timeout, refused)")
+    retries: int = Field(
+        3, ge=0, description="retries per file after a transient failure (5xx, timeout, refused)"
+    )
     chunk_bytes: int = Field(8 * MIB, ge=64 * KIB, description="streaming buffer and S3 multipart part size")
     signed_url_ttl: float = Field(
         86400.0, gt=0, description="seconds a presigned S3 URL or staging token given to Pulsar stays valid"
@@ -308,7 +319,9 @@ class TransferSettings(_Section):
         default_factory=lambda: list(ALL_SCHEMES),
         description='URL schemes accepted for inputs and outputs ("file" also covers plain absolute paths)',
     )
-    retry_backoff: float = Field(0.5, ge=0, description="first retry delay (s); doubles per attempt, at most 30 s")
+    retry_backoff: float = Field(
+        0.5, ge=0, description="first retry delay (s); doubles per attempt, at most 30 s"
+    )
     s3_max_concurrency: int = Field(10, ge=1, description="boto3 threads per multipart S3 transfer")
     follow_redirects: bool = Field(
         True, description="http(s) GET follows redirects; each host gets only its own credentials"
@@ -329,7 +342,9 @@ class TransferSettings(_Section):
         ),
     )
     resolve_timeout: float = Field(
-        5.0, gt=0, description="seconds for one host-name lookup of the SSRF check (at create and per connection)"
+        5.0,
+        gt=0,
+        description="seconds for one host-name lookup of the SSRF check (at create and per connection)",
     )
 
     @field_validator("allowed_hosts", "denied_hosts")
@@ -348,7 +363,16 @@ class TransferSettings(_Section):
 # Signature algorithms a JWT may use: asymmetric only. "none" and the HS* family are never accepted
 # (an HS* token "signed" with the issuer's public key would otherwise pass as genuine).
 OIDC_ALLOWED_ALGORITHMS = (
-    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
 )
 
 
@@ -391,7 +415,9 @@ class OidcIssuer(_Section):
     )
     discovery_url: str | None = Field(None, description="default: {issuer}/.well-known/openid-configuration")
     jwks_url: str | None = Field(None, description="the JWKS URL, skipping discovery")
-    admin_subjects: list[str] = Field(default_factory=list, description="`sub` values of this issuer who are admins")
+    admin_subjects: list[str] = Field(
+        default_factory=list, description="`sub` values of this issuer who are admins"
+    )
 
     @field_validator("audience", mode="before")
     @classmethod
@@ -412,7 +438,9 @@ class OidcIssuer(_Section):
     def _asymmetric_only(cls, v: list[str]) -> list[str]:
         bad = [a for a in v if a not in OIDC_ALLOWED_ALGORITHMS]
         if bad or not v:
-            raise ValueError(f"algorithms must be among {', '.join(OIDC_ALLOWED_ALGORITHMS)} (got {bad or v})")
+            raise ValueError(
+                f"algorithms must be among {', '.join(OIDC_ALLOWED_ALGORITHMS)} (got {bad or v})"
+            )
         return v
 
 
@@ -425,7 +453,9 @@ class AuthSettings(_Section):
     users: list[BasicUser] = Field(default_factory=list, description="Basic users")
     issuers: list[OidcIssuer] = Field(default_factory=list, description="the OIDC issuer allowlist")
     admin_claim: str = Field("groups", description="token claim (dotted path) whose values can make an admin")
-    admin_values: list[str] = Field(default_factory=list, description="values of admin_claim that make an admin")
+    admin_values: list[str] = Field(
+        default_factory=list, description="values of admin_claim that make an admin"
+    )
     admin_subjects: list[str] = Field(
         default_factory=list, description="subjects (Basic username or token `sub`) who are admins"
     )
@@ -444,13 +474,18 @@ class AuthSettings(_Section):
         description="hosts whose discovery and JWKS may be fetched over plain http (tests only); others need https",
     )
     password_hash_threads: int = Field(
-        2, ge=1, le=64, description="threads of the pool that checks Basic passwords (scrypt), apart from others"
+        2,
+        ge=1,
+        le=64,
+        description="threads of the pool that checks Basic passwords (scrypt), apart from others",
     )
     password_hash_queue: int = Field(
         64, ge=1, description="password checks waiting at once; more are answered 503 with Retry-After"
     )
     login_failures_before_throttle: int = Field(
-        5, ge=1, description="wrong passwords for one user before its logins are throttled (429 + Retry-After)"
+        5,
+        ge=1,
+        description="wrong passwords for one user before its logins are throttled (429 + Retry-After)",
     )
     login_address_failures_before_throttle: int = Field(
         50, ge=1, description="failed logins from one client address (IPv6: its /64) before it is throttled"
@@ -508,7 +543,9 @@ class LegacyBasicAuth(_Section):
                 "basic_auth.password"
             )
         if not self.username or self.password_hash is None:
-            raise ValueError("basic_auth.enable = true needs basic_auth.username and basic_auth.password_hash")
+            raise ValueError(
+                "basic_auth.enable = true needs basic_auth.username and basic_auth.password_hash"
+            )
         BasicUser(username=self.username, password_hash=self.password_hash)  # same checks as auth.users
         return self
 

@@ -132,7 +132,9 @@ class TaskDriver:
                 waited = now - self._unreachable_since
                 deadline = self.engine.settings.pulsar.unreachable_deadline
                 if waited >= deadline:
-                    raise GiveUp(f"Pulsar unreachable for {waited:.0f}s (deadline {deadline:.0f}s): {exc}") from None
+                    raise GiveUp(
+                        f"Pulsar unreachable for {waited:.0f}s (deadline {deadline:.0f}s): {exc}"
+                    ) from None
                 log.warning("%s; retrying in %.1fs", exc, delay)
                 await self._sleep(min(delay, deadline - waited))
                 delay = min(delay * 2, MAX_BACKOFF)
@@ -151,8 +153,11 @@ class TaskDriver:
     async def run(self) -> None:
         # Every log line written while driving this task (here, in the Pulsar clients, transfers and
         # threads they start) names the task, this worker and, once chosen, the Pulsar server.
-        context = log_context.bind(task_id=self.task_id, worker_id=self.engine.worker_id,
-                                   pulsar_server=self.record.backend.get("server"))
+        context = log_context.bind(
+            task_id=self.task_id,
+            worker_id=self.engine.worker_id,
+            pulsar_server=self.record.backend.get("server"),
+        )
         try:
             await self._drive()
         except LeaseLost as exc:
@@ -198,8 +203,10 @@ class TaskDriver:
         server = self.engine.choose_server(self.record)
         await self._move(
             TesState.INITIALIZING,
-            LogPatch(start_time=now_rfc3339(),
-                     system_logs=[f"worker {self.engine.worker_id}: Pulsar server {server}"]),
+            LogPatch(
+                start_time=now_rfc3339(),
+                system_logs=[f"worker {self.engine.worker_id}: Pulsar server {server}"],
+            ),
             backend={"server": server, "job_id": self.task_id},
         )
         log_context.bind(pulsar_server=self.record.backend.get("server"))  # reset when run() ends
@@ -207,9 +214,14 @@ class TaskDriver:
 
     def _spec(self, files: list[JobFile]) -> JobSpec:
         python = self.engine.settings.runtime.runner_python
-        return JobSpec(job_id=self.task_id, script_name=SCRIPT_NAME, files=files,
-                       outputs_for_remote_staging=remote_staging_outputs(self.record.task),
-                       interpreter=(python, "-I", "-S"), script_args=(SPEC_NAME,))
+        return JobSpec(
+            job_id=self.task_id,
+            script_name=SCRIPT_NAME,
+            files=files,
+            outputs_for_remote_staging=remote_staging_outputs(self.record.task),
+            interpreter=(python, "-I", "-S"),
+            script_args=(SPEC_NAME,),
+        )
 
     async def _initializing(self) -> None:
         task = self.record.task
@@ -227,11 +239,19 @@ class TaskDriver:
             await self._move(TesState.RUNNING, backend={"submitted": True})
             return
         files, placed = await self._stage_inputs()
-        job = build_job_spec(task, self.task_id, runtime, mapper, placed,
-                             tail_bytes=self.engine.settings.engine.log_tail_bytes,
-                             settings=self.engine.settings.runtime)
-        files[:0] = [JobFile(name=SCRIPT_NAME, kind="tool", data=runner_source()),
-                     JobFile(name=SPEC_NAME, kind="tool", data=spec_bytes(job))]
+        job = build_job_spec(
+            task,
+            self.task_id,
+            runtime,
+            mapper,
+            placed,
+            tail_bytes=self.engine.settings.engine.log_tail_bytes,
+            settings=self.engine.settings.runtime,
+        )
+        files[:0] = [
+            JobFile(name=SCRIPT_NAME, kind="tool", data=runner_source()),
+            JobFile(name=SPEC_NAME, kind="tool", data=spec_bytes(job)),
+        ]
         spec = self._spec(files)
         try:
             await self._pulsar(lambda: self.backend.prepare(spec))
@@ -308,8 +328,10 @@ class TaskDriver:
         if wait_for_change is None:
             return await self._sleep(poll)
         recheck = max(poll, self.engine.settings.pulsar.amqp_reconcile_after)
-        waiters = {asyncio.ensure_future(wait_for_change(self.task_id, recheck)),
-                   asyncio.ensure_future(self.wake.wait())}
+        waiters = {
+            asyncio.ensure_future(wait_for_change(self.task_id, recheck)),
+            asyncio.ensure_future(self.wake.wait()),
+        }
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -327,41 +349,60 @@ class TaskDriver:
             await self._move(TesState.CANCELED, patch)
             return
         if status.status == "lost":
-            raise GiveUp("Pulsar does not know the job any more (lost): most likely Pulsar was restarted while "
-                         "the job ran and cannot re-attach to it, or its job directory was removed; not re-run")
+            raise GiveUp(
+                "Pulsar does not know the job any more (lost): most likely Pulsar was restarted while "
+                "the job ran and cannot re-attach to it, or its job directory was removed; not re-run"
+            )
         if status.status == "failed":
             raise GiveUp(f"Pulsar reports the job failed: {_tail(status.stderr)}")
         # Small logs came with the final status (the script's stdout); else one download.
         # Pulsar reports the command's stdout as "job_stdout" or "stdout" depending on its job manager.
         packed: Path | bytes | None = next(
-            (data for out in (status.stdout, status.tool_stdout)
-             if (data := inline_meta(out, INLINE_META_BEGIN, INLINE_META_END)) is not None), None)
+            (
+                data
+                for out in (status.stdout, status.tool_stdout)
+                if (data := inline_meta(out, INLINE_META_BEGIN, INLINE_META_END)) is not None
+            ),
+            None,
+        )
         if packed is None:
             packed = self._scratch / META_TAR
             if not await self._pulsar(lambda: self.backend.fetch(self.task_id, META_TAR, packed)):
                 if status.returncode == ALREADY_RAN_EXIT:
                     raise GiveUp("the job was submitted twice; the second run refused to start")
-                raise GiveUp(f"the job runner ended without its logs (returncode {status.returncode}): "
-                             f"{_tail(status.stderr)}")
+                raise GiveUp(
+                    f"the job runner ended without its logs (returncode {status.returncode}): "
+                    f"{_tail(status.stderr)}"
+                )
         results = await asyncio.to_thread(read_results, packed, n)
         patch.executor_logs = results.executor_logs
         state = TesState.COMPLETE
-        failed = [i for i, lg in results.executor_logs.items()
-                  if lg.exit_code != 0 and not self.record.task.executors[i].ignore_error]
+        failed = [
+            i
+            for i, lg in results.executor_logs.items()
+            if lg.exit_code != 0 and not self.record.task.executors[i].ignore_error
+        ]
         runtime_failed = [i for i, note in results.system.items() if note.kind == "runtime"]
         for i, note in sorted(results.system.items()):
             prefix = "SYSTEM_ERROR: " if note.kind == "runtime" else ""
             stderr = results.executor_logs[i].stderr if i in results.executor_logs else None
-            patch.system_logs.append(prefix + note.message + (f"; stderr: {_tail(stderr, 500)}"
-                                                               if note.kind == "runtime" and stderr else ""))
+            patch.system_logs.append(
+                prefix
+                + note.message
+                + (f"; stderr: {_tail(stderr, 500)}" if note.kind == "runtime" and stderr else "")
+            )
         if runtime_failed:
             state = TesState.SYSTEM_ERROR  # the runtime could not run the executor (e.g. docker exit 125)
         elif failed:
             state = TesState.EXECUTOR_ERROR
-            patch.system_logs.append(f"executor {failed[0]} exited with code {results.executor_logs[failed[0]].exit_code}")
+            patch.system_logs.append(
+                f"executor {failed[0]} exited with code {results.executor_logs[failed[0]].exit_code}"
+            )
         elif status.returncode not in (0, None, ALREADY_RAN_EXIT):  # 75: a duplicate submit refused to run
             state = TesState.SYSTEM_ERROR
-            patch.system_logs.append(f"SYSTEM_ERROR: the job runner exited {status.returncode}: {_tail(status.stderr)}")
+            patch.system_logs.append(
+                f"SYSTEM_ERROR: the job runner exited {status.returncode}: {_tail(status.stderr)}"
+            )
         # Outputs are stored even after an executor failed (Nextflow reads its .exitcode output).
         if self.record.task.outputs:
             try:

@@ -51,7 +51,11 @@ def build_backends(settings: Settings) -> dict[str, PulsarBackend]:
             from tesp_api.pulsar.rest import RestBackend
 
             backends[server.name] = RestBackend(
-                server.name, server.url, private_token=token, timeout=p.client_timeout, retries=p.retries,
+                server.name,
+                server.url,
+                private_token=token,
+                timeout=p.client_timeout,
+                retries=p.retries,
                 uds=server.uds,
             )
         elif server.transport == "amqp":
@@ -143,8 +147,12 @@ class Engine:
     async def start(self) -> None:
         _ = self.backends  # fail at start, not at the first task
         await asyncio.to_thread(lambda: self.runtime)  # auto-detection runs `docker info` & co.
-        log.info("engine %s: runtime %s, Pulsar servers %s", self.worker_id, self.runtime.kind,
-                 ", ".join(self.backends))
+        log.info(
+            "engine %s: runtime %s, Pulsar servers %s",
+            self.worker_id,
+            self.runtime.kind,
+            ", ".join(self.backends),
+        )
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="engine-claim"),
             asyncio.create_task(self._renew_loop(), name="engine-renew"),
@@ -161,8 +169,12 @@ class Engine:
         if pending:
             _, still = await asyncio.wait(pending, timeout=STOP_TIMEOUT)
             if still:
-                log.warning("engine: %d task(s) did not stop within %.0fs: %s", len(still), STOP_TIMEOUT,
-                            ", ".join(sorted(t.get_name() for t in still)))
+                log.warning(
+                    "engine: %d task(s) did not stop within %.0fs: %s",
+                    len(still),
+                    STOP_TIMEOUT,
+                    ", ".join(sorted(t.get_name() for t in still)),
+                )
                 for t in still:
                     log.debug("still running: %r", t.get_stack(limit=20))
         self._loops = []
@@ -256,7 +268,9 @@ class Engine:
             for task_id in ids:
                 if task_id not in held and task_id in self._drivers:
                     with log_context.bound(task_id=task_id, worker_id=self.worker_id):
-                        log.warning("engine: lost the lease of task %s; another worker drives it now", task_id)
+                        log.warning(
+                            "engine: lost the lease of task %s; another worker drives it now", task_id
+                        )
                     self._drivers[task_id][1].cancel()
 
     def snapshot(self) -> dict[str, Any]:

@@ -23,8 +23,15 @@ from tesp_api.tes.jobplan import PlanError as PathError
 from tesp_api.tes.models import TesTask
 
 __all__ = [
-    "FS_DIR", "SYSTEM_DIRS", "FileMapper", "MountRoot", "PathError", "has_wildcard", "host_path",
-    "host_rel", "wildcard_base",
+    "FS_DIR",
+    "SYSTEM_DIRS",
+    "FileMapper",
+    "MountRoot",
+    "PathError",
+    "has_wildcard",
+    "host_path",
+    "host_rel",
+    "wildcard_base",
 ]
 
 FS_DIR = "fs"

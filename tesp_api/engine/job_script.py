@@ -40,9 +40,22 @@ INLINE_META_END = "TESP-META-END"
 INLINE_META_MAX = 48 * 1024  # base64 characters; well under Pulsar's 64 KiB status stream cut
 NETWORKS: tuple[Network, ...] = ("none", "host", "bridge")
 
-__all__ = ["ALREADY_RAN_EXIT", "INLINE_META_BEGIN", "INLINE_META_END", "META_TAR", "OUT_DIR", "SCRIPT_NAME",
-           "SPEC_NAME", "PlacedInput", "build_job_spec", "container_name", "executor_runs", "input_upload_name",
-           "out_rel", "task_network"]
+__all__ = [
+    "ALREADY_RAN_EXIT",
+    "INLINE_META_BEGIN",
+    "INLINE_META_END",
+    "META_TAR",
+    "OUT_DIR",
+    "SCRIPT_NAME",
+    "SPEC_NAME",
+    "PlacedInput",
+    "build_job_spec",
+    "container_name",
+    "executor_runs",
+    "input_upload_name",
+    "out_rel",
+    "task_network",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,15 +81,19 @@ def out_rel(fs_rel: str) -> str:
 def task_network(task: TesTask, settings: RuntimeSettings) -> Network:
     """``runtime.network``, or the task's backend_parameters ``network`` when the operator allows it."""
     if settings.allow_task_network and task.resources and task.resources.backend_parameters:
-        wanted = next((str(v).lower() for k, v in task.resources.backend_parameters.items()
-                       if k.lower() == "network"), None)
+        wanted = next(
+            (str(v).lower() for k, v in task.resources.backend_parameters.items() if k.lower() == "network"),
+            None,
+        )
         for net in NETWORKS:
             if wanted == net:
                 return net
     return settings.network
 
 
-def executor_runs(task: TesTask, task_id: str, mapper: FileMapper, network: Network = "none") -> list[ExecutorRun]:
+def executor_runs(
+    task: TesTask, task_id: str, mapper: FileMapper, network: Network = "none"
+) -> list[ExecutorRun]:
     res = task.resources
     return [
         ExecutorRun(
@@ -95,8 +112,10 @@ def executor_runs(task: TesTask, task_id: str, mapper: FileMapper, network: Netw
 
 
 def _under_a_root(path: str, mapper: FileMapper) -> bool:
-    return any(not r.is_file and (path == r.container or path.startswith(r.container.rstrip("/") + "/"))
-               for r in mapper.roots)
+    return any(
+        not r.is_file and (path == r.container or path.startswith(r.container.rstrip("/") + "/"))
+        for r in mapper.roots
+    )
 
 
 def _uid_gid(value: str) -> list[int]:
@@ -118,27 +137,30 @@ def build_job_spec(
     settings = settings or RuntimeSettings.model_validate({})
     roots = [host_rel(r.container) for r in mapper.roots]
     executors = []
-    for i, (ex, run) in enumerate(zip(task.executors, executor_runs(task, task_id, mapper,
-                                                                       task_network(task, settings)), strict=True)):
+    for i, (ex, run) in enumerate(
+        zip(task.executors, executor_runs(task, task_id, mapper, task_network(task, settings)), strict=True)
+    ):
         cleanup = runtime.cleanup_command(run)
         mkdirs = []
         if ex.workdir and _under_a_root(ex.workdir, mapper):
             # Below a mount: made on the host (podman, bwrap and apptainer do not create it; docker would).
             mkdirs.append(host_rel(ex.workdir))
-        executors.append({
-            "argv": to_spec(runtime.command(run)),
-            "argv_root": to_spec(root_argv) if (root_argv := runtime.root_command(run)) else None,
-            "stdin": host_rel(ex.stdin) if ex.stdin else None,
-            "stdout": host_rel(ex.stdout) if ex.stdout else None,
-            "stderr": host_rel(ex.stderr) if ex.stderr else None,
-            "ignore_error": bool(ex.ignore_error),
-            "env": run.env,
-            "env_prefix": runtime.env_prefix,
-            "cleanup": to_spec(cleanup) if cleanup else None,
-            "system_exit": {str(code): why for code, why in runtime.system_exit_codes.items()},
-            "mkdirs": mkdirs,
-            "roots": roots,
-        })
+        executors.append(
+            {
+                "argv": to_spec(runtime.command(run)),
+                "argv_root": to_spec(root_argv) if (root_argv := runtime.root_command(run)) else None,
+                "stdin": host_rel(ex.stdin) if ex.stdin else None,
+                "stdout": host_rel(ex.stdout) if ex.stdout else None,
+                "stderr": host_rel(ex.stderr) if ex.stderr else None,
+                "ignore_error": bool(ex.ignore_error),
+                "env": run.env,
+                "env_prefix": runtime.env_prefix,
+                "cleanup": to_spec(cleanup) if cleanup else None,
+                "system_exit": {str(code): why for code, why in runtime.system_exit_codes.items()},
+                "mkdirs": mkdirs,
+                "roots": roots,
+            }
+        )
     outputs = []
     for i, out in enumerate(task.outputs or []):
         if has_wildcard(out.path):
@@ -155,7 +177,9 @@ def build_job_spec(
         "sandbox_user": _uid_gid(settings.sandbox_user) if any(e["argv_root"] for e in executors) else None,
         "dirs": [host_rel(r.container) for r in mapper.roots if not r.is_file],
         "files": [host_rel(r.container) for r in mapper.roots if r.is_file],
-        "inputs": [{"src": p.upload_name, "dest": host_rel(p.container_path), "tar": p.is_archive} for p in inputs],
+        "inputs": [
+            {"src": p.upload_name, "dest": host_rel(p.container_path), "tar": p.is_archive} for p in inputs
+        ],
         "volumes": [host_rel(v) for v in mapper.plan.volumes],  # normalised: Galaxy sends "/pulsar_staging/"
         "executors": executors,
         "outputs": outputs,

@@ -28,7 +28,7 @@ class ManifestEntry:
 
     @property
     def container_path(self) -> str:
-        return self.rel_path[len("fs"):] if self.rel_path.startswith("fs/") else "/" + self.rel_path
+        return self.rel_path[len("fs") :] if self.rel_path.startswith("fs/") else "/" + self.rel_path
 
 
 @dataclass(frozen=True, slots=True)

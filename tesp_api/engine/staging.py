@@ -83,29 +83,35 @@ class Staging:
                         notes.append(f"outputs[{i}]: nothing matched {out.path}")
                     for t in targets:
                         await self._fetch(fetch, t.path, t.local)
-                        logs += await self._mux.upload(t.local, t.url, TesFileType.FILE, container_path=t.path)
+                        logs += await self._mux.upload(
+                            t.local, t.url, TesFileType.FILE, container_path=t.path
+                        )
                 elif out.type == TesFileType.DIRECTORY:
                     if not entries:
                         notes.append(f"outputs[{i}]: directory {out.path} not found or empty")
                         continue
                     for e in entries:
                         await self._fetch(fetch, e.container_path, local_of(e.container_path))
-                    logs += await self._mux.upload(local_of(out.path), out.url, TesFileType.DIRECTORY,
-                                                   container_path=out.path)
+                    logs += await self._mux.upload(
+                        local_of(out.path), out.url, TesFileType.DIRECTORY, container_path=out.path
+                    )
                 else:
                     if not entries:
                         notes.append(f"outputs[{i}]: file {out.path} not found")
                         continue
                     await self._fetch(fetch, out.path, local_of(out.path))
-                    logs += await self._mux.upload(local_of(out.path), out.url, TesFileType.FILE,
-                                                   container_path=out.path)
+                    logs += await self._mux.upload(
+                        local_of(out.path), out.url, TesFileType.FILE, container_path=out.path
+                    )
             except TransferError as exc:
                 raise StagingError(f"outputs[{i}] ({out.path}): {exc}") from None
         return logs, notes
 
     @staticmethod
     async def _fetch(fetch: Fetch, container_path: str, dest: Path) -> None:
-        if not await fetch("fs" + normalise(container_path), dest):  # as the job wrote it (file_mapper.host_rel)
+        if not await fetch(
+            "fs" + normalise(container_path), dest
+        ):  # as the job wrote it (file_mapper.host_rel)
             raise StagingError(f"output {container_path} could not be fetched from Pulsar")
 
     async def aclose(self) -> None:

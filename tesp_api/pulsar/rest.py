@@ -112,8 +112,14 @@ class RestBackend:
         return params
 
     async def _request(
-        self, method: str, path: str, *, params: dict[str, str], retry_5xx: bool = True,
-        slots: asyncio.Semaphore | None = None, **kw: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str],
+        retry_5xx: bool = True,
+        slots: asyncio.Semaphore | None = None,
+        **kw: Any,
     ) -> httpx.Response:
         attempt = 0
         while True:
@@ -136,29 +142,44 @@ class RestBackend:
                 raise BackendUnavailable(f"Pulsar {self.name} unreachable ({method} {path}): {reason}")
             delay = self.backoff_base * (2**attempt)
             attempt += 1
-            log.info("Pulsar %s: %s %s failed (%s); retry %d in %.1fs", self.name, method, path, reason, attempt, delay)
+            log.info(
+                "Pulsar %s: %s %s failed (%s); retry %d in %.1fs",
+                self.name,
+                method,
+                path,
+                reason,
+                attempt,
+                delay,
+            )
             await asyncio.sleep(delay)
 
     async def setup(self, job_id: str) -> dict[str, Any]:
         resp = await self._request("POST", "/jobs", params={"job_id": job_id})
         return dict(resp.json())
 
-    async def upload(self, job_id: str, name: str, kind: str, *, source: Path | None = None,
-                     data: bytes | None = None) -> str:
+    async def upload(
+        self, job_id: str, name: str, kind: str, *, source: Path | None = None, data: bytes | None = None
+    ) -> str:
         if source is not None:
             # A fresh stream per attempt: a retried upload starts the file again.
             resp = await self._upload_stream(job_id, name, kind, source)
         else:
-            resp = await self._request("POST", f"/jobs/{job_id}/files", params={"name": name, "type": kind},
-                                       content=data or b"")
+            resp = await self._request(
+                "POST", f"/jobs/{job_id}/files", params={"name": name, "type": kind}, content=data or b""
+            )
         return str(resp.json()["path"])
 
     async def _upload_stream(self, job_id: str, name: str, kind: str, source: Path) -> httpx.Response:
         attempt = 0
         while True:
             try:
-                return await self._request("POST", f"/jobs/{job_id}/files", params={"name": name, "type": kind},
-                                           content=_file_chunks(source), retry_5xx=False)
+                return await self._request(
+                    "POST",
+                    f"/jobs/{job_id}/files",
+                    params={"name": name, "type": kind},
+                    content=_file_chunks(source),
+                    retry_5xx=False,
+                )
             except BackendUnavailable:
                 if attempt >= self.retries:
                     raise
@@ -169,7 +190,9 @@ class RestBackend:
         await self.setup(spec.job_id)
         for f in spec.files:
             if f.source is None and f.data is None:
-                raise BackendError(f"{f.name}: the REST backend needs the file's bytes (remote staging unsupported)")
+                raise BackendError(
+                    f"{f.name}: the REST backend needs the file's bytes (remote staging unsupported)"
+                )
             path = await self.upload(spec.job_id, f.name, f.kind, source=f.source, data=f.data)
             if f.name == spec.script_name and f.kind == "tool":
                 self._script_paths[spec.job_id] = path
@@ -184,7 +207,8 @@ class RestBackend:
         self._unfinished.add(spec.job_id)
         self._idle.clear()
         await self._request(
-            "POST", f"/jobs/{spec.job_id}/submit",
+            "POST",
+            f"/jobs/{spec.job_id}/submit",
             params={"command_line": spec.command_line(posixpath.dirname(script))},
         )
 
@@ -211,9 +235,12 @@ class RestBackend:
         attempt = 0
         while True:
             try:
-                async with self._in_flight, self._client.stream(
-                    "GET", f"/jobs/{job_id}/files", params=self._params(name=name, type="output_workdir")
-                ) as resp:
+                async with (
+                    self._in_flight,
+                    self._client.stream(
+                        "GET", f"/jobs/{job_id}/files", params=self._params(name=name, type="output_workdir")
+                    ) as resp,
+                ):
                     if resp.status_code != 200:
                         return False
                     tmp = dest.with_name(dest.name + ".part")

@@ -22,7 +22,9 @@ async def open_store(settings: Settings) -> TaskStore:
         store = MongoTaskStore(
             db.mongodb_uri.get_secret_value(), database=db.mongodb_database, collection=db.mongodb_collection
         )
-        logger.info("task store: MongoDB, database %s, collection %s", db.mongodb_database, db.mongodb_collection)
+        logger.info(
+            "task store: MongoDB, database %s, collection %s", db.mongodb_database, db.mongodb_collection
+        )
     else:
         from tesp_api.store.sqlite import SqliteTaskStore
 

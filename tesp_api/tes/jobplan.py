@@ -46,8 +46,28 @@ from tesp_api.tes.models import TesExecutor, TesFileType, TesOutput, TesTask
 # Directories the container's own system lives in: never hidden by a mount; a file directly in one
 # of them is mounted on its own.
 SYSTEM_DIRS = frozenset(
-    {"/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/sbin", "/sys", "/usr",
-     "/var", "/run", "/opt", "/root", "/home", "/srv", "/mnt", "/media"}
+    {
+        "/",
+        "/bin",
+        "/boot",
+        "/dev",
+        "/etc",
+        "/lib",
+        "/lib32",
+        "/lib64",
+        "/proc",
+        "/sbin",
+        "/sys",
+        "/usr",
+        "/var",
+        "/run",
+        "/opt",
+        "/root",
+        "/home",
+        "/srv",
+        "/mnt",
+        "/media",
+    }
 )
 # Kernel filesystems: no task path may lie below them (a workdir there is only a chdir).
 KERNEL_DIRS = ("/proc", "/sys")
@@ -71,7 +91,9 @@ _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}
 _NAME = rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
 OCI_REFERENCE = re.compile(rf"(?P<name>{_NAME})(?::{_TAG})?(?:@{_DIGEST})?")
 # Apptainer library:// and shub:// references: user/collection/container[:tag] (a tag may be sha256.<hex>).
-_LIBRARY_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*(?::[\w][\w.-]{0,127})?")
+_LIBRARY_REF = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*(?::[\w][\w.-]{0,127})?"
+)
 _APPTAINER_OCI_SCHEMES = ("docker://", "docker-daemon://", "oras://")
 _APPTAINER_LIBRARY_SCHEMES = ("library://", "shub://")
 _SIF_SUFFIXES = (".sif", ".simg")
@@ -281,10 +303,10 @@ def image_problem(image: str) -> str | None:
         return "must not contain whitespace or control characters"
     for scheme in _APPTAINER_OCI_SCHEMES:
         if image.startswith(scheme):
-            return _oci_problem(image[len(scheme):], image)
+            return _oci_problem(image[len(scheme) :], image)
     for scheme in _APPTAINER_LIBRARY_SCHEMES:
         if image.startswith(scheme):
-            if _LIBRARY_REF.fullmatch(image[len(scheme):]):
+            if _LIBRARY_REF.fullmatch(image[len(scheme) :]):
                 return None
             return f"{image!r} is not a valid {scheme} reference"
     if image.startswith("/"):
@@ -346,7 +368,10 @@ class _Builder:
             return None
         norm = normalise(value)
         if in_kernel_dir(norm):
-            self.fail(where, f"{norm!r} lies in /{norm.split('/')[1]}, a kernel filesystem that cannot hold task files")
+            self.fail(
+                where,
+                f"{norm!r} lies in /{norm.split('/')[1]}, a kernel filesystem that cannot hold task files",
+            )
             return None
         return norm
 
@@ -383,7 +408,9 @@ class _Builder:
         for path, where in self.dirs + self.file_entries:
             for above in _ancestors(path):
                 if above in self.files:
-                    self.fail(where, f"{path!r} lies below {above!r}, which is a file for {self.files[above]}")
+                    self.fail(
+                        where, f"{path!r} lies below {above!r}, which is a file for {self.files[above]}"
+                    )
                     break
 
     def folded(self, extra_dirs: Iterable[str] = ()) -> tuple[MountRoot, ...]:
@@ -443,8 +470,14 @@ def _executor(b: _Builder, i: int, ex: TesExecutor) -> ExecutorPlan:
             continue
         env[key] = value
     return ExecutorPlan(
-        index=i, image=ex.image, command=tuple(ex.command), workdir=workdir, env=env,
-        stdin=streams["stdin"], stdout=streams["stdout"], stderr=streams["stderr"],
+        index=i,
+        image=ex.image,
+        command=tuple(ex.command),
+        workdir=workdir,
+        env=env,
+        stdin=streams["stdin"],
+        stdout=streams["stdout"],
+        stderr=streams["stderr"],
         ignore_error=bool(ex.ignore_error),
     )
 
@@ -462,8 +495,10 @@ def _output(b: _Builder, i: int, out: TesOutput) -> OutputPlan | None:
         return OutputPlan(i, path, OutputKind.FILE, path, None, out.url)
     base = wildcard_base(path)
     if base in SYSTEM_DIRS:
-        b.fail(f"{where}.path", f"the wildcard {path!r} must be below a directory of its own, "
-                                f"not directly in {base!r}")
+        b.fail(
+            f"{where}.path",
+            f"the wildcard {path!r} must be below a directory of its own, not directly in {base!r}",
+        )
         return None
     b.add_dir(f"{where}.path", base)
     prefix = implicit_prefix(path)

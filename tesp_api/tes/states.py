@@ -29,8 +29,14 @@ TRANSITIONS: dict[TesState, frozenset[TesState]] = {
     TesState.UNKNOWN: frozenset({TesState.QUEUED}),
     TesState.QUEUED: frozenset({TesState.INITIALIZING, TesState.CANCELED, TesState.SYSTEM_ERROR}),
     TesState.INITIALIZING: frozenset(
-        {TesState.RUNNING, TesState.CANCELED, TesState.SYSTEM_ERROR, TesState.EXECUTOR_ERROR,
-         TesState.COMPLETE, TesState.QUEUED}
+        {
+            TesState.RUNNING,
+            TesState.CANCELED,
+            TesState.SYSTEM_ERROR,
+            TesState.EXECUTOR_ERROR,
+            TesState.COMPLETE,
+            TesState.QUEUED,
+        }
     ),
     TesState.RUNNING: frozenset(
         {TesState.COMPLETE, TesState.EXECUTOR_ERROR, TesState.SYSTEM_ERROR, TesState.CANCELED}

@@ -117,8 +117,10 @@ def _check_inputs(task: TesTask, limits: ValidationLimits, check_url: UrlCheck) 
         if inp.content is not None:
             size = len(inp.content.encode("utf-8", "surrogatepass"))
             if size > limits.max_content_bytes:
-                too_big = (f"{size} bytes is over this service's limit of {limits.max_content_bytes} bytes; "
-                           "pass the file by url instead")
+                too_big = (
+                    f"{size} bytes is over this service's limit of {limits.max_content_bytes} bytes; "
+                    "pass the file by url instead"
+                )
                 problems.append((f"{where}.content", too_big))
         if inp.url is not None:
             reason = check_url(inp.url, inp.type)

@@ -73,7 +73,9 @@ _LOOKUP_THREADS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="tesp-dns
 async def system_resolve(host: str, port: int, timeout: float) -> list[str]:
     """Every address ``host`` resolves to, via the C library's getaddrinfo in a lookup thread."""
     loop = asyncio.get_running_loop()
-    lookup = functools.partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    lookup = functools.partial(
+        socket.getaddrinfo, host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+    )
     try:
         infos = await asyncio.wait_for(loop.run_in_executor(_LOOKUP_THREADS, lookup), timeout)
     except (OSError, TimeoutError, UnicodeError) as exc:
@@ -215,8 +217,10 @@ def _control_rule(entry: str) -> HostRule:
         return parse_rule(entry)
     except ValueError:
         host, _, port = entry.rpartition(":")
-        return HostRule(name=host.strip("[]").lower(), port=int(port)) if port.isdigit() else HostRule(
-            name=entry.lower()
+        return (
+            HostRule(name=host.strip("[]").lower(), port=int(port))
+            if port.isdigit()
+            else HostRule(name=entry.lower())
         )
 
 
@@ -275,7 +279,9 @@ class EgressPolicy:
         self.timeout = settings.resolve_timeout
         self._allowed = [parse_rule(e) for e in settings.allowed_hosts]
         self._denied = [_control_rule(e) for e in [*control_plane, *settings.denied_hosts]]
-        self._denied_addresses: tuple[float, list[tuple[HostRule, list[Address]]], list[Address]] | None = None
+        self._denied_addresses: tuple[float, list[tuple[HostRule, list[Address]]], list[Address]] | None = (
+            None
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EgressPolicy:

@@ -69,7 +69,9 @@ class GuardedFtpClient(aioftp.Client):
         self._peer = addresses[0]
         await self.connect(self._peer, port)
 
-    async def _open_connection(self, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _open_connection(
+        self, host: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self._peer is None or host != self._peer:
             raise EgressDenied(f"an FTP connection to {host} was not checked")
         if self._stream is not None:  # a data connection: same address, the port must not be ours

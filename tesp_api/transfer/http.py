@@ -59,7 +59,11 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         for address in addresses:  # each one was checked; the first that answers wins
             try:
                 return await self._inner.connect_tcp(
-                    address, port, timeout, local_address, socket_options  # type: ignore[arg-type]
+                    address,
+                    port,
+                    timeout,
+                    local_address,
+                    socket_options,  # type: ignore[arg-type]
                 )
             except httpcore.ConnectError as exc:
                 last = exc

@@ -21,7 +21,12 @@ from tesp_api.tes.models import TesOutput
 from tesp_api.transfer.urls import join_url
 
 __all__ = [
-    "OutputTarget", "effective_prefix", "glob_local", "has_wildcard", "implicit_prefix", "matches",
+    "OutputTarget",
+    "effective_prefix",
+    "glob_local",
+    "has_wildcard",
+    "implicit_prefix",
+    "matches",
     "plan_wildcard_output",
 ]
 

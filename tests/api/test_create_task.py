@@ -121,7 +121,11 @@ async def test_every_problem_of_a_task_is_named_in_one_answer(client: httpx.Asyn
         resources={"cpu_cores": -1},
     )
     assert_tes_error(
-        await post(client, body), 400, "inputs[0].path", "inputs[0]: url or content", "executors[0].env",
+        await post(client, body),
+        400,
+        "inputs[0].path",
+        "inputs[0]: url or content",
+        "executors[0].env",
         "resources.cpu_cores",
     )
 

@@ -14,7 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-pydantictes_models = pytest.importorskip("pydantictes.models", reason="pydantic-tes (pulsar-app's) is not installed")
+pydantictes_models = pytest.importorskip(
+    "pydantictes.models", reason="pydantic-tes (pulsar-app's) is not installed"
+)
 tes_job_config = pytest.importorskip("pulsar.client.tes_job_config", reason="pulsar-app is not installed")
 
 PREFIX = "/v1"  # pydantic-tes joins urljoin(tes_url, "v1/...")
@@ -31,11 +33,15 @@ def galaxy_task_json() -> str:
     task = m.TesTask(
         name="pulsar-123456",
         executors=[
-            executor("galaxy/pulsar-pod-staging:0.15.0.2",
-                     ["pulsar-submit", "--no-wait", "--base64", "e30=", "--app_conf_base64", "e30="]),
+            executor(
+                "galaxy/pulsar-pod-staging:0.15.0.2",
+                ["pulsar-submit", "--no-wait", "--base64", "e30=", "--app_conf_base64", "e30="],
+            ),
             executor("conda/miniconda3", ["sh", "-c", "sh /pulsar_staging/123456/command_line"]),
-            executor("galaxy/pulsar-pod-staging:0.15.0.2",
-                     ["pulsar-finish", "--base64", "e30=", "--app_conf_base64", "e30="]),
+            executor(
+                "galaxy/pulsar-pod-staging:0.15.0.2",
+                ["pulsar-finish", "--base64", "e30=", "--app_conf_base64", "e30="],
+            ),
         ],
         volumes=["/pulsar_staging/"],
         resources=tes_job_config.tes_resources(params),
@@ -45,8 +51,9 @@ def galaxy_task_json() -> str:
 
 
 async def post_galaxy_task(client: httpx.AsyncClient) -> str:
-    answer = await client.post(f"{PREFIX}/tasks", content=galaxy_task_json(),
-                               headers={"Content-Type": "application/json"})
+    answer = await client.post(
+        f"{PREFIX}/tasks", content=galaxy_task_json(), headers={"Content-Type": "application/json"}
+    )
     assert answer.status_code == 200, answer.text
     return str(answer.json()["id"])
 

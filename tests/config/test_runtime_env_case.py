@@ -11,7 +11,9 @@ import pytest
 from tesp_api.config import load_settings
 from tesp_api.config.settings import RuntimeSettings
 
-pytestmark = pytest.mark.skipif("env" not in RuntimeSettings.model_fields, reason="no runtime.env setting in this tree")
+pytestmark = pytest.mark.skipif(
+    "env" not in RuntimeSettings.model_fields, reason="no runtime.env setting in this tree"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -25,7 +27,9 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_runtime_env_names_keep_their_case_in_a_settings_file(tmp_path: Path) -> None:
     path = tmp_path / "settings.toml"
-    path.write_text('[default.runtime]\ntype = "docker"\n[default.runtime.env]\nDOCKER_HOST = "unix:///d.sock"\n')
+    path.write_text(
+        '[default.runtime]\ntype = "docker"\n[default.runtime.env]\nDOCKER_HOST = "unix:///d.sock"\n'
+    )
     assert load_settings(path).runtime.env == {"DOCKER_HOST": "unix:///d.sock"}
 
 

@@ -40,12 +40,14 @@ def test_profile_inherits_from_default_and_overrides_it(tmp_path: Path) -> None:
 
 
 def test_fastapi_profile_variable_picks_the_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = write(tmp_path, '[default.api]\nport = 9000\n[dev-docker.api]\nport = 9001\n')
+    path = write(tmp_path, "[default.api]\nport = 9000\n[dev-docker.api]\nport = 9001\n")
     monkeypatch.setenv("FASTAPI_PROFILE", "dev-docker")
     assert load_settings(path).api.port == 9001
 
 
-def test_prefixed_environment_variable_overrides_a_nested_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prefixed_environment_variable_overrides_a_nested_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TESP_API_PULSAR__STATUS__POLL_INTERVAL", "0.5")
     monkeypatch.setenv("TESP_API_DB__MONGODB_URI", "mongodb://db:27017")
     settings = load_settings(write(tmp_path, ""))

@@ -34,8 +34,12 @@ def run_v1(
     empty_env_file = tmp_path / "empty.env"  # a developer's own .env must not change the result
     empty_env_file.write_text("")
     # No DOCKER_HOST unless the caller gives one: never the machine's /var/run/docker.sock.
-    clean = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
-             "DOCKER_HOST": "unix:///nonexistent/docker.sock", **env}
+    clean = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "DOCKER_HOST": "unix:///nonexistent/docker.sock",
+        **env,
+    }
     return subprocess.run(
         [binary, "--env-file", str(empty_env_file), "-f", str(path), *args],
         capture_output=True,
@@ -70,8 +74,14 @@ def test_docker_compose_v1_works_with_every_profile_against_a_private_dockerd(
         result = run_v1(docker_compose_v1, compose.MAIN_FILE, env, *flags, *command, tmp_path=tmp_path)
         assert result.returncode == 0, f"{command}: {result.stderr}"
         assert result.stdout.strip() == "", command  # valid, and no container of this project exists
-    dts = run_v1(docker_compose_v1, compose.DTS_FILE, {**DTS_ENV, **docker_daemon.env}, "config", "-q",
-                 tmp_path=tmp_path)
+    dts = run_v1(
+        docker_compose_v1,
+        compose.DTS_FILE,
+        {**DTS_ENV, **docker_daemon.env},
+        "config",
+        "-q",
+        tmp_path=tmp_path,
+    )
     assert dts.returncode == 0, dts.stderr
 
 

@@ -35,8 +35,13 @@ def counting_task(name: str, seconds: float, inputs: list[dict[str, str]] | None
     return {
         "name": name,
         "inputs": inputs or [],
-        "executors": [{"image": "alpine", "env": {"MARK": name},
-                       "command": ["sh", "-c", f'echo run >> "/markers/$MARK"; sleep {seconds}; echo "done $MARK"']}],
+        "executors": [
+            {
+                "image": "alpine",
+                "env": {"MARK": name},
+                "command": ["sh", "-c", f'echo run >> "/markers/$MARK"; sleep {seconds}; echo "done $MARK"'],
+            }
+        ],
     }
 
 
@@ -44,9 +49,7 @@ def state_of(api: str, task_id: str) -> dict[str, object]:
     return dict(httpx.get(f"{api}/ga4gh/tes/v1/tasks/{task_id}", params={"view": "FULL"}, timeout=10).json())
 
 
-def test_tasks_survive_a_kill_9_of_the_server_and_run_once(
-    pulsar: LocalPulsar, tmp_path: Path
-) -> None:
+def test_tasks_survive_a_kill_9_of_the_server_and_run_once(pulsar: LocalPulsar, tmp_path: Path) -> None:
     markers = tmp_path / "markers"
     markers.mkdir()
     markers.chmod(0o777)  # bound into the sandbox, whose executors run as runtime.sandbox_user (not root)

@@ -49,8 +49,15 @@ def run_local(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]
 def test_a_wrong_setting_exits_2_naming_the_key_like_serve(
     settings_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, err = run_local(capsys, "--settings", str(settings_file), "--profile", "broken",
-                          "--state-dir", str(tmp_path / "state"))
+    code, err = run_local(
+        capsys,
+        "--settings",
+        str(settings_file),
+        "--profile",
+        "broken",
+        "--state-dir",
+        str(tmp_path / "state"),
+    )
     assert code == 2
     assert "api.colour: unknown setting" in err
     assert "Traceback" not in err and "pydantic" not in err
@@ -82,8 +89,9 @@ def test_an_unknown_profile_in_the_environment_stops_the_start_naming_the_profil
 def test_an_unknown_profile_option_stops_serve_and_worker_too(
     settings_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, err = run_local(capsys, "--settings", str(settings_file), "--profile", "nope",
-                          "--state-dir", str(tmp_path / "state"))
+    code, err = run_local(
+        capsys, "--settings", str(settings_file), "--profile", "nope", "--state-dir", str(tmp_path / "state")
+    )
     assert code == 2 and "unknown profile 'nope' (--profile)" in err
     for command in ("serve", "worker"):
         assert cli_main([command, "--settings", str(settings_file), "--profile", "nope"]) == 2
@@ -94,8 +102,15 @@ def test_the_profile_option_wins_over_the_environment(
     settings_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("FASTAPI_PROFILE", "other")  # valid, but --profile names the broken one
-    code, err = run_local(capsys, "--settings", str(settings_file), "--profile", "broken",
-                          "--state-dir", str(tmp_path / "state"))
+    code, err = run_local(
+        capsys,
+        "--settings",
+        str(settings_file),
+        "--profile",
+        "broken",
+        "--state-dir",
+        str(tmp_path / "state"),
+    )
     assert code == 2 and "api.colour" in err
 
 
@@ -106,8 +121,15 @@ def test_a_busy_api_port_stops_the_start_before_pulsar(
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        code, err = run_local(capsys, "--settings", str(settings_file), "--port", str(port),
-                              "--state-dir", str(tmp_path / "state"))
+        code, err = run_local(
+            capsys,
+            "--settings",
+            str(settings_file),
+            "--port",
+            str(port),
+            "--state-dir",
+            str(tmp_path / "state"),
+        )
     assert code == 2
     assert f"127.0.0.1:{port} is already in use" in err
     assert not (tmp_path / "state" / "pulsar").exists()
@@ -120,8 +142,9 @@ def test_a_state_directory_in_use_is_refused(
     state.mkdir()
     held = lock_state_dir(state)  # what a running `tesp-api local` holds
     try:
-        code, err = run_local(capsys, "--settings", str(settings_file), "--port", str(free_port()),
-                              "--state-dir", str(state))
+        code, err = run_local(
+            capsys, "--settings", str(settings_file), "--port", str(free_port()), "--state-dir", str(state)
+        )
     finally:
         held.close()
     assert code == 2
@@ -132,8 +155,15 @@ def test_a_state_directory_in_use_is_refused(
 def test_a_state_directory_bubblewrap_executors_see_is_refused(
     settings_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, err = run_local(capsys, "--settings", str(settings_file), "--port", str(free_port()),
-                          "--state-dir", "/opt/tesp-api-test-never-created/state")
+    code, err = run_local(
+        capsys,
+        "--settings",
+        str(settings_file),
+        "--port",
+        str(free_port()),
+        "--state-dir",
+        "/opt/tesp-api-test-never-created/state",
+    )
     assert code == 2
     assert "under /opt, which bubblewrap executors see" in err
     assert not Path("/opt/tesp-api-test-never-created").exists()

@@ -67,21 +67,31 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Local]:
     cwd = tmp_path_factory.mktemp("local-cwd")
     state = tmp_path_factory.mktemp("local-state") / "state"
     port = free_port()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("TESP_API_") and k not in ("CONTAINER_TYPE", "FASTAPI_PROFILE")}
-    env.update({
-        "TESP_API_SETTINGS": str(cwd / "settings.toml"),  # absent: defaults + these variables
-        "TESP_API_LOGGING__LEVEL": "DEBUG",
-        "TESP_API_PULSAR__KEEP_JOB_DIRECTORIES": "true",
-        "TESP_API_PULSAR__STATUS__POLL_INTERVAL": "0.2",
-        "TESP_API_RUNTIME__NETWORK": "host",
-        "CONTAINER_TYPE": "bwrap",  # podman or docker may work here, but with no image to run
-    })
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("TESP_API_") and k not in ("CONTAINER_TYPE", "FASTAPI_PROFILE")
+    }
+    env.update(
+        {
+            "TESP_API_SETTINGS": str(cwd / "settings.toml"),  # absent: defaults + these variables
+            "TESP_API_LOGGING__LEVEL": "DEBUG",
+            "TESP_API_PULSAR__KEEP_JOB_DIRECTORIES": "true",
+            "TESP_API_PULSAR__STATUS__POLL_INTERVAL": "0.2",
+            "TESP_API_RUNTIME__NETWORK": "host",
+            "CONTAINER_TYPE": "bwrap",  # podman or docker may work here, but with no image to run
+        }
+    )
     log_file = cwd / "local.log"
     with log_file.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "tesp_api", "local", "--port", str(port),
-                                 "--state-dir", str(state)], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                preexec_fn=die_with_parent)  # noqa: PLW1509 - one C call, see die_with_parent.py
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tesp_api", "local", "--port", str(port), "--state-dir", str(state)],
+            cwd=cwd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )  # noqa: PLW1509 - one C call, see die_with_parent.py
     api = f"http://127.0.0.1:{port}/ga4gh/tes/v1"
     try:
         wait_until_up(proc, api, log_file)
@@ -95,10 +105,14 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Local]:
 @pytest.fixture(scope="module")
 def finished_task(local: Local) -> dict[str, object]:
     """One task run to its end, its Pulsar job directory kept."""
-    task_id = httpx.post(f"{local.api}/tasks", timeout=10, json={
-        "inputs": [{"path": "/data/in.txt", "content": "payload\n"}],
-        "executors": [{"image": "alpine", "command": ["sh", "-c", "cat /data/in.txt; env"]}],
-    }).json()["id"]
+    task_id = httpx.post(
+        f"{local.api}/tasks",
+        timeout=10,
+        json={
+            "inputs": [{"path": "/data/in.txt", "content": "payload\n"}],
+            "executors": [{"image": "alpine", "command": ["sh", "-c", "cat /data/in.txt; env"]}],
+        },
+    ).json()["id"]
     deadline = time.monotonic() + 240
     while (task := httpx.get(f"{local.api}/tasks/{task_id}", params={"view": "FULL"}, timeout=10).json())[
         "state"
@@ -129,7 +143,9 @@ def test_pulsar_refuses_a_request_without_the_token(local: Local) -> None:
     assert not (local.pulsar_dir / "files" / "staging" / "intruder").exists()
 
 
-def test_the_token_is_in_no_process_argv_or_environment(local: Local, finished_task: dict[str, object]) -> None:
+def test_the_token_is_in_no_process_argv_or_environment(
+    local: Local, finished_task: dict[str, object]
+) -> None:
     token = local.token.encode()
     for pid in filter(str.isdigit, os.listdir("/proc")):
         for what in ("cmdline", "environ"):
@@ -161,7 +177,7 @@ def test_the_executor_environment_holds_no_token(local: Local, finished_task: di
     assert local.token not in stdout and "PULSAR" not in stdout
 
 
-ATTACK = r'''
+ATTACK = r"""
 import socket, sys
 sock_path, app_yml = sys.argv[1:3]
 try:
@@ -175,7 +191,7 @@ try:
     print("app.yml:", len(open(app_yml).read()))
 except Exception as exc:
     print("app.yml:", type(exc).__name__)
-'''
+"""
 
 
 def run_task(local: Local, task: dict[str, object]) -> dict[str, object]:
@@ -190,12 +206,23 @@ def run_task(local: Local, task: dict[str, object]) -> dict[str, object]:
 
 
 def test_an_executor_with_the_host_network_cannot_reach_locals_pulsar(local: Local) -> None:
-    task = run_task(local, {
-        "inputs": [{"path": "/attack/attack.py", "content": ATTACK}],
-        "executors": [{"image": "alpine", "command": [
-            "/usr/bin/python3", "/attack/attack.py", str(local.pulsar_dir / "pulsar.sock"),
-            str(local.pulsar_dir / "app.yml")]}],
-    })
+    task = run_task(
+        local,
+        {
+            "inputs": [{"path": "/attack/attack.py", "content": ATTACK}],
+            "executors": [
+                {
+                    "image": "alpine",
+                    "command": [
+                        "/usr/bin/python3",
+                        "/attack/attack.py",
+                        str(local.pulsar_dir / "pulsar.sock"),
+                        str(local.pulsar_dir / "app.yml"),
+                    ],
+                }
+            ],
+        },
+    )
     assert task["state"] == "COMPLETE", task
     logs = task["logs"]
     assert isinstance(logs, list)
@@ -212,9 +239,24 @@ def test_a_second_local_on_the_same_state_dir_stops_at_once(local: Local) -> Non
     env = {k: v for k, v in os.environ.items() if not k.startswith("TESP_API_")}
     env["TESP_API_SETTINGS"] = str(local.cwd / "settings.toml")
     server_ini = (local.pulsar_dir / "server.ini").read_text()
-    second = subprocess.run([sys.executable, "-m", "tesp_api", "local", "--port", str(free_port()),
-                             "--state-dir", str(local.state)], cwd=local.cwd, env=env, capture_output=True,
-                            text=True, timeout=240, check=False)
+    second = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tesp_api",
+            "local",
+            "--port",
+            str(free_port()),
+            "--state-dir",
+            str(local.state),
+        ],
+        cwd=local.cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
     assert second.returncode == 2
     assert "another `tesp-api local`" in second.stderr and "Traceback" not in second.stderr
     assert (local.pulsar_dir / "server.ini").read_text() == server_ini  # the first one's Pulsar untouched

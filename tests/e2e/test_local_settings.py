@@ -38,19 +38,25 @@ def test_the_state_dir_holds_the_store_with_the_shipped_settings(tmp_path: Path)
     assert settings.engine.work_dir == str(tmp_path / "state" / "work")
 
 
-def test_an_explicit_sqlite_path_wins_over_the_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_explicit_sqlite_path_wins_over_the_state_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TESP_API_DB__SQLITE_PATH", str(tmp_path / "mine.sqlite3"))
     settings, _ = local_settings(load_raw(REPO / "settings.toml"), tmp_path / "state")
     assert settings.db.sqlite_path == str(tmp_path / "mine.sqlite3")
 
 
 def test_pulsar_is_the_local_child_on_its_socket_with_its_token(tmp_path: Path) -> None:
-    raw = {"pulsar": {"url": "http://elsewhere:8913", "amqp_url": "amqp://u:p@broker//", "private_token": "x"}}
+    raw = {
+        "pulsar": {"url": "http://elsewhere:8913", "amqp_url": "amqp://u:p@broker//", "private_token": "x"}
+    }
     settings, pulsar = local_settings(raw, tmp_path / "state")
     (server,) = settings.pulsar.effective_servers()
     assert server.uds == str(tmp_path / "state" / "pulsar" / "pulsar.sock") == pulsar.uds
     assert server.amqp_url is None
-    assert server.private_token is not None and server.private_token.get_secret_value() == pulsar.private_token
+    assert (
+        server.private_token is not None and server.private_token.get_secret_value() == pulsar.private_token
+    )
     assert pulsar.private_token != new_private_token()  # random at each start
 
 
@@ -82,4 +88,3 @@ def test_a_socket_path_too_long_to_bind_falls_back_to_tcp_with_a_token(tmp_path:
     assert pulsar.uds is None and pulsar.url.startswith("http://127.0.0.1:")
     assert pulsar.private_token
     assert local_pulsar(tmp_path / "pulsar", None).uds == str(tmp_path / "pulsar" / "pulsar.sock")
-

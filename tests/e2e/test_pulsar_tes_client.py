@@ -54,7 +54,9 @@ from tests.services.images import BUSYBOX_IMAGE
 from tests.services.job_files_server import job_files_server
 from tests.services.tesp_local import LocalServiceProcess
 
-check = pytest.importorskip("pulsar.client.test.check", reason="pulsar-app (the pulsar extra) is not installed")
+check = pytest.importorskip(
+    "pulsar.client.test.check", reason="pulsar-app (the pulsar extra) is not installed"
+)
 pytest.importorskip("pydantictes", reason="pydantic-tes (a pulsar-app dependency) is not installed")
 
 pytestmark = [pytest.mark.pulsar, pytest.mark.slow, pytest.mark.timeout(240)]
@@ -144,8 +146,9 @@ def _container_env(kind: str, binary: str, cli_env: dict[str, str]) -> dict[str,
 
 
 @pytest.fixture(scope="module", params=["docker", "podman"])
-def container_service(request: pytest.FixtureRequest,
-                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServiceProcess]:
+def container_service(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalServiceProcess]:
     """`tesp-api local` on a private dockerd or podman store (session fixtures of tests/conftest.py)."""
     kind: str = request.param
     if kind == "docker":
@@ -156,7 +159,9 @@ def container_service(request: pytest.FixtureRequest,
         cli, binary, cli_env = store.cli, store.binary, store.env
     for name in (PULSAR_STAGING_IMAGE, TEST_TOOL_CONTAINER):
         cli("tag", BUSYBOX_IMAGE, name)
-    with _local_service(tmp_path_factory.mktemp(f"tesp-local-{kind}"), _container_env(kind, binary, cli_env)) as proc:
+    with _local_service(
+        tmp_path_factory.mktemp(f"tesp-local-{kind}"), _container_env(kind, binary, cli_env)
+    ) as proc:
         yield proc
 
 
@@ -239,8 +244,9 @@ def _record_client_calls(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], li
     return created, parsed_views
 
 
-def _fail_fast_waiter(monkeypatch: pytest.MonkeyPatch, service: LocalServiceProcess, created: list[str],
-                      how: list[str]) -> None:
+def _fail_fast_waiter(
+    monkeypatch: pytest.MonkeyPatch, service: LocalServiceProcess, created: list[str], how: list[str]
+) -> None:
     """check.Waiter.wait, ending at once when tesp-api has failed the task.
 
     Upstream's loop waits for "complete"/"cancelled" only, for 120 s: a task that ended
@@ -283,8 +289,10 @@ def _print_task(task: dict[str, Any]) -> None:
     logs = task.get("logs") or [{}]
     print(f"tesp-api task {task['id']}: {task['state']}; system_logs={logs[0].get('system_logs')}")
     for i, ex_log in enumerate(logs[0].get("logs") or []):
-        print(f"  executor {i}: exit {ex_log.get('exit_code')}\n    stdout: {ex_log.get('stdout', '')[-3000:]}"
-              f"\n    stderr: {ex_log.get('stderr', '')[-3000:]}")
+        print(
+            f"  executor {i}: exit {ex_log.get('exit_code')}\n    stdout: {ex_log.get('stdout', '')[-3000:]}"
+            f"\n    stderr: {ex_log.get('stderr', '')[-3000:]}"
+        )
 
 
 class Outcome:
@@ -297,8 +305,9 @@ class Outcome:
         self.polled_views = polled_views
 
 
-def _run_check(service: LocalServiceProcess, monkeypatch: pytest.MonkeyPatch, files_url: str,
-               **case: Any) -> Outcome:
+def _run_check(
+    service: LocalServiceProcess, monkeypatch: pytest.MonkeyPatch, files_url: str, **case: Any
+) -> Outcome:
     """check.run with upstream's options for one case; what tesp-api received for it."""
     # check.run starts with logging.basicConfig(level=DEBUG): not for the rest of the test session
     monkeypatch.setattr(logging, "basicConfig", lambda **_: None)
@@ -340,8 +349,13 @@ def test_tes_polling_without_tool_container_runs_through_tesp_api(
     """upstream test_tes_polling_integration: one executor, pulsar-submit --wait runs the tool."""
     _tes_enabled_shim(monkeypatch)
     with job_files_server(client_root) as files:
-        outcome = _run_check(service, monkeypatch, files.url, expecting_full_metadata=False,
-                             remote_pulsar_app_config=non_root_app_config())
+        outcome = _run_check(
+            service,
+            monkeypatch,
+            files.url,
+            expecting_full_metadata=False,
+            remote_pulsar_app_config=non_root_app_config(),
+        )
         assert files.served_files, "Pulsar inside the task never fetched an input from the job files endpoint"
     _assert_galaxy_shaped(outcome.tasks, executors=1)
     assert outcome.status_via == ["polling"]
@@ -354,8 +368,14 @@ def test_coexecution_tes_polling_runs_three_executors_through_tesp_api(
     """upstream test_coexecution_tes_polling_integration: stage-in, tool container, stage-out."""
     _tes_enabled_shim(monkeypatch)
     with job_files_server(client_root) as files:
-        outcome = _run_check(service, monkeypatch, files.url, container=TEST_TOOL_CONTAINER,
-                             expecting_full_metadata=False, remote_pulsar_app_config=non_root_app_config())
+        outcome = _run_check(
+            service,
+            monkeypatch,
+            files.url,
+            container=TEST_TOOL_CONTAINER,
+            expecting_full_metadata=False,
+            remote_pulsar_app_config=non_root_app_config(),
+        )
         assert files.served_files, "Pulsar inside the task never fetched an input from the job files endpoint"
     _assert_galaxy_shaped(outcome.tasks, executors=3)
     assert outcome.tasks[0]["executors"][1]["image"] == TEST_TOOL_CONTAINER
@@ -363,8 +383,9 @@ def test_coexecution_tes_polling_runs_three_executors_through_tesp_api(
     assert outcome.polled_views and set(outcome.polled_views) == {"FULL"}
 
 
-def _mq_case(service: LocalServiceProcess, client_root: Path, monkeypatch: pytest.MonkeyPatch,
-             **app_config: Any) -> Outcome:
+def _mq_case(
+    service: LocalServiceProcess, client_root: Path, monkeypatch: pytest.MonkeyPatch, **app_config: Any
+) -> Outcome:
     """upstream test_coexecution_integration_tes_mq's options; queues of its own on the shared broker."""
     rabbitmq.require_broker()
     url = rabbitmq.URL + "/"  # Pulsar's kombu form of the default vhost
@@ -372,14 +393,27 @@ def _mq_case(service: LocalServiceProcess, client_root: Path, monkeypatch: pytes
     _tes_enabled_shim(monkeypatch, amqp_key_prefix=prefix)
     try:
         with job_files_server(client_root) as files:
-            outcome = _run_check(service, monkeypatch, files.url, container=TEST_TOOL_CONTAINER, manager_url=url,
-                                 remote_pulsar_app_config={"message_queue_url": url, **non_root_app_config(),
-                                                           **app_config})
-            assert files.served_files, "Pulsar inside the task never fetched an input from the job files endpoint"
+            outcome = _run_check(
+                service,
+                monkeypatch,
+                files.url,
+                container=TEST_TOOL_CONTAINER,
+                manager_url=url,
+                remote_pulsar_app_config={"message_queue_url": url, **non_root_app_config(), **app_config},
+            )
+            assert files.served_files, (
+                "Pulsar inside the task never fetched an input from the job files endpoint"
+            )
     finally:
         with contextlib.suppress(Exception):
-            asyncio.run(rabbitmq.delete_queues([f"{prefix}_{name}" for name in (
-                "setup", "status", "kill", "status_update", "status_update_ack")]))
+            asyncio.run(
+                rabbitmq.delete_queues(
+                    [
+                        f"{prefix}_{name}"
+                        for name in ("setup", "status", "kill", "status_update", "status_update_ack")
+                    ]
+                )
+            )
     return outcome
 
 
@@ -424,8 +458,14 @@ def test_coexecution_tes_polling_runs_in_real_containers(
     if app_config:
         extra["remote_pulsar_app_config"] = app_config
     with job_files_server(client_root) as files:
-        outcome = _run_check(container_service, monkeypatch, files.url, container=TEST_TOOL_CONTAINER,
-                             expecting_full_metadata=False, **extra)
+        outcome = _run_check(
+            container_service,
+            monkeypatch,
+            files.url,
+            container=TEST_TOOL_CONTAINER,
+            expecting_full_metadata=False,
+            **extra,
+        )
         assert files.served_files, "Pulsar inside the task never fetched an input from the job files endpoint"
     _assert_galaxy_shaped(outcome.tasks, executors=3)
     assert outcome.tasks[0]["executors"][0]["image"] == PULSAR_STAGING_IMAGE
@@ -436,6 +476,8 @@ def test_galaxys_own_path_coexecution_with_mq_status_runs_in_real_containers(
 ) -> None:
     """What Galaxy's PulsarTesJobRunner (a message-queue runner) does, on docker / podman: the executors
     reach Galaxy's files endpoint and the broker from their containers."""
-    outcome = _mq_case(container_service, client_root, monkeypatch, **_container_app_config(container_service))
+    outcome = _mq_case(
+        container_service, client_root, monkeypatch, **_container_app_config(container_service)
+    )
     _assert_galaxy_shaped(outcome.tasks, executors=3)
     assert outcome.status_via == ["mq"]

@@ -36,9 +36,12 @@ def results_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def client(pulsar: LocalPulsar, results_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tes.HTTPClient]:
-    server = ServeProcess(tmp_path_factory.mktemp("serve"), pulsar.url,
-                          TESP_API_TRANSFER__ALLOWED_DIRS=f'["{results_dir}"]')
+def client(
+    pulsar: LocalPulsar, results_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tes.HTTPClient]:
+    server = ServeProcess(
+        tmp_path_factory.mktemp("serve"), pulsar.url, TESP_API_TRANSFER__ALLOWED_DIRS=f'["{results_dir}"]'
+    )
     server.start()
     try:
         yield tes.HTTPClient(server.url, timeout=10)
@@ -66,12 +69,27 @@ def test_several_executors_with_streams_env_workdir_volumes_and_content_inputs(
         outputs=[tes.Output(path="/data/out/report.txt", url=f"file://{results_dir}/report.txt")],
         volumes=["/shared"],
         executors=[
-            tes.Executor(image="alpine", command=["sh", "-c", 'echo "$GREETING" > /shared/greeting; pwd'],
-                         env={"GREETING": "hello 'quoted' $world"}, workdir="/work"),
-            tes.Executor(image="alpine", command=["sort", "-r"], stdin="/data/in.txt",
-                         stdout="/data/out/sorted.txt", stderr="/data/out/err.txt"),
-            tes.Executor(image="alpine", command=["sh", "-c",
-                         "cat /shared/greeting /data/out/sorted.txt > /data/out/report.txt; echo warn >&2"]),
+            tes.Executor(
+                image="alpine",
+                command=["sh", "-c", 'echo "$GREETING" > /shared/greeting; pwd'],
+                env={"GREETING": "hello 'quoted' $world"},
+                workdir="/work",
+            ),
+            tes.Executor(
+                image="alpine",
+                command=["sort", "-r"],
+                stdin="/data/in.txt",
+                stdout="/data/out/sorted.txt",
+                stderr="/data/out/err.txt",
+            ),
+            tes.Executor(
+                image="alpine",
+                command=[
+                    "sh",
+                    "-c",
+                    "cat /shared/greeting /data/out/sorted.txt > /data/out/report.txt; echo warn >&2",
+                ],
+            ),
         ],
     )
     done = run(client, task)
@@ -82,24 +100,36 @@ def test_several_executors_with_streams_env_workdir_volumes_and_content_inputs(
     assert logs[1].stdout == "line two\nline one\n"  # the tail of the redirected stdout file
     assert logs[2].stderr == "warn\n"
     assert (results_dir / "report.txt").read_text() == "hello 'quoted' $world\nline two\nline one\n"
-    assert [(o.path, o.size_bytes) for o in done.logs[0].outputs] == [("/data/out/report.txt", 40)]  # py-tes parses the string
+    assert [(o.path, o.size_bytes) for o in done.logs[0].outputs] == [
+        ("/data/out/report.txt", 40)
+    ]  # py-tes parses the string
 
 
 def test_arguments_reach_the_executor_unchanged(client: tes.HTTPClient) -> None:
     nasty = "echo $HOME; rm -rf /x'y"
-    done = run(client, tes.Task(executors=[tes.Executor(image="alpine", command=["sh", "-c", 'printf "%s" "$0"', nasty])]))
+    done = run(
+        client,
+        tes.Task(executors=[tes.Executor(image="alpine", command=["sh", "-c", 'printf "%s" "$0"', nasty])]),
+    )
     assert done.state == "COMPLETE"
     assert done.logs[0].logs[0].stdout == nasty
 
 
-@pytest.mark.parametrize(("ignore_error", "n_logs", "state"), [(False, 1, "EXECUTOR_ERROR"), (True, 2, "COMPLETE")])
+@pytest.mark.parametrize(
+    ("ignore_error", "n_logs", "state"), [(False, 1, "EXECUTOR_ERROR"), (True, 2, "COMPLETE")]
+)
 def test_ignore_error_decides_whether_the_next_executor_runs(
     client: tes.HTTPClient, ignore_error: bool, n_logs: int, state: str
 ) -> None:
-    done = run(client, tes.Task(executors=[
-        tes.Executor(image="alpine", command=["sh", "-c", "exit 1"], ignore_error=ignore_error),
-        tes.Executor(image="alpine", command=["echo", "second"]),
-    ]))
+    done = run(
+        client,
+        tes.Task(
+            executors=[
+                tes.Executor(image="alpine", command=["sh", "-c", "exit 1"], ignore_error=ignore_error),
+                tes.Executor(image="alpine", command=["echo", "second"]),
+            ]
+        ),
+    )
     assert len(done.logs[0].logs) == n_logs
     assert done.state == state
 
@@ -112,7 +142,9 @@ def test_a_failing_exit_code_is_an_executor_error(client: tes.HTTPClient) -> Non
 
 def test_cancel_of_a_sleep_kills_it(client: tes.HTTPClient, pulsar: LocalPulsar) -> None:
     marker = f"298.{random.randint(10**8, 10**9)}"
-    task_id = client.create_task(tes.Task(executors=[tes.Executor(image="alpine", command=["sleep", marker])]))
+    task_id = client.create_task(
+        tes.Task(executors=[tes.Executor(image="alpine", command=["sleep", marker])])
+    )
     deadline = time.monotonic() + 30
     while not processes_with(marker):
         assert time.monotonic() < deadline, "the sleep never started"

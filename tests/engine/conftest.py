@@ -29,8 +29,12 @@ def pulsar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPulsar]:
 def engine_settings(pulsar_url: str, tmp: Path, **engine: Any) -> Settings:
     return Settings.model_validate(
         {
-            "pulsar": {"url": pulsar_url, "status": {"poll_interval": 0.2}, "retries": 1,
-                       "unreachable_deadline": 3},
+            "pulsar": {
+                "url": pulsar_url,
+                "status": {"poll_interval": 0.2},
+                "retries": 1,
+                "unreachable_deadline": 3,
+            },
             "engine": {"work_dir": str(tmp / "work"), "claim_interval": 0.1, "lease_seconds": 5, **engine},
             "runtime": {"type": "bwrap"},
             "transfer": {"allowed_dirs": [str(tmp)], **LOOPBACK_TRANSFER},  # data servers on 127.0.0.1
@@ -51,8 +55,14 @@ async def submit(store: SqliteTaskStore, task: dict[str, Any]) -> str:
     return t.id
 
 
-async def wait_for(store: SqliteTaskStore, task_id: str, *, states: set[TesState] | None = None,
-                   inactive: bool = True, timeout: float = 60.0) -> TaskRecord:
+async def wait_for(
+    store: SqliteTaskStore,
+    task_id: str,
+    *,
+    states: set[TesState] | None = None,
+    inactive: bool = True,
+    timeout: float = 60.0,
+) -> TaskRecord:
     """Poll the store until the task is in one of ``states`` (default: any final) and, with
     ``inactive``, the engine has let go of it."""
     from tesp_api.tes.states import FINAL_STATES

@@ -25,20 +25,24 @@ class ServeProcess:
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TESP_API_") and k != "FASTAPI_PROFILE"}
+        self.env = {
+            k: v for k, v in os.environ.items() if not k.startswith("TESP_API_") and k != "FASTAPI_PROFILE"
+        }
         self.env.pop("CONTAINER_TYPE", None)
-        self.env.update({
-            "TESP_API_SETTINGS": str(workdir / "settings.toml"),  # absent: defaults + environment
-            "TESP_API_DB__SQLITE_PATH": str(workdir / "tasks.sqlite3"),
-            "TESP_API_PULSAR__URL": pulsar_url,
-            "TESP_API_PULSAR__STATUS__POLL_INTERVAL": "0.2",
-            "TESP_API_ENGINE__WORK_DIR": str(workdir / "work"),
-            "TESP_API_ENGINE__CLAIM_INTERVAL": "0.1",
-            "TESP_API_RUNTIME__TYPE": "bwrap",
-            # the tests' data servers listen on 127.0.0.1, which the SSRF guard refuses by default
-            "TESP_API_TRANSFER__ALLOWED_HOSTS": json.dumps(LOOPBACK_HOSTS),
-            **env,
-        })
+        self.env.update(
+            {
+                "TESP_API_SETTINGS": str(workdir / "settings.toml"),  # absent: defaults + environment
+                "TESP_API_DB__SQLITE_PATH": str(workdir / "tasks.sqlite3"),
+                "TESP_API_PULSAR__URL": pulsar_url,
+                "TESP_API_PULSAR__STATUS__POLL_INTERVAL": "0.2",
+                "TESP_API_ENGINE__WORK_DIR": str(workdir / "work"),
+                "TESP_API_ENGINE__CLAIM_INTERVAL": "0.1",
+                "TESP_API_RUNTIME__TYPE": "bwrap",
+                # the tests' data servers listen on 127.0.0.1, which the SSRF guard refuses by default
+                "TESP_API_TRANSFER__ALLOWED_HOSTS": json.dumps(LOOPBACK_HOSTS),
+                **env,
+            }
+        )
         self.process: subprocess.Popen[bytes] | None = None
         self.log_file = workdir / "serve.log"
 
@@ -46,7 +50,10 @@ class ServeProcess:
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "tesp_api", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-                cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -43,27 +43,47 @@ def processes_with(marker: str) -> list[int]:
 
 async def cancel(store: SqliteTaskStore, engine: Engine, task_id: str) -> None:
     """What the API does on POST /tasks/{id}:cancel."""
-    rec = await store.update(task_id, expected=CANCELABLE_STATES, state=TesState.CANCELED,
-                             log=LogPatch(system_logs=["canceled by the user"]))
+    rec = await store.update(
+        task_id,
+        expected=CANCELABLE_STATES,
+        state=TesState.CANCELED,
+        log=LogPatch(system_logs=["canceled by the user"]),
+    )
     assert rec is not None
     engine.notify_cancel(task_id)
 
 
 async def test_a_task_runs_to_complete_with_its_logs(engine: Engine, store: SqliteTaskStore) -> None:
-    tid = await submit(store, {"executors": [
-        {"image": "alpine", "command": ["sh", "-c", "echo out; echo err >&2"]},
-        {"image": "alpine", "command": ["echo", "second"]}]})
+    tid = await submit(
+        store,
+        {
+            "executors": [
+                {"image": "alpine", "command": ["sh", "-c", "echo out; echo err >&2"]},
+                {"image": "alpine", "command": ["echo", "second"]},
+            ]
+        },
+    )
     rec = await wait_for(store, tid)
     assert rec.state == TesState.COMPLETE
-    assert [(lg.exit_code, lg.stdout, lg.stderr) for lg in rec.log.logs] == [(0, "out\n", "err\n"), (0, "second\n", "")]
+    assert [(lg.exit_code, lg.stdout, lg.stderr) for lg in rec.log.logs] == [
+        (0, "out\n", "err\n"),
+        (0, "second\n", ""),
+    ]
     assert rec.log.start_time and rec.log.end_time
     assert all(lg.start_time and lg.end_time for lg in rec.log.logs)
     assert rec.backend["server"] == "default"
 
 
 async def test_a_failing_executor_ends_in_executor_error(engine: Engine, store: SqliteTaskStore) -> None:
-    tid = await submit(store, {"executors": [{"image": "a", "command": ["sh", "-c", "exit 7"]},
-                                             {"image": "a", "command": ["echo", "never"]}]})
+    tid = await submit(
+        store,
+        {
+            "executors": [
+                {"image": "a", "command": ["sh", "-c", "exit 7"]},
+                {"image": "a", "command": ["echo", "never"]},
+            ]
+        },
+    )
     rec = await wait_for(store, tid)
     assert rec.state == TesState.EXECUTOR_ERROR
     assert [lg.exit_code for lg in rec.log.logs] == [7]
@@ -73,17 +93,34 @@ async def test_content_inputs_reach_the_executor_and_outputs_are_stored(
     engine: Engine, store: SqliteTaskStore, tmp_path: Path
 ) -> None:
     out_dir = tmp_path / "results"
-    tid = await submit(store, {
-        "inputs": [{"path": "/in/data.txt", "content": "payload\n"}],
-        "outputs": [{"path": "/out/copy.txt", "url": f"file://{out_dir}/copy.txt"},
-                    {"path": "/out/dir", "url": f"file://{out_dir}/dir", "type": "DIRECTORY"}],
-        "executors": [{"image": "a", "command": ["sh", "-c",
-                       "cp /in/data.txt /out/copy.txt && mkdir -p /out/dir/s && echo x > /out/dir/s/f"]}]})
+    tid = await submit(
+        store,
+        {
+            "inputs": [{"path": "/in/data.txt", "content": "payload\n"}],
+            "outputs": [
+                {"path": "/out/copy.txt", "url": f"file://{out_dir}/copy.txt"},
+                {"path": "/out/dir", "url": f"file://{out_dir}/dir", "type": "DIRECTORY"},
+            ],
+            "executors": [
+                {
+                    "image": "a",
+                    "command": [
+                        "sh",
+                        "-c",
+                        "cp /in/data.txt /out/copy.txt && mkdir -p /out/dir/s && echo x > /out/dir/s/f",
+                    ],
+                }
+            ],
+        },
+    )
     rec = await wait_for(store, tid)
     assert rec.state == TesState.COMPLETE, rec.log.system_logs
     assert (out_dir / "copy.txt").read_text() == "payload\n"
     assert (out_dir / "dir/s/f").read_text() == "x\n"
-    assert sorted((o.path, o.size_bytes) for o in rec.log.outputs) == [("/out/copy.txt", "8"), ("/out/dir/s/f", "2")]
+    assert sorted((o.path, o.size_bytes) for o in rec.log.outputs) == [
+        ("/out/copy.txt", "8"),
+        ("/out/dir/s/f", "2"),
+    ]
 
 
 async def test_cancel_of_a_running_task_kills_the_process(
@@ -113,8 +150,13 @@ def slow_http() -> Iterator[SlowInputServer]:
 async def test_a_task_cancelled_while_initializing_never_starts(
     engine: Engine, store: SqliteTaskStore, slow_http: SlowInputServer
 ) -> None:
-    tid = await submit(store, {"inputs": [{"path": "/in/x", "url": slow_http.url}],
-                               "executors": [{"image": "a", "command": ["echo", "ran"]}]})
+    tid = await submit(
+        store,
+        {
+            "inputs": [{"path": "/in/x", "url": slow_http.url}],
+            "executors": [{"image": "a", "command": ["echo", "ran"]}],
+        },
+    )
     await asyncio.to_thread(slow_http.requested.wait, 30)
     assert (await store.get(tid)).state == TesState.INITIALIZING  # type: ignore[union-attr]
     await cancel(store, engine, tid)
@@ -159,13 +201,19 @@ async def test_backend_parameter_picks_the_pulsar_server(
     pulsar: LocalPulsar, store: SqliteTaskStore, tmp_path: Path
 ) -> None:
     settings = engine_settings(pulsar.url, tmp_path)
-    settings.pulsar.servers = [type(settings.pulsar.effective_servers()[0])(name=n, url=pulsar.url)
-                               for n in ("first", "second")]
+    settings.pulsar.servers = [
+        type(settings.pulsar.effective_servers()[0])(name=n, url=pulsar.url) for n in ("first", "second")
+    ]
     engine = Engine(settings, store)
     await engine.start()
     try:
-        tid = await submit(store, {"resources": {"backend_parameters": {"PULSAR_SERVER": "second"}},
-                                   "executors": [{"image": "a", "command": ["true"]}]})
+        tid = await submit(
+            store,
+            {
+                "resources": {"backend_parameters": {"PULSAR_SERVER": "second"}},
+                "executors": [{"image": "a", "command": ["true"]}],
+            },
+        )
         rec = await wait_for(store, tid)
     finally:
         await engine.stop()
@@ -191,10 +239,22 @@ async def test_wildcard_outputs_go_below_the_url_without_the_prefix(
     engine: Engine, store: SqliteTaskStore, tmp_path: Path
 ) -> None:
     out = tmp_path / "globbed"
-    tid = await submit(store, {
-        "outputs": [{"path": "/out/*.txt", "url": f"file://{out}", "path_prefix": "/out/"}],
-        "executors": [{"image": "a", "command": [
-            "sh", "-c", "mkdir -p /out && echo a > /out/a.txt && echo b > /out/b.txt && echo no > /out/c.log"]}]})
+    tid = await submit(
+        store,
+        {
+            "outputs": [{"path": "/out/*.txt", "url": f"file://{out}", "path_prefix": "/out/"}],
+            "executors": [
+                {
+                    "image": "a",
+                    "command": [
+                        "sh",
+                        "-c",
+                        "mkdir -p /out && echo a > /out/a.txt && echo b > /out/b.txt && echo no > /out/c.log",
+                    ],
+                }
+            ],
+        },
+    )
     rec = await wait_for(store, tid)
     assert rec.state == TesState.COMPLETE, rec.log.system_logs
     assert sorted(p.name for p in out.iterdir()) == ["a.txt", "b.txt"]
@@ -204,7 +264,9 @@ async def test_wildcard_outputs_go_below_the_url_without_the_prefix(
 async def test_an_unsafe_path_ends_in_system_error_before_anything_runs(
     engine: Engine, store: SqliteTaskStore
 ) -> None:
-    tid = await submit(store, {"volumes": ["/data/../etc"], "executors": [{"image": "a", "command": ["true"]}]})
+    tid = await submit(
+        store, {"volumes": ["/data/../etc"], "executors": [{"image": "a", "command": ["true"]}]}
+    )
     rec = await wait_for(store, tid)
     assert rec.state == TesState.SYSTEM_ERROR
     assert any("'..'" in line for line in rec.log.system_logs or [])
@@ -219,10 +281,18 @@ async def test_url_inputs_files_and_directories_are_placed_at_their_paths(
     (src / "one.txt").write_text("one\n")
     (src / "dir" / "a.txt").write_text("a\n")
     (src / "dir" / "sub" / "b.txt").write_text("b\n")
-    tid = await submit(store, {
-        "inputs": [{"path": "/in/one.txt", "url": f"file://{src}/one.txt"},
-                   {"path": "/in/tree", "url": f"file://{src}/dir", "type": "DIRECTORY"}],
-        "executors": [{"image": "a", "command": ["sh", "-c", "cat /in/one.txt /in/tree/a.txt /in/tree/sub/b.txt"]}]})
+    tid = await submit(
+        store,
+        {
+            "inputs": [
+                {"path": "/in/one.txt", "url": f"file://{src}/one.txt"},
+                {"path": "/in/tree", "url": f"file://{src}/dir", "type": "DIRECTORY"},
+            ],
+            "executors": [
+                {"image": "a", "command": ["sh", "-c", "cat /in/one.txt /in/tree/a.txt /in/tree/sub/b.txt"]}
+            ],
+        },
+    )
     rec = await wait_for(store, tid)
     assert rec.state == TesState.COMPLETE, rec.log.system_logs
     assert rec.log.logs[0].stdout == "one\na\nb\n"

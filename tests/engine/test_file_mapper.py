@@ -17,7 +17,9 @@ def roots(t: TesTask, map_workdirs: bool = True) -> list[str]:
 
 
 def test_a_file_is_mounted_through_its_directory() -> None:
-    t = task(inputs=[{"path": "/data/in/a.txt", "content": "x"}], outputs=[{"path": "/data/out.txt", "url": "u"}])
+    t = task(
+        inputs=[{"path": "/data/in/a.txt", "content": "x"}], outputs=[{"path": "/data/out.txt", "url": "u"}]
+    )
     assert roots(t) == ["/data"]
 
 
@@ -56,8 +58,13 @@ def test_the_mapper_exposes_the_plan_it_maps() -> None:
 
 
 def test_std_streams_are_mapped() -> None:
-    t = TesTask.model_validate({"executors": [
-        {"image": "i", "command": ["cat"], "stdin": "/in/x", "stdout": "/out/o", "stderr": "/out/e"}]})
+    t = TesTask.model_validate(
+        {
+            "executors": [
+                {"image": "i", "command": ["cat"], "stdin": "/in/x", "stdout": "/out/o", "stderr": "/out/e"}
+            ]
+        }
+    )
     assert roots(t) == ["/in", "/out"]
 
 
@@ -68,7 +75,8 @@ def test_wildcard_output_mounts_its_fixed_base() -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["relative/x", "/data/../etc/passwd", "/a:b", "/a,b", "/x\ny", "/"],
+    "path",
+    ["relative/x", "/data/../etc/passwd", "/a:b", "/a,b", "/x\ny", "/"],
 )
 def test_unsafe_paths_are_refused(path: str) -> None:
     with pytest.raises(PathError):

@@ -17,7 +17,9 @@ def _inline(stdout: str) -> bytes | None:
 
 
 def test_the_script_prints_the_same_logs_it_packs(tmp_path: Path) -> None:
-    proc, job, _task = run_job(tmp_path, {"executors": [{"image": "alpine", "command": ["sh", "-c", "echo hi; exit 3"]}]})
+    proc, job, _task = run_job(
+        tmp_path, {"executors": [{"image": "alpine", "command": ["sh", "-c", "echo hi; exit 3"]}]}
+    )
     packed = _inline(proc.stdout)
     assert packed == (job / "working" / META_TAR).read_bytes()
     log = read_results(packed, 1).executor_logs[0]

@@ -28,10 +28,23 @@ def test_local_runs_a_task_and_stops_its_pulsar(tmp_path: Path) -> None:
     env["CONTAINER_TYPE"] = "bwrap"  # podman or docker may work here, but with no image to run
     log_file = tmp_path / "local.log"
     with log_file.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "tesp_api", "local", "--port", str(port),
-                                 "--state-dir", str(tmp_path / "state")],
-                                cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                preexec_fn=die_with_parent)  # noqa: PLW1509 - one C call, see die_with_parent.py
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tesp_api",
+                "local",
+                "--port",
+                str(port),
+                "--state-dir",
+                str(tmp_path / "state"),
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )  # noqa: PLW1509 - one C call, see die_with_parent.py
     api = f"http://127.0.0.1:{port}/ga4gh/tes/v1"
     try:
         deadline = time.monotonic() + 240  # generous: a loaded machine starts slowly
@@ -44,11 +57,12 @@ def test_local_runs_a_task_and_stops_its_pulsar(tmp_path: Path) -> None:
                 pass
             assert time.monotonic() < deadline, log_file.read_text()
             time.sleep(0.2)
-        task_id = httpx.post(f"{api}/tasks", json={"executors": [{"image": "alpine", "command": ["echo", "hi"]}]},
-                             timeout=10).json()["id"]
-        while (task := httpx.get(f"{api}/tasks/{task_id}", params={"view": "FULL"}, timeout=10).json())["state"] in (
-            "QUEUED", "INITIALIZING", "RUNNING"
-        ):
+        task_id = httpx.post(
+            f"{api}/tasks", json={"executors": [{"image": "alpine", "command": ["echo", "hi"]}]}, timeout=10
+        ).json()["id"]
+        while (task := httpx.get(f"{api}/tasks/{task_id}", params={"view": "FULL"}, timeout=10).json())[
+            "state"
+        ] in ("QUEUED", "INITIALIZING", "RUNNING"):
             assert time.monotonic() < deadline + 120
             time.sleep(0.1)
         assert task["state"] == "COMPLETE"

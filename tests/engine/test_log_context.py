@@ -31,7 +31,9 @@ from tests.services.pulsar import LocalPulsar
 
 pytestmark = pytest.mark.pulsar
 
-TEXT_LINE = re.compile(r"^\S+ \S+ (?P<level>[A-Z]+) (?P<logger>\S+): (?:\[(?P<context>[^\]]*)\] )?(?P<message>.*)$")
+TEXT_LINE = re.compile(
+    r"^\S+ \S+ (?P<level>[A-Z]+) (?P<logger>\S+): (?:\[(?P<context>[^\]]*)\] )?(?P<message>.*)$"
+)
 
 
 @pytest.fixture
@@ -95,7 +97,9 @@ async def test_every_line_written_while_a_task_is_driven_names_the_task_worker_a
     entries = parse(buffer.getvalue(), output_json)
     about_task = [e for e in entries if tid in e["message"] or e["logger"] == "tesp_api.engine.driver"]
     # the driver's own end line and httpx's lines on the Pulsar job (code that knows nothing of tasks)
-    assert any(e["logger"] == "tesp_api.engine.driver" and e["message"] == "COMPLETE, done" for e in about_task)
+    assert any(
+        e["logger"] == "tesp_api.engine.driver" and e["message"] == "COMPLETE, done" for e in about_task
+    )
     assert any(e["logger"] == "httpx" for e in about_task)
     for e in about_task:
         assert e.get("task_id") == tid, e
@@ -107,7 +111,9 @@ async def test_two_tasks_driven_at_once_keep_their_own_ids(
     engine: Engine, store: SqliteTaskStore, configured_output: Any
 ) -> None:
     buffer = configured_output(True)
-    a, b = [await submit(store, {"executors": [{"image": "a", "command": ["sleep", "0.3"]}]}) for _ in range(2)]
+    a, b = [
+        await submit(store, {"executors": [{"image": "a", "command": ["sleep", "0.3"]}]}) for _ in range(2)
+    ]
     await asyncio.gather(wait_for(store, a), wait_for(store, b))
     entries = parse(buffer.getvalue(), True)
     for tid, other in ((a, b), (b, a)):
@@ -157,7 +163,9 @@ def test_the_served_apis_request_lines_carry_no_stale_task_id(tmp_path: Path, pu
     server.start()
     api = server.url + "/ga4gh/tes/v1"
     try:
-        tid = httpx.post(f"{api}/tasks", json={"executors": [{"image": "a", "command": ["echo", "x"]}]}).json()["id"]
+        tid = httpx.post(
+            f"{api}/tasks", json={"executors": [{"image": "a", "command": ["echo", "x"]}]}
+        ).json()["id"]
         assert wait_final(api, tid)["state"] == "COMPLETE"
         assert httpx.get(f"{api}/tasks/{tid}").status_code == 200  # after the driver ended
         assert httpx.get(f"{api}/service-info").status_code == 200
@@ -191,7 +199,9 @@ async def test_the_amqp_consumer_started_inside_a_task_does_not_name_that_task_f
     buffer = configured_output(True)
     queues = PulsarQueues.for_manager(amqp_key_prefix=rabbitmq.unique_prefix("lc"))
     staging = StagingServer(tmp_path / "received", StagingTokens(b"k" * 32, ttl=60))
-    backend = AmqpBackend("default", rabbitmq.URL, queues, staging, options=AmqpClientOptions(reconcile_after=3600))
+    backend = AmqpBackend(
+        "default", rabbitmq.URL, queues, staging, options=AmqpClientOptions(reconcile_after=3600)
+    )
     try:
         with log_context.bound(task_id="first-task", worker_id="w", pulsar_server="default"):
             await backend.start()

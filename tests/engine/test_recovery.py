@@ -25,18 +25,27 @@ pytestmark = pytest.mark.pulsar
 TASK = {"executors": [{"image": "a", "command": ["echo", "once"]}]}
 
 
-async def left_by_a_dead_worker(store: SqliteTaskStore, pulsar: LocalPulsar, *, submitted: bool,
-                                state: TesState) -> str:
+async def left_by_a_dead_worker(
+    store: SqliteTaskStore, pulsar: LocalPulsar, *, submitted: bool, state: TesState
+) -> str:
     """Create the task and do by hand what a worker did before it died: prepare the Pulsar job
     (and submit it when ``submitted``), leaving the store in ``state``."""
     task_id = await submit(store, TASK)
     rec = await store.get(task_id)
     assert rec is not None
-    job = build_job_spec(rec.task, task_id, BwrapRuntime(), FileMapper(rec.task, map_workdirs=True), [],
-                         tail_bytes=1000)
-    spec = JobSpec(task_id, SCRIPT_NAME, [JobFile(SCRIPT_NAME, "tool", data=runner_source()),
-                                          JobFile(SPEC_NAME, "tool", data=spec_bytes(job))],
-                   interpreter=("python3", "-I", "-S"), script_args=(SPEC_NAME,))
+    job = build_job_spec(
+        rec.task, task_id, BwrapRuntime(), FileMapper(rec.task, map_workdirs=True), [], tail_bytes=1000
+    )
+    spec = JobSpec(
+        task_id,
+        SCRIPT_NAME,
+        [
+            JobFile(SCRIPT_NAME, "tool", data=runner_source()),
+            JobFile(SPEC_NAME, "tool", data=spec_bytes(job)),
+        ],
+        interpreter=("python3", "-I", "-S"),
+        script_args=(SPEC_NAME,),
+    )
     client = RestBackend("default", pulsar.url)
     try:
         await client.prepare(spec)
@@ -46,11 +55,19 @@ async def left_by_a_dead_worker(store: SqliteTaskStore, pulsar: LocalPulsar, *, 
                 await asyncio.sleep(0.05)
     finally:
         await client.aclose()
-    await store.update(task_id, expected=frozenset({TesState.QUEUED}), state=TesState.INITIALIZING,
-                       backend={"server": "default", "job_id": task_id})
+    await store.update(
+        task_id,
+        expected=frozenset({TesState.QUEUED}),
+        state=TesState.INITIALIZING,
+        backend={"server": "default", "job_id": task_id},
+    )
     if state == TesState.RUNNING:
-        await store.update(task_id, expected=frozenset({TesState.INITIALIZING}), state=TesState.RUNNING,
-                           backend={"submitting": True})
+        await store.update(
+            task_id,
+            expected=frozenset({TesState.INITIALIZING}),
+            state=TesState.RUNNING,
+            backend={"submitting": True},
+        )
     return task_id
 
 

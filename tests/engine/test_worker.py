@@ -45,14 +45,23 @@ def test_a_separate_worker_runs_tasks_and_sees_cancels(pulsar: LocalPulsar, tmp_
     api_server.start()
     env = {**api_server.env, "TESP_API_ENGINE__ENABLED": "true"}
     with (tmp_path / "worker.log").open("wb") as log:
-        worker = subprocess.Popen([sys.executable, "-m", "tesp_api", "worker"], cwd=tmp_path, env=env,
-                                  stdout=log, stderr=subprocess.STDOUT)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "tesp_api", "worker"],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     api = api_server.url + "/ga4gh/tes/v1"
     try:
-        ok = httpx.post(f"{api}/tasks", json={"executors": [{"image": "a", "command": ["echo", "w"]}]}).json()["id"]
+        ok = httpx.post(
+            f"{api}/tasks", json={"executors": [{"image": "a", "command": ["echo", "w"]}]}
+        ).json()["id"]
         assert wait_state(api, ok, {"COMPLETE"})["logs"][0]["logs"][0]["stdout"] == "w\n"  # type: ignore[index]
         marker = f"297.{random.randint(10**8, 10**9)}"
-        slow = httpx.post(f"{api}/tasks", json={"executors": [{"image": "a", "command": ["sleep", marker]}]}).json()["id"]
+        slow = httpx.post(
+            f"{api}/tasks", json={"executors": [{"image": "a", "command": ["sleep", marker]}]}
+        ).json()["id"]
         wait_state(api, slow, {"RUNNING"})
         deadline = time.monotonic() + 30
         while not processes_with(marker):

@@ -53,7 +53,9 @@ def _broker() -> None:
 
 
 def _ctl(*args: str) -> None:
-    done = subprocess.run([rabbitmq.RABBITMQCTL, *args], capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [rabbitmq.RABBITMQCTL, *args], capture_output=True, text=True, timeout=60, check=False
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -215,10 +217,7 @@ def counting_job(job_id: str, root: Path) -> JobSpec:
     """Appends a line to ``runs`` each time it runs and copies its input to an output."""
     source = root / "in-0"
     source.write_text("payload\n")
-    script = (
-        f"echo run >> {root / 'runs'}\n"
-        'cp "$(dirname "$0")/../inputs/in-0" result.txt\n'
-    )
+    script = f'echo run >> {root / "runs"}\ncp "$(dirname "$0")/../inputs/in-0" result.txt\n'
     return JobSpec(
         job_id=job_id,
         script_name="tes-job.sh",
@@ -256,7 +255,9 @@ async def test_a_setup_never_sent_before_a_restart_is_reported_unsubmitted_then_
     assert (tmp_path / "runs").read_text() == "run\n"
 
 
-async def test_a_job_pulsar_knows_is_not_sent_again_after_a_restart(pulsar: PulsarAmqp, tmp_path: Path) -> None:
+async def test_a_job_pulsar_knows_is_not_sent_again_after_a_restart(
+    pulsar: PulsarAmqp, tmp_path: Path
+) -> None:
     service = Service(tmp_path, pulsar)
     job_id = str(uuid.uuid4())
     spec = counting_job(job_id, tmp_path)

@@ -41,12 +41,15 @@ async def _wait_final(client: RestBackend, job_id: str) -> str:
     raise AssertionError("job never ended")
 
 
-async def test_a_job_is_prepared_submitted_fetched_and_cleaned(client: RestBackend, tmp_path: Path,
-                                                               pulsar: LocalPulsar) -> None:
+async def test_a_job_is_prepared_submitted_fetched_and_cleaned(
+    client: RestBackend, tmp_path: Path, pulsar: LocalPulsar
+) -> None:
     big = tmp_path / "big.bin"
     big.write_bytes(b"x" * (3 * 1024 * 1024 + 5))
     script = b'cp "$(dirname "$0")/../inputs/big.bin" result.bin; echo done\n'
-    spec = JobSpec("job-1", "s.sh", [JobFile("s.sh", "tool", data=script), JobFile("big.bin", "input", source=big)])
+    spec = JobSpec(
+        "job-1", "s.sh", [JobFile("s.sh", "tool", data=script), JobFile("big.bin", "input", source=big)]
+    )
     await client.prepare(spec)
     await client.prepare(spec)  # idempotent: a retried setup after a crash
     assert (await client.status("job-1")).status == "preprocessing"

@@ -23,7 +23,9 @@ pytestmark = pytest.mark.pulsar
 
 @pytest.fixture(scope="module")
 def pulsar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPulsar]:
-    server = LocalPulsar(tmp_path_factory.mktemp("pulsar-uds"), private_token=new_private_token(), unix_socket=True)
+    server = LocalPulsar(
+        tmp_path_factory.mktemp("pulsar-uds"), private_token=new_private_token(), unix_socket=True
+    )
     server.start()
     try:
         yield server
@@ -33,9 +35,18 @@ def pulsar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPulsar]:
 
 @pytest.fixture
 async def client(pulsar: LocalPulsar) -> AsyncIterator[RestBackend]:
-    backend = build_backends(Settings.model_validate({
-        "pulsar": {"url": pulsar.url, "uds": pulsar.uds, "private_token": pulsar.private_token, "retries": 1},
-    }))["default"]
+    backend = build_backends(
+        Settings.model_validate(
+            {
+                "pulsar": {
+                    "url": pulsar.url,
+                    "uds": pulsar.uds,
+                    "private_token": pulsar.private_token,
+                    "retries": 1,
+                },
+            }
+        )
+    )["default"]
     assert isinstance(backend, RestBackend)
     yield backend
     await backend.aclose()

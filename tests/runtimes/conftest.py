@@ -56,11 +56,17 @@ def real_runtime(request: pytest.FixtureRequest) -> RealRuntime:
         return RealRuntime("bwrap", {"type": "bwrap"}, has_images=False, has_cgroup_limits=False)
     if kind == "docker":
         daemon: DockerDaemon = request.getfixturevalue("docker_daemon")
-        return RealRuntime("docker", _container_settings("docker", daemon.client, daemon.env),
-                           container_names=daemon.container_names)
+        return RealRuntime(
+            "docker",
+            _container_settings("docker", daemon.client, daemon.env),
+            container_names=daemon.container_names,
+        )
     store: PodmanStore = request.getfixturevalue("podman_store")
-    return RealRuntime("podman", _container_settings("podman", store.binary, store.env),
-                       container_names=store.container_names)
+    return RealRuntime(
+        "podman",
+        _container_settings("podman", store.binary, store.env),
+        container_names=store.container_names,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -80,13 +86,20 @@ def runtime_settings(pulsar_url: str, tmp: Path, runtime: dict[str, Any]) -> Set
     transfer: dict[str, Any] = {"allowed_dirs": [str(tmp)]}
     if "allowed_hosts" in TransferSettings.model_fields:  # loopback test servers are re-allowed explicitly
         transfer["allowed_hosts"] = ["127.0.0.1"]
-    return Settings.model_validate({
-        "pulsar": {"url": pulsar_url, "status": {"poll_interval": 0.2}, "retries": 1, "unreachable_deadline": 5},
-        "engine": {"work_dir": str(tmp / "work"), "claim_interval": 0.1, "lease_seconds": 10},
-        "runtime": runtime,
-        "transfer": transfer,
-        "db": {"sqlite_path": str(tmp / "tasks.sqlite3")},
-    })
+    return Settings.model_validate(
+        {
+            "pulsar": {
+                "url": pulsar_url,
+                "status": {"poll_interval": 0.2},
+                "retries": 1,
+                "unreachable_deadline": 5,
+            },
+            "engine": {"work_dir": str(tmp / "work"), "claim_interval": 0.1, "lease_seconds": 10},
+            "runtime": runtime,
+            "transfer": transfer,
+            "db": {"sqlite_path": str(tmp / "tasks.sqlite3")},
+        }
+    )
 
 
 @pytest.fixture

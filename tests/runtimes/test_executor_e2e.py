@@ -51,11 +51,17 @@ async def test_content_and_url_inputs_reach_the_executor(
     name = f"in-{random.randint(10**8, 10**9)}.txt"
     (web.root / name).write_text("from the web\n")
     out = tmp_path / "results"
-    tid = await submit(store, {
-        "inputs": [{"path": "/in/content.txt", "content": "inline\n"},
-                   {"path": "/in/sub/web.txt", "url": f"{web.base_url}/{name}"}],
-        "outputs": [{"path": "/out/both.txt", "url": f"file://{out}/both.txt"}],
-        "executors": [one(real_runtime, "cat /in/content.txt /in/sub/web.txt > /out/both.txt")]})
+    tid = await submit(
+        store,
+        {
+            "inputs": [
+                {"path": "/in/content.txt", "content": "inline\n"},
+                {"path": "/in/sub/web.txt", "url": f"{web.base_url}/{name}"},
+            ],
+            "outputs": [{"path": "/out/both.txt", "url": f"file://{out}/both.txt"}],
+            "executors": [one(real_runtime, "cat /in/content.txt /in/sub/web.txt > /out/both.txt")],
+        },
+    )
     rec = await wait_for(store, tid)
     assert rec.state == TesState.COMPLETE, logs_of(rec)
     assert (out / "both.txt").read_text() == "inline\nfrom the web\n"
@@ -65,26 +71,49 @@ async def test_file_directory_and_wildcard_outputs_are_collected(
     engine: Engine, store: SqliteTaskStore, real_runtime: RealRuntime, tmp_path: Path
 ) -> None:
     out = tmp_path / "results"
-    tid = await submit(store, {
-        "outputs": [{"path": "/out/f.txt", "url": f"file://{out}/f.txt"},
-                    {"path": "/out/dir", "url": f"file://{out}/dir", "type": "DIRECTORY"},
-                    {"path": "/out/w/*.txt", "url": f"file://{out}/w", "path_prefix": "/out/w/"}],
-        "executors": [one(real_runtime, "echo f > /out/f.txt && mkdir -p /out/dir/s /out/w && echo d > /out/dir/s/d"
-                          " && echo a > /out/w/a.txt && echo b > /out/w/b.txt && echo no > /out/w/c.log")]})
+    tid = await submit(
+        store,
+        {
+            "outputs": [
+                {"path": "/out/f.txt", "url": f"file://{out}/f.txt"},
+                {"path": "/out/dir", "url": f"file://{out}/dir", "type": "DIRECTORY"},
+                {"path": "/out/w/*.txt", "url": f"file://{out}/w", "path_prefix": "/out/w/"},
+            ],
+            "executors": [
+                one(
+                    real_runtime,
+                    "echo f > /out/f.txt && mkdir -p /out/dir/s /out/w && echo d > /out/dir/s/d"
+                    " && echo a > /out/w/a.txt && echo b > /out/w/b.txt && echo no > /out/w/c.log",
+                )
+            ],
+        },
+    )
     rec = await wait_for(store, tid)
     assert rec.state == TesState.COMPLETE, logs_of(rec)
     assert (out / "f.txt").read_text() == "f\n"
     assert (out / "dir/s/d").read_text() == "d\n"
     assert sorted(p.name for p in (out / "w").iterdir()) == ["a.txt", "b.txt"]
-    assert sorted(o.path for o in rec.log.outputs) == ["/out/dir/s/d", "/out/f.txt", "/out/w/a.txt", "/out/w/b.txt"]
+    assert sorted(o.path for o in rec.log.outputs) == [
+        "/out/dir/s/d",
+        "/out/f.txt",
+        "/out/w/a.txt",
+        "/out/w/b.txt",
+    ]
 
 
 async def test_a_volume_is_shared_between_executors(
     engine: Engine, store: SqliteTaskStore, real_runtime: RealRuntime
 ) -> None:
-    tid = await submit(store, {"volumes": ["/shared"], "executors": [
-        one(real_runtime, "echo from-first > /shared/x"),
-        one(real_runtime, "cat /shared/x")]})
+    tid = await submit(
+        store,
+        {
+            "volumes": ["/shared"],
+            "executors": [
+                one(real_runtime, "echo from-first > /shared/x"),
+                one(real_runtime, "cat /shared/x"),
+            ],
+        },
+    )
     rec = await wait_for(store, tid)
     assert rec.state == TesState.COMPLETE, logs_of(rec)
     assert rec.log.logs[1].stdout == "from-first\n"
@@ -104,8 +133,16 @@ async def test_the_executor_starts_in_its_workdir(
 async def test_env_values_reach_the_executor_verbatim(
     engine: Engine, store: SqliteTaskStore, real_runtime: RealRuntime
 ) -> None:
-    tid = await submit(store, {"executors": [one(
-        real_runtime, 'printf "[%s][%s]" "$A" "$B"', env={"A": "x y", "B": "$HOME;'q' `id` a=b,c"})]})
+    tid = await submit(
+        store,
+        {
+            "executors": [
+                one(
+                    real_runtime, 'printf "[%s][%s]" "$A" "$B"', env={"A": "x y", "B": "$HOME;'q' `id` a=b,c"}
+                )
+            ]
+        },
+    )
     rec = await wait_for(store, tid)
     assert rec.state == TesState.COMPLETE, logs_of(rec)
     assert rec.log.logs[0].stdout == "[x y][$HOME;'q' `id` a=b,c]"
@@ -115,12 +152,25 @@ async def test_stdin_stdout_and_stderr_are_files_in_the_task(
     engine: Engine, store: SqliteTaskStore, real_runtime: RealRuntime, tmp_path: Path
 ) -> None:
     out = tmp_path / "results"
-    tid = await submit(store, {
-        "inputs": [{"path": "/in/lines", "content": "b\na\n"}],
-        "outputs": [{"path": "/out/sorted", "url": f"file://{out}/sorted"},
-                    {"path": "/out/err", "url": f"file://{out}/err"}],
-        "executors": [{"image": real_runtime.image, "command": ["sh", "-c", "sort; echo oops >&2"],
-                       "stdin": "/in/lines", "stdout": "/out/sorted", "stderr": "/out/err"}]})
+    tid = await submit(
+        store,
+        {
+            "inputs": [{"path": "/in/lines", "content": "b\na\n"}],
+            "outputs": [
+                {"path": "/out/sorted", "url": f"file://{out}/sorted"},
+                {"path": "/out/err", "url": f"file://{out}/err"},
+            ],
+            "executors": [
+                {
+                    "image": real_runtime.image,
+                    "command": ["sh", "-c", "sort; echo oops >&2"],
+                    "stdin": "/in/lines",
+                    "stdout": "/out/sorted",
+                    "stderr": "/out/err",
+                }
+            ],
+        },
+    )
     rec = await wait_for(store, tid)
     assert rec.state == TesState.COMPLETE, logs_of(rec)
     assert (out / "sorted").read_text() == "a\nb\n"
@@ -130,8 +180,9 @@ async def test_stdin_stdout_and_stderr_are_files_in_the_task(
 async def test_ignore_error_lets_the_next_executor_run(
     engine: Engine, store: SqliteTaskStore, real_runtime: RealRuntime
 ) -> None:
-    tid = await submit(store, {"executors": [one(real_runtime, "exit 3", ignore_error=True),
-                                             one(real_runtime, "echo next")]})
+    tid = await submit(
+        store, {"executors": [one(real_runtime, "exit 3", ignore_error=True), one(real_runtime, "echo next")]}
+    )
     rec = await wait_for(store, tid)
     assert rec.state == TesState.COMPLETE, logs_of(rec)
     assert [(lg.exit_code, lg.stdout) for lg in rec.log.logs] == [(3, ""), (0, "next\n")]
@@ -149,7 +200,9 @@ async def test_a_failing_executor_stops_the_task_with_executor_error(
 async def test_a_command_not_found_is_an_executor_error_with_exit_127(
     engine: Engine, store: SqliteTaskStore, real_runtime: RealRuntime
 ) -> None:
-    tid = await submit(store, {"executors": [{"image": real_runtime.image, "command": ["no-such-command-here"]}]})
+    tid = await submit(
+        store, {"executors": [{"image": real_runtime.image, "command": ["no-such-command-here"]}]}
+    )
     rec = await wait_for(store, tid)
     assert rec.state == TesState.EXECUTOR_ERROR, logs_of(rec)
     assert [lg.exit_code for lg in rec.log.logs] == [127]
@@ -190,8 +243,12 @@ async def test_cancel_removes_the_running_container_within_2_seconds(
     while name not in await asyncio.to_thread(real_runtime.container_names):
         assert loop.time() < deadline, f"container {name} never started"
         await asyncio.sleep(0.1)
-    rec = await store.update(tid, expected=CANCELABLE_STATES, state=TesState.CANCELED,
-                             log=LogPatch(system_logs=["canceled by the user"]))  # what the API does
+    rec = await store.update(
+        tid,
+        expected=CANCELABLE_STATES,
+        state=TesState.CANCELED,
+        log=LogPatch(system_logs=["canceled by the user"]),
+    )  # what the API does
     assert rec is not None
     cancelled_at = time.monotonic()
     engine.notify_cancel(tid)
@@ -209,10 +266,19 @@ async def test_cpu_cores_and_ram_gb_are_cgroup_limits_of_the_container(
 ) -> None:
     if not real_runtime.has_cgroup_limits:
         pytest.skip(f"{real_runtime.kind} sets no cgroup limits")
-    tid = await submit(store, {
-        "resources": {"cpu_cores": 1, "ram_gb": 0.25},
-        "executors": [one(real_runtime, "cat /sys/fs/cgroup/memory/memory.limit_in_bytes"
-                                        " /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_period_us")]})
+    tid = await submit(
+        store,
+        {
+            "resources": {"cpu_cores": 1, "ram_gb": 0.25},
+            "executors": [
+                one(
+                    real_runtime,
+                    "cat /sys/fs/cgroup/memory/memory.limit_in_bytes"
+                    " /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_period_us",
+                )
+            ],
+        },
+    )
     rec = await wait_for(store, tid)
     assert rec.state == TesState.COMPLETE, logs_of(rec)
     memory, quota, period = (int(v) for v in stdout_of(rec).split())
@@ -275,8 +341,12 @@ async def test_each_runtime_gets_only_its_own_extra_args(
 ) -> None:
     """``docker_args``/``podman_args``/``bwrap_args`` are set at once (as an operator whose auto may
     pick any of them would): the runtime in use applies its own and never sees the others'."""
-    runtime = {**real_runtime.settings, "docker_args": ["--hostname", "docker-host"],
-               "podman_args": ["--hostname", "podman-host"], "bwrap_args": ["--hostname", "bwrap-host"]}
+    runtime = {
+        **real_runtime.settings,
+        "docker_args": ["--hostname", "docker-host"],
+        "podman_args": ["--hostname", "podman-host"],
+        "bwrap_args": ["--hostname", "bwrap-host"],
+    }
     engine = Engine(runtime_settings(pulsar.url, tmp_path, runtime), store)
     await engine.start()
     try:

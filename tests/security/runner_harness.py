@@ -27,17 +27,32 @@ def parse_capeff(stdout: str) -> int:
     return int(stdout.split(":", 1)[1].strip(), 16)
 
 
-def run_task(tmp: Path, task: dict[str, Any], *, settings: RuntimeSettings | None = None,
-             inputs: dict[str, bytes] | None = None, placed: list[Any] | None = None,
-             timeout: float = 60) -> tuple[subprocess.CompletedProcess[str], Path, JobResults]:
+def run_task(
+    tmp: Path,
+    task: dict[str, Any],
+    *,
+    settings: RuntimeSettings | None = None,
+    inputs: dict[str, bytes] | None = None,
+    placed: list[Any] | None = None,
+    timeout: float = 60,
+) -> tuple[subprocess.CompletedProcess[str], Path, JobResults]:
     from tesp_api.engine.runtimes import build_runtime
 
     settings = settings or RuntimeSettings(type="bwrap")
     job, t = write_job(tmp, task, inputs, placed, runtime=build_runtime(settings), settings=settings)
-    proc = subprocess.run(runner_argv(job), cwd=job / "working", capture_output=True, text=True,
-                          timeout=timeout, check=False, env={"PATH": os.environ["PATH"]})
+    proc = subprocess.run(
+        runner_argv(job),
+        cwd=job / "working",
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={"PATH": os.environ["PATH"]},
+    )
     packed = job / "working" / "tes-meta.tar"
-    results = read_results(packed, len(t.executors)) if packed.exists() else JobResults({}, [])  # setup failed
+    results = (
+        read_results(packed, len(t.executors)) if packed.exists() else JobResults({}, [])
+    )  # setup failed
     return proc, job, results
 
 

@@ -49,13 +49,29 @@ def with_executor(**fields: Any) -> dict[str, Any]:
 async def test_the_issue_option_injection_through_image_is_400(
     client: httpx.AsyncClient, store: SqliteTaskStore
 ) -> None:
-    body = {"executors": [{"image": "--privileged", "command": ["-v", "/:/host", "alpine", "chroot", "/host", "id"]}]}
+    body = {
+        "executors": [
+            {"image": "--privileged", "command": ["-v", "/:/host", "alpine", "chroot", "/host", "id"]}
+        ]
+    }
     await refused(client, store, body, "executors[0].image", "--privileged")
 
 
 @pytest.mark.parametrize(
-    "image", ["-v", "--rm", "-e=X", "--volume=/:/host", "--privileged=true", " --privileged", "alpine --privileged",
-              "alpine\n--privileged", "docker://--privileged", "-", "Alpine"],
+    "image",
+    [
+        "-v",
+        "--rm",
+        "-e=X",
+        "--volume=/:/host",
+        "--privileged=true",
+        " --privileged",
+        "alpine --privileged",
+        "alpine\n--privileged",
+        "docker://--privileged",
+        "-",
+        "Alpine",
+    ],
 )
 async def test_option_like_or_malformed_images_are_400(
     client: httpx.AsyncClient, store: SqliteTaskStore, image: str
@@ -71,8 +87,20 @@ async def test_option_like_or_separator_executor_paths_are_400(
     await refused(client, store, with_executor(**{field: value}), f"executors[0].{field}")
 
 
-@pytest.mark.parametrize("volume", ["--privileged", "-v", "/:/host", "/data:/host:rw", "/a,readonly=false", "/",
-                                    "/usr", "/etc", "/proc/sys"])
+@pytest.mark.parametrize(
+    "volume",
+    [
+        "--privileged",
+        "-v",
+        "/:/host",
+        "/data:/host:rw",
+        "/a,readonly=false",
+        "/",
+        "/usr",
+        "/etc",
+        "/proc/sys",
+    ],
+)
 async def test_option_like_separator_or_system_volumes_are_400(
     client: httpx.AsyncClient, store: SqliteTaskStore, volume: str
 ) -> None:
@@ -84,8 +112,8 @@ DOTDOT_FORMS = ["/a/../b", "/a/..", "/..", "/../etc/passwd", "/a/b/../../../etc"
 
 @pytest.mark.parametrize(
     ("where", "path"),
-    [("volumes", p) for p in DOTDOT_FORMS] + [(w, DOTDOT_FORMS[1]) for w in ("inputs", "outputs", "workdir", "stdout",
-                                                                              "stdin")],
+    [("volumes", p) for p in DOTDOT_FORMS]
+    + [(w, DOTDOT_FORMS[1]) for w in ("inputs", "outputs", "workdir", "stdout", "stdin")],
 )
 async def test_dotdot_in_every_form_is_400(
     client: httpx.AsyncClient, store: SqliteTaskStore, path: str, where: str
@@ -102,11 +130,17 @@ async def test_dotdot_in_every_form_is_400(
     await refused(client, store, body, field, "..")
 
 
-@pytest.mark.parametrize("escaped", [r"/a/\u002e\u002e/b", r"/a/.\u002e", r"/\u002E\u002E/etc", r"/a\u002f..\u002fb"])
-async def test_json_escaped_dotdot_is_400(client: httpx.AsyncClient, store: SqliteTaskStore, escaped: str) -> None:
+@pytest.mark.parametrize(
+    "escaped", [r"/a/\u002e\u002e/b", r"/a/.\u002e", r"/\u002E\u002E/etc", r"/a\u002f..\u002fb"]
+)
+async def test_json_escaped_dotdot_is_400(
+    client: httpx.AsyncClient, store: SqliteTaskStore, escaped: str
+) -> None:
     """JSON escapes are decoded before any check: ``\\u002e\\u002e`` is ``..``."""
     text = '{"executors": [{"image": "alpine", "command": ["true"]}], "volumes": ["' + escaped + '"]}'
-    response = await client.post(f"{BASE}/tasks", content=text.encode(), headers={"content-type": "application/json"})
+    response = await client.post(
+        f"{BASE}/tasks", content=text.encode(), headers={"content-type": "application/json"}
+    )
     assert_tes_error(response, 400, "volumes[0]", "..")
     assert await store.count() == 0
 
@@ -141,15 +175,23 @@ async def test_env_values_that_would_break_an_env_file_are_400(
     await refused(client, store, with_executor(env={"K": value}), "executors[0].env.K")
 
 
-async def test_a_wildcard_output_in_a_system_directory_is_400(client: httpx.AsyncClient, store: SqliteTaskStore) -> None:
+async def test_a_wildcard_output_in_a_system_directory_is_400(
+    client: httpx.AsyncClient, store: SqliteTaskStore
+) -> None:
     body = {**with_executor(), "outputs": [{"path": "/etc/*", "url": "http://h/o/"}]}
     await refused(client, store, body, "outputs[0].path")
 
 
-async def test_every_problem_is_named_in_one_answer(client: httpx.AsyncClient, store: SqliteTaskStore) -> None:
-    body = {"executors": [{"image": "--privileged", "command": ["id"], "workdir": "rel", "env": {"A B": "x"}}],
-            "volumes": ["/:/host"]}
-    await refused(client, store, body, "executors[0].image", "executors[0].workdir", "executors[0].env", "volumes[0]")
+async def test_every_problem_is_named_in_one_answer(
+    client: httpx.AsyncClient, store: SqliteTaskStore
+) -> None:
+    body = {
+        "executors": [{"image": "--privileged", "command": ["id"], "workdir": "rel", "env": {"A B": "x"}}],
+        "volumes": ["/:/host"],
+    }
+    await refused(
+        client, store, body, "executors[0].image", "executors[0].workdir", "executors[0].env", "volumes[0]"
+    )
 
 
 async def test_galaxy_workdir_slash_is_accepted(client: httpx.AsyncClient) -> None:

@@ -30,7 +30,9 @@ def settings(pulsar: LocalPulsar, tmp_path: Path) -> Settings:  # noqa: F811
 
 def admitted(body: dict[str, object]) -> dict[str, object]:
     """``body`` after the API's own checks (it must be accepted)."""
-    validate_task(body, ValidationLimits(), check_input_url=lambda u, t: None, check_output_url=lambda u, t: None)
+    validate_task(
+        body, ValidationLimits(), check_input_url=lambda u, t: None, check_output_url=lambda u, t: None
+    )
     return body
 
 
@@ -46,16 +48,28 @@ async def test_a_workdir_that_is_slash_or_a_system_directory_runs_there(
 
 async def test_a_galaxy_shaped_task_runs_its_three_executors(engine: Engine, store: SqliteTaskStore) -> None:
     """Pulsar's TES client: stage-in, tool, stage-out, all with workdir "/", sharing /pulsar_staging/."""
-    body = admitted({
-        "volumes": ["/pulsar_staging/"],
-        "executors": [
-            {"image": "galaxy/pulsar-pod-staging:0.15.0", "workdir": "/",
-             "command": ["sh", "-c", "echo staged > /pulsar_staging/in"]},
-            {"image": "quay.io/biocontainers/coreutils:8.31--h14c3975_0", "workdir": "/",
-             "command": ["sh", "-c", "tr a-z A-Z < /pulsar_staging/in > /pulsar_staging/out"]},
-            {"image": "galaxy/pulsar-pod-staging:0.15.0", "workdir": "/", "command": ["cat", "/pulsar_staging/out"]},
-        ],
-    })
+    body = admitted(
+        {
+            "volumes": ["/pulsar_staging/"],
+            "executors": [
+                {
+                    "image": "galaxy/pulsar-pod-staging:0.15.0",
+                    "workdir": "/",
+                    "command": ["sh", "-c", "echo staged > /pulsar_staging/in"],
+                },
+                {
+                    "image": "quay.io/biocontainers/coreutils:8.31--h14c3975_0",
+                    "workdir": "/",
+                    "command": ["sh", "-c", "tr a-z A-Z < /pulsar_staging/in > /pulsar_staging/out"],
+                },
+                {
+                    "image": "galaxy/pulsar-pod-staging:0.15.0",
+                    "workdir": "/",
+                    "command": ["cat", "/pulsar_staging/out"],
+                },
+            ],
+        }
+    )
     rec = await wait_for(store, await submit(store, body))
     assert rec.state == TesState.COMPLETE, rec.log.system_logs
     assert [lg.stdout for lg in rec.log.logs] == ["", "", "STAGED\n"]
@@ -65,13 +79,24 @@ async def test_paths_as_sloppy_as_admission_accepts_run_as_their_normal_form(
     engine: Engine, store: SqliteTaskStore, tmp_path: Path
 ) -> None:
     """Admission accepts ``//``, ``.`` segments and trailing slashes (normalising them); the job must too."""
-    body = admitted({
-        "inputs": [{"path": "/in//./data.txt", "content": "hello"}],
-        "outputs": [{"path": "/out//log.txt", "url": f"file://{tmp_path}/log.txt"},
-                    {"path": "/out/./", "url": f"file://{tmp_path}/dir", "type": "DIRECTORY"}],
-        "executors": [{"image": "alpine", "command": ["cat"], "stdin": "/in/data.txt/", "stdout": "/out//log.txt",
-                       "workdir": "/work//dir/"}],
-    })
+    body = admitted(
+        {
+            "inputs": [{"path": "/in//./data.txt", "content": "hello"}],
+            "outputs": [
+                {"path": "/out//log.txt", "url": f"file://{tmp_path}/log.txt"},
+                {"path": "/out/./", "url": f"file://{tmp_path}/dir", "type": "DIRECTORY"},
+            ],
+            "executors": [
+                {
+                    "image": "alpine",
+                    "command": ["cat"],
+                    "stdin": "/in/data.txt/",
+                    "stdout": "/out//log.txt",
+                    "workdir": "/work//dir/",
+                }
+            ],
+        }
+    )
     rec = await wait_for(store, await submit(store, body))
     assert rec.state == TesState.COMPLETE, rec.log.system_logs
     assert (tmp_path / "log.txt").read_text() == "hello"

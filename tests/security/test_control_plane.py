@@ -45,7 +45,8 @@ def require_host_python() -> None:
     if not Path(HOST_PYTHON).exists():
         pytest.skip(f"{HOST_PYTHON} (Debian's python3, the attacker's interpreter) is not installed")
 
-ATTACK = r'''
+
+ATTACK = r"""
 import http.client, json, socket, sys, urllib.parse
 
 target, victim, marker, app_yml = sys.argv[1:5]
@@ -90,7 +91,7 @@ result = {
     "app_yml": read(app_yml),
 }
 print(json.dumps(result))
-'''
+"""
 
 
 def pulsar_for_test(state: Path, *, token: bool, unix_socket: bool) -> Iterator[LocalPulsar]:
@@ -124,32 +125,54 @@ def attack_settings(pulsar: LocalPulsar, tmp: Path, network: str | None) -> Sett
     if network is not None:
         runtime["network"] = network
     runtime["runner_python"] = sys.executable
-    return Settings.model_validate({
-        "pulsar": {"url": pulsar.url, "uds": pulsar.uds, "private_token": pulsar.private_token,
-                   "status": {"poll_interval": 0.2}, "retries": 1, "unreachable_deadline": 5},
-        "engine": {"work_dir": str(tmp / "work"), "claim_interval": 0.1, "lease_seconds": 5},
-        "runtime": runtime,
-        "db": {"sqlite_path": str(tmp / "tasks.sqlite3")},
-    })
+    return Settings.model_validate(
+        {
+            "pulsar": {
+                "url": pulsar.url,
+                "uds": pulsar.uds,
+                "private_token": pulsar.private_token,
+                "status": {"poll_interval": 0.2},
+                "retries": 1,
+                "unreachable_deadline": 5,
+            },
+            "engine": {"work_dir": str(tmp / "work"), "claim_interval": 0.1, "lease_seconds": 5},
+            "runtime": runtime,
+            "db": {"sqlite_path": str(tmp / "tasks.sqlite3")},
+        }
+    )
 
 
 def target_of(pulsar: LocalPulsar) -> str:
     return f"unix:{pulsar.uds}" if pulsar.uds else f"tcp:{pulsar.host}:{pulsar.port}"
 
 
-async def run_attack(pulsar: LocalPulsar, store: SqliteTaskStore, tmp: Path, network: str | None,
-                     victim: str, marker: Path) -> dict[str, str]:
+async def run_attack(
+    pulsar: LocalPulsar, store: SqliteTaskStore, tmp: Path, network: str | None, victim: str, marker: Path
+) -> dict[str, str]:
     """Runs ATTACK as a task's executor through a real engine; answers what the attacker saw."""
     require_host_python()
     engine = Engine(attack_settings(pulsar, tmp, network), store)
     await engine.start()
     try:
-        task_id = await submit(store, {
-            "inputs": [{"path": "/attack/attack.py", "content": ATTACK}],
-            "executors": [{"image": "alpine", "command": [
-                HOST_PYTHON, "/attack/attack.py", target_of(pulsar), victim, str(marker),
-                str(pulsar.state_dir / "app.yml")]}],
-        })
+        task_id = await submit(
+            store,
+            {
+                "inputs": [{"path": "/attack/attack.py", "content": ATTACK}],
+                "executors": [
+                    {
+                        "image": "alpine",
+                        "command": [
+                            HOST_PYTHON,
+                            "/attack/attack.py",
+                            target_of(pulsar),
+                            victim,
+                            str(marker),
+                            str(pulsar.state_dir / "app.yml"),
+                        ],
+                    }
+                ],
+            },
+        )
         record = await wait_for(store, task_id, timeout=240)
     finally:
         await engine.stop()
@@ -193,8 +216,7 @@ async def test_with_the_host_network_the_token_refuses_the_executor(
     tcp_token_pulsar: LocalPulsar, store: SqliteTaskStore, tmp_path: Path, victim_and_marker: tuple[str, Path]
 ) -> None:
     victim, marker = victim_and_marker
-    seen = await run_attack(tcp_token_pulsar, store, tmp_path, "host",
-                            victim, marker)
+    seen = await run_attack(tcp_token_pulsar, store, tmp_path, "host", victim, marker)
     assert seen["setup"] == "HTTP 401" and seen["submit"] == "HTTP 401", seen
     assert seen["app_yml"] == "FileNotFoundError", seen  # the token's file is not in the sandbox
     assert_nothing_ran(tcp_token_pulsar, victim, marker)
@@ -204,8 +226,7 @@ async def test_with_the_host_network_an_executor_cannot_see_pulsars_unix_socket(
     socket_pulsar: LocalPulsar, store: SqliteTaskStore, tmp_path: Path, victim_and_marker: tuple[str, Path]
 ) -> None:
     victim, marker = victim_and_marker
-    seen = await run_attack(socket_pulsar, store, tmp_path, "host",
-                            victim, marker)
+    seen = await run_attack(socket_pulsar, store, tmp_path, "host", victim, marker)
     assert seen["setup"].startswith("FileNotFoundError"), seen
     assert seen["submit"].startswith("FileNotFoundError"), seen
     assert seen["app_yml"] == "FileNotFoundError", seen
@@ -217,8 +238,7 @@ async def test_control_the_same_attack_on_an_unprotected_pulsar_runs_a_command_o
 ) -> None:
     """Host network, TCP, no token: the attack works, so the tests above test the defences."""
     victim, marker = victim_and_marker
-    seen = await run_attack(tcp_open_pulsar, store, tmp_path, "host",
-                            victim, marker)
+    seen = await run_attack(tcp_open_pulsar, store, tmp_path, "host", victim, marker)
     assert seen["setup"] == "HTTP 200" and seen["submit"] == "HTTP 200", seen
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 240
@@ -232,14 +252,14 @@ async def test_control_the_same_attack_on_an_unprotected_pulsar_runs_a_command_o
 
 # ---- AMQP: the broker ------------------------------------------------------------------------------
 
-PROBE = r'''
+PROBE = r"""
 import socket, sys
 try:
     socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5).close()
     print("connected")
 except Exception as exc:
     print("%s: %s" % (type(exc).__name__, exc))
-'''
+"""
 
 
 def broker_port() -> int:
@@ -256,10 +276,15 @@ async def probe_broker(pulsar: LocalPulsar, store: SqliteTaskStore, tmp: Path, n
     engine = Engine(attack_settings(pulsar, tmp, network), store)
     await engine.start()
     try:
-        task_id = await submit(store, {
-            "inputs": [{"path": "/attack/probe.py", "content": PROBE}],
-            "executors": [{"image": "alpine", "command": [HOST_PYTHON, "/attack/probe.py", str(broker_port())]}],
-        })
+        task_id = await submit(
+            store,
+            {
+                "inputs": [{"path": "/attack/probe.py", "content": PROBE}],
+                "executors": [
+                    {"image": "alpine", "command": [HOST_PYTHON, "/attack/probe.py", str(broker_port())]}
+                ],
+            },
+        )
         record = await wait_for(store, task_id, timeout=240)
     finally:
         await engine.stop()
@@ -272,7 +297,11 @@ async def test_by_default_an_executor_cannot_connect_to_the_broker(
     tcp_token_pulsar: LocalPulsar, store: SqliteTaskStore, tmp_path: Path
 ) -> None:
     seen = await probe_broker(tcp_token_pulsar, store, tmp_path, None)
-    assert seen != "connected" and seen.split(":")[0] in {"ConnectionRefusedError", "OSError", "TimeoutError"}, seen
+    assert seen != "connected" and seen.split(":")[0] in {
+        "ConnectionRefusedError",
+        "OSError",
+        "TimeoutError",
+    }, seen
 
 
 @pytest.mark.amqp
@@ -281,11 +310,13 @@ async def test_with_the_host_network_an_executor_reaches_the_broker_so_guest_cre
 ) -> None:
     seen = await probe_broker(tcp_token_pulsar, store, tmp_path, "host")
     assert seen == "connected"  # only the broker's credentials stand between the executor and Pulsar
-    settings = Settings.model_validate({
-        "pulsar": {"url": None, "amqp_url": "amqp://guest:guest@127.0.0.1:5672//"},
-        "engine": {"work_dir": str(tmp_path / "amqp-work")},
-        "runtime": {"type": "bwrap", "network": "host"},
-    })
+    settings = Settings.model_validate(
+        {
+            "pulsar": {"url": None, "amqp_url": "amqp://guest:guest@127.0.0.1:5672//"},
+            "engine": {"work_dir": str(tmp_path / "amqp-work")},
+            "runtime": {"type": "bwrap", "network": "host"},
+        }
+    )
     with caplog.at_level(logging.WARNING, logger="tesp_api.engine.control_plane"):
         backends = build_backends(settings)  # what serve and worker call at start
     for backend in backends.values():
@@ -298,21 +329,32 @@ async def test_with_the_host_network_an_executor_reaches_the_broker_so_guest_cre
 
 # ---- what is warned about at start (no services needed) ---------------------------------------------
 
+
 def settings_with(pulsar: dict[str, Any], network: str = "host", **runtime: Any) -> Settings:
-    return Settings.model_validate({"pulsar": pulsar, "runtime": {"type": "bwrap", "network": network, **runtime}})
+    return Settings.model_validate(
+        {"pulsar": pulsar, "runtime": {"type": "bwrap", "network": network, **runtime}}
+    )
 
 
-@pytest.mark.parametrize("url", [
-    "amqp://guest:guest@broker:5672//", "amqp://guest:S3cret-long@broker//", "amqp://broker:5672//",
-    "amqp://tesp@broker//", "amqp://tesp:@broker//",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "amqp://guest:guest@broker:5672//",
+        "amqp://guest:S3cret-long@broker//",
+        "amqp://broker:5672//",
+        "amqp://tesp@broker//",
+        "amqp://tesp:@broker//",
+    ],
+)
 def test_a_broker_with_default_or_no_credentials_is_warned_about(url: str) -> None:
     warnings = exposure_warnings(settings_with({"url": None, "amqp_url": url}))
     assert len(warnings) == 1 and "default credentials" in warnings[0]
 
 
 def test_a_broker_user_with_a_password_is_not_warned_about() -> None:
-    assert exposure_warnings(settings_with({"url": None, "amqp_url": "amqp://tesp:x7Hq2-long@broker//"})) == []
+    assert (
+        exposure_warnings(settings_with({"url": None, "amqp_url": "amqp://tesp:x7Hq2-long@broker//"})) == []
+    )
 
 
 def test_a_rest_pulsar_without_a_token_on_tcp_is_warned_about_when_executors_have_a_network() -> None:
@@ -320,10 +362,13 @@ def test_a_rest_pulsar_without_a_token_on_tcp_is_warned_about_when_executors_hav
     assert len(warnings) == 1 and "without a private_token" in warnings[0]
 
 
-@pytest.mark.parametrize("pulsar", [
-    {"url": "http://127.0.0.1:8913", "private_token": "t0ken"},
-    {"url": "http://localhost", "uds": "/run/pulsar/pulsar.sock"},
-])
+@pytest.mark.parametrize(
+    "pulsar",
+    [
+        {"url": "http://127.0.0.1:8913", "private_token": "t0ken"},
+        {"url": "http://localhost", "uds": "/run/pulsar/pulsar.sock"},
+    ],
+)
 def test_a_token_or_a_unix_socket_silences_the_rest_warning(pulsar: dict[str, Any]) -> None:
     assert exposure_warnings(settings_with(pulsar)) == []
 
@@ -333,8 +378,9 @@ def test_without_executor_network_a_tokenless_tcp_pulsar_is_not_warned_about() -
 
 
 def test_tasks_allowed_to_ask_for_a_network_count_as_executors_with_one() -> None:
-    warnings = exposure_warnings(settings_with({"url": "http://u:pw@127.0.0.1:8913"}, network="none",
-                                               allow_task_network=True))
+    warnings = exposure_warnings(
+        settings_with({"url": "http://u:pw@127.0.0.1:8913"}, network="none", allow_task_network=True)
+    )
     assert len(warnings) == 1 and "runtime.allow_task_network" in warnings[0]
     assert "pw" not in warnings[0] and "http://127.0.0.1:8913" in warnings[0]
 
@@ -361,7 +407,7 @@ def socket_inodes_of_group(pgid: int) -> set[str]:
             for fd in os.listdir(f"/proc/{pid}/fd"):
                 target = os.readlink(f"/proc/{pid}/fd/{fd}")
                 if target.startswith("socket:["):
-                    inodes.add(target[len("socket:["):-1])
+                    inodes.add(target[len("socket:[") : -1])
         except OSError:
             continue
     return inodes

@@ -32,11 +32,27 @@ def cmdlines() -> list[bytes]:
 
 def test_bwrap_env_values_are_on_no_command_line_while_the_executor_runs(tmp_path: Path) -> None:
     marker = tmp_path / "job" / "working" / "fs" / "v" / "started"
-    job, _task = write_job(tmp_path, {"volumes": ["/v"], "executors": [{
-        "image": "a", "command": ["sh", "-c", 'echo "$TOKEN" > /v/seen; touch /v/started; sleep 30'],
-        "env": {"TOKEN": SECRET}}]}, settings=RuntimeSettings(type="bwrap"))
-    proc = subprocess.Popen(runner_argv(job), cwd=job / "working", stdout=subprocess.DEVNULL,
-                            env={"PATH": os.environ["PATH"]}, start_new_session=True)
+    job, _task = write_job(
+        tmp_path,
+        {
+            "volumes": ["/v"],
+            "executors": [
+                {
+                    "image": "a",
+                    "command": ["sh", "-c", 'echo "$TOKEN" > /v/seen; touch /v/started; sleep 30'],
+                    "env": {"TOKEN": SECRET},
+                }
+            ],
+        },
+        settings=RuntimeSettings(type="bwrap"),
+    )
+    proc = subprocess.Popen(
+        runner_argv(job),
+        cwd=job / "working",
+        stdout=subprocess.DEVNULL,
+        env={"PATH": os.environ["PATH"]},
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while not marker.exists():
@@ -61,9 +77,11 @@ while [ $# -gt 0 ]; do
 done
 """)
     fake.chmod(0o755)
-    proc, job, _res = run_task(tmp_path, {"executors": [{"image": "alpine", "command": ["true"],
-                                                         "env": {"TOKEN": SECRET, "B": "x y,z"}}]},
-                               settings=RuntimeSettings(type="docker", docker_bin=str(fake)))
+    proc, job, _res = run_task(
+        tmp_path,
+        {"executors": [{"image": "alpine", "command": ["true"], "env": {"TOKEN": SECRET, "B": "x y,z"}}]},
+        settings=RuntimeSettings(type="docker", docker_bin=str(fake)),
+    )
     text = log.read_text()
     assert proc.returncode == 0
     argv_line = next(line for line in text.splitlines() if line.startswith("ARGV"))
@@ -77,9 +95,15 @@ def test_apptainer_gets_the_env_as_prefixed_variables_not_argv(tmp_path: Path) -
     fake = tmp_path / "apptainer"
     fake.write_text(f'#!/bin/sh\necho "ARGV $*" >> {log}\nenv >> {log}\n')
     fake.chmod(0o755)
-    _proc, _job, _res = run_task(tmp_path, {"executors": [{"image": "alpine", "command": ["true"],
-                                                           "env": {"TOKEN": SECRET, "LD_PRELOAD": "/x.so"}}]},
-                                 settings=RuntimeSettings(type="apptainer", apptainer_bin=str(fake)))
+    _proc, _job, _res = run_task(
+        tmp_path,
+        {
+            "executors": [
+                {"image": "alpine", "command": ["true"], "env": {"TOKEN": SECRET, "LD_PRELOAD": "/x.so"}}
+            ]
+        },
+        settings=RuntimeSettings(type="apptainer", apptainer_bin=str(fake)),
+    )
     lines = log.read_text().splitlines()
     assert SECRET not in lines[0]
     assert f"APPTAINERENV_TOKEN={SECRET}" in lines and "APPTAINERENV_LD_PRELOAD=/x.so" in lines
@@ -93,10 +117,13 @@ def test_an_env_value_with_a_line_break_is_refused_not_split(tmp_path: Path) -> 
 
     log = tmp_path / "cli.log"
     fake = tmp_path / "docker"
-    fake.write_text(f'#!/bin/sh\necho ran >> {log}\n')
+    fake.write_text(f"#!/bin/sh\necho ran >> {log}\n")
     fake.chmod(0o755)
-    job, _task = write_job(tmp_path, {"executors": [{"image": "alpine", "command": ["true"], "env": {"A": "x"}}]},
-                           settings=RuntimeSettings(type="docker", docker_bin=str(fake)))
+    job, _task = write_job(
+        tmp_path,
+        {"executors": [{"image": "alpine", "command": ["true"], "env": {"A": "x"}}]},
+        settings=RuntimeSettings(type="docker", docker_bin=str(fake)),
+    )
     spec_file = job / "tool_files" / "tes-job.json"
     spec = json.loads(spec_file.read_text())
     spec["executors"][0]["env"]["A"] = "x\nLD_PRELOAD=/evil.so"

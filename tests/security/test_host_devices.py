@@ -35,9 +35,13 @@ def host_device_modes() -> Iterator[dict[str, int]]:
                 os.chmod(dev, mode)
 
 
-def test_an_executor_cannot_chmod_the_hosts_device_nodes(tmp_path: Path, host_device_modes: dict[str, int]) -> None:
+def test_an_executor_cannot_chmod_the_hosts_device_nodes(
+    tmp_path: Path, host_device_modes: dict[str, int]
+) -> None:
     script = "for d in " + " ".join(host_device_modes) + "; do chmod 600 $d; chown 65534 $d; done; echo done"
-    _proc, _job, res = run_task(tmp_path, {"executors": [{"image": "alpine", "command": ["sh", "-c", script]}]})
+    _proc, _job, res = run_task(
+        tmp_path, {"executors": [{"image": "alpine", "command": ["sh", "-c", script]}]}
+    )
     assert res.executor_logs[0].stdout.endswith("done\n")
     after = {dev: stat.S_IMODE(os.stat(dev).st_mode) for dev in host_device_modes}
     assert after == host_device_modes
@@ -46,11 +50,15 @@ def test_an_executor_cannot_chmod_the_hosts_device_nodes(tmp_path: Path, host_de
 
 def test_the_sandbox_can_still_write_to_dev_null(tmp_path: Path) -> None:
     _proc, _job, res = run_task(
-        tmp_path, {"executors": [{"image": "alpine", "command": ["sh", "-c", "echo x >/dev/null && echo ok"]}]})
+        tmp_path,
+        {"executors": [{"image": "alpine", "command": ["sh", "-c", "echo x >/dev/null && echo ok"]}]},
+    )
     assert res.executor_logs[0].exit_code == 0 and res.executor_logs[0].stdout == "ok\n"
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox user is only switched to when the runner runs as root")
+@pytest.mark.skipif(
+    os.geteuid() != 0, reason="the sandbox user is only switched to when the runner runs as root"
+)
 def test_a_root_runner_runs_the_executor_as_the_sandbox_user_on_the_host(tmp_path: Path) -> None:
     """Not uid 0 mapped into a user namespace (still root on the host), but the host uid 65534 itself."""
     command = ["sh", "-c", "grep -E '^(Uid|Gid|Groups):' /proc/self/status; head -1 /proc/self/uid_map"]
@@ -66,7 +74,10 @@ def test_files_the_executors_write_are_readable_by_the_runner_and_shared(tmp_pat
     task = {
         "volumes": ["/data"],
         "executors": [
-            {"image": "alpine", "command": ["sh", "-c", "echo one > /data/a && mkdir /data/d && echo two > /data/d/b"]},
+            {
+                "image": "alpine",
+                "command": ["sh", "-c", "echo one > /data/a && mkdir /data/d && echo two > /data/d/b"],
+            },
             {"image": "alpine", "command": ["sh", "-c", "cat /data/a /data/d/b && echo three >> /data/a"]},
         ],
     }
@@ -83,7 +94,10 @@ def test_a_directory_the_runner_makes_for_a_stream_is_the_sandbox_users_too(tmp_
         "volumes": ["/data"],
         "executors": [
             {"image": "alpine", "command": ["echo", "one"], "stdout": "/data/new/dir/out.txt"},
-            {"image": "alpine", "command": ["sh", "-c", "echo two > /data/new/dir/more.txt && cat /data/new/dir/*"]},
+            {
+                "image": "alpine",
+                "command": ["sh", "-c", "echo two > /data/new/dir/more.txt && cat /data/new/dir/*"],
+            },
         ],
     }
     _proc, _job, res = run_task(tmp_path, task)

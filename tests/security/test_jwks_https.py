@@ -44,7 +44,9 @@ def test_an_http_key_url_is_refused_in_the_settings(issuer: dict[str, Any]) -> N
 
 def test_the_legacy_oauth_issuer_must_be_https_too() -> None:
     with pytest.raises(ValidationError, match="must be https"):
-        Settings.model_validate({"oauth": {"enable": True, "issuer": "http://idp.example.org", "audience": "t"}})
+        Settings.model_validate(
+            {"oauth": {"enable": True, "issuer": "http://idp.example.org", "audience": "t"}}
+        )
 
 
 def test_https_urls_are_accepted() -> None:

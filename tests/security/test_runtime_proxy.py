@@ -26,7 +26,9 @@ PROXY_ENV = {name: SECRET_PROXY for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_
 
 
 def podman_argv(store: PodmanStore, name: str) -> list[str]:
-    settings = RuntimeSettings.model_validate({"type": "podman", "podman_bin": store.binary, "pull_policy": "never"})
+    settings = RuntimeSettings.model_validate(
+        {"type": "podman", "podman_bin": store.binary, "pull_policy": "never"}
+    )
     runtime = build_runtime(settings)
     argv = runtime.command(ExecutorRun(name=name, image=BUSYBOX_IMAGE, command=["env"]))
     assert all(isinstance(word, str) for word in argv)  # no mounts, no task env: plain words only
@@ -35,8 +37,9 @@ def podman_argv(store: PodmanStore, name: str) -> list[str]:
 
 def run_with_proxy_env(store: PodmanStore, argv: list[str]) -> str:
     env = {**os.environ, **store.env, **PROXY_ENV}  # as runtime.env would set it for the CLI
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
-                          check=False)
+    done = subprocess.run(
+        argv, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 

@@ -15,9 +15,12 @@ from tesp_api.config.settings import RuntimeSettings
 from tests.security.runner_harness import capeff_command, parse_capeff, run_task
 
 
-def one(tmp: Path, command: list[str], settings: RuntimeSettings | None = None, **ex: object) -> tuple[int, str]:
-    _proc, _job, res = run_task(tmp, {"executors": [{"image": "alpine", "command": command, **ex}]},
-                                settings=settings)
+def one(
+    tmp: Path, command: list[str], settings: RuntimeSettings | None = None, **ex: object
+) -> tuple[int, str]:
+    _proc, _job, res = run_task(
+        tmp, {"executors": [{"image": "alpine", "command": command, **ex}]}, settings=settings
+    )
     log = res.executor_logs[0]
     return log.exit_code, (log.stdout or "") + (log.stderr or "")
 
@@ -78,10 +81,14 @@ def test_network_host_reaches_it_when_the_operator_allows(tmp_path: Path, host_l
 
 
 def test_a_task_cannot_ask_for_network_unless_allowed(tmp_path: Path, host_listener: int) -> None:
-    task = {"executors": [{"image": "a", "command": connect(host_listener)}],
-            "resources": {"backend_parameters": {"network": "host"}}}
+    task = {
+        "executors": [{"image": "a", "command": connect(host_listener)}],
+        "resources": {"backend_parameters": {"network": "host"}},
+    }
     _p, _j, denied = run_task(tmp_path / "a", task)
-    _p, _j, allowed = run_task(tmp_path / "b", task, settings=RuntimeSettings(type="bwrap", allow_task_network=True))
+    _p, _j, allowed = run_task(
+        tmp_path / "b", task, settings=RuntimeSettings(type="bwrap", allow_task_network=True)
+    )
     assert "CONNECTED" not in (denied.executor_logs[0].stdout or "")
     assert "CONNECTED" in (allowed.executor_logs[0].stdout or "")
 

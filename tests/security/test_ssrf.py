@@ -221,7 +221,10 @@ class TestControlPlane:
                     ]
                 },
                 "api": {"host": "0.0.0.0", "port": API_PORT, "public_url": "https://127.0.0.3:8443"},
-                "transfer": {"allowed_hosts": ["127.0.0.0/8", "localhost"], "denied_hosts": ["127.0.0.1:6379"]},
+                "transfer": {
+                    "allowed_hosts": ["127.0.0.0/8", "localhost"],
+                    "denied_hosts": ["127.0.0.1:6379"],
+                },
             }
         )
 
@@ -253,7 +256,9 @@ class TestControlPlane:
         assert response.status_code == 200, response.text
 
 
-async def test_by_default_the_pulsar_port_is_refused_like_any_loopback_port(client: httpx.AsyncClient) -> None:
+async def test_by_default_the_pulsar_port_is_refused_like_any_loopback_port(
+    client: httpx.AsyncClient,
+) -> None:
     """No port scan: the answer does not tell the control plane apart from other loopback ports."""
     pulsar = (await create(client, task_with(input_url=f"http://127.0.0.1:{PULSAR_PORT}/jobs"))).json()
     other = (await create(client, task_with(input_url=f"http://127.0.0.1:{PULSAR_PORT + 1}/jobs"))).json()
@@ -276,7 +281,9 @@ async def test_allowed_hosts_re_allows_exactly_what_it_names(
     store: SqliteTaskStore, allowed: list[str], url: str, accepted: bool
 ) -> None:
     app = create_app(settings_with(allowed_hosts=allowed), store)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tes.test") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://tes.test"
+    ) as client:
         response = await create(client, task_with(input_url=url))
     assert (response.status_code == 200) is accepted, response.text
 
@@ -316,9 +323,7 @@ def attacker(tmp_path: Path) -> Iterator[VictimServer]:
 
 
 def mux_for(*, allowed: list[str], control_plane: list[str] | None = None) -> TransferMux:
-    transfer = TransferSettings.model_validate(
-        {"allowed_hosts": allowed, "retries": 0, "timeout": 5.0}
-    )
+    transfer = TransferSettings.model_validate({"allowed_hosts": allowed, "retries": 0, "timeout": 5.0})
     return TransferMux(transfer, egress=EgressPolicy(transfer, control_plane or []))
 
 

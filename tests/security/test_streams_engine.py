@@ -17,14 +17,24 @@ __all__ = ["pulsar", "settings"]  # the engine suite's fixtures: one real Pulsar
 
 
 async def test_stdout_through_a_planted_link_ends_executor_error_and_writes_nothing_outside(
-        engine: Engine, store: SqliteTaskStore, tmp_path: Path) -> None:
+    engine: Engine, store: SqliteTaskStore, tmp_path: Path
+) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
-    tid = await submit(store, {"volumes": ["/data"], "executors": [
-        {"image": "alpine", "command": ["ln", "-s", str(outside), "/data/x"]},
-        {"image": "alpine", "command": ["echo", "pwned"], "stdout": "/data/x/pwned"}]})
+    tid = await submit(
+        store,
+        {
+            "volumes": ["/data"],
+            "executors": [
+                {"image": "alpine", "command": ["ln", "-s", str(outside), "/data/x"]},
+                {"image": "alpine", "command": ["echo", "pwned"], "stdout": "/data/x/pwned"},
+            ],
+        },
+    )
     rec = await wait_for(store, tid)
     assert rec.state == TesState.EXECUTOR_ERROR
     assert list(outside.iterdir()) == []
-    assert any("not started" in line and "link" in line for line in rec.log.system_logs or []), rec.log.system_logs
+    assert any("not started" in line and "link" in line for line in rec.log.system_logs or []), (
+        rec.log.system_logs
+    )
     assert [lg.exit_code for lg in rec.log.logs] == [0, 1]

@@ -161,7 +161,10 @@ def test_every_listed_credential_parameter_is_masked(name: str) -> None:
 
 
 def test_a_url_inside_a_system_log_line_is_masked() -> None:
-    assert mask_text(f"download of {FTP} failed") == "download of ftp://***@ftp.example.org/results/out.txt failed"
+    assert (
+        mask_text(f"download of {FTP} failed")
+        == "download of ftp://***@ftp.example.org/results/out.txt failed"
+    )
 
 
 # --- logs of real transfers -------------------------------------------------------------------
@@ -226,13 +229,14 @@ async def test_a_task_whose_transfer_fails_has_no_credential_in_system_logs_or_t
     caplog.set_level(logging.DEBUG)
     closed = free_port()
     settings = engine_settings(pulsar.url, tmp_path)
-    settings = settings.model_copy(
-        update={"transfer": settings.transfer.model_copy(update={"retries": 0})}
-    )
+    settings = settings.model_copy(update={"transfer": settings.transfer.model_copy(update={"retries": 0})})
     url = f"http://alice:pa55w0rd-in-userinfo@127.0.0.1:{closed}/in?X-Amz-Signature=SIGV4SIGNATURESECRET"
     task_id = await submit(
         store,
-        {"executors": [{"image": "alpine", "command": ["true"]}], "inputs": [{"url": url, "path": "/data/in"}]},
+        {
+            "executors": [{"image": "alpine", "command": ["true"]}],
+            "inputs": [{"url": url, "path": "/data/in"}],
+        },
     )
     engine = Engine(settings, store)
     await engine.start()

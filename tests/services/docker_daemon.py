@@ -29,8 +29,15 @@ from tests.services.die_with_parent import die_with_parent
 
 CLOSED_PROXY = "http://127.0.0.1:9"  # discard port: nothing listens, a connect is refused at once
 
-__all__ = ["CLOSED_PROXY", "DaemonUnavailable", "DockerDaemon", "docker_client_binary", "docker_daemon",
-           "mounts_under", "unmount_under"]
+__all__ = [
+    "CLOSED_PROXY",
+    "DaemonUnavailable",
+    "DockerDaemon",
+    "docker_client_binary",
+    "docker_daemon",
+    "mounts_under",
+    "unmount_under",
+]
 
 
 class DaemonUnavailable(RuntimeError):
@@ -91,10 +98,19 @@ class DockerDaemon:
     def cli(self, *args: str, check: bool = True, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, **self.env, "HTTPS_PROXY": CLOSED_PROXY, "HTTP_PROXY": CLOSED_PROXY}
         env.pop("DOCKER_CONTEXT", None)
-        result = subprocess.run([self.client, *args], env=env, capture_output=True, timeout=timeout,
-                                check=False, text=True, stdin=subprocess.DEVNULL)
+        result = subprocess.run(
+            [self.client, *args],
+            env=env,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
         if check and result.returncode != 0:
-            raise RuntimeError(f"docker {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
+            raise RuntimeError(
+                f"docker {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}"
+            )
         return result
 
     def start(self, timeout: float = 60.0) -> None:
@@ -106,17 +122,43 @@ class DockerDaemon:
         if len(str(self.socket)) > 100:
             raise DaemonUnavailable(f"socket path too long for AF_UNIX: {self.socket}")
         self.root.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "HTTPS_PROXY": CLOSED_PROXY, "HTTP_PROXY": CLOSED_PROXY,
-               "https_proxy": CLOSED_PROXY, "http_proxy": CLOSED_PROXY, "NO_PROXY": "", "no_proxy": ""}
-        argv = [dockerd, "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
-                "-H", self.host, "--pidfile", str(self.pidfile), "--iptables=false", "--ip-masq=false",
-                "--ip-forward=false", "--bridge=none", "--userland-proxy=false"]
+        env = {
+            **os.environ,
+            "HTTPS_PROXY": CLOSED_PROXY,
+            "HTTP_PROXY": CLOSED_PROXY,
+            "https_proxy": CLOSED_PROXY,
+            "http_proxy": CLOSED_PROXY,
+            "NO_PROXY": "",
+            "no_proxy": "",
+        }
+        argv = [
+            dockerd,
+            "--data-root",
+            str(self.root / "data"),
+            "--exec-root",
+            str(self.root / "exec"),
+            "-H",
+            self.host,
+            "--pidfile",
+            str(self.pidfile),
+            "--iptables=false",
+            "--ip-masq=false",
+            "--ip-forward=false",
+            "--bridge=none",
+            "--userland-proxy=false",
+        ]
         with open(self.log_path, "ab") as logf:
             # die_with_parent: a test run killed from outside runs no finalizer; dockerd then gets SIGTERM
             # (and stops its containerd) instead of living on, orphaned, with its containers
-            self.process = subprocess.Popen(argv, env=env, stdout=logf, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True,
-                                            preexec_fn=die_with_parent)  # noqa: PLW1509 - one C call, see die_with_parent.py
+            self.process = subprocess.Popen(
+                argv,
+                env=env,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )  # noqa: PLW1509 - one C call, see die_with_parent.py
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -52,7 +52,7 @@ def _is_static_elf(path: Path) -> bool:
     phnum = int.from_bytes(data[0x38:0x3A], order)
     for i in range(phnum):
         off = phoff + i * phentsize
-        if int.from_bytes(data[off:off + 4], order) == 3:  # PT_INTERP
+        if int.from_bytes(data[off : off + 4], order) == 3:  # PT_INTERP
             return False
     return True
 
@@ -60,8 +60,9 @@ def _is_static_elf(path: Path) -> bool:
 def _installed_busybox() -> Path | None:
     """The binary of the installed busybox-static package, if that package is installed."""
     try:
-        out = subprocess.run(["dpkg", "-L", "busybox-static"], capture_output=True, text=True, timeout=30,
-                             check=False).stdout
+        out = subprocess.run(
+            ["dpkg", "-L", "busybox-static"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
     except OSError:
         return None
     for line in out.splitlines():
@@ -73,12 +74,15 @@ def _installed_busybox() -> Path | None:
 
 def _downloaded_busybox(work: Path) -> Path:
     try:
-        subprocess.run(["apt-get", "download", "busybox-static"], cwd=work, capture_output=True, timeout=120,
-                       check=True)
+        subprocess.run(
+            ["apt-get", "download", "busybox-static"], cwd=work, capture_output=True, timeout=120, check=True
+        )
         debs = sorted(work.glob("busybox-static_*.deb"))
         if not debs:
             raise ImageUnavailable("apt-get download busybox-static produced no .deb")
-        subprocess.run(["dpkg", "-x", str(debs[0]), str(work / "x")], capture_output=True, timeout=60, check=True)
+        subprocess.run(
+            ["dpkg", "-x", str(debs[0]), str(work / "x")], capture_output=True, timeout=60, check=True
+        )
     except (OSError, subprocess.SubprocessError) as exc:
         raise ImageUnavailable(f"busybox-static is not installed and could not be downloaded: {exc}") from exc
     for candidate in (work / "x/bin/busybox", work / "x/usr/bin/busybox"):
@@ -88,12 +92,21 @@ def _downloaded_busybox(work: Path) -> Path:
 
 
 def _applets(busybox: Path) -> list[str]:
-    out = subprocess.run([str(busybox), "--list"], capture_output=True, text=True, timeout=30, check=True).stdout
+    out = subprocess.run(
+        [str(busybox), "--list"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
     return sorted({a.strip() for a in out.split() if a.strip() and "/" not in a and a.strip() != "busybox"})
 
 
-def _add(tar: tarfile.TarFile, name: str, *, kind: bytes = tarfile.DIRTYPE, mode: int = 0o755,
-         data: bytes = b"", link: str = "") -> None:
+def _add(
+    tar: tarfile.TarFile,
+    name: str,
+    *,
+    kind: bytes = tarfile.DIRTYPE,
+    mode: int = 0o755,
+    data: bytes = b"",
+    link: str = "",
+) -> None:
     info = tarfile.TarInfo(name)
     info.type = kind
     info.mode = mode
@@ -112,8 +125,13 @@ def _build_rootfs_tar(busybox: Path, dest: Path) -> None:
         _add(tar, "bin/busybox", kind=tarfile.REGTYPE, data=binary)
         for applet in _applets(busybox):
             _add(tar, f"bin/{applet}", kind=tarfile.SYMTYPE, mode=0o777, link="busybox")
-        _add(tar, "etc/passwd", kind=tarfile.REGTYPE, mode=0o644,
-             data=b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n")
+        _add(
+            tar,
+            "etc/passwd",
+            kind=tarfile.REGTYPE,
+            mode=0o644,
+            data=b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n",
+        )
         _add(tar, "etc/group", kind=tarfile.REGTYPE, mode=0o644, data=b"root:x:0:\nnogroup:x:65534:\n")
     tmp.replace(dest)
 
@@ -131,8 +149,13 @@ def busybox_rootfs_tar() -> Path:
     return dest
 
 
-def import_image(cli: Sequence[str], env: dict[str, str], ref: str = BUSYBOX_IMAGE,
-                 tarball: Path | None = None, changes: Sequence[str] = IMAGE_CHANGES) -> None:
+def import_image(
+    cli: Sequence[str],
+    env: dict[str, str],
+    ref: str = BUSYBOX_IMAGE,
+    tarball: Path | None = None,
+    changes: Sequence[str] = IMAGE_CHANGES,
+) -> None:
     """``<cli> import --change ... - ref`` with the rootfs on stdin (docker and podman share the syntax)."""
     tarball = tarball or busybox_rootfs_tar()
     argv = [*cli, "import"]
@@ -140,7 +163,8 @@ def import_image(cli: Sequence[str], env: dict[str, str], ref: str = BUSYBOX_IMA
         argv += ["--change", change]
     argv += ["-", ref]
     with open(tarball, "rb") as fh:
-        result = subprocess.run(argv, env={**os.environ, **env}, stdin=fh, capture_output=True, timeout=120,
-                                check=False)
+        result = subprocess.run(
+            argv, env={**os.environ, **env}, stdin=fh, capture_output=True, timeout=120, check=False
+        )
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed: {result.stderr.decode(errors='replace').strip()}")

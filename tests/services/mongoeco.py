@@ -69,11 +69,16 @@ def venv_python() -> Path:
         subprocess.run(
             # pymongo provides the `bson` package mongoeco's wire server needs (it is not a declared
             # dependency of mongoeco: without it every command fails to decode and the connection closes).
-            [str(python), "-m", "pip", "install", "-q", "mongoeco", "pymongo>=4.13"], check=True, capture_output=True, timeout=600
+            [str(python), "-m", "pip", "install", "-q", "mongoeco", "pymongo>=4.13"],
+            check=True,
+            capture_output=True,
+            timeout=600,
         )
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
         detail = getattr(exc, "stderr", b"") or b""
-        raise MongoUnavailable(f"cannot install mongoeco into {VENV}: {detail.decode(errors='replace')[-500:]}") from exc
+        raise MongoUnavailable(
+            f"cannot install mongoeco into {VENV}: {detail.decode(errors='replace')[-500:]}"
+        ) from exc
     return python
 
 

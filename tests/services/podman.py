@@ -74,19 +74,25 @@ class PodmanStore:
             f'network_config_dir = "{r / "net"}"\n'
         )
         (r / "storage.conf").write_text(
-            "[storage]\n"
-            f'driver = "{self.driver}"\n'
-            f'graphroot = "{r / "graph"}"\n'
-            f'runroot = "{r / "run"}"\n'
+            f'[storage]\ndriver = "{self.driver}"\ngraphroot = "{r / "graph"}"\nrunroot = "{r / "run"}"\n'
         )
         (r / "registries.conf").write_text("")
 
     def cli(self, *args: str, check: bool = True, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, **self.env}
-        result = subprocess.run([self.binary, *args], env=env, capture_output=True, text=True, timeout=timeout,
-                                check=False, stdin=subprocess.DEVNULL)
+        result = subprocess.run(
+            [self.binary, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
         if check and result.returncode != 0:
-            raise RuntimeError(f"podman {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
+            raise RuntimeError(
+                f"podman {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}"
+            )
         return result
 
     def start(self) -> None:

@@ -17,8 +17,9 @@ __all__ = ["LocalPulsar", "pulsar_server"]
 
 
 @contextmanager
-def pulsar_server(state_dir: Path, *, private_token: str | None = None,
-                  num_concurrent_jobs: int = 4) -> Iterator[LocalPulsar]:
+def pulsar_server(
+    state_dir: Path, *, private_token: str | None = None, num_concurrent_jobs: int = 4
+) -> Iterator[LocalPulsar]:
     server = LocalPulsar(state_dir, private_token=private_token, num_concurrent_jobs=num_concurrent_jobs)
     server.start()
     try:

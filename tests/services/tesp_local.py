@@ -25,13 +25,17 @@ class LocalServiceProcess:
         self.state_dir = state_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TESP_API_") and k != "FASTAPI_PROFILE"}
-        self.env.update({
-            "TESP_API_SETTINGS": str(state_dir / "settings.toml"),  # absent: defaults + environment
-            "TESP_API_PULSAR__STATUS__POLL_INTERVAL": "0.2",
-            "TESP_API_ENGINE__CLAIM_INTERVAL": "0.1",
-            **env,
-        })
+        self.env = {
+            k: v for k, v in os.environ.items() if not k.startswith("TESP_API_") and k != "FASTAPI_PROFILE"
+        }
+        self.env.update(
+            {
+                "TESP_API_SETTINGS": str(state_dir / "settings.toml"),  # absent: defaults + environment
+                "TESP_API_PULSAR__STATUS__POLL_INTERVAL": "0.2",
+                "TESP_API_ENGINE__CLAIM_INTERVAL": "0.1",
+                **env,
+            }
+        )
         self.process: subprocess.Popen[bytes] | None = None
         self.log_file = state_dir / "local.log"
 
@@ -42,9 +46,22 @@ class LocalServiceProcess:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "tesp_api", "local", "--state-dir", str(self.state_dir / "state"),
-                 "--host", "127.0.0.1", "--port", str(self.port)],
-                cwd=self.state_dir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "tesp_api",
+                    "local",
+                    "--state-dir",
+                    str(self.state_dir / "state"),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                ],
+                cwd=self.state_dir,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -33,7 +33,9 @@ def mongodb_uri() -> Iterator[str]:
 
 
 @pytest.fixture(params=["sqlite", "sqlite-scan", "mongo"])
-def store_maker(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StoreMaker:
+def store_maker(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> StoreMaker:
     if request.param.startswith("sqlite"):
         if request.param == "sqlite-scan":
             # The SQLite store drives a list query from a selective filter's index and walks the

@@ -35,8 +35,13 @@ def make_task(name: str | None = None, tags: dict[str, str] | None = None) -> Te
     )
 
 
-async def create(store: TaskStore, name: str | None = None, *, owner: Owner | None = None,
-                 tags: dict[str, str] | None = None) -> TaskRecord:
+async def create(
+    store: TaskStore,
+    name: str | None = None,
+    *,
+    owner: Owner | None = None,
+    tags: dict[str, str] | None = None,
+) -> TaskRecord:
     return await store.create(make_task(name, tags), owner)
 
 
@@ -64,7 +69,11 @@ async def test_get_returns_what_create_stored(store: TaskStore) -> None:
     assert got is not None
     assert got.task == created.task
     assert (got.state, got.owner, got.seq, got.created_at) == (
-        created.state, created.owner, created.seq, created.created_at)
+        created.state,
+        created.owner,
+        created.seq,
+        created.created_at,
+    )
 
 
 async def test_get_of_unknown_task_is_none(store: TaskStore) -> None:
@@ -155,8 +164,12 @@ async def test_owner_filter(store: TaskStore) -> None:
 # -- paging ----------------------------------------------------------------------------------
 
 
-async def collect_pages(store: TaskStore, page_size: int, between: Callable[[], Awaitable[object]] | None = None,
-                        **filters: object) -> list[list[str]]:
+async def collect_pages(
+    store: TaskStore,
+    page_size: int,
+    between: Callable[[], Awaitable[object]] | None = None,
+    **filters: object,
+) -> list[list[str]]:
     pages: list[list[str]] = []
     token = None
     while True:
@@ -248,7 +261,9 @@ async def test_page_token_of_other_filters_is_rejected(store: TaskStore) -> None
 
 async def test_update_with_expected_state_changes_the_state(store: TaskStore) -> None:
     created = await create(store)
-    updated = await store.update(created.id, expected=frozenset({TesState.QUEUED}), state=TesState.INITIALIZING)
+    updated = await store.update(
+        created.id, expected=frozenset({TesState.QUEUED}), state=TesState.INITIALIZING
+    )
     assert updated is not None and updated.state is TesState.INITIALIZING
     assert updated.version > created.version
     got = await store.get(created.id)
@@ -277,11 +292,17 @@ async def test_update_of_unknown_task_is_none(store: TaskStore) -> None:
 
 async def test_exactly_one_of_many_concurrent_compare_and_sets_wins(store: TaskStore) -> None:
     created = await create(store)
-    results = await asyncio.gather(*(
-        store.update(created.id, expected=frozenset({TesState.QUEUED}), state=TesState.INITIALIZING,
-                     log=LogPatch(system_logs=[f"worker {i}"]))
-        for i in range(20)
-    ))
+    results = await asyncio.gather(
+        *(
+            store.update(
+                created.id,
+                expected=frozenset({TesState.QUEUED}),
+                state=TesState.INITIALIZING,
+                log=LogPatch(system_logs=[f"worker {i}"]),
+            )
+            for i in range(20)
+        )
+    )
     winners = [r for r in results if r is not None]
     assert len(winners) == 1
     got = await store.get(created.id)
@@ -299,14 +320,26 @@ async def test_log_patches_append_and_merge(store: TaskStore) -> None:
     created = await create(store)
     first_output = TesOutputFileLog(url="s3://b/one", path="/out/one", size_bytes="1")
     second_output = TesOutputFileLog(url="s3://b/two", path="/out/two", size_bytes="2")
-    await store.update(created.id, log=LogPatch(
-        start_time="2030-01-01T00:00:00Z", system_logs=["one"], outputs=[first_output], metadata={"a": "1"},
-        executor_logs={0: TesExecutorLog(exit_code=0, stdout="first")},
-    ))
-    updated = await store.update(created.id, log=LogPatch(
-        end_time="2030-01-01T00:01:00Z", system_logs=["two"], outputs=[second_output], metadata={"b": "2"},
-        executor_logs={0: TesExecutorLog(exit_code=1, stdout="again"), 1: TesExecutorLog(exit_code=0)},
-    ))
+    await store.update(
+        created.id,
+        log=LogPatch(
+            start_time="2030-01-01T00:00:00Z",
+            system_logs=["one"],
+            outputs=[first_output],
+            metadata={"a": "1"},
+            executor_logs={0: TesExecutorLog(exit_code=0, stdout="first")},
+        ),
+    )
+    updated = await store.update(
+        created.id,
+        log=LogPatch(
+            end_time="2030-01-01T00:01:00Z",
+            system_logs=["two"],
+            outputs=[second_output],
+            metadata={"b": "2"},
+            executor_logs={0: TesExecutorLog(exit_code=1, stdout="again"), 1: TesExecutorLog(exit_code=0)},
+        ),
+    )
     got = await store.get(created.id)
     assert got is not None and updated is not None
     for log in (updated.log, got.log):
@@ -354,9 +387,7 @@ async def test_claim_with_nothing_to_claim_is_none(store: TaskStore) -> None:
 async def test_two_workers_never_hold_the_same_task(store: TaskStore) -> None:
     for _ in range(3):
         await create(store)
-    claims = await asyncio.gather(*(
-        store.claim(f"w{i}", T0, T0 + timedelta(seconds=30)) for i in range(6)
-    ))
+    claims = await asyncio.gather(*(store.claim(f"w{i}", T0, T0 + timedelta(seconds=30)) for i in range(6)))
     taken = [c.id for c in claims if c is not None]
     assert len(taken) == 3 and len(set(taken)) == 3
 
@@ -418,7 +449,9 @@ async def test_count(store: TaskStore) -> None:
     assert await store.count() == 3
 
 
-async def test_tasks_survive_close_and_reopen(store: TaskStore, reopen: Callable[[], Awaitable[TaskStore]]) -> None:
+async def test_tasks_survive_close_and_reopen(
+    store: TaskStore, reopen: Callable[[], Awaitable[TaskStore]]
+) -> None:
     created = await create(store, "kept", owner=ALICE, tags={"k": "v"})
     await store.update(created.id, state=TesState.RUNNING, log=LogPatch(system_logs=["hi"]))
     fresh = await reopen()
@@ -430,7 +463,9 @@ async def test_tasks_survive_close_and_reopen(store: TaskStore, reopen: Callable
     assert later.seq > created.seq
 
 
-async def test_page_tokens_stay_valid_after_reopen(store: TaskStore, reopen: Callable[[], Awaitable[TaskStore]]) -> None:
+async def test_page_tokens_stay_valid_after_reopen(
+    store: TaskStore, reopen: Callable[[], Awaitable[TaskStore]]
+) -> None:
     records = [await create(store) for _ in range(3)]
     token = (await store.list(ListQuery(page_size=1))).next_page_token
     fresh = await reopen()

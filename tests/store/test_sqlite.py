@@ -50,8 +50,9 @@ def test_several_processes_claiming_from_one_file_never_share_a_task(tmp_path: P
     path = str(tmp_path / "shared.sqlite3")
     created = asyncio.run(_create_tasks(path, 60))
     workers = [
-        subprocess.Popen([sys.executable, "-c", _CLAIMER, path, f"w{i}"], stdout=subprocess.PIPE, text=True,
-                         cwd=str(REPO))
+        subprocess.Popen(
+            [sys.executable, "-c", _CLAIMER, path, f"w{i}"], stdout=subprocess.PIPE, text=True, cwd=str(REPO)
+        )
         for i in range(3)
     ]
     outputs = [w.communicate(timeout=60)[0].split() for w in workers]

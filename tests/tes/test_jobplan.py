@@ -139,15 +139,34 @@ def test_a_very_long_image_name_is_refused() -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["relative/x", "", "-v", "--privileged", "/a/../b", "/a/..", "/..", "/../a", "/a/b/../../..", "/a:b", "/a,b",
-     "/x\ny", "/x\ty", "/x\x00y", "/x\x7fy", "/x\udc00y", "/" + "a" * 256, "/a" * 1100],
+    [
+        "relative/x",
+        "",
+        "-v",
+        "--privileged",
+        "/a/../b",
+        "/a/..",
+        "/..",
+        "/../a",
+        "/a/b/../../..",
+        "/a:b",
+        "/a,b",
+        "/x\ny",
+        "/x\ty",
+        "/x\x00y",
+        "/x\x7fy",
+        "/x\udc00y",
+        "/" + "a" * 256,
+        "/a" * 1100,
+    ],
 )
 def test_unsafe_paths_are_refused(path: str) -> None:
     assert path_problem(path) is not None
 
 
 @pytest.mark.parametrize(
-    "path", ["/", "/data", "/data/", "//data//x", "/a/./b", "/a/%2e%2e/b", "/a/...", "/a/..b", "/with space/é"]
+    "path",
+    ["/", "/data", "/data/", "//data//x", "/a/./b", "/a/%2e%2e/b", "/a/...", "/a/..b", "/with space/é"],
 )
 def test_paths_that_stay_where_they_say_are_accepted(path: str) -> None:
     assert path_problem(path) is None
@@ -164,12 +183,21 @@ def test_a_dotdot_segment_is_refused_wherever_a_path_is_given() -> None:
         inputs=[{"path": "/a/../etc/passwd", "content": "x"}],
         outputs=[{"path": "/out/..", "url": "http://h/o"}],
         volumes=["/v/../.."],
-        executors=[{**EXECUTOR, "workdir": "/w/..", "stdin": "/../in", "stdout": "/o/../x", "stderr": "/e/.."}],
+        executors=[
+            {**EXECUTOR, "workdir": "/w/..", "stdin": "/../in", "stdout": "/o/../x", "stderr": "/e/.."}
+        ],
     )
-    assert sorted(fields(t)) == sorted([
-        "inputs[0].path", "outputs[0].path", "volumes[0]", "executors[0].workdir",
-        "executors[0].stdin", "executors[0].stdout", "executors[0].stderr",
-    ])
+    assert sorted(fields(t)) == sorted(
+        [
+            "inputs[0].path",
+            "outputs[0].path",
+            "volumes[0]",
+            "executors[0].workdir",
+            "executors[0].stdin",
+            "executors[0].stdout",
+            "executors[0].stderr",
+        ]
+    )
 
 
 def test_every_problem_is_reported_at_once() -> None:
@@ -213,7 +241,13 @@ def test_an_option_like_workdir_is_refused() -> None:
 
 
 def test_workdirs_are_listed_apart_from_the_mount_roots() -> None:
-    t = task(executors=[{**EXECUTOR, "workdir": "/w"}, {**EXECUTOR, "workdir": "/w/"}, {**EXECUTOR, "workdir": "/"}])
+    t = task(
+        executors=[
+            {**EXECUTOR, "workdir": "/w"},
+            {**EXECUTOR, "workdir": "/w/"},
+            {**EXECUTOR, "workdir": "/"},
+        ]
+    )
     p = plan(t)
     assert p.workdirs == ("/w",)
     assert p.roots(with_workdirs=False) == ()
@@ -229,7 +263,9 @@ def test_a_workdir_below_a_mounted_directory_needs_no_root_of_its_own() -> None:
 
 
 def test_a_file_is_mounted_through_its_directory() -> None:
-    t = task(inputs=[{"path": "/data/in/a.txt", "content": "x"}], outputs=[{"path": "/data/out.txt", "url": "u"}])
+    t = task(
+        inputs=[{"path": "/data/in/a.txt", "content": "x"}], outputs=[{"path": "/data/out.txt", "url": "u"}]
+    )
     assert roots(t) == [("/data", False)]
 
 
@@ -260,17 +296,24 @@ def test_a_system_directory_cannot_be_a_volume(volume: str) -> None:
 
 
 def test_a_directory_input_cannot_be_a_system_directory() -> None:
-    assert fields(task(inputs=[{"path": "/usr", "url": "http://h/d", "type": "DIRECTORY"}])) == ["inputs[0].path"]
+    assert fields(task(inputs=[{"path": "/usr", "url": "http://h/d", "type": "DIRECTORY"}])) == [
+        "inputs[0].path"
+    ]
 
 
 def test_galaxy_shaped_tasks_are_planned() -> None:
     """Pulsar's TES client: three executors with workdir "/" and the shared volume /pulsar_staging/."""
     t = task(
         volumes=["/pulsar_staging/"],
-        executors=[{"image": "galaxy/pulsar-pod-staging:0.15.0", "command": ["pulsar-submit"], "workdir": "/"},
-                   {"image": "quay.io/biocontainers/samtools:1.17--h00cdaf9_0", "command": ["bash", "x"],
-                    "workdir": "/"},
-                   {"image": "galaxy/pulsar-pod-staging:0.15.0", "command": ["pulsar-finish"], "workdir": "/"}],
+        executors=[
+            {"image": "galaxy/pulsar-pod-staging:0.15.0", "command": ["pulsar-submit"], "workdir": "/"},
+            {
+                "image": "quay.io/biocontainers/samtools:1.17--h00cdaf9_0",
+                "command": ["bash", "x"],
+                "workdir": "/",
+            },
+            {"image": "galaxy/pulsar-pod-staging:0.15.0", "command": ["pulsar-finish"], "workdir": "/"},
+        ],
     )
     p = plan(t)
     assert p.volumes == ("/pulsar_staging",)
@@ -294,18 +337,29 @@ def test_nothing_can_lie_below_a_file() -> None:
 
 
 def test_a_file_cannot_also_be_a_directory() -> None:
-    t = task(inputs=[{"path": "/data/a", "content": "x"}], outputs=[{"path": "/data/a", "url": "u", "type": "DIRECTORY"}])
+    t = task(
+        inputs=[{"path": "/data/a", "content": "x"}],
+        outputs=[{"path": "/data/a", "url": "u", "type": "DIRECTORY"}],
+    )
     assert fields(t) == ["outputs[0].path"]
 
 
 def test_stdout_may_be_an_output_and_stdin_an_input() -> None:
-    t = task(inputs=[{"path": "/data/in", "content": "x"}], outputs=[{"path": "/data/out", "url": "u"}],
-             executors=[{**EXECUTOR, "stdin": "/data/in", "stdout": "/data/out"}])
+    t = task(
+        inputs=[{"path": "/data/in", "content": "x"}],
+        outputs=[{"path": "/data/out", "url": "u"}],
+        executors=[{**EXECUTOR, "stdin": "/data/in", "stdout": "/data/out"}],
+    )
     assert roots(t) == [("/data", False)]
 
 
 def test_a_file_input_may_lie_in_a_directory_input() -> None:
-    t = task(inputs=[{"path": "/ref", "url": "http://h/d", "type": "DIRECTORY"}, {"path": "/ref/x.fa", "content": "x"}])
+    t = task(
+        inputs=[
+            {"path": "/ref", "url": "http://h/d", "type": "DIRECTORY"},
+            {"path": "/ref/x.fa", "content": "x"},
+        ]
+    )
     assert roots(t) == [("/ref", False)]
 
 
@@ -350,15 +404,33 @@ def test_env_values_may_hold_anything_else() -> None:
 
 
 def test_the_executor_plan_carries_what_the_job_runs() -> None:
-    t = executor(command=["sh", "-c", "cat"], workdir="/w//", stdin="/in//x", stdout="/o/x", stderr="/o/e",
-                 env={"A": "1"}, ignore_error=True)
+    t = executor(
+        command=["sh", "-c", "cat"],
+        workdir="/w//",
+        stdin="/in//x",
+        stdout="/o/x",
+        stderr="/o/e",
+        env={"A": "1"},
+        ignore_error=True,
+    )
     ex = plan(t).executors[0]
-    assert (ex.index, ex.image, ex.command, ex.workdir, ex.stdin, ex.stdout, ex.stderr, ex.env, ex.ignore_error) == (
-        0, "alpine", ("sh", "-c", "cat"), "/w", "/in/x", "/o/x", "/o/e", {"A": "1"}, True)
+    assert (
+        ex.index,
+        ex.image,
+        ex.command,
+        ex.workdir,
+        ex.stdin,
+        ex.stdout,
+        ex.stderr,
+        ex.env,
+        ex.ignore_error,
+    ) == (0, "alpine", ("sh", "-c", "cat"), "/w", "/in/x", "/o/x", "/o/e", {"A": "1"}, True)
 
 
 def test_the_plan_is_the_same_for_the_same_task() -> None:
-    t = task(inputs=[{"path": "/d/a", "content": "x"}], outputs=[{"path": "/d/*.txt", "url": "u"}], volumes=["/v"])
+    t = task(
+        inputs=[{"path": "/d/a", "content": "x"}], outputs=[{"path": "/d/*.txt", "url": "u"}], volumes=["/v"]
+    )
     assert build_plan(t) == build_plan(TesTask.model_validate(t.model_dump()))
 
 
@@ -366,15 +438,24 @@ def test_the_plan_is_the_same_for_the_same_task() -> None:
 
 
 def test_inputs_are_placed_with_their_type() -> None:
-    t = task(inputs=[{"path": "/d/a", "content": "x"}, {"path": "/r//", "url": "http://h/r", "type": "DIRECTORY"}])
+    t = task(
+        inputs=[{"path": "/d/a", "content": "x"}, {"path": "/r//", "url": "http://h/r", "type": "DIRECTORY"}]
+    )
     assert [(i.index, i.path, i.type) for i in plan(t).inputs] == [
-        (0, "/d/a", TesFileType.FILE), (1, "/r", TesFileType.DIRECTORY)]
+        (0, "/d/a", TesFileType.FILE),
+        (1, "/r", TesFileType.DIRECTORY),
+    ]
 
 
 def test_outputs_are_planned_by_kind() -> None:
-    t = task(outputs=[{"path": "/o/f", "url": "http://h/f"}, {"path": "/o/d", "url": "http://h/d", "type": "DIRECTORY"},
-                      {"path": "/o/g/*.txt", "url": "http://h/g/"},
-                      {"path": "/o/p/*/x", "path_prefix": "/o/", "url": "http://h/p/"}])
+    t = task(
+        outputs=[
+            {"path": "/o/f", "url": "http://h/f"},
+            {"path": "/o/d", "url": "http://h/d", "type": "DIRECTORY"},
+            {"path": "/o/g/*.txt", "url": "http://h/g/"},
+            {"path": "/o/p/*/x", "path_prefix": "/o/", "url": "http://h/p/"},
+        ]
+    )
     assert [(o.index, o.path, o.kind, o.base, o.prefix, o.url) for o in plan(t).outputs] == [
         (0, "/o/f", OutputKind.FILE, "/o/f", None, "http://h/f"),
         (1, "/o/d", OutputKind.DIRECTORY, "/o/d", None, "http://h/d"),
@@ -404,14 +485,23 @@ def test_path_prefix_must_not_hold_wildcards() -> None:
 
 
 def test_path_prefix_of_an_output_without_wildcards_is_ignored() -> None:
-    assert plan(task(outputs=[{"path": "/out/a", "path_prefix": "/nowhere:", "url": "u"}])).outputs[0].prefix is None
+    assert (
+        plan(task(outputs=[{"path": "/out/a", "path_prefix": "/nowhere:", "url": "u"}])).outputs[0].prefix
+        is None
+    )
 
 
 # --- the one wildcard implementation -------------------------------------------------------------
 
 
 def test_wildcards_are_the_posix_pattern_characters() -> None:
-    assert [has_wildcard(p) for p in ("/a/*", "/a/?", "/a/[ab]", "/a/b", "/a/{b}")] == [True, True, True, False, False]
+    assert [has_wildcard(p) for p in ("/a/*", "/a/?", "/a/[ab]", "/a/b", "/a/{b}")] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
 
 
 def test_wildcard_base_is_the_directory_above_the_first_wildcard() -> None:

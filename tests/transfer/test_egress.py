@@ -59,9 +59,24 @@ def test_the_ipv4_inside_ipv6_forms_is_found(address: str, inner: str) -> None:
 
 @pytest.mark.parametrize(
     "address",
-    ["127.0.0.1", "0.0.0.0", "10.0.0.1", "172.31.255.255", "192.168.0.1", "169.254.169.254", "100.64.0.1",
-     "224.0.0.1", "255.255.255.255", "192.0.2.1", "::1", "::", "fe80::1", "fc00::1", "ff02::1",
-     "::ffff:10.0.0.1"],
+    [
+        "127.0.0.1",
+        "0.0.0.0",
+        "10.0.0.1",
+        "172.31.255.255",
+        "192.168.0.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "224.0.0.1",
+        "255.255.255.255",
+        "192.0.2.1",
+        "::1",
+        "::",
+        "fe80::1",
+        "fc00::1",
+        "ff02::1",
+        "::ffff:10.0.0.1",
+    ],
 )
 def test_internal_addresses_are_forbidden(address: str) -> None:
     assert forbidden_reason(ipaddress.ip_address(address)) is not None
@@ -84,7 +99,9 @@ def test_globally_routable_addresses_are_allowed(address: str) -> None:
         ("0.0.0.0:8080", HostRule(port=8080, this_machine=True)),
     ],
 )
-def test_host_entries_are_names_addresses_or_networks_with_an_optional_port(entry: str, rule: HostRule) -> None:
+def test_host_entries_are_names_addresses_or_networks_with_an_optional_port(
+    entry: str, rule: HostRule
+) -> None:
     assert parse_rule(entry) == rule
 
 
@@ -101,8 +118,12 @@ def test_the_control_plane_holds_every_service_endpoint_from_the_settings() -> N
             "pulsar": {
                 "servers": [
                     {"name": "a", "url": "http://pulsar.internal:8913"},
-                    {"name": "b", "amqp_url": "amqps://u:p@mq.internal//", "staging_listen": "0.0.0.0:8091",
-                     "staging_url": "http://tesp.internal:8091"},
+                    {
+                        "name": "b",
+                        "amqp_url": "amqps://u:p@mq.internal//",
+                        "staging_listen": "0.0.0.0:8091",
+                        "staging_url": "http://tesp.internal:8091",
+                    },
                 ]
             },
         }

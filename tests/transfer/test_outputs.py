@@ -65,7 +65,11 @@ def test_the_wildcard_rules_are_the_jobplans() -> None:
     from tesp_api.transfer import outputs
 
     assert (outputs.matches, outputs.implicit_prefix, outputs.effective_prefix, outputs.has_wildcard) == (
-        jobplan.matches, jobplan.implicit_prefix, jobplan.effective_prefix, jobplan.has_wildcard)
+        jobplan.matches,
+        jobplan.implicit_prefix,
+        jobplan.effective_prefix,
+        jobplan.has_wildcard,
+    )
 
 
 def test_matches_from_a_sloppy_listing_are_normalised_before_matching() -> None:

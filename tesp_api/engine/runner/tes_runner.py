@@ -100,8 +100,11 @@ def which(name: str, env: dict[str, str]) -> str | None:
 
 
 # Python ignores these; a started program must get the default back.
-RESET_SIGNALS = tuple(getattr(signal, n) for n in ("SIGPIPE", "SIGXFSZ", "SIGXFZ", "SIGTERM", "SIGINT", "SIGHUP")
-                      if hasattr(signal, n))
+RESET_SIGNALS = tuple(
+    getattr(signal, n)
+    for n in ("SIGPIPE", "SIGXFSZ", "SIGXFZ", "SIGTERM", "SIGINT", "SIGHUP")
+    if hasattr(signal, n)
+)
 
 
 def spawn(argv: list[str], env: dict[str, str], stdio: tuple[int, int, int] | None = None) -> int:
@@ -208,9 +211,14 @@ def open_file(root: int, rel: str, write: bool, owner: tuple[int, int] | None = 
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"),
-                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"),
-                       (stat.S_ISSOCK, "a socket")):
+    for test, name in (
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a device"),
+        (stat.S_ISBLK, "a device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
         if test(mode):
             return name
     return "not a regular file"
@@ -240,11 +248,16 @@ class Tar:
         for name, data in self.members:
             raw = name.encode()
             hdr = bytearray(512)
-            hdr[0:len(raw)] = raw
-            for off, width, value in ((100, 8, 0o644), (108, 8, 0), (116, 8, 0), (124, 12, len(data)),
-                                      (136, 12, mtime)):
+            hdr[0 : len(raw)] = raw
+            for off, width, value in (
+                (100, 8, 0o644),
+                (108, 8, 0),
+                (116, 8, 0),
+                (124, 12, len(data)),
+                (136, 12, mtime),
+            ):
                 field = f"{value:0{width - 1}o}".encode() + b"\0"
-                hdr[off:off + width] = field
+                hdr[off : off + width] = field
             hdr[148:156] = b" " * 8
             hdr[156:157] = b"0"
             hdr[257:265] = b"ustar\x0000"
@@ -393,8 +406,11 @@ class Runner:
                         os.close(made)
                 for rel in ex.get("roots") or []:  # mount sources must still be what the runner made
                     check_root(self.work_fd, rel)
-                stdin = open_file(self.work_fd, ex["stdin"], write=False) if ex.get("stdin") else \
-                    os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+                stdin = (
+                    open_file(self.work_fd, ex["stdin"], write=False)
+                    if ex.get("stdin")
+                    else os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+                )
                 fds.append(stdin)
                 out = self._stream(ex.get("stdout"), f"{i}.stdout")
                 fds.append(out)
@@ -457,7 +473,9 @@ class Runner:
             fd = open_file(self.work_fd, str(rel), write=True, owner=self.drop)
             self._give(fd)  # a later executor may append to it
             return fd
-        return os.open(os.path.join(self.meta, default), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        return os.open(
+            os.path.join(self.meta, default), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644
+        )
 
     def _system(self, i: int, kind: str, message: str) -> None:
         self.tar.add(f"{i}.system", f"{kind}\n{message}".encode("utf-8", "surrogateescape"))
@@ -483,13 +501,20 @@ class Runner:
             elif "work" in word:
                 argv.append(os.path.join(self.work, word["work"]))
             elif "join" in word:
-                argv.append("".join(p if isinstance(p, str) else os.path.join(self.work, p["work"])
-                                    for p in word["join"]))
+                argv.append(
+                    "".join(
+                        p if isinstance(p, str) else os.path.join(self.work, p["work"]) for p in word["join"]
+                    )
+                )
             elif "env_file" in word:
                 env_file = os.path.join(self.meta, f"{i}.env")
                 fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
                 with os.fdopen(fd, "wb") as fh:
-                    fh.write("".join("{}={}\n".format(*kv) for kv in env.items()).encode("utf-8", "surrogateescape"))
+                    fh.write(
+                        "".join("{}={}\n".format(*kv) for kv in env.items()).encode(
+                            "utf-8", "surrogateescape"
+                        )
+                    )
                 argv.append(env_file)
             elif "args_fd" in word:
                 fd = self._args_fd(i, [a for k, v in env.items() for a in ("--setenv", k, v)])
@@ -512,7 +537,7 @@ class Runner:
             data = b"".join(a.encode("utf-8", "surrogateescape") + b"\0" for a in args)
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.lseek(fd, 0, os.SEEK_SET)
         except BaseException:
             os.close(fd)
@@ -555,7 +580,9 @@ class Runner:
             for out in self.spec.get("outputs") or []:
                 try:
                     for rel, size in self._list(out["rel"], bool(out.get("dir"))):
-                        records.append(b"%d\0%d\0%s\0" % (int(out["i"]), size, rel.encode("utf-8", "surrogateescape")))
+                        records.append(
+                            b"%d\0%d\0%s\0" % (int(out["i"]), size, rel.encode("utf-8", "surrogateescape"))
+                        )
                         if rel not in seen:
                             seen.add(rel)
                             self._snapshot(rel, out_fd)
@@ -580,8 +607,10 @@ class Runner:
             fd, prefix = stack.pop()
             try:
                 with os.scandir(fd) as entries:
-                    names = sorted((e.name, e.is_dir(follow_symlinks=False), e.is_file(follow_symlinks=False))
-                                   for e in entries)
+                    names = sorted(
+                        (e.name, e.is_dir(follow_symlinks=False), e.is_file(follow_symlinks=False))
+                        for e in entries
+                    )
                 for name, is_subdir, is_file in names:
                     if is_file:
                         st = os.stat(name, dir_fd=fd, follow_symlinks=False)
@@ -602,7 +631,9 @@ class Runner:
         dst_parent = open_dir(out_fd, parts[:-1], create=True)
         try:
             try:
-                os.link(parts[-1], parts[-1], src_dir_fd=src_parent, dst_dir_fd=dst_parent, follow_symlinks=False)
+                os.link(
+                    parts[-1], parts[-1], src_dir_fd=src_parent, dst_dir_fd=dst_parent, follow_symlinks=False
+                )
             except FileExistsError:
                 pass
             except OSError:
@@ -611,8 +642,12 @@ class Runner:
                     if not stat.S_ISREG(os.fstat(src).st_mode):
                         return
                     os.set_blocking(src, True)
-                    dst = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644,
-                                  dir_fd=dst_parent)
+                    dst = os.open(
+                        parts[-1],
+                        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                        0o644,
+                        dir_fd=dst_parent,
+                    )
                     try:
                         while True:
                             chunk = os.read(src, 1 << 20)
@@ -620,7 +655,7 @@ class Runner:
                                 break
                             view = memoryview(chunk)
                             while view:
-                                view = view[os.write(dst, view):]
+                                view = view[os.write(dst, view) :]
                     finally:
                         os.close(dst)
                 finally:
@@ -668,6 +703,7 @@ def extract(archive: str, dest: str) -> None:
         with tarfile.open(archive, "r:") as tar:
             data_filter = getattr(tarfile, "data_filter", None)
             if data_filter is not None:
+
                 def keep(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
                     checked: tarfile.TarInfo = data_filter(member, path)
                     return checked.replace(uid=uid, gid=gid, uname="", gname="", deep=False)
@@ -677,8 +713,13 @@ def extract(archive: str, dest: str) -> None:
             members = []
             for member in tar.getmembers():
                 name = member.name
-                if (member.issym() or member.islnk() or member.isdev() or name.startswith("/")
-                        or ".." in name.split("/")):
+                if (
+                    member.issym()
+                    or member.islnk()
+                    or member.isdev()
+                    or name.startswith("/")
+                    or ".." in name.split("/")
+                ):
                     raise Unsafe(f"input archive member {name!r} is a link, a device, absolute or has '..'")
                 if not (member.isfile() or member.isdir()):
                     continue

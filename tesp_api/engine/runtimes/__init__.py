@@ -28,8 +28,7 @@ BWRAP_WARNING = (
     "\n" + "!" * 78 + "\n"
     "!! No working container runtime (docker, podman, apptainer, singularity) found.\n"
     "!! Falling back to bubblewrap: task IMAGES ARE IGNORED and commands run on the host's own\n"
-    "!! userland (read-only) in a sandbox. Fine for trying tesp-api; not for real workloads.\n"
-    + "!" * 78
+    "!! userland (read-only) in a sandbox. Fine for trying tesp-api; not for real workloads.\n" + "!" * 78
 )
 
 
@@ -61,8 +60,12 @@ def detect_runtime_type(settings: RuntimeSettings) -> str:
     for kind, probe in candidates:
         why = _probe(probe, env)
         if why is None:
-            log.info("runtime auto-detection: using %s (`%s` works%s)", kind, " ".join(probe),
-                     "; not: " + "; ".join(failed) if failed else "")
+            log.info(
+                "runtime auto-detection: using %s (`%s` works%s)",
+                kind,
+                " ".join(probe),
+                "; not: " + "; ".join(failed) if failed else "",
+            )
             return kind
         failed.append(why)
     log.warning("runtime auto-detection: using bwrap (%s)%s", "; ".join(failed), BWRAP_WARNING)
@@ -83,20 +86,38 @@ def build_runtime(settings: RuntimeSettings, kind: str | None = None) -> Runtime
     if kind == "auto":
         kind = detect_runtime_type(settings)
     extra = list(settings.extra_args)
-    hardening = Hardening(cap_add=tuple(settings.cap_add), user=settings.user, pids_limit=settings.pids_limit,
-                          bind_host_paths=tuple(settings.bind_host_paths), sandbox_user=_uid_gid(settings.sandbox_user))
+    hardening = Hardening(
+        cap_add=tuple(settings.cap_add),
+        user=settings.user,
+        pids_limit=settings.pids_limit,
+        bind_host_paths=tuple(settings.bind_host_paths),
+        sandbox_user=_uid_gid(settings.sandbox_user),
+    )
     if kind == "docker":
-        return DockerRuntime(binary=settings.docker_bin, pull_policy=settings.pull_policy,
-                             extra_args=extra + settings.docker_args, hardening=hardening)
+        return DockerRuntime(
+            binary=settings.docker_bin,
+            pull_policy=settings.pull_policy,
+            extra_args=extra + settings.docker_args,
+            hardening=hardening,
+        )
     if kind == "podman":
         # podman 4.3 refuses a --workdir missing from the image ("does not exist on container"; docker
         # creates it), so the workdir is mounted from the job directory like bwrap's (docs/runtimes.md).
-        return DockerRuntime(binary=settings.podman_bin, kind="podman", pull_policy=settings.pull_policy,
-                             extra_args=extra + settings.podman_args, hardening=hardening, needs_workdir_mount=True)
+        return DockerRuntime(
+            binary=settings.podman_bin,
+            kind="podman",
+            pull_policy=settings.pull_policy,
+            extra_args=extra + settings.podman_args,
+            hardening=hardening,
+            needs_workdir_mount=True,
+        )
     if kind in ("apptainer", "singularity"):
         binary = settings.apptainer_bin if kind == "apptainer" else settings.singularity_bin
-        return ApptainerRuntime(binary=binary, kind=kind, extra_args=extra + settings.apptainer_args,
-                                hardening=hardening)
+        return ApptainerRuntime(
+            binary=binary, kind=kind, extra_args=extra + settings.apptainer_args, hardening=hardening
+        )
     if kind == "bwrap":
-        return BwrapRuntime(binary=settings.bwrap_bin, extra_args=extra + settings.bwrap_args, hardening=hardening)
+        return BwrapRuntime(
+            binary=settings.bwrap_bin, extra_args=extra + settings.bwrap_args, hardening=hardening
+        )
     raise ValueError(f"unknown runtime type {kind!r}")

@@ -21,14 +21,42 @@ HOST_READ_ONLY = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/opt")
 # What of the host's /etc commands need (users, DNS, TLS, the loader, time zone); never shadow/gshadow,
 # ssh host keys, sudoers or other secrets.
 HOST_ETC = (
-    "/etc/passwd", "/etc/group", "/etc/nsswitch.conf", "/etc/hosts", "/etc/host.conf", "/etc/resolv.conf",
-    "/etc/gai.conf", "/etc/services", "/etc/protocols", "/etc/hostname", "/etc/localtime", "/etc/timezone",
-    "/etc/ssl", "/etc/ca-certificates", "/etc/pki", "/etc/alternatives", "/etc/ld.so.cache", "/etc/ld.so.conf",
-    "/etc/ld.so.conf.d", "/etc/mime.types", "/etc/magic", "/etc/debian_version", "/etc/os-release",
-    "/etc/profile", "/etc/bash.bashrc", "/etc/inputrc", "/etc/terminfo", "/etc/fonts", "/etc/java",
-    "/etc/python3", "/etc/perl", "/etc/R",
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/nsswitch.conf",
+    "/etc/hosts",
+    "/etc/host.conf",
+    "/etc/resolv.conf",
+    "/etc/gai.conf",
+    "/etc/services",
+    "/etc/protocols",
+    "/etc/hostname",
+    "/etc/localtime",
+    "/etc/timezone",
+    "/etc/ssl",
+    "/etc/ca-certificates",
+    "/etc/pki",
+    "/etc/alternatives",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/mime.types",
+    "/etc/magic",
+    "/etc/debian_version",
+    "/etc/os-release",
+    "/etc/profile",
+    "/etc/bash.bashrc",
+    "/etc/inputrc",
+    "/etc/terminfo",
+    "/etc/fonts",
+    "/etc/java",
+    "/etc/python3",
+    "/etc/perl",
+    "/etc/R",
 )
-SETPRIV = "/usr/bin/setpriv"  # util-linux, on every Debian/RHEL host; resolved inside the sandbox (/usr is bound)
+SETPRIV = (
+    "/usr/bin/setpriv"  # util-linux, on every Debian/RHEL host; resolved inside the sandbox (/usr is bound)
+)
 SETPRIV_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")  # what setpriv needs to drop to the sandbox user
 EXEC_SHIM = ("/bin/sh", "-c", 'exec "$@"', "sh")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -98,8 +126,13 @@ class BwrapRuntime:
         argv += [*self.extra_args, "--"]
         if drop_to is not None:
             kept = ",".join("+" + c.removeprefix("CAP_").lower() for c in self.hardening.cap_add)
-            argv += [SETPRIV, f"--reuid={drop_to[0]}", f"--regid={drop_to[1]}", "--clear-groups",
-                     "--bounding-set=-all" + ("," + kept if kept else "")]
+            argv += [
+                SETPRIV,
+                f"--reuid={drop_to[0]}",
+                f"--regid={drop_to[1]}",
+                "--clear-groups",
+                "--bounding-set=-all" + ("," + kept if kept else ""),
+            ]
             if kept:
                 argv += [f"--inh-caps={kept}", f"--ambient-caps={kept}"]
             argv.append("--")

@@ -19,7 +19,7 @@ from tesp_api.engine.shell import Concat, EnvFile, Word
 
 SYSTEM_EXITS = {
     125: "the container runtime could not run the container (image not found, pull failed or refused options; "
-         "see stderr)",
+    "see stderr)",
     126: "the command in the container could not be invoked",
 }
 
@@ -40,8 +40,19 @@ class DockerRuntime:
 
     def command(self, run: ExecutorRun) -> list[Word]:
         h = self.hardening
-        argv: list[Word] = [self.binary, "run", "--rm", "-i", "--name", run.name, f"--pull={self.pull_policy}",
-                            "--network", run.network, "--cap-drop", "ALL"]
+        argv: list[Word] = [
+            self.binary,
+            "run",
+            "--rm",
+            "-i",
+            "--name",
+            run.name,
+            f"--pull={self.pull_policy}",
+            "--network",
+            run.network,
+            "--cap-drop",
+            "ALL",
+        ]
         if self.kind == "podman":  # podman copies its own HTTP(S)_PROXY (runtime.env) into containers
             argv.append("--http-proxy=false")
         for cap in cap_names(h.cap_add):
