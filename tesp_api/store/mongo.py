@@ -188,6 +188,23 @@ class MongoTaskStore:
                 continue
         raise StoreError("cannot read the page token key")
 
+    async def get_or_create_secret(self, name: str) -> bytes:
+        """In the meta collection under ``secret:<name>`` (hex), made by an upsert ($setOnInsert):
+        concurrent first uses agree on one value."""
+        self._check_available()
+        for _ in range(3):  # two processes upserting at once: one gets DuplicateKeyError, then reads
+            try:
+                doc = await self._meta.find_one_and_update(
+                    {"_id": f"secret:{name}"},
+                    {"$setOnInsert": {"value": secrets.token_hex(32)}},
+                    upsert=True,
+                    return_document=ReturnDocument.AFTER,
+                )
+                return bytes.fromhex(doc["value"])
+            except DuplicateKeyError:
+                continue
+        raise StoreError(f"cannot read the secret {name!r}")
+
     async def _load_instance(self) -> str:
         """The seq counter's instance, made (with the counter) if missing; older counters get one."""
         await self._meta.update_one(

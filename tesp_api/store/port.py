@@ -177,3 +177,9 @@ class TaskStore(Protocol):
 
     async def count_by_state(self) -> dict[TesState, int]:
         """How many tasks are in each state (states without tasks may be missing): /metrics."""
+
+    async def get_or_create_secret(self, name: str) -> bytes:
+        """A random 32-byte secret kept in the store under ``name``, made on first use. Every
+        replica sharing the store gets the same bytes (two creating it at once agree on one), so a
+        key that signs URLs (the AMQP staging server's) is verified by whichever replica a load
+        balancer picks."""

@@ -841,3 +841,17 @@ class SqliteTaskStore:
             return {TesState(state): int(n) for state, n in rows if state in TesState.__members__}
 
         return await self._call(read, write=False)
+
+    async def get_or_create_secret(self, name: str) -> bytes:
+        """In store_meta under ``secret:<name>`` (hex); INSERT OR IGNORE then read, in one write
+        transaction, so concurrent first uses agree."""
+        key = f"secret:{name}"
+
+        def make(conn: sqlite3.Connection) -> bytes:
+            conn.execute(
+                "INSERT OR IGNORE INTO store_meta(key, value) VALUES (?, ?)", (key, secrets.token_hex(32))
+            )
+            (value,) = conn.execute("SELECT value FROM store_meta WHERE key = ?", (key,)).fetchone()
+            return bytes.fromhex(value)
+
+        return await self._call(make, write=True)

@@ -471,3 +471,26 @@ async def test_page_tokens_stay_valid_after_reopen(
     fresh = await reopen()
     page = await fresh.list(ListQuery(page_size=5, page_token=token))
     assert [r.id for r in page.records] == [records[1].id, records[0].id]
+
+
+# -- shared secrets ---------------------------------------------------------------------------------
+
+
+async def test_a_secret_is_made_once_and_then_always_the_same(store: TaskStore) -> None:
+    first = await store.get_or_create_secret("staging")
+    assert len(first) == 32
+    assert await store.get_or_create_secret("staging") == first
+    assert await store.get_or_create_secret("other") != first
+
+
+async def test_concurrent_first_uses_of_a_secret_agree(store: TaskStore) -> None:
+    got = await asyncio.gather(*(store.get_or_create_secret("raced") for _ in range(8)))
+    assert len(set(got)) == 1
+
+
+async def test_a_secret_survives_reopening_the_store(
+    store: TaskStore, reopen: Callable[[], Awaitable[TaskStore]]
+) -> None:
+    first = await store.get_or_create_secret("kept")
+    fresh = await reopen()
+    assert await fresh.get_or_create_secret("kept") == first
