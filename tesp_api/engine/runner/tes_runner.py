@@ -49,6 +49,11 @@ SETUP_FAILED_EXIT = 70
 META_DIR = "tes-meta"
 META_TAR = "tes-meta.tar"
 OUT_DIR = "tes-out"
+# The heartbeat (working/tes-alive): a counter rewritten every BEAT seconds while the runner lives (SIGALRM,
+# no thread). Pulsar restarted under a running job answers "running" for ever; the service tells a live
+# job from a dead one by this counter no longer changing (tesp_api/pulsar/liveness.py).
+ALIVE = "tes-alive"
+BEAT = 5.0
 INLINE_BEGIN = "TESP-META-BEGIN"
 INLINE_END = "TESP-META-END"
 INLINE_MAX = 48 * 1024
@@ -294,6 +299,7 @@ class Runner:
         self.current: dict[str, Any] | None = None
         self.watchdog = -1
         self.work_fd = -1
+        self.beats = 0
 
     def _runtime_env(self) -> dict[str, str]:
         env = {"PATH": DEFAULT_PATH}
@@ -313,6 +319,9 @@ class Runner:
         os.umask(0o022)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
+        signal.signal(signal.SIGALRM, self._beat)
+        self._beat(0, None)
+        signal.setitimer(signal.ITIMER_REAL, BEAT, BEAT)  # not inherited by the processes it starts
         try:
             try:
                 os.makedirs(self.meta, exist_ok=True)
@@ -336,6 +345,20 @@ class Runner:
 
     def _on_signal(self, signum: int, frame: object) -> None:
         raise Terminated(signum)
+
+    def _beat(self, signum: int, frame: object) -> None:
+        """One heartbeat: the counter, replaced atomically (a reader never sees a half-written file)."""
+        self.beats += 1
+        path = os.path.join(self.work, ALIVE)
+        try:
+            fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, str(self.beats).encode() + b"\n")
+            finally:
+                os.close(fd)
+            os.replace(path + ".tmp", path)
+        except OSError:
+            pass
 
     def _kill_current(self) -> None:
         """SIGTERM/SIGINT/SIGHUP: kill the executor's processes and remove its container, now."""
