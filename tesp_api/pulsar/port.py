@@ -97,6 +97,32 @@ class JobStatus:
         )
 
 
+# JobStatus.raw key: why a backend reports a job "lost" (task-log safe text; the driver writes it
+# into the task's system_logs). A backend that finds out itself that a job Pulsar still calls
+# running is dead (pulsar/liveness.py) reports it "lost" with this reason.
+LOST_REASON_KEY = "tesp_lost_reason"
+
+
+@dataclass(frozen=True, slots=True)
+class Liveness:
+    """A backend's verdict on a job Pulsar reports non-final: ``alive`` False means it cannot
+    finish any more (its process is gone although Pulsar says it runs); ``reason`` says why."""
+
+    alive: bool
+    reason: str = ""
+
+
+@runtime_checkable
+class LivenessProbe(Protocol):
+    """Optional, beside ``PulsarBackend``: the driver asks ``liveness`` while Pulsar keeps
+    answering non-final for a started job, at most every ``pulsar.status.poll_interval``, and ends
+    the task PREEMPTED (lost work) when the answer is not alive. How long a job may show no sign of
+    life before it is called dead is the backend's ``pulsar.lost_job_deadline``. A backend without
+    it is judged by Pulsar's answers alone."""
+
+    async def liveness(self, job_id: str) -> Liveness: ...
+
+
 @runtime_checkable
 class PulsarBackend(Protocol):
     name: str  # the configured server name, recorded in the task's backend data
