@@ -145,6 +145,12 @@ class PulsarSettings(_Section):
     servers: list[PulsarServer] = Field(default_factory=list)
     retries: int = Field(5, ge=0)  # per request, with exponential backoff
     unreachable_deadline: float = Field(600.0, gt=0)  # seconds Pulsar may be unreachable before SYSTEM_ERROR
+    lost_job_deadline: float = Field(
+        120.0,
+        gt=0,
+        description="seconds a job Pulsar reports running may show no heartbeat before it counts as lost "
+        "(REST: Pulsar restarted under it; docs/engine.md, Crash runs)",
+    )
     keep_job_directories: bool = False  # debugging: do not DELETE the Pulsar job at the end
     amqp_reconcile_after: float = Field(60.0, gt=0)  # AMQP: ask for status when silent this long
     amqp_reconcile_max_per_minute: int = Field(300, ge=1)  # AMQP: cap on those status requests, all jobs

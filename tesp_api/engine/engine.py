@@ -57,6 +57,7 @@ def build_backends(settings: Settings) -> dict[str, PulsarBackend]:
                 timeout=p.client_timeout,
                 retries=p.retries,
                 uds=server.uds,
+                lost_job_deadline=p.lost_job_deadline,
             )
         elif server.transport == "amqp":
             if server.url:

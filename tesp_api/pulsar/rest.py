@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from tesp_api.metrics import pulsar_request
+from tesp_api.pulsar.liveness import DEFAULT_LOST_AFTER, HeartbeatWatch
 from tesp_api.pulsar.port import BackendError, BackendUnavailable, JobSpec, JobStatus
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class RestBackend:
         max_in_flight: int = 8,
         client: httpx.AsyncClient | None = None,
         uds: str | None = None,
+        lost_job_deadline: float = DEFAULT_LOST_AFTER,
     ) -> None:
         self.name = name
         self.url = url.rstrip("/")
@@ -97,6 +99,8 @@ class RestBackend:
         self._idle = asyncio.Event()
         self._idle.set()
         self.uds = uds
+        # A job Pulsar answers "running" for although its runner is gone (Pulsar restarted): liveness.py.
+        self._liveness = HeartbeatWatch(self.fetch, lost_after=lost_job_deadline)
         limits = httpx.Limits(max_connections=2 * max_in_flight, max_keepalive_connections=2 * max_in_flight)
         self._client = client or httpx.AsyncClient(
             base_url=self.url,
@@ -214,7 +218,7 @@ class RestBackend:
 
     async def status(self, job_id: str) -> JobStatus:
         resp = await self._request("GET", f"/jobs/{job_id}/status", params={}, slots=self._poll_slots)
-        status = JobStatus.from_pulsar(job_id, resp.json())
+        status = await self._liveness.review(JobStatus.from_pulsar(job_id, resp.json()))
         if status.is_final:
             self._finished(job_id)
             if status.status == "complete":
@@ -272,4 +276,5 @@ class RestBackend:
         return dict(resp.json())
 
     async def aclose(self) -> None:
+        self._liveness.close()
         await self._client.aclose()

@@ -1,0 +1,138 @@
+"""Jobs a restarted Pulsar lost track of (REST): tell a live job from a finished or a dead one.
+
+Why this exists (pulsar-app 0.16, ``queued_python``, read off pulsar/managers/queued.py, unqueued.py
+and stateful.py): a job's process runs in its own process group, so killing Pulsar (kill -9, OOM, a
+crash) leaves it running. Pulsar deletes the job's ``command_line`` file when it starts the job, so
+after a restart ``recover_active_jobs`` fails for every job that had started ("Failed to recover
+active job ... Cannot recover job" or FileNotFoundError .../command_line) and drops it from its
+active list: no thread waits for the process any more, nobody removes the job's ``pid`` file, and
+``GET /jobs/{id}/status`` answers ``running`` for ever, whether the process has finished (its
+``return_code`` and our ``tes-meta.tar`` are there) or was killed. Over REST only the job's working,
+outputs and metadata directories can be read, not ``pid`` or ``return_code``.
+
+So the job runner keeps a heartbeat, ``working/tes-alive``: a counter it rewrites every
+``BEAT_SECONDS`` (tesp_api/engine/runner/tes_runner.py). While Pulsar answers ``running``, this watch
+reads it at most every ``check_every`` seconds; when it has not changed for ``lost_after`` seconds
+(``pulsar.lost_job_deadline``) the runner is gone although Pulsar says it runs:
+
+* ``tes-meta.tar`` is there: the runner finished (it writes the archive last). The job's real result
+  is read as for any completed job: ``complete`` (returncode unknown: the executors' exit codes,
+  which the archive holds, decide).
+* it is not: the runner was killed (or never started). The job is reported ``lost``: lost work, which
+  the engine ends as PREEMPTED (the spec's state for a task the system stopped).
+
+The verdict names what happened in ``raw["tesp_lost_reason"]`` (for the task's system_logs).
+A job run by an older runner without a heartbeat is judged the same way after ``lost_after``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tesp_api.pulsar.port import BackendUnavailable, JobStatus
+
+log = logging.getLogger(__name__)
+
+ALIVE_NAME = "tes-alive"  # the runner's ALIVE (the runner imports nothing from tesp_api)
+META_NAME = "tes-meta.tar"
+BEAT_SECONDS = 5.0  # the runner's BEAT
+DEFAULT_LOST_AFTER = 120.0
+REASON_KEY = "tesp_lost_reason"
+
+Fetch = Callable[[str, str, Path], Awaitable[bool]]
+
+
+@dataclass
+class _Watch:
+    beat: bytes | None  # the last counter read (None: none seen yet)
+    changed: float  # monotonic time it last changed (or the watch began)
+    checked: float  # monotonic time of the last read
+
+
+class HeartbeatWatch:
+    """Per backend: the heartbeat of each job Pulsar reports ``running``, in memory (a new process
+    starts each watch afresh, which only delays a verdict by at most ``lost_after``)."""
+
+    def __init__(
+        self,
+        fetch: Fetch,
+        *,
+        lost_after: float = DEFAULT_LOST_AFTER,
+        check_every: float = BEAT_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._fetch = fetch
+        self.lost_after = lost_after
+        self.check_every = check_every
+        self._clock = clock
+        self._watches: dict[str, _Watch] = {}
+        self._scratch: Path | None = None
+
+    def forget(self, job_id: str) -> None:
+        self._watches.pop(job_id, None)
+
+    async def review(self, status: JobStatus) -> JobStatus:
+        """``status`` as Pulsar answered it, or, for a ``running`` job whose runner is gone, what
+        really happened (``complete`` or ``lost``)."""
+        job_id = status.job_id
+        if status.status != "running":
+            if status.is_final:
+                self.forget(job_id)
+            return status
+        now = self._clock()
+        watch = self._watches.get(job_id)
+        if watch is None:
+            watch = self._watches[job_id] = _Watch(None, now, float("-inf"))
+        if now - watch.checked < self.check_every:
+            return status
+        watch.checked = now
+        try:
+            beat = await self._read(job_id, ALIVE_NAME)
+            if beat is not None and beat != watch.beat:
+                watch.beat, watch.changed = beat, now
+                return status
+            if now - watch.changed < self.lost_after:
+                return status
+            finished = await self._read(job_id, META_NAME) is not None
+        except BackendUnavailable:
+            return status  # no verdict on a Pulsar we cannot read; the driver's own deadline applies
+        self.forget(job_id)
+        silent = f"its runner's heartbeat has not changed for {self.lost_after:.0f} s"
+        if finished:
+            reason = (
+                f"Pulsar still reported the job running, but {silent} and the runner had finished "
+                "(Pulsar was restarted while the job ran and lost track of it): its result was read "
+                "from the job directory"
+            )
+            log.warning("job %s: %s", job_id, reason)
+            return JobStatus(job_id, "complete", None, raw={**status.raw, REASON_KEY: reason})
+        reason = (
+            f"Pulsar still reported the job running, but {silent} and the runner never finished: "
+            "the job's processes were killed (Pulsar or its host restarted while the job ran)"
+        )
+        log.warning("job %s: %s", job_id, reason)
+        return JobStatus(job_id, "lost", None, raw={**status.raw, REASON_KEY: reason})
+
+    async def _read(self, job_id: str, name: str) -> bytes | None:
+        """A small file of the job's working directory, or None when it is missing."""
+        if self._scratch is None:
+            self._scratch = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="tesp-liveness-"))
+        dest = self._scratch / f"{job_id}.{name}"
+        if not await self._fetch(job_id, name, dest):
+            return None
+        data = await asyncio.to_thread(dest.read_bytes)
+        await asyncio.to_thread(dest.unlink, True)
+        return data
+
+    def close(self) -> None:
+        self._watches.clear()
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
