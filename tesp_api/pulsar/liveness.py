@@ -21,7 +21,7 @@ reads it at most every ``check_every`` seconds; when it has not changed for ``lo
 * it is not: the runner was killed (or never started). The job is reported ``lost``: lost work, which
   the engine ends as PREEMPTED (the spec's state for a task the system stopped).
 
-The verdict names what happened in ``raw["tesp_lost_reason"]`` (for the task's system_logs).
+The verdict names what happened in ``raw[LOST_REASON_KEY]`` (for the task's system_logs).
 A job run by an older runner without a heartbeat is judged the same way after ``lost_after``.
 """
 
@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tesp_api.pulsar.port import BackendUnavailable, JobStatus
+from tesp_api.pulsar.port import LOST_REASON_KEY, BackendUnavailable, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,6 @@ ALIVE_NAME = "tes-alive"  # the runner's ALIVE (the runner imports nothing from 
 META_NAME = "tes-meta.tar"
 BEAT_SECONDS = 5.0  # the runner's BEAT
 DEFAULT_LOST_AFTER = 120.0
-REASON_KEY = "tesp_lost_reason"
 
 Fetch = Callable[[str, str, Path], Awaitable[bool]]
 
@@ -112,13 +111,13 @@ class HeartbeatWatch:
                 "from the job directory"
             )
             log.warning("job %s: %s", job_id, reason)
-            return JobStatus(job_id, "complete", None, raw={**status.raw, REASON_KEY: reason})
+            return JobStatus(job_id, "complete", None, raw={**status.raw, LOST_REASON_KEY: reason})
         reason = (
             f"Pulsar still reported the job running, but {silent} and the runner never finished: "
             "the job's processes were killed (Pulsar or its host restarted while the job ran)"
         )
         log.warning("job %s: %s", job_id, reason)
-        return JobStatus(job_id, "lost", None, raw={**status.raw, REASON_KEY: reason})
+        return JobStatus(job_id, "lost", None, raw={**status.raw, LOST_REASON_KEY: reason})
 
     async def _read(self, job_id: str, name: str) -> bytes | None:
         """A small file of the job's working directory, or None when it is missing."""
