@@ -314,7 +314,9 @@ class AmqpBackend:
                 # before it handled the setup still waiting in its queue (both sent while it was
                 # down). Only a "lost" said twice means the setup never arrived.
                 await asyncio.sleep(self.lost_recheck)
-                known = await self._ask(job_id)
+                # An answer identical to the first is deduplicated by the client (no answer): the
+                # first "lost" stands.
+                known = await self._ask(job_id) or known
             unknown = known is None or known.status == "lost"
             if prepared is not None and not prepared.sent and unknown:
                 self._statuses.pop(job_id, None)
@@ -328,6 +330,25 @@ class AmqpBackend:
                     job_id=job_id,
                     status="preprocessing",
                     raw={"status": "preprocessing", "setup_unsent": True},
+                )
+            if prepared is not None and prepared.sent and known is not None and known.status == "lost":
+                # The broker confirmed the setup, but Pulsar has not taken it in yet (it answers
+                # status requests and setups from separate queues, and was down or is slow): not
+                # lost. Watched from now on as if submitted by this process: its pushed updates are
+                # taken, a first bare "lost" is asked about again, silence is asked about after
+                # amqp_reconcile_after.
+                self._statuses.pop(job_id, None)
+                self._lost_once.discard(job_id)
+                self._submitted_unheard.add(job_id)
+                self.client.track(job_id)
+                log.info(
+                    "Pulsar %s does not know job %s yet, but its setup was confirmed sent: "
+                    "waiting for Pulsar to take it in",
+                    self.name,
+                    job_id,
+                )
+                return JobStatus(
+                    job_id=job_id, status=_SUBMITTED, raw={"status": _SUBMITTED, "pushed": False}
                 )
         if known is None:
             raise BackendUnavailable(f"Pulsar {self.name}: no status answer for job {job_id}")

@@ -301,3 +301,41 @@ async def test_job_lost_by_a_pulsar_restart_ends_in_system_error_saying_why(tmp_
         await pulsar.delete_queues()
     assert done.state == "SYSTEM_ERROR"
     assert any("most likely Pulsar was restarted" in line for line in done.logs[0].system_logs)
+
+
+# ---- a setup confirmed sent that Pulsar has not taken in yet --------------------------------------
+
+
+async def test_a_sent_setup_pulsar_has_not_taken_in_yet_is_not_lost_after_a_restart(
+    pulsar: PulsarAmqp, tmp_path: Path
+) -> None:
+    """The intermittent SYSTEM_ERROR "Pulsar does not know the job any more (lost)" of the crash test
+    above: Pulsar answered the restarted service's status requests before it took in the setup still
+    waiting in its queue. Made to last here: the setup message is held (unacknowledged) by this test
+    while Pulsar answers, then handed back to the queue."""
+    service = Service(tmp_path, pulsar)
+    job_id = str(uuid.uuid4())
+    spec = counting_job(job_id, tmp_path)
+    await pulsar.stop()
+    before = service.backend()
+    await before.prepare(spec)
+    await before.submit(spec)  # confirmed by the broker, waiting in Pulsar's setup queue
+    await before.aclose()
+    holder = await aio_pika.connect(pulsar.amqp_url)
+    after = service.backend()
+    try:
+        channel = await holder.channel()
+        queue = await channel.declare_queue(pulsar.queue_name("setup"), passive=True)
+        held = await queue.get(no_ack=False, fail=True)
+        assert held is not None
+        await pulsar.start()
+        first = await after.status(job_id)
+        again = await after.status(job_id)  # the driver's next poll
+        await channel.close()  # the setup goes back to the queue; Pulsar takes it in now
+        final = await final_status(after, job_id)
+    finally:
+        await holder.close()
+        await after.aclose()
+    assert not first.is_final and not again.is_final, (first, again)
+    assert final.status == "complete"
+    assert (tmp_path / "runs").read_text() == "run\n"
