@@ -36,10 +36,20 @@ TRANSITIONS: dict[TesState, frozenset[TesState]] = {
             TesState.EXECUTOR_ERROR,
             TesState.COMPLETE,
             TesState.QUEUED,
+            TesState.PREEMPTED,
         }
     ),
+    # RUNNING -> INITIALIZING: a job Pulsar lost is prepared afresh (engine.rerun_lost);
+    # PREEMPTED: lost work (Pulsar lost the job after it started), docs/engine.md.
     TesState.RUNNING: frozenset(
-        {TesState.COMPLETE, TesState.EXECUTOR_ERROR, TesState.SYSTEM_ERROR, TesState.CANCELED}
+        {
+            TesState.COMPLETE,
+            TesState.EXECUTOR_ERROR,
+            TesState.SYSTEM_ERROR,
+            TesState.CANCELED,
+            TesState.PREEMPTED,
+            TesState.INITIALIZING,
+        }
     ),
     TesState.PAUSED: frozenset({TesState.RUNNING, TesState.CANCELED, TesState.SYSTEM_ERROR}),
     TesState.CANCELING: frozenset({TesState.CANCELED}),
