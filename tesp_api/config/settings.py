@@ -123,6 +123,14 @@ class PulsarServer(_Section):
     # where Pulsar reaches it (default: the bound address). See docs/amqp.md.
     staging_url: str | None = None
     staging_listen: str | None = None
+    # Capacity and limits (docs/quotas.md). max_active: at most this many tasks in INITIALIZING or
+    # RUNNING on this server, counted in the store over all workers (0 = no limit). max_cpu_cores /
+    # max_ram_gb: the largest task this server takes; a task that fits no server is refused (400).
+    max_active: int = Field(
+        0, ge=0, description="tasks INITIALIZING/RUNNING here at most, all workers (0: no limit)"
+    )
+    max_cpu_cores: int | None = Field(None, ge=1, description="largest resources.cpu_cores this server takes")
+    max_ram_gb: float | None = Field(None, gt=0, description="largest resources.ram_gb this server takes")
 
     @property
     def transport(self) -> Literal["amqp", "rest"]:
@@ -130,6 +138,45 @@ class PulsarServer(_Section):
         shipped settings.toml sets ``pulsar.url``, so a drop-in TESP_API_PULSAR__AMQP_URL must switch.
         To run REST and AMQP servers side by side, list them as separate ``pulsar.servers``."""
         return "amqp" if self.amqp_url is not None and self.amqp_url.get_secret_value() else "rest"
+
+
+class PulsarHealthSettings(_Section):
+    """Each worker probes every Pulsar server (REST: GET /healthz) and watches the outcome of real
+    requests; a server that is down gets no new tasks (docs/quotas.md, "Routing")."""
+
+    probe_interval: float = Field(
+        10.0, ge=0, description="seconds between probes of one server (0: no probe)"
+    )
+    probe_timeout: float = Field(5.0, gt=0, description="a probe that takes longer counts as a failure")
+    failures_to_down: int = Field(
+        2, ge=1, description="consecutive failures (probes or requests) that mark a server down"
+    )
+
+
+class QuotaSettings(_Section):
+    """Fair per-user quotas (docs/quotas.md): decided in the store when a task is claimed."""
+
+    max_active_per_user: int = Field(
+        0, ge=0, description="tasks INITIALIZING/RUNNING per owner at most, all workers (0: no limit)"
+    )
+    per_user: dict[str, int] = Field(
+        default_factory=dict,
+        description="overrides of max_active_per_user by owner subject, e.g. {alice = 50} (0: no limit)",
+    )
+
+    @field_validator("per_user")
+    @classmethod
+    def _non_negative(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = sorted(k for k, v in value.items() if v < 0)
+        if bad:
+            raise ValueError(f"quotas.per_user: negative limit for {', '.join(bad)}")
+        return value
+
+    def limit_for(self, subject: str | None) -> int:
+        """The owner's limit (0: none); tasks without an owner (auth off) share the default."""
+        if subject is not None and subject in self.per_user:
+            return self.per_user[subject]
+        return self.max_active_per_user
 
 
 class PulsarSettings(_Section):
@@ -156,6 +203,12 @@ class PulsarSettings(_Section):
     amqp_reconcile_max_per_minute: int = Field(300, ge=1)  # AMQP: cap on those status requests, all jobs
     staging_url: str | None = None  # AMQP remote staging, single-server form (see PulsarServer)
     staging_listen: str | None = None
+    staging_dir: str | None = Field(
+        None,
+        description="AMQP: where staged inputs and the outputs Pulsar uploads are kept (default "
+        "<engine.work_dir>/pulsar-received); replicas on several hosts must share it (docs/amqp.md)",
+    )
+    health: PulsarHealthSettings = Field(default_factory=lambda: PulsarHealthSettings())
 
     def effective_servers(self) -> list[PulsarServer]:
         if self.servers:
@@ -574,6 +627,88 @@ class LegacyOauth(_Section):
         return self
 
 
+class CallbackSettings(_Section):
+    """Signed status callbacks (docs/callbacks.md): a task's ``callback_url`` is POSTed the task's BASIC
+    view on every state change, signed per Standard Webhooks, from an outbox in the task store."""
+
+    secret: SecretStr | None = Field(
+        None,
+        description="signing key, whsec_<base64 of 24..64 random bytes>; empty: callback_url is refused (400)",
+    )
+    allowed_prefixes: list[str] = Field(
+        default_factory=lambda: ["https://"],
+        description="a callback_url must start with one of these; a prefix naming a host (https://h:port/...) "
+        "also allows that host when it is private or loopback; a bare scheme needs a public address",
+    )
+    events: list[str] = Field(
+        default_factory=list,
+        description='states that are sent (e.g. ["COMPLETE", "EXECUTOR_ERROR"]); empty: all',
+    )
+    max_attempts: int = Field(
+        10, ge=1, description="deliveries tried per event before it is dropped (logged)"
+    )
+    backoff_initial: float = Field(
+        1.0, gt=0, description="seconds before the first retry; doubles, with jitter"
+    )
+    backoff_max: float = Field(600.0, gt=0, description="longest wait between two attempts (s)")
+    timeout: float = Field(10.0, gt=0, description="seconds one POST may take (connect + answer)")
+    poll_interval: float = Field(1.0, gt=0, description="seconds between looks at the outbox when idle")
+    lease_seconds: float = Field(60.0, gt=0, description="an event claimed by a replica is its own this long")
+    concurrency: int = Field(16, ge=1, description="POSTs in flight at once per process")
+
+    @field_validator("secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
+        import base64
+        import binascii
+
+        if value is None or not value.get_secret_value():
+            return None
+        text = value.get_secret_value()
+        if not text.startswith("whsec_"):
+            raise ValueError("callbacks.secret must start with whsec_ (Standard Webhooks)")
+        try:
+            key = base64.b64decode(text[len("whsec_") :], validate=True)
+        except binascii.Error:
+            raise ValueError("callbacks.secret: whsec_ must be followed by base64") from None
+        if not 24 <= len(key) <= 64:
+            raise ValueError(f"callbacks.secret: the key must be 24 to 64 bytes, not {len(key)}")
+        return value
+
+    @field_validator("events")
+    @classmethod
+    def _states(cls, value: list[str]) -> list[str]:
+        from tesp_api.tes.models import TesState  # pydantic only: no cycle
+
+        out = [v.strip().upper() for v in value]
+        bad = [v for v in out if v not in TesState.__members__]
+        if bad:
+            raise ValueError(f"callbacks.events: not task states: {bad}")
+        return list(dict.fromkeys(out))
+
+    @field_validator("allowed_prefixes")
+    @classmethod
+    def _prefixes(cls, value: list[str]) -> list[str]:
+        for prefix in value:
+            if not prefix.lower().startswith(("https://", "http://")):
+                raise ValueError(
+                    f"callbacks.allowed_prefixes: {prefix!r} must start with https:// or http://"
+                )
+        return value
+
+
+class RetentionSettings(_Section):
+    """How long finished tasks are kept (docs/callbacks.md, "Retention")."""
+
+    finished_max_age: float = Field(
+        0.0,
+        ge=0,
+        description="seconds after its end a finished task is deleted, with its scratch (0: keep all)",
+    )
+    interval: float = Field(300.0, gt=0, description="seconds between two sweeps (one replica at a time)")
+    batch_size: int = Field(500, ge=1, description="tasks deleted per store call")
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     output_json: bool = False
@@ -590,12 +725,15 @@ class Settings(_Section):
     db: DbSettings = Field(default_factory=DbSettings)
     pulsar: PulsarSettings = Field(default_factory=PulsarSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    quotas: QuotaSettings = Field(default_factory=QuotaSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     transfer: TransferSettings = Field(default_factory=TransferSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     basic_auth: LegacyBasicAuth = Field(default_factory=LegacyBasicAuth)
     oauth: LegacyOauth = Field(default_factory=LegacyOauth)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    callbacks: CallbackSettings = Field(default_factory=CallbackSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -46,6 +46,8 @@ from pymongo.errors import DuplicateKeyError
 
 from tesp_api.store.cursor import PageBudget, decode_page_token, page_from, stored_bytes
 from tesp_api.store.port import (
+    CallbackEvent,
+    ClaimPolicy,
     CorruptRecord,
     DuplicateTask,
     IdempotencyConflict,
@@ -54,6 +56,7 @@ from tesp_api.store.port import (
     LogPatch,
     Owner,
     Page,
+    QuotaUsage,
     StoreError,
     StoreUnavailable,
     TaskRecord,
@@ -61,8 +64,11 @@ from tesp_api.store.port import (
 from tesp_api.store.records import (
     DECODE_ERRORS,
     apply_log_patch,
+    callback_due,
+    callback_payload,
     decode_problem,
     log_from_doc,
+    new_event_id,
     new_log_doc,
     owner_key,
     owner_matches,
@@ -70,6 +76,7 @@ from tesp_api.store.records import (
     truncate_ms,
     utc_now,
 )
+from tesp_api.tes import states
 from tesp_api.tes.models import TesState, TesTask
 
 logger = logging.getLogger(__name__)
@@ -92,6 +99,21 @@ def _record(doc: dict[str, Any]) -> TaskRecord | None:
         return _decode(doc)
     except DECODE_ERRORS as exc:
         raise CorruptRecord(str(doc.get("_id")), decode_problem(exc)) from exc
+
+
+_FINAL_STATES = tuple(s.value for s in TesState if states.is_final(s))
+_SWEEP_LEASE = "lease:"
+
+
+def _outbox_entry(record: TaskRecord, n: int, at: datetime) -> dict[str, Any]:
+    return {
+        "n": n,
+        "id": new_event_id(),
+        "state": record.state.value,
+        "url": record.task.callback_url,
+        "payload": callback_payload(record),
+        "at": at,
+    }
 
 
 def _idem_key(owner: Owner | None, key: str) -> str:
@@ -128,6 +150,7 @@ class MongoTaskStore:
         self._token_key = b""
         self._instance = ""  # the seq counter's instance (see the module docstring)
         self._failure: str | None = None  # set for good once the database is gone
+        self._callback_states: frozenset[TesState] | None = None  # None: every state (outbox)
 
     @property
     def _tasks(self) -> Any:
@@ -166,10 +189,15 @@ class MongoTaskStore:
                         [("idem_key", ASCENDING)], name="by_idempotency_key", unique=True, sparse=True
                     ),
                     IndexModel([("idem_expires", ASCENDING)], name="by_idempotency_expiry", sparse=True),
+                    # The callback outbox (docs/callbacks.md) and retention's clock: only documents
+                    # that have the field are indexed (tasks with callbacks; finished tasks).
+                    IndexModel([("cb_next", ASCENDING)], name="callbacks_due", sparse=True),
+                    IndexModel([("finished_at", ASCENDING)], name="by_finished", sparse=True),
                 ]
             )
             self._token_key = await self._load_token_key()
             self._instance = await self._load_instance()
+            await self._backfill_finished()
         except BaseException:
             await self.close()
             raise
@@ -204,6 +232,20 @@ class MongoTaskStore:
             except DuplicateKeyError:
                 continue
         raise StoreError(f"cannot read the secret {name!r}")
+
+    async def _backfill_finished(self) -> None:
+        """Once per database: finished tasks written before ``finished_at`` existed count as ended
+        now, so retention deletes them finished_max_age after the upgrade, never at once."""
+        if await self._meta.find_one({"_id": "finished_at_backfill"}) is not None:
+            return
+        await self._tasks.update_many(
+            {"seq": {"$gte": 0}, "state": {"$in": list(_FINAL_STATES)}, "finished_at": {"$exists": False}},
+            {"$set": {"finished_at": utc_now()}},
+        )
+        try:
+            await self._meta.insert_one({"_id": "finished_at_backfill", "value": True})
+        except DuplicateKeyError:
+            pass
 
     async def _load_instance(self) -> str:
         """The seq counter's instance, made (with the counter) if missing; older counters get one."""
@@ -302,6 +344,10 @@ class MongoTaskStore:
             "backend_json": "{}",
             "version": 0,
         }
+        if callback_due(task, TesState.QUEUED, self._callback_states):
+            queued = TaskRecord(task.id, TesState.QUEUED, task, owner, created_at, seq)
+            doc["outbox"] = [_outbox_entry(queued, 0, created_at)]
+            doc["cb_next"] = created_at
         if idem is not None and idempotency is not None:
             doc |= {
                 "idem_key": idem,
@@ -388,6 +434,7 @@ class MongoTaskStore:
                 log_doc = apply_log_patch(json.loads(doc.get("log_json") or "{}"), log)
                 changes["log_json"] = json.dumps(log_doc)
                 record.log = log_from_doc(log_doc)
+            previous = record.state
             if state is not None:
                 record.state = state
                 changes["state"] = state.value
@@ -397,16 +444,26 @@ class MongoTaskStore:
             if active is not None:
                 record.active = active
                 changes["active"] = active
-            result = await self._tasks.update_one(
-                {"_id": task_id, "version": record.version}, {"$set": changes}
-            )
+            write: dict[str, Any] = {"$set": changes}
+            if state is not None and state != previous:
+                now = utc_now()
+                if states.is_final(state) and not states.is_final(previous):
+                    changes["finished_at"] = now  # retention's clock
+                if callback_due(record.task, state, self._callback_states):
+                    # The outbox event is in the same single-document write as the change: atomic,
+                    # without a transaction (docs/callbacks.md). $min: due now unless due earlier.
+                    write["$push"] = {"outbox": _outbox_entry(record, record.version + 1, now)}
+                    write["$min"] = {"cb_next": now}
+            result = await self._tasks.update_one({"_id": task_id, "version": record.version}, write)
             if result.matched_count == 1:
                 record.version += 1
                 return record
             # Someone else wrote in between: read again and re-check the expectations.
         raise StoreError(f"task {task_id}: too much contention, update not applied")
 
-    async def claim(self, worker_id: str, now: datetime, lease_until: datetime) -> TaskRecord | None:
+    async def claim(
+        self, worker_id: str, now: datetime, lease_until: datetime, *, policy: ClaimPolicy | None = None
+    ) -> TaskRecord | None:
         self._check_available()
         while True:  # each pass either returns or takes one undecodable document out of the queue
             doc = await self._tasks.find_one_and_update(
@@ -472,6 +529,9 @@ class MongoTaskStore:
             {"$set": {"lease_owner": None, "lease_expires": None}, "$inc": {"version": 1}},
         )
 
+    async def quota_usage(self, owner: Owner | None) -> QuotaUsage:
+        return QuotaUsage()  # fair claiming on MongoDB: in progress
+
     async def count(self) -> int:
         return int(await self._tasks.count_documents({"seq": {"$gte": 0}}))
 
@@ -482,3 +542,119 @@ class MongoTaskStore:
             query = {"seq": {"$gte": 0}, "state": state.value}
             counts[state] = int(await self._tasks.count_documents(query))
         return counts
+
+    # -- the callback outbox and retention (docs/callbacks.md) --------------------------------
+    # A task's undelivered events are the array ``outbox`` of its own document (oldest first),
+    # ``cb_next`` says when its head is due, ``cb_lease_owner``/``cb_lease_expires`` who delivers it
+    # now, ``cb_attempts`` how often the head was tried. None of these bump ``version``: the
+    # engine's compare-and-set never conflicts with a delivery.
+
+    def record_callbacks_for(self, states: frozenset[TesState] | None) -> None:
+        self._callback_states = states
+
+    async def claim_callbacks(
+        self, worker_id: str, now: datetime, lease_until: datetime, limit: int
+    ) -> builtins.list[CallbackEvent]:
+        self._check_available()
+        moment = truncate_ms(now)
+        events: builtins.list[CallbackEvent] = []
+        for _ in range(max(1, limit)):
+            doc = await self._tasks.find_one_and_update(
+                {
+                    "cb_next": {"$lte": moment},
+                    "outbox.0": {"$exists": True},
+                    "$or": [{"cb_lease_expires": None}, {"cb_lease_expires": {"$lte": moment}}],
+                },
+                {"$set": {"cb_lease_owner": worker_id, "cb_lease_expires": truncate_ms(lease_until)}},
+                sort=[("cb_next", ASCENDING)],
+                projection={"outbox": 1, "cb_attempts": 1},
+                return_document=ReturnDocument.AFTER,
+            )
+            if doc is None:
+                break
+            head = doc["outbox"][0]
+            try:
+                state = TesState(head.get("state"))
+            except ValueError:
+                state = TesState.UNKNOWN
+            events.append(
+                CallbackEvent(
+                    id=str(head["id"]),
+                    task_id=str(doc["_id"]),
+                    seq=int(head.get("n", 0)),
+                    state=state,
+                    url=str(head.get("url") or ""),
+                    payload=str(head.get("payload") or "{}"),
+                    attempts=int(doc.get("cb_attempts") or 0),
+                    created_at=truncate_ms(head["at"]) if head.get("at") is not None else None,
+                )
+            )
+        return events
+
+    async def finish_callback(self, worker_id: str, event: CallbackEvent) -> bool:
+        result = await self._tasks.update_one(
+            {"_id": event.task_id, "outbox.0.id": event.id, "cb_lease_owner": worker_id},
+            {
+                "$pop": {"outbox": -1},
+                "$set": {"cb_next": utc_now(), "cb_attempts": 0},
+                "$unset": {"cb_lease_owner": "", "cb_lease_expires": "", "cb_error": ""},
+            },
+        )
+        if result.matched_count != 1:
+            return False
+        # The last event gone: take the task out of the outbox index (an event pushed meanwhile
+        # makes the array non-empty, and this does nothing).
+        await self._tasks.update_one(
+            {"_id": event.task_id, "outbox": {"$size": 0}}, {"$unset": {"cb_next": ""}}
+        )
+        return True
+
+    async def retry_callback(
+        self, worker_id: str, event: CallbackEvent, next_attempt: datetime, error: str
+    ) -> bool:
+        result = await self._tasks.update_one(
+            {"_id": event.task_id, "outbox.0.id": event.id, "cb_lease_owner": worker_id},
+            {
+                "$set": {"cb_next": truncate_ms(next_attempt), "cb_error": error[:1000]},
+                "$inc": {"cb_attempts": 1},
+                "$unset": {"cb_lease_owner": "", "cb_lease_expires": ""},
+            },
+        )
+        return bool(result.matched_count == 1)
+
+    async def pending_callbacks(self) -> int:
+        total = 0
+        async for doc in self._tasks.find({"outbox.0": {"$exists": True}}, {"outbox": 1}):
+            total += len(doc.get("outbox") or [])
+        return total
+
+    async def take_lease(self, name: str, worker_id: str, now: datetime, until: datetime) -> bool:
+        self._check_available()
+        try:
+            await self._meta.find_one_and_update(
+                {
+                    "_id": _SWEEP_LEASE + name,
+                    "$or": [{"owner": worker_id}, {"expires": {"$lte": truncate_ms(now)}}],
+                },
+                {"$set": {"owner": worker_id, "expires": truncate_ms(until)}},
+                upsert=True,
+            )
+        except DuplicateKeyError:  # held by another replica, not expired: the upsert's insert clashed
+            return False
+        return True
+
+    async def delete_finished(self, ended_before: datetime, limit: int) -> builtins.list[str]:
+        self._check_available()
+        where = {
+            "finished_at": {"$lte": truncate_ms(ended_before)},
+            "active": False,
+            "outbox.0": {"$exists": False},
+        }
+        cursor = self._tasks.find(where, {"_id": 1}).sort([("finished_at", ASCENDING)]).limit(max(1, limit))
+        ids = [doc["_id"] async for doc in cursor]
+        if not ids:
+            return []
+        await self._tasks.delete_many({**where, "_id": {"$in": ids}})
+        # Read back what is gone (a task that got an event in between is kept).
+        left = {doc["_id"] async for doc in self._tasks.find({"_id": {"$in": ids}}, {"_id": 1})}
+        return [str(task_id) for task_id in ids if task_id not in left]

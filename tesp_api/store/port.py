@@ -19,6 +19,7 @@ one contract suite in tests/store/. Design rules every adapter keeps:
 from __future__ import annotations
 
 import builtins
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -124,6 +125,57 @@ class IdempotencyKey:
     expires_at: datetime  # when the key may be used again for another task
 
 
+@dataclass(slots=True)
+class CallbackEvent:
+    """One undelivered status callback of the outbox (docs/callbacks.md).
+
+    Written by ``create`` (QUEUED) and by every ``update`` that changes the state of a task with a
+    ``callback_url``, in the same transaction as that change, so a crash can never lose one. Only
+    the oldest undelivered event of a task can be claimed: events reach the receiver in state order.
+    """
+
+    id: str  # the webhook-id: stable across retries, so a receiver can drop duplicates
+    task_id: str
+    seq: int  # order within the task (increasing)
+    state: TesState
+    url: str
+    payload: str  # the task's BASIC view at that change, as JSON text (what is POSTed, byte for byte)
+    attempts: int = 0  # deliveries tried so far
+    created_at: datetime | None = None
+
+
+# Routing callback of a claim: given a waiting task and the store's count of active tasks per
+# server (all workers), the servers that may take it, best first; empty: none can now.
+RouteFn = Callable[[TaskRecord, Mapping[str, int]], Sequence[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimPolicy:
+    """What a claim of a QUEUED task must respect (docs/quotas.md). The store decides atomically
+    (SQLite: inside the writer's transaction; MongoDB: conditional updates of counter documents),
+    so the limits hold over every worker and replica. Limits of 0 mean no limit."""
+
+    max_active_per_owner: int = 0  # tasks holding a slot (claimed from QUEUED, INITIALIZING, RUNNING)
+    owner_overrides: Mapping[str, int] = field(default_factory=dict)  # by Owner.subject
+    server_limits: Mapping[str, int] = field(default_factory=dict)  # server name -> max_active
+    route: RouteFn | None = None  # None: the store assigns no server (the engine chooses)
+
+    def owner_limit(self, subject: str | None) -> int:
+        if subject is not None and subject in self.owner_overrides:
+            return self.owner_overrides[subject]
+        return self.max_active_per_owner
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaUsage:
+    """Counts the store keeps for fair claiming (all workers): one owner's tasks holding a slot and
+    waiting, and the tasks holding a slot per Pulsar server."""
+
+    owner_active: int = 0
+    owner_queued: int = 0
+    servers: dict[str, int] = field(default_factory=dict)
+
+
 @runtime_checkable
 class TaskStore(Protocol):
     async def open(self) -> None:
@@ -161,9 +213,21 @@ class TaskStore(Protocol):
         record's backend dict. Returns the updated record, or None when the task is missing or a
         condition failed (nothing is written then)."""
 
-    async def claim(self, worker_id: str, now: datetime, lease_until: datetime) -> TaskRecord | None:
-        """Atomically take the lease on the oldest active task whose lease is free or expired
-        (lease_expires is None or <= now). None when there is nothing to claim."""
+    async def claim(
+        self, worker_id: str, now: datetime, lease_until: datetime, *, policy: ClaimPolicy | None = None
+    ) -> TaskRecord | None:
+        """Atomically take the lease on an active task whose lease is free or expired
+        (lease_expires is None or <= now). None when there is nothing to claim.
+
+        Tasks already under way (past QUEUED, final but not cleaned up, or claimed before) come
+        first, without limits. Then a QUEUED task, fairly: round robin over the owners with waiting
+        tasks (the owner served longest ago first, an owner's tasks oldest first), skipping owners
+        at their limit and tasks no server can take (``policy``). Claiming a QUEUED task takes a
+        slot for its owner and its server; the slot is given back when the task leaves QUEUED,
+        INITIALIZING and RUNNING for a final state or becomes inactive (``update`` sees it)."""
+
+    async def quota_usage(self, owner: Owner | None) -> QuotaUsage:
+        """The fair-claim counts for ``owner`` (and every server): the GET view and /admin/servers."""
 
     async def renew(
         self, worker_id: str, task_ids: builtins.list[str], lease_until: datetime
@@ -183,3 +247,34 @@ class TaskStore(Protocol):
         replica sharing the store gets the same bytes (two creating it at once agree on one), so a
         key that signs URLs (the AMQP staging server's) is verified by whichever replica a load
         balancer picks."""
+
+    # -- the callback outbox and retention (docs/callbacks.md) --------------------------------
+
+    def record_callbacks_for(self, states: frozenset[TesState] | None) -> None:
+        """Which state changes write an outbox event (tasks with a callback_url only). None: every
+        state (the default); an empty set: none. Set once by the composition root from settings."""
+
+    async def claim_callbacks(
+        self, worker_id: str, now: datetime, lease_until: datetime, limit: int
+    ) -> builtins.list[CallbackEvent]:
+        """Lease up to ``limit`` due events, each the oldest undelivered one of its task, whose lease
+        is free or expired: any replica may deliver, never two at once, never out of order."""
+
+    async def finish_callback(self, worker_id: str, event: CallbackEvent) -> bool:
+        """Remove a delivered (or given up) event; False when this worker no longer held its lease."""
+
+    async def retry_callback(
+        self, worker_id: str, event: CallbackEvent, next_attempt: datetime, error: str
+    ) -> bool:
+        """Count a failed attempt, free the lease and make the event due again at ``next_attempt``."""
+
+    async def pending_callbacks(self) -> int:
+        """Undelivered events (metrics, tests)."""
+
+    async def take_lease(self, name: str, worker_id: str, now: datetime, until: datetime) -> bool:
+        """A named store-wide lease (the retention sweep's): True when ``worker_id`` holds it now
+        (it was free, expired, or already its own); one holder at a time across replicas."""
+
+    async def delete_finished(self, ended_before: datetime, limit: int) -> builtins.list[str]:
+        """Delete at most ``limit`` tasks that ended (final state, engine done) before ``ended_before``
+        and have no undelivered callback; returns their ids (the caller removes their scratch)."""

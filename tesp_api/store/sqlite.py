@@ -42,6 +42,8 @@ from typing import Any, TypeVar
 
 from tesp_api.store.cursor import PageBudget, decode_page_token, page_from, stored_bytes
 from tesp_api.store.port import (
+    CallbackEvent,
+    ClaimPolicy,
     CorruptRecord,
     DuplicateTask,
     IdempotencyConflict,
@@ -50,6 +52,7 @@ from tesp_api.store.port import (
     LogPatch,
     Owner,
     Page,
+    QuotaUsage,
     StoreError,
     StoreUnavailable,
     TaskRecord,
@@ -57,9 +60,12 @@ from tesp_api.store.port import (
 from tesp_api.store.records import (
     DECODE_ERRORS,
     apply_log_patch,
+    callback_due,
+    callback_payload,
     decode_problem,
     from_epoch_ms,
     log_from_doc,
+    new_event_id,
     new_log_doc,
     owner_key,
     owner_matches,
@@ -67,6 +73,7 @@ from tesp_api.store.records import (
     to_epoch_ms,
     utc_now,
 )
+from tesp_api.tes import states
 from tesp_api.tes.models import TesState, TesTask
 
 logger = logging.getLogger(__name__)
@@ -111,7 +118,153 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     PRIMARY KEY (owner, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_keys_by_expiry ON idempotency_keys(expires_ms);
+CREATE TABLE IF NOT EXISTS callback_outbox (
+    event_seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    url TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_ms INTEGER NOT NULL,
+    lease_owner TEXT,
+    lease_expires_ms INTEGER,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS callback_outbox_due ON callback_outbox(next_ms);
+CREATE INDEX IF NOT EXISTS callback_outbox_by_task ON callback_outbox(task_id, event_seq);
+CREATE TABLE IF NOT EXISTS store_leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_ms INTEGER NOT NULL);
 """
+
+# Fair claiming (docs/quotas.md). ``tasks.slot``: 0 none, 1 waiting (QUEUED, active, no slot yet),
+# 2 holding a slot (claimed from QUEUED, or INITIALIZING/RUNNING); ``slot_server`` the server the
+# slot counts against (backend.server). Triggers keep them and the counters (``owners``: waiting and
+# holding tasks per owner, and when the owner was last served, the round robin; ``server_load``)
+# exact in the same statement as the task row, whatever code path writes it (create, update,
+# claim, quarantine, a retention delete): only the claim sets a slot itself.
+# DEFAULT 1: a new row (always QUEUED and active) waits, without a write of its own.
+_FAIR_COLUMNS = (("slot", "INTEGER NOT NULL DEFAULT 1"), ("slot_server", "TEXT"))
+_FINALS_SQL = "('COMPLETE', 'EXECUTOR_ERROR', 'SYSTEM_ERROR', 'CANCELED', 'PREEMPTED')"
+_OKEY_NEW = "json_array(NEW.owner_subject, NEW.owner_issuer)"
+_OKEY_OLD = "json_array(OLD.owner_subject, OLD.owner_issuer)"
+_ADD_NEW = f"""
+    INSERT INTO owners(okey, subject, issuer, queued_n, active_n, served)
+    SELECT {_OKEY_NEW}, NEW.owner_subject, NEW.owner_issuer, NEW.slot = 1, NEW.slot = 2, 0 WHERE NEW.slot != 0
+    ON CONFLICT(okey) DO UPDATE SET queued_n = queued_n + excluded.queued_n, active_n = active_n + excluded.active_n;
+    INSERT INTO server_load(name, active_n) SELECT NEW.slot_server, 1
+    WHERE NEW.slot = 2 AND NEW.slot_server IS NOT NULL
+    ON CONFLICT(name) DO UPDATE SET active_n = active_n + 1;"""
+_SUB_OLD = f"""
+    UPDATE owners SET queued_n = queued_n - (OLD.slot = 1), active_n = active_n - (OLD.slot = 2)
+    WHERE OLD.slot != 0 AND okey = {_OKEY_OLD};
+    UPDATE server_load SET active_n = active_n - 1 WHERE OLD.slot = 2 AND name = OLD.slot_server;"""
+# A row's slot after any change: none once final or inactive; a QUEUED task keeps the slot it was
+# claimed with (or waits); a task under way holds one (taken now if it had none: a task put back into
+# INITIALIZING/RUNNING, e.g. by a rerun, is counted, never refused).
+_SLOT_OF_NEW = f"""CASE WHEN NEW.active = 0 OR NEW.state IN {_FINALS_SQL} THEN 0
+    WHEN NEW.state = 'QUEUED' THEN (CASE WHEN NEW.slot = 0 THEN 1 ELSE NEW.slot END) ELSE 2 END"""
+_SERVER_OF_NEW = f"CASE WHEN ({_SLOT_OF_NEW}) = 2 THEN json_extract(NEW.backend_json, '$.server') END"
+_FAIR_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS owners (
+    okey TEXT PRIMARY KEY,
+    subject TEXT,
+    issuer TEXT,
+    queued_n INTEGER NOT NULL,
+    active_n INTEGER NOT NULL,
+    served INTEGER NOT NULL
+)""",
+    "CREATE INDEX IF NOT EXISTS owners_round_robin ON owners(served, okey) WHERE queued_n > 0",
+    "CREATE TABLE IF NOT EXISTS server_load (name TEXT PRIMARY KEY, active_n INTEGER NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS tasks_waiting ON tasks(owner_subject, owner_issuer, seq) WHERE slot = 1",
+    (
+        "CREATE INDEX IF NOT EXISTS tasks_under_way_free ON tasks(seq)"
+        " WHERE active = 1 AND slot != 1 AND lease_expires_ms IS NULL"
+    ),
+    "CREATE INDEX IF NOT EXISTS tasks_under_way_leased ON tasks(lease_expires_ms) WHERE active = 1 AND slot != 1",
+    f"""CREATE TRIGGER IF NOT EXISTS fair_insert AFTER INSERT ON tasks BEGIN {_ADD_NEW}
+END""",
+    f"""CREATE TRIGGER IF NOT EXISTS fair_follow AFTER UPDATE OF state, active, backend_json ON tasks BEGIN
+    UPDATE tasks SET slot = {_SLOT_OF_NEW}, slot_server = {_SERVER_OF_NEW}
+    WHERE seq = NEW.seq AND (slot != ({_SLOT_OF_NEW}) OR slot_server IS NOT ({_SERVER_OF_NEW}));
+END""",
+    f"""CREATE TRIGGER IF NOT EXISTS fair_count AFTER UPDATE OF slot, slot_server ON tasks
+WHEN OLD.slot != NEW.slot OR OLD.slot_server IS NOT NEW.slot_server BEGIN {_SUB_OLD} {_ADD_NEW}
+END""",
+    f"""CREATE TRIGGER IF NOT EXISTS fair_delete AFTER DELETE ON tasks BEGIN {_SUB_OLD}
+END""",
+)
+# A store written before fair claiming: every row gets its slot (a QUEUED task claimed but not moved
+# yet holds one), then the counters are recounted (at every open: they are exact whatever happened).
+_FAIR_BACKFILL = f"""UPDATE tasks SET
+    slot = CASE WHEN active = 0 OR state IN {_FINALS_SQL} THEN 0
+        WHEN state = 'QUEUED' AND lease_owner IS NULL THEN 1 ELSE 2 END,
+    slot_server = CASE WHEN active = 1 AND state NOT IN {_FINALS_SQL}
+        AND NOT (state = 'QUEUED' AND lease_owner IS NULL) THEN json_extract(backend_json, '$.server') END"""
+_FAIR_RECOUNT = (
+    "DELETE FROM server_load",
+    (
+        "INSERT INTO server_load(name, active_n) SELECT slot_server, count(*) FROM tasks"
+        " WHERE slot = 2 AND slot_server IS NOT NULL GROUP BY slot_server"
+    ),
+    "UPDATE owners SET queued_n = 0, active_n = 0",
+    (
+        "INSERT INTO owners(okey, subject, issuer, queued_n, active_n, served)"
+        " SELECT json_array(owner_subject, owner_issuer), owner_subject, owner_issuer,"
+        " sum(slot = 1), sum(slot = 2), 0 FROM tasks WHERE slot != 0 GROUP BY owner_subject, owner_issuer"
+        " ON CONFLICT(okey) DO UPDATE SET queued_n = excluded.queued_n, active_n = excluded.active_n"
+    ),
+)
+
+
+def _init_fair(conn: sqlite3.Connection) -> None:
+    """The fair-claim columns, tables, indexes and triggers; then a recount of the counters."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
+    missing = [(name, decl) for name, decl in _FAIR_COLUMNS if name not in have]
+    for name, decl in missing:
+        conn.execute(f"ALTER TABLE tasks ADD COLUMN {name} {decl}")
+    for statement in _FAIR_SCHEMA:
+        conn.execute(statement)
+    if missing:
+        conn.execute(_FAIR_BACKFILL)
+    for statement in _FAIR_RECOUNT:
+        conn.execute(statement)
+
+
+def _lease(
+    conn: sqlite3.Connection,
+    record: TaskRecord,
+    worker_id: str,
+    until_ms: int,
+    *,
+    take_slot: bool = False,
+) -> TaskRecord:
+    """Give ``worker_id`` the lease; ``take_slot``: a waiting task takes its owner's slot and that of
+    the server the policy chose (recorded as backend.server; the triggers count it)."""
+    record.lease_owner = worker_id
+    record.lease_expires = from_epoch_ms(until_ms)
+    record.version += 1
+    if take_slot:
+        server = record.backend.get("server")
+        conn.execute(
+            "UPDATE tasks SET lease_owner = ?, lease_expires_ms = ?, version = ?, slot = 2, slot_server = ?,"
+            " backend_json = ? WHERE seq = ?",
+            (
+                worker_id,
+                until_ms,
+                record.version,
+                server if isinstance(server, str) else None,
+                json.dumps(record.backend),
+                record.seq,
+            ),
+        )
+    else:
+        conn.execute(
+            "UPDATE tasks SET lease_owner = ?, lease_expires_ms = ?, version = ? WHERE seq = ?",
+            (worker_id, until_ms, record.version, record.seq),
+        )
+    return record
+
 
 _COLUMNS = (
     "seq, id, state, owner_subject, owner_issuer, created_at_ms, task_json, log_json, active,"
@@ -156,6 +309,13 @@ class _Lane:
     # Set once for good when the lane cannot serve any more (a dead writer, a vanished file): every
     # call then fails at once with StoreUnavailable instead of waiting for an answer that never comes.
     failure: str | None = None
+
+
+def _expire(future: asyncio.Future[Any], timeout: float) -> None:
+    """The store's thread did not answer in time: the caller gets a StoreError (the operation may
+    still happen; its late outcome is dropped by _settle)."""
+    if not future.done():
+        future.set_exception(StoreError(f"the task store did not answer within {timeout:g} s"))
 
 
 def _settle(outcomes: list[_Outcome]) -> None:
@@ -219,6 +379,134 @@ def _quarantine(conn: sqlite3.Connection, row: tuple[Any, ...], exc: CorruptReco
         " version = version + 1 WHERE seq = ?",
         (state, log_json, row[0]),
     )
+
+
+def _add_finished_column(conn: sqlite3.Connection) -> None:
+    """``tasks.finished_ms`` (when the task reached its final state: retention's clock) and its index.
+    A file written before it existed gets the column; its finished tasks count as ended now, so
+    retention deletes them finished_max_age after the upgrade, never at once."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
+    if "finished_ms" not in columns:
+        conn.execute("ALTER TABLE tasks ADD COLUMN finished_ms INTEGER")
+        marks = ",".join("?" * len(_FINAL_STATES))
+        conn.execute(
+            f"UPDATE tasks SET finished_ms = ? WHERE state IN ({marks})",
+            (to_epoch_ms(utc_now()), *_FINAL_STATES),
+        )
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS tasks_finished ON tasks(finished_ms) WHERE finished_ms IS NOT NULL"
+    )
+
+
+_FINAL_STATES = tuple(s.value for s in TesState if states.is_final(s))
+
+
+def _outbox_insert(conn: sqlite3.Connection, record: TaskRecord, now_ms: int) -> None:
+    """The outbox event of ``record``'s current state (the caller decided one is due)."""
+    conn.execute(
+        "INSERT INTO callback_outbox(event_id, task_id, state, url, payload, created_ms, next_ms)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            new_event_id(),
+            record.id,
+            record.state.value,
+            record.task.callback_url,
+            callback_payload(record),
+            now_ms,
+            now_ms,
+        ),
+    )
+
+
+def _take_under_way(
+    conn: sqlite3.Connection, worker_id: str, now_ms: int, until_ms: int
+) -> TaskRecord | None:
+    """A task past QUEUED (or claimed from it before) whose lease is free or expired: a crashed or
+    stopped worker's task, a final task still to clean up. No limits: it holds its slot already.
+    Decoded before the lease is taken; a row that does not decode is taken out of the queue
+    (quarantine) instead of failing: it must not block the valid tasks behind it."""
+    while True:
+        rows = (
+            conn.execute(
+                f"SELECT {_COLUMNS} FROM tasks INDEXED BY tasks_under_way_free WHERE active = 1 AND slot != 1"
+                " AND lease_expires_ms IS NULL ORDER BY seq LIMIT ?",
+                (_CLAIM_SCAN,),
+            ).fetchall()
+            or conn.execute(
+                f"SELECT {_COLUMNS} FROM tasks INDEXED BY tasks_under_way_leased WHERE active = 1"
+                " AND slot != 1 AND lease_expires_ms <= ? ORDER BY lease_expires_ms LIMIT ?",
+                (now_ms, _CLAIM_SCAN),
+            ).fetchall()
+        )
+        if not rows:
+            return None
+        for row in rows:
+            try:
+                record = _record(row)
+            except CorruptRecord as exc:
+                _quarantine(conn, row, exc)
+                continue
+            return _lease(conn, record, worker_id, until_ms)
+
+
+def _take_fair(
+    conn: sqlite3.Connection, worker_id: str, until_ms: int, rules: ClaimPolicy
+) -> TaskRecord | None:
+    """A waiting task, round robin over the owners with waiting tasks, least recently served first;
+    owners at their limit are skipped (their tasks stay QUEUED). Costs O(owners looked at), never
+    O(queued tasks): every step is an index seek."""
+    loads = {str(name): int(n) for name, n in conn.execute("SELECT name, active_n FROM server_load")}
+    after: tuple[int, str] = (-1, "")
+    while True:
+        owners = conn.execute(
+            "SELECT okey, subject, issuer, active_n, served FROM owners INDEXED BY owners_round_robin"
+            " WHERE queued_n > 0 AND (served, okey) > (?, ?) ORDER BY served, okey LIMIT 64",
+            after,
+        ).fetchall()
+        if not owners:
+            return None
+        for okey, subject, issuer, active_n, served in owners:
+            after = (int(served), str(okey))
+            limit = rules.owner_limit(subject)
+            if limit and int(active_n) >= limit:
+                continue
+            record = _placeable(conn, subject, issuer, rules, loads)
+            if record is None:
+                continue
+            (top,) = conn.execute("SELECT coalesce(max(served), 0) FROM owners").fetchone()
+            conn.execute("UPDATE owners SET served = ? WHERE okey = ?", (int(top) + 1, okey))
+            return _lease(conn, record, worker_id, until_ms, take_slot=True)
+
+
+def _placeable(
+    conn: sqlite3.Connection,
+    subject: str | None,
+    issuer: str | None,
+    rules: ClaimPolicy,
+    loads: dict[str, int],
+) -> TaskRecord | None:
+    """The owner's oldest waiting task some server can take now, with that server set as
+    backend.server (none when the policy routes nothing). Looks at no more than _CLAIM_SCAN tasks:
+    a task pinned to a full or down server holds back its owner's later tasks only that far."""
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM tasks INDEXED BY tasks_waiting WHERE slot = 1"
+        " AND owner_subject IS ? AND owner_issuer IS ? ORDER BY seq LIMIT ?",
+        (subject, issuer, _CLAIM_SCAN),
+    ).fetchall()
+    for row in rows:
+        try:
+            record = _record(row)
+        except CorruptRecord as exc:
+            _quarantine(conn, row, exc)
+            continue
+        if rules.route is None:
+            return record
+        for name in rules.route(record, loads):
+            limit = rules.server_limits.get(name, 0)
+            if not limit or loads.get(name, 0) < limit:
+                record.backend = {**record.backend, "server": name}
+                return record
+    return None
 
 
 # A filter that matches at most this many tasks drives the list query from its own index (the
@@ -313,6 +601,7 @@ class SqliteTaskStore:
         self._token_key = b""
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file at open
         self._last_purge = 0.0
+        self._callback_states: frozenset[TesState] | None = None  # None: every state (outbox)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -389,10 +678,12 @@ class SqliteTaskStore:
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
+        _add_finished_column(conn)
         conn.execute(
             "INSERT OR IGNORE INTO store_meta(key, value) VALUES ('page_token_key', ?), ('schema_version', '1')",
             (secrets.token_hex(32),),
         )
+        _init_fair(conn)
         (key,) = conn.execute("SELECT value FROM store_meta WHERE key = 'page_token_key'").fetchone()
         return bytes.fromhex(key)
 
@@ -549,10 +840,13 @@ class SqliteTaskStore:
             pending = lane.pending[loop] = []
             loop.call_soon(self._hand_over, lane, loop)
         pending.append(_Op(fn, write, loop, future))
+        # A timer on the future itself, not asyncio.wait_for (which wraps it in a second future and
+        # task): on the create path wait_for cost more than the hand-off (issue 15).
+        timer = loop.call_later(self._call_timeout, _expire, future, self._call_timeout)
         try:
-            return await asyncio.wait_for(future, self._call_timeout)
-        except TimeoutError:
-            raise StoreError(f"the task store did not answer within {self._call_timeout:g} s") from None
+            return await future
+        finally:
+            timer.cancel()
 
     @staticmethod
     def _hand_over(lane: _Lane, loop: asyncio.AbstractEventLoop) -> None:
@@ -585,6 +879,7 @@ class SqliteTaskStore:
         task_id = task.id
         scope = owner_key(owner)
         purge = idempotency is not None and time.monotonic() - self._last_purge >= _PURGE_SECONDS
+        callback_states = self._callback_states
         if purge:
             self._last_purge = time.monotonic()
 
@@ -607,6 +902,13 @@ class SqliteTaskStore:
                     if row is not None:
                         return _record(row)
             seq = self._insert_task(conn, task_id, task, owner, created_at, task_json, log_doc, tags)
+            if callback_due(task, TesState.QUEUED, callback_states):
+                queued = TaskRecord(task_id, TesState.QUEUED, task, owner, created_at, seq)
+                try:
+                    _outbox_insert(conn, queued, to_epoch_ms(created_at))
+                except BaseException:
+                    conn.execute("DELETE FROM tasks WHERE seq = ?", (seq,))  # leave nothing behind
+                    raise
             if idempotency is not None:
                 try:
                     conn.execute(
@@ -720,6 +1022,8 @@ class SqliteTaskStore:
         active: bool | None = None,
         lease_owner: str | None = None,
     ) -> TaskRecord | None:
+        callback_states = self._callback_states
+
         def change(conn: sqlite3.Connection) -> TaskRecord | None:
             row = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
             if row is None:
@@ -729,6 +1033,7 @@ class SqliteTaskStore:
                 return None
             if lease_owner is not None and record.lease_owner != lease_owner:
                 return None
+            previous = record.state
             log_json = row[7]
             if log is not None:
                 doc = apply_log_patch(json.loads(log_json), log)
@@ -741,53 +1046,54 @@ class SqliteTaskStore:
             if active is not None:
                 record.active = active
             record.version += 1
-            conn.execute(
-                "UPDATE tasks SET state = ?, log_json = ?, backend_json = ?, active = ?, version = ?"
-                " WHERE seq = ?",
-                (
-                    record.state.value,
-                    log_json,
-                    json.dumps(record.backend),
-                    int(record.active),
-                    record.version,
-                    record.seq,
-                ),
-            )
+            now_ms = to_epoch_ms(utc_now())
+            changed = state is not None and state != previous
+            ended = changed and states.is_final(record.state) and not states.is_final(previous)
+            # An outbox event goes into the same transaction as the change (docs/callbacks.md);
+            # a savepoint keeps "a failed write wrote nothing" true for the two statements.
+            event = changed and callback_due(record.task, record.state, callback_states)
+            if event:
+                conn.execute("SAVEPOINT outbox")
+            try:
+                conn.execute(
+                    "UPDATE tasks SET state = ?, log_json = ?, backend_json = ?, active = ?, version = ?,"
+                    " finished_ms = COALESCE(finished_ms, ?) WHERE seq = ?",
+                    (
+                        record.state.value,
+                        log_json,
+                        json.dumps(record.backend),
+                        int(record.active),
+                        record.version,
+                        now_ms if ended else None,
+                        record.seq,
+                    ),
+                )
+                if event:
+                    _outbox_insert(conn, record, now_ms)
+            except BaseException:
+                if event and conn.in_transaction:
+                    conn.execute("ROLLBACK TO outbox")
+                    conn.execute("RELEASE outbox")
+                raise
+            if event:
+                conn.execute("RELEASE outbox")
             return record
 
         return await self._call(change, write=True)
 
-    async def claim(self, worker_id: str, now: datetime, lease_until: datetime) -> TaskRecord | None:
+    async def claim(
+        self, worker_id: str, now: datetime, lease_until: datetime, *, policy: ClaimPolicy | None = None
+    ) -> TaskRecord | None:
         now_ms, until_ms = to_epoch_ms(now), to_epoch_ms(lease_until)
+        rules = policy or ClaimPolicy()
 
         def take(conn: sqlite3.Connection) -> TaskRecord | None:
-            # Decode before taking the lease, and take a row that does not decode out of the queue
-            # (quarantine) instead of failing: it must not block the valid tasks behind it.
-            while True:
-                rows = conn.execute(
-                    f"SELECT {_COLUMNS} FROM tasks WHERE active = 1"
-                    " AND (lease_expires_ms IS NULL OR lease_expires_ms <= ?) ORDER BY seq LIMIT ?",
-                    (now_ms, _CLAIM_SCAN),
-                ).fetchall()
-                if not rows:
-                    return None
-                for row in rows:
-                    try:
-                        record = _record(row)
-                    except CorruptRecord as exc:
-                        _quarantine(conn, row, exc)
-                        continue
-                    return _lease(conn, record)
-
-        def _lease(conn: sqlite3.Connection, record: TaskRecord) -> TaskRecord:
-            record.lease_owner = worker_id
-            record.lease_expires = from_epoch_ms(until_ms)
-            record.version += 1
-            conn.execute(
-                "UPDATE tasks SET lease_owner = ?, lease_expires_ms = ?, version = ? WHERE seq = ?",
-                (worker_id, until_ms, record.version, record.seq),
-            )
-            return record
+            # All of it inside the writer's BEGIN IMMEDIATE: the counts read here are the counts
+            # every other worker on this file sees, so no limit can be passed.
+            record = _take_under_way(conn, worker_id, now_ms, until_ms)
+            if record is not None:
+                return record
+            return _take_fair(conn, worker_id, until_ms, rules)
 
         return await self._call(take, write=True)
 
@@ -827,6 +1133,18 @@ class SqliteTaskStore:
 
         await self._call(give_back, write=True)
 
+    async def quota_usage(self, owner: Owner | None) -> QuotaUsage:
+        subject, issuer = (owner.subject, owner.issuer) if owner is not None else (None, None)
+
+        def read(conn: sqlite3.Connection) -> QuotaUsage:
+            row = conn.execute(
+                "SELECT active_n, queued_n FROM owners WHERE okey = json_array(?, ?)", (subject, issuer)
+            ).fetchone()
+            servers = {str(n): int(a) for n, a in conn.execute("SELECT name, active_n FROM server_load")}
+            return QuotaUsage(int(row[0]) if row else 0, int(row[1]) if row else 0, servers)
+
+        return await self._call(read, write=False)
+
     async def count(self) -> int:
         def read(conn: sqlite3.Connection) -> int:
             return int(conn.execute("SELECT count(*) FROM tasks").fetchone()[0])
@@ -855,3 +1173,111 @@ class SqliteTaskStore:
             return bytes.fromhex(value)
 
         return await self._call(make, write=True)
+
+    # -- the callback outbox and retention (docs/callbacks.md) --------------------------------
+
+    def record_callbacks_for(self, states: frozenset[TesState] | None) -> None:
+        self._callback_states = states
+
+    async def claim_callbacks(
+        self, worker_id: str, now: datetime, lease_until: datetime, limit: int
+    ) -> builtins.list[CallbackEvent]:
+        now_ms, until_ms = to_epoch_ms(now), to_epoch_ms(lease_until)
+
+        def take(conn: sqlite3.Connection) -> builtins.list[CallbackEvent]:
+            # Only the oldest event of each task (no older one left): a leased head keeps the task's
+            # later events back, so they are delivered in state order by whoever holds it.
+            rows = conn.execute(
+                "SELECT event_seq, event_id, task_id, state, url, payload, attempts, created_ms"
+                " FROM callback_outbox o WHERE next_ms <= ?"
+                " AND (lease_expires_ms IS NULL OR lease_expires_ms <= ?)"
+                " AND NOT EXISTS (SELECT 1 FROM callback_outbox p"
+                " WHERE p.task_id = o.task_id AND p.event_seq < o.event_seq)"
+                " ORDER BY next_ms, event_seq LIMIT ?",
+                (now_ms, now_ms, max(1, limit)),
+            ).fetchall()
+            events: builtins.list[CallbackEvent] = []
+            for seq, event_id, task_id, state, url, payload, attempts, created_ms in rows:
+                conn.execute(
+                    "UPDATE callback_outbox SET lease_owner = ?, lease_expires_ms = ? WHERE event_seq = ?",
+                    (worker_id, until_ms, seq),
+                )
+                try:
+                    event_state = TesState(state)
+                except ValueError:
+                    event_state = TesState.UNKNOWN
+                events.append(
+                    CallbackEvent(
+                        id=event_id,
+                        task_id=task_id,
+                        seq=seq,
+                        state=event_state,
+                        url=url,
+                        payload=payload,
+                        attempts=attempts,
+                        created_at=from_epoch_ms(created_ms),
+                    )
+                )
+            return events
+
+        return await self._call(take, write=True)
+
+    async def finish_callback(self, worker_id: str, event: CallbackEvent) -> bool:
+        def remove(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "DELETE FROM callback_outbox WHERE event_seq = ? AND lease_owner = ?", (event.seq, worker_id)
+            )
+            return cursor.rowcount == 1
+
+        return await self._call(remove, write=True)
+
+    async def retry_callback(
+        self, worker_id: str, event: CallbackEvent, next_attempt: datetime, error: str
+    ) -> bool:
+        def again(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE callback_outbox SET attempts = attempts + 1, next_ms = ?, lease_owner = NULL,"
+                " lease_expires_ms = NULL, last_error = ? WHERE event_seq = ? AND lease_owner = ?",
+                (to_epoch_ms(next_attempt), error[:1000], event.seq, worker_id),
+            )
+            return cursor.rowcount == 1
+
+        return await self._call(again, write=True)
+
+    async def pending_callbacks(self) -> int:
+        def read(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("SELECT count(*) FROM callback_outbox").fetchone()[0])
+
+        return await self._call(read, write=False)
+
+    async def take_lease(self, name: str, worker_id: str, now: datetime, until: datetime) -> bool:
+        def take(conn: sqlite3.Connection) -> bool:
+            conn.execute(
+                "INSERT INTO store_leases(name, owner, expires_ms) VALUES (?, ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET owner = excluded.owner, expires_ms = excluded.expires_ms"
+                " WHERE store_leases.owner = excluded.owner OR store_leases.expires_ms <= ?",
+                (name, worker_id, to_epoch_ms(until), to_epoch_ms(now)),
+            )
+            (owner,) = conn.execute("SELECT owner FROM store_leases WHERE name = ?", (name,)).fetchone()
+            return bool(owner == worker_id)
+
+        return await self._call(take, write=True)
+
+    async def delete_finished(self, ended_before: datetime, limit: int) -> builtins.list[str]:
+        cutoff = to_epoch_ms(ended_before)
+
+        def delete(conn: sqlite3.Connection) -> builtins.list[str]:
+            rows = conn.execute(
+                "SELECT seq, id FROM tasks WHERE finished_ms IS NOT NULL AND finished_ms <= ? AND active = 0"
+                " AND NOT EXISTS (SELECT 1 FROM callback_outbox o WHERE o.task_id = tasks.id)"
+                " ORDER BY finished_ms LIMIT ?",
+                (cutoff, max(1, limit)),
+            ).fetchall()
+            if not rows:
+                return []
+            marks = ",".join("?" * len(rows))
+            # One statement (task_tags go with it: ON DELETE CASCADE), so a failure deletes nothing.
+            conn.execute(f"DELETE FROM tasks WHERE seq IN ({marks})", [row[0] for row in rows])
+            return [str(row[1]) for row in rows]
+
+        return await self._call(delete, write=True)
