@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tesp_api.config.settings import Settings
 from tesp_api.store.port import TaskStore
+from tesp_api.tes.models import TesState
 
 logger = logging.getLogger(__name__)
 
@@ -32,5 +33,8 @@ async def open_store(settings: Settings) -> TaskStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         store = SqliteTaskStore(str(path), synchronous=settings.db.sqlite_synchronous)
         logger.info("task store: SQLite file %s", path)
+    # Which state changes of tasks with a callback_url write an outbox event (docs/callbacks.md).
+    events = settings.callbacks.events
+    store.record_callbacks_for(frozenset(TesState(e) for e in events) if events else None)
     await store.open()
     return store

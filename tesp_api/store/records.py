@@ -9,17 +9,17 @@ the patch rules live here once.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import secrets
 from datetime import UTC, datetime
 from typing import Any
 
-import hashlib
-import json
-
 from pydantic import ValidationError
 
-from tesp_api.store.port import LogPatch, Owner
+from tesp_api.store.port import LogPatch, Owner, TaskRecord
 from tesp_api.tes import states
-from tesp_api.tes.models import TesExecutorLog, TesState, TesTaskLog
+from tesp_api.tes.models import TesExecutorLog, TesState, TesTask, TesTaskLog, TesView
 
 # What decoding a stored row can raise when the row is not what this version writes.
 DECODE_ERRORS = (ValueError, TypeError, KeyError, AttributeError)
@@ -130,3 +130,28 @@ def body_fingerprint(body: Any) -> str:
     """A hash of a JSON request body, independent of whitespace and key order."""
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# -- the callback outbox (docs/callbacks.md) ---------------------------------------------------
+
+
+def callback_due(task: TesTask, state: TesState, wanted: frozenset[TesState] | None) -> bool:
+    """Whether a change of ``task`` to ``state`` writes an outbox event (None: every state)."""
+    return bool(task.callback_url) and (wanted is None or state in wanted)
+
+
+def new_event_id() -> str:
+    """A webhook-id (Standard Webhooks: unique per message, the same on every retry of it)."""
+    return f"msg_{secrets.token_hex(16)}"
+
+
+def callback_payload(record: TaskRecord) -> str:
+    """What a callback POSTs: the task's BASIC view at this change, as compact JSON. Rendered
+    when the change is written, so every event says what the task was then, whenever it is sent."""
+    from tesp_api.tes.views import render_task  # tes only; late to keep this module light
+
+    try:
+        body = render_task(record, TesView.BASIC)
+    except DECODE_ERRORS:  # never let a rendering problem fail the state change itself
+        body = {"id": record.id, "state": record.state.value}
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)

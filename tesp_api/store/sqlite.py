@@ -727,7 +727,7 @@ class SqliteTaskStore:
                     continue
                 try:
                     outcomes, healthy = self._execute(conn, batch)
-                except Exception as exc:  # noqa: BLE001 - a bug must not kill the lane
+                except Exception as exc:
                     logger.exception("sqlite store %s: a batch failed unexpectedly", role)
                     failed = StoreError(f"database error: {exc}")
                     outcomes, healthy = [_Outcome(op, error=failed) for op in batch], False

@@ -119,6 +119,11 @@ class TesTask(_TesModel):
     tags: dict[str, str] | None = None
     logs: list[TesTaskLog] | None = None
     creation_time: str | None = None
+    # Extension (the TES proposal's name: task-execution-schemas issue #121 / PR #176): POSTed the
+    # task's BASIC view, signed, on every state change (docs/callbacks.md).
+    callback_url: str | None = Field(
+        None, description="tesp-api extension (TES proposal): receives the BASIC view at every state change"
+    )
 
 
 class TesCreateTaskResponse(_TesModel):

@@ -52,6 +52,8 @@ def _mask_secrets(body: dict[str, Any]) -> dict[str, Any]:
     for item in [*body.get("inputs", []), *body.get("outputs", [])]:
         if isinstance(item.get("url"), str):
             item["url"] = mask_url(item["url"])
+    if isinstance(body.get("callback_url"), str):
+        body["callback_url"] = mask_url(body["callback_url"])
     for task_log in body.get("logs", []):
         for output in task_log.get("outputs", []):
             if isinstance(output.get("url"), str):
