@@ -3,9 +3,10 @@
 How the port's calls map onto Pulsar's message protocol:
 
 * ``prepare``: nothing is sent (Pulsar has no "setup" without a submit over AMQP). The job's files are
-  recorded, on disk (``received/.setups/{job}.json``) so that a restarted service can still send the
-  setup: small ones (the job script, TES ``content``) go inline in the setup message, local files
-  are served to Pulsar by the staging server (amqp_staging.py) under a signed URL, URLs pass as is.
+  put in the staging directory (shared by the replicas, amqp_staging.py) and the setup is recorded in
+  the task's store record (``backend["amqp_setup"]``), so that any replica can still send it: small
+  files (the job script, TES ``content``) go inline in the setup message, local files are served to
+  Pulsar by the staging server of whichever replica Pulsar reaches, under a signed URL; URLs pass as is.
 * ``submit``: ONE persistent setup message: create the job directory, fetch the inputs, run
   ``bash <job dir>/tool_files/<script>``, then POST the outputs (``JobSpec.outputs_for_remote_staging``)
   to the staging server. Once the broker confirmed it, the record is marked sent.
@@ -17,7 +18,8 @@ How the port's calls map onto Pulsar's message protocol:
   set up but not submitted, so the driver submits it (once) from the record.
 * ``cancel``: a kill message; the client then asks for the status soon and repeatedly, since Pulsar
   publishes nothing after a kill.
-* ``fetch``: the file Pulsar POSTed (it uploads before it publishes the final status).
+* ``fetch``: the file Pulsar POSTed (it uploads before it publishes the final status) to any replica's
+  staging server, from the shared staging directory.
 * ``clean``: forgets the job here and deletes the received files. Pulsar's message protocol has no
   "clean": its job directory stays on the Pulsar side (docs/amqp.md).
 
@@ -30,8 +32,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import secrets
 import shutil
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,11 +55,19 @@ from tesp_api.pulsar.amqp_messages import (
     StagedFile,
 )
 from tesp_api.pulsar.amqp_names import PulsarQueues
-from tesp_api.pulsar.amqp_staging import StagingPathError, StagingServer, StagingTokens, check_job_id
+from tesp_api.pulsar.amqp_staging import (
+    StagingPathError,
+    StagingServer,
+    StagingTokens,
+    check_job_id,
+    safe_relative_path,
+)
 from tesp_api.pulsar.port import BackendError, BackendUnavailable, JobSpec, JobStatus
+from tesp_api.store.port import StoreError
 
 if TYPE_CHECKING:
     from tesp_api.config.settings import PulsarServer, Settings
+    from tesp_api.store.port import TaskStore
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +76,26 @@ _KIND_TO_TYPE = {"tool": "tool", "input": "input", "config": "config"}
 _KIND_TO_DIR = {"tool": "tool_files", "input": "inputs", "config": "configs"}
 # Reported for a job submitted by this process that Pulsar has not reported on yet.
 _SUBMITTED = "queued"
+# Keys of the task's store record (TaskRecord.backend) this backend owns.
+SETUP_KEY = "amqp_setup"
+RECEIVED_KEY = "amqp_received_by:"  # + replica: when that replica first took in an upload of the job
+STAGING_SECRET = "amqp-staging"  # the staging servers' signing key (store.get_or_create_secret)
 
 
 @dataclass
 class _PreparedFile:
-    """One file of a prepared job: inline ``contents``, a local ``source`` (served by the staging
-    server; its URL is signed at submit time) or a ``url`` Pulsar fetches itself."""
+    """One file of a prepared job. ``inline``: small text sent inside the setup message (kept until
+    then in the staging directory, not in the store); ``staged``: a file in the staging directory,
+    served to Pulsar under a URL signed at submit time; ``url``: one Pulsar fetches itself.
+    ``contents`` / ``source`` are what records of earlier versions hold (text / a local path)."""
 
     name: str
     type: str
     contents: str | None = None
     source: str | None = None
     url: str | None = None
+    inline: bool = False
+    staged: bool = False
 
 
 @dataclass
@@ -84,18 +105,23 @@ class _Prepared:
     sent: bool = False  # the broker confirmed the setup message
 
     @classmethod
-    def from_json(cls, text: str) -> _Prepared:
-        data = json.loads(text)
+    def from_dict(cls, data: dict[str, Any]) -> _Prepared:
         return cls(
             files=[_PreparedFile(**f) for f in data["files"]],
             outputs=[str(o) for o in data["outputs"]],
             sent=bool(data.get("sent")),
         )
 
+    def to_dict(self) -> dict[str, Any]:
+        files = [{k: v for k, v in asdict(f).items() if v not in (None, False)} for f in self.files]
+        return {"files": files, "outputs": self.outputs, "sent": self.sent}
+
+    @classmethod
+    def from_json(cls, text: str) -> _Prepared:
+        return cls.from_dict(json.loads(text))
+
     def to_json(self) -> str:
-        return json.dumps(
-            {"files": [asdict(f) for f in self.files], "outputs": self.outputs, "sent": self.sent}
-        )
+        return json.dumps(self.to_dict())
 
 
 class AmqpBackend:
@@ -109,8 +135,16 @@ class AmqpBackend:
         options: AmqpClientOptions | None = None,
         status_timeout: float = 30.0,
         lost_recheck: float = 2.0,
+        store: TaskStore | None = None,
+        legacy_key_file: Path | None = None,
     ) -> None:
+        """With ``store``, everything another replica needs to take a job over is in the store (the
+        setup record, the staging key, who received uploads) or in the staging directory; without
+        one (tests, embedding), setup records are JSON files under the staging directory and the key
+        is the one ``staging`` was given."""
         self.name = name
+        self.store = store
+        self._legacy_key_file = legacy_key_file
         self.queues = queues
         self.staging = staging
         self.status_timeout = status_timeout
@@ -126,6 +160,9 @@ class AmqpBackend:
         self._lost_once: set[str] = set()
         self._awaiting: set[str] = set()  # status requested by status(), answer not yet in
         self._prepared: dict[str, _Prepared] = {}
+        self._warned_unshared: set[str] = set()
+        if store is not None:
+            staging.on_received = self._record_received
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -134,6 +171,8 @@ class AmqpBackend:
         async with self._start_lock:
             if self._started:
                 return
+            if self.store is not None:
+                await self._load_shared_key()
             try:
                 with log_context.cleared():  # started lazily inside the first task's driver
                     await self.staging.start()
@@ -142,6 +181,20 @@ class AmqpBackend:
                 await self.staging.stop()
                 raise BackendUnavailable(f"Pulsar {self.name}: {exc}") from None
             self._started = True
+
+    async def _load_shared_key(self) -> None:
+        """Sign with the store's key, so any replica verifies what another signed; a key file of an
+        earlier version is still accepted (URLs given to Pulsar before an upgrade stay valid)."""
+        assert self.store is not None
+        try:
+            key = await self.store.get_or_create_secret(STAGING_SECRET)
+        except StoreError as exc:
+            raise BackendUnavailable(f"Pulsar {self.name}: the task store: {exc}") from None
+        legacy = None
+        if self._legacy_key_file is not None:
+            legacy = await asyncio.to_thread(StagingTokens.read_key_file, self._legacy_key_file)
+        ttl = self.staging.tokens.ttl
+        self.staging.tokens = StagingTokens(key, ttl, also_accepted=[legacy] if legacy else [])
 
     async def aclose(self) -> None:
         if self._started:
@@ -209,6 +262,8 @@ class AmqpBackend:
     # ---- the port --------------------------------------------------------------------------------
 
     async def prepare(self, spec: JobSpec) -> None:
+        """Stage the job's files in the (shared) staging directory and record the setup in the store:
+        from then on any replica can send it (``submit``) and serve its inputs."""
         await self.start()
         files: list[_PreparedFile] = []
         try:
@@ -218,35 +273,94 @@ class AmqpBackend:
                     raise BackendError(f"{f.name}: file kind {f.kind!r} cannot be staged over AMQP")
                 if f.data is not None:
                     try:
-                        text = f.data.decode("utf-8")
+                        f.data.decode("utf-8")
                     except UnicodeDecodeError:
                         raise BackendError(f"{f.name}: inline files must be UTF-8 text over AMQP") from None
-                    files.append(_PreparedFile(f.name, kind, contents=text))
+                    await asyncio.to_thread(_write_private, self._inline_path(spec.job_id, f.name), f.data)
+                    files.append(_PreparedFile(f.name, kind, inline=True))
                 elif f.source is not None:
-                    files.append(_PreparedFile(f.name, kind, source=str(f.source)))
+                    await asyncio.to_thread(self.staging.stage_input, spec.job_id, f.name, f.source)
+                    files.append(_PreparedFile(f.name, kind, staged=True))
                 elif f.url is not None:
                     files.append(_PreparedFile(f.name, kind, url=f.url))
                 else:
                     raise BackendError(f"{f.name}: neither data, source nor url")
-                self._staged(spec.job_id, files[-1])  # fails now, not at submit, on a bad name
         except (ValueError, StagingPathError) as exc:
             raise BackendError(f"job {spec.job_id}: {exc}") from None
+        except OSError as exc:
+            raise BackendError(f"job {spec.job_id}: cannot stage its files: {exc}") from None
         prepared = _Prepared(files, list(spec.outputs_for_remote_staging))
-        await asyncio.to_thread(self._save_prepared, spec.job_id, prepared)
+        await self._save_setup(spec.job_id, prepared)
         self._prepared[spec.job_id] = prepared
 
+    def _inline_path(self, job_id: str, name: str) -> Path:
+        """Inline files wait here for the submit (never served: no token is ever made for them)."""
+        return self._setups_dir / check_job_id(job_id) / safe_relative_path(name)
+
     def _staged(self, job_id: str, f: _PreparedFile) -> StagedFile:
+        """The setup message's entry for one file (blocking: reads inline files, checks staged ones)."""
         kind: Any = f.type
         if f.contents is not None:
             return StagedFile(f.name, contents=f.contents, type=kind)
-        if f.source is not None:
-            url = self.staging.register_input(job_id, f.name, Path(f.source))  # a freshly signed URL
-            return StagedFile(f.name, url=url, type=kind)
+        if f.inline or f.staged:
+            path = self._inline_path(job_id, f.name) if f.inline else self.staging.input_path(job_id, f.name)
+            if not path.is_file():
+                raise BackendError(
+                    f"job {job_id}: {f.name} is not in the staging directory {self.staging.received_root} "
+                    "of this replica: replicas on several hosts must share pulsar.staging_dir"
+                )
+            if f.inline:
+                return StagedFile(f.name, contents=path.read_text(encoding="utf-8"), type=kind)
+            return StagedFile(f.name, url=self.staging.input_url(job_id, f.name), type=kind)
+        if f.source is not None:  # a record of an earlier version: stage the local file now
+            self.staging.stage_input(job_id, f.name, Path(f.source))
+            return StagedFile(f.name, url=self.staging.input_url(job_id, f.name), type=kind)
         return StagedFile(f.name, url=f.url, type=kind)
+
+    # ---- the prepared setup, in the store (or on disk without one) ------------------------------
+
+    async def _save_setup(self, job_id: str, prepared: _Prepared) -> None:
+        if self.store is None:
+            await asyncio.to_thread(self._save_prepared, job_id, prepared)
+            return
+        try:
+            saved = await self.store.update(job_id, backend={SETUP_KEY: prepared.to_dict()})
+        except StoreError as exc:
+            raise BackendUnavailable(f"Pulsar {self.name}: the task store: {exc}") from None
+        if saved is None:
+            raise BackendError(f"job {job_id}: no such task in the store")
+
+    async def _load_setup(self, job_id: str) -> _Prepared | None:
+        if self.store is None:
+            return await asyncio.to_thread(self._load_prepared, job_id)
+        prepared = self._prepared.get(job_id)
+        if prepared is not None:
+            return prepared
+        try:
+            record = await self.store.get(job_id)
+        except StoreError as exc:
+            raise BackendUnavailable(f"Pulsar {self.name}: the task store: {exc}") from None
+        data = record.backend.get(SETUP_KEY) if record is not None else None
+        if not isinstance(data, dict):
+            return None
+        try:
+            prepared = _Prepared.from_dict(data)
+        except (ValueError, KeyError, TypeError):
+            return None
+        self._prepared[job_id] = prepared
+        return prepared
+
+    async def _record_received(self, job_id: str, path: str) -> None:
+        """The staging server took in an upload of the job: say so in the store (once per replica)."""
+        assert self.store is not None
+        stamp = datetime.now(UTC).isoformat(timespec="seconds")
+        await self.store.update(job_id, backend={RECEIVED_KEY + self.staging.replica: stamp})
 
     # ---- the prepared setup, on disk ---------------------------------------------------------------
 
     def _setup_file(self, job_id: str) -> Path:
+        """The setup record without a store (the inline files of the job are in the directory of
+        the same name)."""
         return self._setups_dir / f"{check_job_id(job_id)}.json"
 
     def _save_prepared(self, job_id: str, prepared: _Prepared) -> None:
@@ -270,14 +384,14 @@ class AmqpBackend:
 
     async def submit(self, spec: JobSpec) -> None:
         await self.start()
-        prepared = await asyncio.to_thread(self._load_prepared, spec.job_id)
+        prepared = await self._load_setup(spec.job_id)
         if prepared is None:
             raise BackendError(f"job {spec.job_id} was never prepared (AMQP keeps no job before submit)")
         try:
             outputs = [CollectedOutput(client_path=o, workdir_path=o) for o in prepared.outputs]
-            files = [self._staged(spec.job_id, f) for f in prepared.files]
-        except (ValueError, StagingPathError) as exc:
-            raise BackendError(str(exc)) from None
+            files = await asyncio.to_thread(lambda: [self._staged(spec.job_id, f) for f in prepared.files])
+        except (ValueError, StagingPathError, OSError) as exc:
+            raise BackendError(f"job {spec.job_id}: {exc}") from None
         setup = SetupMessage(
             job_id=spec.job_id,
             command_line=spec.command_line(f"{JOB_DIRECTORY_TOKEN}/{_KIND_TO_DIR['tool']}"),
@@ -296,7 +410,7 @@ class AmqpBackend:
             self._submitted_unheard.discard(spec.job_id)
             raise BackendUnavailable(f"Pulsar {self.name}: {exc}") from None
         prepared.sent = True
-        await asyncio.to_thread(self._save_prepared, spec.job_id, prepared)
+        await self._save_setup(spec.job_id, prepared)
 
     async def status(self, job_id: str) -> JobStatus:
         await self.start()
@@ -308,7 +422,7 @@ class AmqpBackend:
         # Nothing known here (a job taken over from another worker or after a restart): ask Pulsar.
         known = await self._ask(job_id)
         if known is None or (known.status == "lost" and not _had_job_directory(known.raw)):
-            prepared = await asyncio.to_thread(self._load_prepared, job_id)
+            prepared = await self._load_setup(job_id)
             if prepared is not None and known is not None:
                 # A job prepared here (maybe by this service before a restart): Pulsar may answer
                 # before it handled the setup still waiting in its queue (both sent while it was
@@ -380,15 +494,46 @@ class AmqpBackend:
             raise BackendUnavailable(f"Pulsar {self.name}: {exc}") from None
 
     async def fetch(self, job_id: str, name: str, dest: Path) -> bool:
+        """Copy the file Pulsar POSTed (to whichever replica) from the shared staging directory."""
         try:
-            received = self.staging.received_file(job_id, name)
+            received = await asyncio.to_thread(self.staging.received_file, job_id, name)
         except StagingPathError:
             return False
         if received is None:
+            await self._warn_if_unshared(job_id, name)
             return False
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(shutil.copyfile, received, dest)
+
+        def copy() -> None:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(received, dest)
+
+        await asyncio.to_thread(copy)
         return True
+
+    async def _warn_if_unshared(self, job_id: str, name: str) -> None:
+        """A missing output may just not have been made (the manifest decides); but if other replicas
+        took in uploads of this job, the staging directory is probably not shared: say so once."""
+        if self.store is None or job_id in self._warned_unshared:
+            return
+        try:
+            record = await self.store.get(job_id)
+        except StoreError:
+            return
+        others = sorted(
+            k[len(RECEIVED_KEY) :]
+            for k in (record.backend if record is not None else {})
+            if k.startswith(RECEIVED_KEY) and k[len(RECEIVED_KEY) :] != self.staging.replica
+        )
+        if others:
+            self._warned_unshared.add(job_id)
+            log.warning(
+                "job %s: %s is not in the staging directory here (%s), but replica(s) %s took in uploads "
+                "of this job: is pulsar.staging_dir shared by all replicas?",
+                job_id,
+                name,
+                self.staging.replica,
+                ", ".join(others),
+            )
 
     async def clean(self, job_id: str) -> None:
         self.client.forget(job_id)
@@ -397,10 +542,16 @@ class AmqpBackend:
         self._submitted_unheard.discard(job_id)
         self._lost_once.discard(job_id)
         self._prepared.pop(job_id, None)
+        self._warned_unshared.discard(job_id)
         with contextlib.suppress(StagingPathError):
-            self.staging.forget(job_id)
-            with contextlib.suppress(FileNotFoundError):
-                self._setup_file(job_id).unlink()
+            await self.staging.forget(job_id)
+            inline_dir, record = self._setups_dir / check_job_id(job_id), self._setup_file(job_id)
+
+            def remove() -> None:
+                shutil.rmtree(inline_dir, ignore_errors=True)
+                record.unlink(missing_ok=True)
+
+            await asyncio.to_thread(remove)
 
 
 def _had_job_directory(body: Any) -> bool:
@@ -408,15 +559,40 @@ def _had_job_directory(body: Any) -> bool:
     return bool(isinstance(body, dict) and body.get("job_directory_contents"))
 
 
-def build_amqp_backend(settings: Settings, server: PulsarServer) -> AmqpBackend:
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` (mode 0600: a job spec may carry the task's environment) through a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    partial.replace(path)
+
+
+def staging_root(settings: Settings) -> Path:
+    """``pulsar.staging_dir``, by default ``<engine.work_dir>/pulsar-received``."""
+    configured = settings.pulsar.staging_dir
+    return Path(configured) if configured else Path(settings.engine.work_dir) / "pulsar-received"
+
+
+def build_amqp_backend(
+    settings: Settings, server: PulsarServer, store: TaskStore | None = None
+) -> AmqpBackend:
     """The engine's factory (engine.build_backends): one backend, with its own staging server, per
-    AMQP Pulsar server. Nothing connects here; the first call does."""
+    AMQP Pulsar server. Nothing connects here; the first call does. With the engine's ``store`` the
+    backend keeps its shared state there (the staging key is read from it when the backend starts);
+    without one, the key is a file in the work directory."""
     assert server.amqp_url is not None
     pulsar = settings.pulsar
     work_dir = Path(settings.engine.work_dir)
-    tokens = StagingTokens.from_key_file(work_dir / "pulsar-staging.key", settings.transfer.signed_url_ttl)
+    key_file = work_dir / "pulsar-staging.key"
+    ttl = settings.transfer.signed_url_ttl
+    if store is None:
+        tokens = StagingTokens.from_key_file(key_file, ttl)
+    else:  # replaced by the store's key in start(), before anything is signed
+        tokens = StagingTokens(secrets.token_bytes(32), ttl)
     staging = StagingServer(
-        work_dir / "pulsar-received" / server.name,
+        staging_root(settings) / server.name,
         tokens,
         listen=server.staging_listen or "127.0.0.1:0",
         public_url=server.staging_url,
@@ -435,4 +611,6 @@ def build_amqp_backend(settings: Settings, server: PulsarServer) -> AmqpBackend:
         staging,
         options=options,
         status_timeout=pulsar.client_timeout,
+        store=store,
+        legacy_key_file=key_file if store is not None else None,
     )

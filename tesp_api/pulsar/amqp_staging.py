@@ -5,18 +5,24 @@ service. A small Starlette app, run by the AMQP backend in its own process (so i
 `tesp-api worker` processes that serve no API), on ``pulsar.staging_listen``; Pulsar reaches it at
 ``pulsar.staging_url`` (default: the address it listens on).
 
-* ``GET  /pulsar-staging/{job}/inputs/{name}?token=...``: a file registered for the job (streamed from
-  disk). Registrations are also written to ``received/.inputs/{job}.json``, so a restarted service
-  still serves the inputs of a job whose setup message was sent before the restart (Pulsar may
-  download them long after, e.g. when it was down).
-* ``POST /pulsar-staging/{job}/files?token=...&path=...&file_type=...``: Pulsar's multipart upload
-  (field ``file``), written to ``received/{job}/{path}`` (through a ``.part`` file, renamed when
-  complete).
+Every replica runs one, and each serves every job: nothing a request needs lives in one process.
+Files live in the staging directory (``pulsar.staging_dir``, default ``<engine.work_dir>/pulsar-received``),
+which replicas on several hosts share (a shared filesystem); the signing key lives in the task store.
+So ``staging_url`` may point at a load balancer that routes each request to any replica:
 
-Every URL carries a token: an HMAC over (purpose, job id, name, expiry) with a key kept in the work
-directory (mode 0600), so URLs stay valid across a restart of this service and expire after
-``transfer.signed_url_ttl``. Tokens are never logged (access logs are off). Paths are checked: no
-absolute paths, no ``..``, no empty components, nothing outside the job's directory.
+* ``GET  /pulsar-staging/{job}/inputs/{name}?token=...``: the job's input ``name``, staged (linked or
+  copied) into ``<staging dir>/.inputs/{job}/{name}`` when the job was prepared.
+* ``POST /pulsar-staging/{job}/files?token=...&path=...&file_type=...``: Pulsar's multipart upload
+  (field ``file``), written to ``<staging dir>/{job}/{path}`` (through a ``.part`` file, renamed when
+  complete). The first upload a replica takes in for a job is reported (``on_received``) so that the
+  fact is recorded in the store.
+* ``GET /pulsar-staging/healthz``: for the load balancer's health check.
+
+Every URL carries a token: an HMAC over (purpose, job id, name, expiry). The key is shared by every
+replica (the task store's ``get_or_create_secret``; without a store, a file in the work directory,
+mode 0600), so URLs stay valid across restarts and replicas, and expire after ``transfer.signed_url_ttl``.
+Tokens are never logged (access logs are off). Paths are checked: no absolute paths, no ``..``, no empty
+components, nothing outside the job's directory. No file is read, written or removed on the event loop.
 """
 
 from __future__ import annotations
@@ -25,13 +31,14 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-import json
 import logging
 import os
 import re
 import secrets
 import shutil
+import socket
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -70,8 +77,9 @@ def check_job_id(job_id: str) -> str:
 class StagingTokens:
     """Signed, expiring tokens bound to one job, one purpose and (for inputs) one file name."""
 
-    def __init__(self, key: bytes, ttl: float) -> None:
+    def __init__(self, key: bytes, ttl: float, *, also_accepted: Iterable[bytes] = ()) -> None:
         self._key = key
+        self._accepted = [key, *(k for k in also_accepted if k != key)]
         self.ttl = ttl
 
     @classmethod
@@ -87,9 +95,17 @@ class StagingTokens:
             fh.write(key)
         return cls(key, ttl)
 
-    def _mac(self, purpose: str, job_id: str, name: str, expiry: int) -> str:
+    @staticmethod
+    def read_key_file(path: Path) -> bytes | None:
+        """The key of a key file, if there is one (URLs signed by an earlier version stay valid)."""
+        try:
+            return path.read_bytes() or None
+        except OSError:
+            return None
+
+    def _mac(self, purpose: str, job_id: str, name: str, expiry: int, key: bytes | None = None) -> str:
         message = f"{purpose}\0{job_id}\0{name}\0{expiry}".encode()
-        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+        return hmac.new(key or self._key, message, hashlib.sha256).hexdigest()
 
     def sign(self, purpose: str, job_id: str, name: str = "") -> str:
         expiry = int(time.time() + self.ttl)
@@ -101,7 +117,10 @@ class StagingTokens:
         expiry_text, mac = token.split(".", 1)
         if not expiry_text.isdigit() or int(expiry_text) < time.time():
             return False
-        return hmac.compare_digest(mac, self._mac(purpose, job_id, name, int(expiry_text)))
+        expiry = int(expiry_text)
+        return any(
+            hmac.compare_digest(mac, self._mac(purpose, job_id, name, expiry, k)) for k in self._accepted
+        )
 
 
 class StagingServer:
@@ -119,9 +138,14 @@ class StagingServer:
         self._public_url = public_url.rstrip("/") if public_url else None
         self.received_root = received_root
         self.tokens = tokens
-        self._inputs: dict[tuple[str, str], Path] = {}
         # Job ids never start with ".", so this cannot collide with a job's received directory.
-        self._registry = received_root / ".inputs"
+        self.inputs_root = received_root / ".inputs"
+        # Called (job id, path) after the first upload this process took in for a job: the backend
+        # records the fact in the store. Its failure does not fail the upload (the file is in place).
+        self.on_received: Callable[[str, str], Awaitable[None]] | None = None
+        self._reported: set[str] = set()
+        # Who this is, in the store's bookkeeping: the host and the staging directory it writes to.
+        self.replica = f"{socket.gethostname()}:{received_root}"
         self._server: Any = None
         self._serve_task: asyncio.Task[None] | None = None
         self.stats = {"input_gets": 0, "output_posts": 0, "refused": 0}
@@ -169,15 +193,34 @@ class StagingServer:
 
     # ---- what the backend asks for ---------------------------------------------------------------
 
-    def register_input(self, job_id: str, name: str, source: Path) -> str:
-        """Serve ``source`` to Pulsar as the job's input ``name``; returns the (signed) URL."""
+    def input_path(self, job_id: str, name: str) -> Path:
+        """Where the job's input ``name`` is staged (any replica sharing the staging dir finds it)."""
+        return self.inputs_root / check_job_id(job_id) / safe_relative_path(name)
+
+    def stage_input(self, job_id: str, name: str, source: Path) -> None:
+        """Put ``source`` where every replica serves it: a hard link when the staging dir is on the same
+        filesystem (no copy), else a copy through a ``.part`` file. Blocking: call it in a thread."""
+        target = self.input_path(job_id, name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".part")
+        partial.unlink(missing_ok=True)
+        try:
+            os.link(source, partial)
+        except OSError:  # another filesystem (EXDEV), or links not allowed there
+            shutil.copyfile(source, partial)
+        partial.replace(target)
+
+    def input_url(self, job_id: str, name: str) -> str:
+        """The (freshly signed) URL at which Pulsar GETs the job's staged input ``name``."""
         check_job_id(job_id)
         safe_relative_path(name)
-        if self._inputs.get((job_id, name)) != source:
-            self._inputs[(job_id, name)] = source
-            self._save_registrations(job_id)
         token = self.tokens.sign("in", job_id, name)
         return f"{self.base_url}{ROUTE_PREFIX}/{job_id}/inputs/{quote(name)}?token={token}"
+
+    def register_input(self, job_id: str, name: str, source: Path) -> str:
+        """``stage_input`` and ``input_url`` in one (blocking: tests and scripts)."""
+        self.stage_input(job_id, name, source)
+        return self.input_url(job_id, name)
 
     def files_endpoint(self, job_id: str) -> str:
         """Where Pulsar POSTs the job's outputs (it appends ``&path=...&file_type=...``)."""
@@ -188,43 +231,30 @@ class StagingServer:
         return self.received_root / check_job_id(job_id)
 
     def received_file(self, job_id: str, name: str) -> Path | None:
+        """The file Pulsar POSTed as ``name`` (blocking: a stat, maybe on a network filesystem)."""
         path = self.received_dir(job_id) / safe_relative_path(name)
         return path if path.is_file() else None
 
-    def forget(self, job_id: str) -> None:
-        for key in [k for k in self._inputs if k[0] == job_id]:
-            del self._inputs[key]
-        with contextlib.suppress(FileNotFoundError):
-            self._registry_file(job_id).unlink()
-        shutil.rmtree(self.received_dir(job_id), ignore_errors=True)
+    async def forget(self, job_id: str) -> None:
+        """Delete the job's staged inputs and received outputs (in a thread: trees may be big)."""
+        self._reported.discard(job_id)
+        inputs, received = self.inputs_root / check_job_id(job_id), self.received_dir(job_id)
 
-    def registered_input(self, job_id: str, name: str) -> Path | None:
-        """The file registered as the job's input ``name``: from memory, else from the on-disk registry
-        (registered by this service before a restart)."""
-        source = self._inputs.get((job_id, name))
-        if source is not None:
-            return source
+        def remove() -> None:
+            shutil.rmtree(inputs, ignore_errors=True)
+            shutil.rmtree(received, ignore_errors=True)
+
+        await asyncio.to_thread(remove)
+
+    async def _report_received(self, job_id: str, rel: str) -> None:
+        if self.on_received is None or job_id in self._reported:
+            return
         try:
-            saved = json.loads(self._registry_file(job_id).read_text())
-        except (OSError, ValueError):
-            return None
-        text = saved.get(name) if isinstance(saved, dict) else None
-        if not isinstance(text, str):
-            return None
-        self._inputs[(job_id, name)] = Path(text)
-        return Path(text)
-
-    def _registry_file(self, job_id: str) -> Path:
-        return self._registry / f"{check_job_id(job_id)}.json"
-
-    def _save_registrations(self, job_id: str) -> None:
-        """Write the job's registrations (name -> local file) through a temporary file and rename."""
-        entries = {name: str(path) for (job, name), path in self._inputs.items() if job == job_id}
-        target = self._registry_file(job_id)
-        self._registry.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + ".part")
-        partial.write_text(json.dumps(entries))
-        partial.replace(target)
+            await self.on_received(job_id, rel)
+        except Exception:  # the upload itself is in place; only the bookkeeping is missing
+            log.warning("could not record the upload of job %s in the store", job_id, exc_info=True)
+            return
+        self._reported.add(job_id)
 
     # ---- the HTTP app ----------------------------------------------------------------------------
 
@@ -247,8 +277,8 @@ class StagingServer:
                 return refuse(400, "bad path")
             if not self.tokens.verify(request.query_params.get("token"), "in", job_id, name):
                 return refuse(403, "forbidden")
-            source = self.registered_input(job_id, name)
-            if source is None or not source.is_file():
+            source = self.input_path(job_id, name)
+            if not await asyncio.to_thread(source.is_file):
                 return refuse(404, "not found")
             self.stats["input_gets"] += 1
             return FileResponse(source, media_type="application/octet-stream")
@@ -269,10 +299,15 @@ class StagingServer:
                 target = self.received_dir(job_id) / rel
                 await asyncio.to_thread(_store, upload.file, target)
             self.stats["output_posts"] += 1
+            await self._report_received(job_id, rel)
+            return PlainTextResponse("ok")
+
+        async def healthz(request: Request) -> Response:
             return PlainTextResponse("ok")
 
         return Starlette(
             routes=[
+                Route(ROUTE_PREFIX + "/healthz", healthz, methods=["GET"]),
                 Route(ROUTE_PREFIX + "/{job_id}/inputs/{name:path}", get_input, methods=["GET"]),
                 Route(ROUTE_PREFIX + "/{job_id}/files", post_file, methods=["POST"]),
             ]
@@ -280,7 +315,8 @@ class StagingServer:
 
 
 def _store(source: Any, target: Path) -> None:
-    """Copy the (spooled) upload to ``target`` through a .part file: a reader never sees half a file."""
+    """Copy the (spooled) upload to ``target`` through a .part file: a reader never sees half a file.
+    Blocking: run in a thread."""
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".part")
     source.seek(0)
