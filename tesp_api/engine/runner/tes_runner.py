@@ -342,6 +342,12 @@ class Runner:
         except Terminated as term:
             self._kill_current()
             return 128 + term.signum
+        finally:
+            # Stop the beats before returning: Python's finalization puts SIGALRM back to its default
+            # action (terminate) while the timer still runs, and a beat landing then killed the
+            # runner with 142 after the job was done (seen under load in bench_engine's bursts).
+            signal.setitimer(signal.ITIMER_REAL, 0, 0)
+            signal.signal(signal.SIGALRM, signal.SIG_IGN)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         raise Terminated(signum)
