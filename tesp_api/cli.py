@@ -100,10 +100,9 @@ def _serve(args: argparse.Namespace) -> int:
     settings = _load(args)
     configure_logging(settings.logging)
     try:
-        serve(settings)
+        return serve(settings)
     except StartupError as exc:
         return _fail(str(exc))
-    return 0
 
 
 def _worker(args: argparse.Namespace) -> int:

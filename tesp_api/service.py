@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -101,38 +102,62 @@ def _engine_lifespan(engine: Any | None) -> Any:
     return lifespan
 
 
+_BUILD: Any = object()  # running_app's default: build the engine from the settings
+
+
 @asynccontextmanager
-async def running_app(settings: Settings) -> AsyncIterator[FastAPI]:
-    """The whole service as an ASGI app: store opened here, engine run by the app's lifespan."""
+async def running_app(settings: Settings, *, engine: Any | None = _BUILD) -> AsyncIterator[FastAPI]:
+    """The whole service as an ASGI app: store opened here, engine run by the app's lifespan.
+    ``engine`` given: that object (None, or another process's wake-up channel) is what the routes
+    notify, and it is not started here."""
     store = await build_store(settings)
     try:
-        engine = build_engine(settings, store)
+        if engine is _BUILD:
+            engine = build_engine(settings, store)
+            lifespan = _engine_lifespan(engine)
+        else:
+            lifespan = _engine_lifespan(None)
         yield create_app(
             settings,
             store,
             engine=engine,
-            lifespan=_engine_lifespan(engine),
+            lifespan=lifespan,
         )
     finally:
         await store.close()
 
 
-async def serve_async(settings: Settings) -> None:
-    async with running_app(settings) as app:
-        config = uvicorn.Config(
-            app,
-            host=settings.api.host,
-            port=settings.api.port,
-            proxy_headers=True,
-            forwarded_allow_ips=settings.api.forwarded_allow_ips,
-            log_config=None,
-            lifespan="on",
-            server_header=False,
-        )
-        server = uvicorn.Server(config)
-        await server.serve()
+def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
+    """The uvicorn options of every serve mode (benchmarks/bench_api.py serves its bare app with them)."""
+    return uvicorn.Config(
+        app,
+        host=settings.api.host,
+        port=settings.api.port,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.api.forwarded_allow_ips,
+        log_config=None,
+        lifespan="on",
+        server_header=False,
+        access_log=settings.api.access_log,
+    )
 
 
-def serve(settings: Settings) -> None:
-    """Run the service until SIGINT/SIGTERM (``tesp-api serve``)."""
-    asyncio.run(serve_async(settings))
+async def serve_async(
+    settings: Settings, *, sock: socket.socket | None = None, engine: Any | None = _BUILD
+) -> None:
+    """Serve the API until SIGINT/SIGTERM. ``sock``: a listening socket shared with other API
+    processes (api.workers); ``engine``: what the routes notify instead of an in-process engine."""
+    async with running_app(settings, engine=engine) as app:
+        server = uvicorn.Server(uvicorn_config(app, settings))
+        await server.serve(sockets=[sock] if sock is not None else None)
+
+
+def serve(settings: Settings) -> int:
+    """Run the service until SIGINT/SIGTERM (``tesp-api serve``): one process (api.workers = 0) or
+    api.workers API processes and an engine process (tesp_api/workers.py). The exit code."""
+    if settings.api.workers == 0:
+        asyncio.run(serve_async(settings))
+        return 0
+    from tesp_api.workers import serve_processes
+
+    return serve_processes(settings)

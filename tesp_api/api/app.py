@@ -91,9 +91,10 @@ def create_app(
         app.add_middleware(TesCorsMiddleware, origins=settings.api.cors_origins)
 
     endpoints = TaskEndpoints(settings, store, engine)
-    app.include_router(build_router(endpoints), prefix=PRIMARY_PREFIX)
+    # Added to the app's own router, not included (see build_router: included routers match twice).
+    build_router(endpoints, prefix=PRIMARY_PREFIX, router=app.router)
     for prefix in ALIAS_PREFIXES:
-        app.include_router(build_router(endpoints, include_in_schema=False), prefix=prefix)
+        build_router(endpoints, include_in_schema=False, prefix=prefix, router=app.router)
     # Nextflow asks {url}/service-info.
     app.add_api_route(
         "/service-info",

@@ -72,6 +72,14 @@ class ApiSettings(_Section):
         gt=0,
         description="how long POST /tasks remembers an Idempotency-Key (a retry returns the first task)",
     )
+    workers: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="0: one process runs the API and the engine; N >= 1: `serve` runs the API in N processes "
+        "sharing the socket and the engine in its own process (docs/deploy.md, docs/benchmarks.md)",
+    )
+    access_log: bool = Field(True, description="one INFO line per HTTP request (uvicorn's access log)")
 
 
 class ServiceInfoSettings(_Section):

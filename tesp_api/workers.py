@@ -1,0 +1,232 @@
+"""``tesp-api serve`` with ``api.workers = N >= 1``: N API processes and one engine process.
+
+Why: one Python process runs on one core, and an engine polling hundreds of running tasks took half
+of it from the API (issue 15). Here the parent binds the listening socket once and forks:
+
+* N API processes, each a uvicorn server on the shared socket (the kernel spreads the connections),
+  each with its own store connection (SQLite: WAL, one writer at a time across processes, as with
+  ``tesp-api worker`` replicas; MongoDB: its own client), and no engine;
+* one engine process (when ``engine.enabled``), the same engine as ``tesp-api worker``.
+
+The in-process shortcuts (a create claimed at once, a cancel noticed at once) cross the process
+boundary as one datagram on a Unix socket in a private directory (mode 0700): ``created <id>`` or
+``cancel <id>``. Sending never blocks and a lost datagram only costs latency, because the engine
+still finds every task in the store (claim_interval) and every cancel (its periodic re-read).
+Decision and measurements: docs/benchmarks.md ("API processes").
+
+The parent only supervises: SIGTERM/SIGINT is passed on to every child, which shuts down cleanly
+(uvicorn finishes its requests, the engine stops its drivers); a child that dies takes the service
+down (exit 1) rather than leaving it half alive. Children die with the parent (PR_SET_PDEATHSIG),
+so a killed parent leaves no orphans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tesp_api.config.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_STOP_GRACE_SECONDS = 30.0
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this process when its parent dies (no orphaned workers). Its own process
+    group, so a Ctrl-C reaches only the parent, which passes one SIGTERM on (a second signal would
+    make uvicorn drop its open requests)."""
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+class EngineWakeups:
+    """What an API process's routes call instead of an in-process engine: one datagram each."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.setblocking(False)
+
+    def _send(self, word: str, task_id: str) -> None:
+        try:
+            self._sock.sendto(f"{word} {task_id}".encode(), self._path)
+        except OSError:  # engine busy (queue full) or restarting: it finds the task in the store
+            pass
+
+    def notify_created(self, task_id: str) -> None:
+        self._send("created", task_id)
+
+    def notify_cancel(self, task_id: str) -> None:
+        self._send("cancel", task_id)
+
+
+def _wakeup_listener(path: str, engine: Any) -> socket.socket:
+    """Bind the engine's datagram socket and hand each message to the engine's notify hook."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+
+    def readable() -> None:
+        while True:
+            try:
+                data = sock.recv(512)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            word, _, task_id = data.decode("utf-8", "replace").partition(" ")
+            hook = {"created": "notify_created", "cancel": "notify_cancel"}.get(word)
+            method = getattr(engine, hook, None) if hook else None
+            if method is None or not task_id:
+                continue
+            try:
+                result = method(task_id)
+                if asyncio.iscoroutine(result):
+                    loop.create_task(result)
+            except Exception:
+                log.exception("engine %s(%s) failed", hook, task_id)
+
+    loop.add_reader(sock.fileno(), readable)
+    return sock
+
+
+async def _run_engine(settings: Settings, wake_path: str) -> None:
+    from tesp_api.engine import Engine
+    from tesp_api.service import build_store
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    store = await build_store(settings)
+    engine = Engine(settings, store)
+    listener = None
+    try:
+        await engine.start()
+        listener = _wakeup_listener(wake_path, engine)
+        log.info("engine process started (worker %s)", engine.worker_id)
+        await stop.wait()
+    finally:
+        if listener is not None:
+            loop.remove_reader(listener.fileno())
+            listener.close()
+        await engine.stop()
+        await store.close()
+        log.info("engine process stopped")
+
+
+def _engine_child(settings: Settings, wake_path: str) -> None:
+    _die_with_parent()
+    from tesp_api.service import configure_logging
+
+    configure_logging(settings.logging)
+    asyncio.run(_run_engine(settings, wake_path))
+
+
+def _api_child(settings: Settings, sock: socket.socket, wake_path: str | None) -> None:
+    _die_with_parent()
+    from tesp_api.service import StartupError, configure_logging, serve_async
+
+    configure_logging(settings.logging)
+    engine = EngineWakeups(wake_path) if wake_path is not None else None
+    try:
+        asyncio.run(serve_async(settings, sock=sock, engine=engine))
+    except StartupError as exc:
+        print(f"tesp-api: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _listen(settings: Settings) -> socket.socket:
+    host, port = settings.api.host, settings.api.port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve_processes(settings: Settings) -> int:
+    """Run api.workers API processes and the engine process until SIGINT/SIGTERM; the exit code."""
+    ctx = multiprocessing.get_context("fork")  # before any thread or event loop exists in this process
+    sock = _listen(settings)
+    private = Path(tempfile.mkdtemp(prefix="tesp-api-wake-"))  # 0700
+    wake_path = str(private / "engine.sock") if settings.engine.enabled else None
+    api_settings = settings.model_copy(
+        update={"engine": settings.engine.model_copy(update={"enabled": False})}
+    )
+    children: list[Any] = []
+    if wake_path is not None:
+        children.append(ctx.Process(target=_engine_child, args=(settings, wake_path), name="tesp-api-engine"))
+    for i in range(settings.api.workers):
+        children.append(
+            ctx.Process(target=_api_child, args=(api_settings, sock, wake_path), name=f"tesp-api-api-{i}")
+        )
+    stopping = False
+
+    def stop(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    code = 0
+    try:
+        for child in children:
+            child.start()
+        log.info(
+            "serving on http://%s:%d with %d API processes%s",
+            settings.api.host,
+            sock.getsockname()[1],
+            settings.api.workers,
+            " and an engine process" if wake_path else " (engine disabled)",
+        )
+        sock.close()  # the children have it
+        while not stopping:
+            ended = multiprocessing.connection.wait([c.sentinel for c in children], timeout=0.5)
+            if ended:
+                dead = [c for c in children if not c.is_alive()]
+                for child in dead:
+                    log.error(
+                        "%s (pid %s) exited with %s: stopping the service",
+                        child.name,
+                        child.pid,
+                        child.exitcode,
+                    )
+                code = 2 if any(c.exitcode == 2 for c in dead) else 1
+                break
+    finally:
+        for child in children:
+            if child.is_alive() and child.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGTERM)
+        deadline = time.monotonic() + _STOP_GRACE_SECONDS
+        for child in children:
+            child.join(max(0.1, deadline - time.monotonic()))
+            if child.is_alive():
+                log.warning("%s did not stop in %gs: killed", child.name, _STOP_GRACE_SECONDS)
+                child.kill()
+                child.join(5)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        shutil.rmtree(private, ignore_errors=True)
+    return code
