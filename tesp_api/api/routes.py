@@ -336,6 +336,8 @@ def build_router(
         router.add_api_route(
             prefix + path,
             handler,
+            tags=["TaskService"],
+            include_in_schema=include_in_schema,
             methods=[method],
             operation_id=operation_id,
             summary=operation_id,
@@ -345,5 +347,3 @@ def build_router(
             openapi_extra=extra,
         )
     return router
-            tags=["TaskService"],
-            include_in_schema=include_in_schema,
