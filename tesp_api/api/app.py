@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
 import tesp_api
+from tesp_api.api.admin import install_admin
 from tesp_api.api.cors import TesCorsMiddleware
 from tesp_api.api.dashboard import install_dashboard
 from tesp_api.api.docs_assets import SWAGGER_URL, install_docs
@@ -110,6 +111,7 @@ def create_app(
     app.add_api_route("/", root, methods=["GET"], include_in_schema=False)
     install_docs(app)
     install_dashboard(app, settings, store, api_base=PRIMARY_PREFIX)
+    install_admin(app, settings, store, engine)  # GET /admin/servers (docs/quotas.md)
     if settings.api.metrics:
         install_metrics(app, store)
     install_openapi(app)

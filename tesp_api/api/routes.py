@@ -12,15 +12,17 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from tesp_api.api.admin import queue_notes
 from tesp_api.api.deps import ANONYMOUS_ADMIN, Principal, current_principal, service_info_principal
 from tesp_api.api.errors import TesHttpError
 from tesp_api.api.idempotency import HEADER as IDEMPOTENCY_HEADER
 from tesp_api.api.idempotency import idempotency_of
-from tesp_api.api.pages import PageResponse, page_read_budget, page_response
 from tesp_api.api.openapi import error_responses, ok_response
+from tesp_api.api.pages import PageResponse, page_read_budget, page_response
 from tesp_api.api.service_info import build_legacy_service_info, build_service_info
 from tesp_api.api.url_checks import address_problems, egress_policy, url_checkers
 from tesp_api.config.settings import Settings
+from tesp_api.engine.routing import server_limits_of
 from tesp_api.store.port import (
     DuplicateTask,
     IdempotencyConflict,
@@ -35,6 +37,7 @@ from tesp_api.tes.limits import TaskLimits, check_task_limits, check_text
 from tesp_api.tes.models import TesState, TesView
 from tesp_api.tes.validate import TaskValidationError, ValidationLimits, validate_task
 from tesp_api.tes.views import render_task, rfc3339
+from tesp_api.transfer.callback_urls import CallbackUrls
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +106,6 @@ async def _read_json_body(request: Request) -> Any:
         raise TesHttpError(400, "(body): JSON nested too deeply") from None
 
 
-def task_limits_of(settings: Settings) -> TaskLimits:
-    """The per-task limits of ``api.max_*`` (docs/api.md, "Limits")."""
-    api = settings.api
 def _id_response(task_id: str) -> Response:
     """``{"id": ...}`` encoded once. An id we issued (is_safe_id: letters, digits, ``._-``) needs no
     JSON escaping; anything else (a record some other writer stored) goes through json.dumps."""
@@ -114,6 +114,9 @@ def _id_response(task_id: str) -> Response:
     return Response(json.dumps({"id": task_id}).encode(), media_type="application/json")
 
 
+def task_limits_of(settings: Settings) -> TaskLimits:
+    """The per-task limits of ``api.max_*`` (docs/api.md, "Limits")."""
+    api = settings.api
     return TaskLimits(**{name: getattr(api, name) for name in TaskLimits.__dataclass_fields__})
 
 
@@ -128,9 +131,11 @@ class TaskEndpoints:
             max_content_bytes=settings.api.max_content_bytes,
             supported_backend_parameters=tuple(settings.engine.backend_parameters),
             reject_unknown_fields=settings.api.reject_unknown_fields,
+            servers=server_limits_of(settings),
         )
         self.task_limits = task_limits_of(settings)
         self.egress = egress_policy(settings)
+        self.callback_urls = CallbackUrls(settings)
         self.check_input_url, self.check_output_url = url_checkers(settings, self.egress)
         self.service_info = build_service_info(settings)
 
@@ -149,12 +154,19 @@ class TaskEndpoints:
             check_text(raw)  # NUL and lone surrogates: 400 naming the field, before anything stores them
             check_task_limits(raw, self.task_limits)
             validated = validate_task(
-                raw, self.limits, check_input_url=self.check_input_url, check_output_url=self.check_output_url
+                raw,
+                self.limits,
+                check_input_url=self.check_input_url,
+                check_output_url=self.check_output_url,
+                check_callback_url=self.callback_urls.problem,
             )
         except TaskValidationError as exc:
             raise TesHttpError(400, str(exc)) from None
         task = validated.task
         refused = await address_problems(task, self.egress)  # the SSRF guard's DNS lookups
+        if not refused and task.callback_url:  # the same guard for the callback (docs/callbacks.md)
+            reason = await self.callback_urls.address_problem(task.callback_url)
+            refused = f"callback_url: refused: {reason}" if reason else None
         if refused:
             raise TesHttpError(400, refused)
         for _ in range(3):  # a uuid4 clash is next to impossible; retry rather than fail if it happens
@@ -223,7 +235,13 @@ class TaskEndpoints:
         record = await self.store.get(task_id, principal.read_scope) if is_safe_id(task_id) else None
         if record is None:
             raise TesHttpError(404, f"task not found: {task_id}")
-        return render_task(record, chosen_view)
+        body = render_task(record, chosen_view)
+        if chosen_view == TesView.FULL and record.state == TesState.QUEUED:
+            notes = await queue_notes(self.settings, self.store, self.engine, record)  # docs/quotas.md
+            if notes:
+                logs = body.setdefault("logs", [{}])
+                logs[-1]["system_logs"] = [*logs[-1].get("system_logs", []), *notes]
+        return body
 
     async def cancel_task(self, task_id: TaskIdPath, principal: PrincipalDep) -> dict[str, Any]:
         """QUEUED/INITIALIZING/RUNNING -> CANCELED at once; a task in a final state: no-op."""

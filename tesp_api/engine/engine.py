@@ -19,9 +19,12 @@ from typing import Any
 
 from tesp_api import log_context
 from tesp_api.config.settings import Settings
+from tesp_api.engine.context import DriverContext
 from tesp_api.engine.driver import TaskDriver
+from tesp_api.engine.routing import Router
 from tesp_api.engine.runtimes import Runtime, build_runtime
 from tesp_api.engine.staging import Staging
+from tesp_api.pulsar.factory import build_backends  # re-exported: built in one place (pulsar/factory.py)
 from tesp_api.pulsar.port import PulsarBackend
 from tesp_api.store.port import TaskRecord, TaskStore
 
@@ -31,43 +34,6 @@ STOP_TIMEOUT = 15.0  # seconds stop() waits for the loops and drivers to end
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def build_backends(settings: Settings) -> dict[str, PulsarBackend]:
-    """One backend per configured Pulsar server: AMQP when it has an amqp_url (whatever url says,
-    as in tesp-api 0.2: ``PulsarServer.transport``), REST otherwise.
-
-    Control-plane exposure (a guest broker, a token-less Pulsar on TCP while executors have a
-    network) is warned about here, where every process that talks to Pulsar passes.
-    """
-    from tesp_api.engine.control_plane import warn_about_exposure
-
-    warn_about_exposure(settings)
-    backends: dict[str, PulsarBackend] = {}
-    p = settings.pulsar
-    for server in p.effective_servers():
-        token = server.private_token.get_secret_value() if server.private_token else None
-        if server.transport == "rest" and server.url:
-            from tesp_api.pulsar.rest import RestBackend
-
-            backends[server.name] = RestBackend(
-                server.name,
-                server.url,
-                private_token=token,
-                timeout=p.client_timeout,
-                retries=p.retries,
-                uds=server.uds,
-                lost_job_deadline=p.lost_job_deadline,
-            )
-        elif server.transport == "amqp":
-            if server.url:
-                log.info("Pulsar server %s: amqp_url is set, so AMQP is used and url is ignored", server.name)
-            try:
-                from tesp_api.pulsar.amqp import build_amqp_backend
-            except ImportError as exc:
-                raise RuntimeError(f"Pulsar server {server.name}: the AMQP backend is not available") from exc
-            backends[server.name] = build_amqp_backend(settings, server)
-    return backends
 
 
 class Engine:
@@ -91,13 +57,14 @@ class Engine:
         self._loops: list[asyncio.Task[None]] = []
         self._claim_wake = asyncio.Event()
         self._round_robin = itertools.count()
+        self._router: Router | None = None
         self.stats = {"polls": 0, "submits": 0, "claims": 0}
 
     # ---- wiring --------------------------------------------------------------------------------
     @property
     def backends(self) -> dict[str, PulsarBackend]:
         if self._backends is None:
-            self._backends = build_backends(self.settings)
+            self._backends = build_backends(self.settings, self.store)
         return self._backends
 
     @property
@@ -115,34 +82,46 @@ class Engine:
             self._staging = Staging(self.settings.transfer, egress=egress)
         return self._staging
 
+    @property
+    def router(self) -> Router:
+        """Server choice, health and the claim policy (engine/routing.py, docs/quotas.md)."""
+        if self._router is None:
+            self._router = Router(self.settings, self.store, lambda: self.backends, self.worker_id)
+        return self._router
+
     def backend_for(self, record: TaskRecord) -> PulsarBackend:
-        name = record.backend.get("server")
-        if name not in self.backends:
-            name = self.choose_server(record)
-        return self.backends[name]
+        return self.router.backend_for(record)
 
     def choose_server(self, record: TaskRecord) -> str:
-        """backend_parameters "pulsar_server" when it names a configured server, else the server
-        running the fewest of this worker's tasks (round-robin among equals)."""
-        params = (record.task.resources.backend_parameters if record.task.resources else None) or {}
-        wanted = next((v for k, v in params.items() if k.lower() == "pulsar_server"), None)
-        names = list(self.backends)
-        if wanted in self.backends:
-            return str(wanted)
-        load = {n: 0 for n in names}
+        """The server the claim assigned (the store weighed every worker's load), else the best by
+        this worker's own load (engine/routing.py)."""
+        load: dict[str, int] = {}
         for driver, _ in self._drivers.values():
             server = driver.record.backend.get("server")
-            if server in load:
-                load[server] += 1
-        least = min(load.values())
-        candidates = [n for n in names if load[n] == least]
-        return candidates[next(self._round_robin) % len(candidates)]
+            if isinstance(server, str):
+                load[server] = load.get(server, 0) + 1
+        return self.router.choose_server(record, load)
 
     def count_poll(self) -> None:
         self.stats["polls"] += 1
 
     def count_submit(self) -> None:
         self.stats["submits"] += 1
+
+    def driver_context(self) -> DriverContext:
+        """What each driver is given (context.py): never the engine itself."""
+        return DriverContext(
+            engine=self.settings.engine,
+            pulsar=self.settings.pulsar,
+            runtime_settings=self.settings.runtime,
+            store=self.store,
+            worker_id=self.worker_id,
+            backend_for=self.backend_for,
+            choose_server=self.choose_server,
+            staging=lambda: self.staging,
+            runtime=lambda: self.runtime,
+            counters=self,
+        )
 
     # ---- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -154,13 +133,18 @@ class Engine:
             self.runtime.kind,
             ", ".join(self.backends),
         )
+        self.router.start()  # the health probes
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="engine-claim"),
             asyncio.create_task(self._renew_loop(), name="engine-renew"),
         ]
 
     async def stop(self) -> None:
-        """Stop driving; give the leases back so another worker takes the tasks over at once."""
+        """Stop driving; give the leases back so another worker takes the tasks over at once.
+
+        Only the leases of drivers that have ended: one still running after STOP_TIMEOUT (stuck in a
+        call that ignores cancellation) keeps its lease, which then expires after
+        ``engine.lease_seconds`` without renewal, so no other worker drives the task beside it."""
         for t in self._loops:
             t.cancel()
         drivers = list(self._drivers.items())
@@ -179,13 +163,21 @@ class Engine:
                 for t in still:
                     log.debug("still running: %r", t.get_stack(limit=20))
         self._loops = []
-        for task_id, _ in drivers:
+        for task_id, (_, task) in drivers:
+            if not task.done():
+                with log_context.bound(task_id=task_id, worker_id=self.worker_id):
+                    log.warning(
+                        "task %s: its driver is still running; its lease is kept until it expires", task_id
+                    )
+                continue
             try:
                 await self.store.release(self.worker_id, task_id)
             except Exception:
                 with log_context.bound(task_id=task_id, worker_id=self.worker_id):
                     log.exception("could not release the lease of task %s", task_id)
         self._drivers.clear()
+        if self._router is not None:
+            await self._router.aclose()
         for backend in (self._backends or {}).values():
             await backend.aclose()
         if self._staging is not None:
@@ -218,12 +210,18 @@ class Engine:
                     await self._wait_claim(interval)
                     continue
                 now = datetime.now(UTC)
-                record = await self.store.claim(self.worker_id, now, now + lease)
+                record = await self.store.claim(
+                    self.worker_id, now, now + lease, policy=self.router.claim_policy()
+                )
                 if record is None:
                     await self._wait_claim(interval)
                     continue
                 self.stats["claims"] += 1
-                self._spawn(record)
+                if not self._spawn(record):
+                    # Our own task, claimed again because its lease expired (a stalled loop or
+                    # store): the claim renewed the lease, and the driver that has it goes on.
+                    with log_context.bound(task_id=record.id, worker_id=self.worker_id):
+                        log.warning("engine: claimed task %s, which this worker drives already", record.id)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -237,8 +235,13 @@ class Engine:
             pass
         self._claim_wake.clear()
 
-    def _spawn(self, record: TaskRecord) -> None:
-        driver = TaskDriver(self, record)
+    def _spawn(self, record: TaskRecord) -> bool:
+        """Start a driver for the task, unless one runs here already (at most one per task in a
+        process): True when started."""
+        entry = self._drivers.get(record.id)
+        if entry is not None and not entry[1].done():
+            return False
+        driver = TaskDriver(self.driver_context(), record)
         task = asyncio.create_task(driver.run(), name=f"task-{record.id}")
         self._drivers[record.id] = (driver, task)
 
@@ -249,6 +252,7 @@ class Engine:
             self._claim_wake.set()
 
         task.add_done_callback(done)
+        return True
 
     async def _renew_loop(self) -> None:
         log_context.bind(worker_id=self.worker_id)  # this loop's own asyncio task: never leaks out

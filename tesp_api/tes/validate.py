@@ -40,10 +40,34 @@ class TaskValidationError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """A configured Pulsar server as admission sees it: its name and the largest task it takes."""
+
+    name: str
+    max_cpu_cores: int | None = None
+    max_ram_gb: float | None = None
+
+
+def server_fit_problem(server: ServerLimits, resources: Any) -> tuple[str, str] | None:
+    """(field, limit) of the first resource of ``resources`` (a tesResources or None) that exceeds
+    ``server``'s limit; None when the task fits."""
+    if resources is None:
+        return None
+    cpu, ram = resources.cpu_cores, resources.ram_gb
+    if server.max_cpu_cores is not None and cpu is not None and cpu > server.max_cpu_cores:
+        return "resources.cpu_cores", f"max_cpu_cores {server.max_cpu_cores}"
+    if server.max_ram_gb is not None and ram is not None and ram > server.max_ram_gb:
+        return "resources.ram_gb", f"max_ram_gb {server.max_ram_gb:g}"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
 class ValidationLimits:
     max_content_bytes: int = 1024 * 1024
     supported_backend_parameters: tuple[str, ...] = ()
     reject_unknown_fields: bool = True
+    # The configured Pulsar servers (names, resource limits); empty: not checked (docs/quotas.md).
+    servers: tuple[ServerLimits, ...] = ()
 
 
 @dataclass(slots=True)
@@ -163,7 +187,45 @@ def _normalise_backend_parameters(task: TesTask, limits: ValidationLimits) -> li
             f"(supported: {sorted(supported.values())}) and backend_parameters_strict is true"
         )
     res.backend_parameters = kept or None
-    return [f"warning: unsupported backend_parameters key ignored: {key}" for key in unsupported]
+    warnings = [f"warning: unsupported backend_parameters key ignored: {key}" for key in unsupported]
+    server = next((str(v) for k, v in kept.items() if k.lower() == "pulsar_server"), None)
+    names = [s.name for s in limits.servers]
+    if server is not None and names and server not in names:
+        if res.backend_parameters_strict:
+            raise TaskValidationError(
+                [
+                    (
+                        "resources.backend_parameters.pulsar_server",
+                        (
+                            f"no configured Pulsar server is named {server!r} (configured: {names}) "
+                            "and backend_parameters_strict is true"
+                        ),
+                    )
+                ]
+            )
+        warnings.append(
+            f"warning: pulsar_server {server!r} is not a configured server; any server may run it"
+        )
+    return warnings
+
+
+def _check_fits_a_server(task: TesTask, limits: ValidationLimits) -> list[Problem]:
+    """A task no configured server can take (cpu_cores/ram_gb over every server's limit, or over
+    its pinned server's) is refused now, naming the limit, instead of waiting in the queue for ever."""
+    if not limits.servers or task.resources is None:
+        return []
+    params = task.resources.backend_parameters or {}
+    pinned = next((str(v) for k, v in params.items() if k.lower() == "pulsar_server"), None)
+    servers = [s for s in limits.servers if s.name == pinned] or list(limits.servers)
+    problems = [(s, server_fit_problem(s, task.resources)) for s in servers]
+    if any(p is None for _, p in problems):
+        return []
+    first = problems[0][1]
+    assert first is not None
+    where = first[0]
+    named = ", ".join(f"{s.name}: {p[1]}" for s, p in problems if p is not None and p[0] == where)
+    value = getattr(task.resources, where.split(".")[1])
+    return [(where, f"{value:g} is more than any Pulsar server takes ({named})")]
 
 
 def _check_resources(task: TesTask) -> list[Problem]:
@@ -183,6 +245,7 @@ def validate_task(
     *,
     check_input_url: UrlCheck,
     check_output_url: UrlCheck,
+    check_callback_url: Callable[[str], str | None] | None = None,
 ) -> ValidatedTask:
     """Parse and check a submitted task (the JSON body of POST /tasks).
 
@@ -199,8 +262,15 @@ def validate_task(
     problems += _check_inputs(task, limits, check_input_url)
     problems += _check_outputs(task, check_output_url)
     problems += _check_resources(task)
+    if task.callback_url is not None and check_callback_url is not None:  # extension (docs/callbacks.md)
+        reason = check_callback_url(task.callback_url)
+        if reason:
+            problems.append(("callback_url", reason))
     if problems:
         raise TaskValidationError(problems)
     warnings = _normalise_backend_parameters(task, limits)
+    fit = _check_fits_a_server(task, limits)
+    if fit:
+        raise TaskValidationError(fit)
     assert plan is not None
     return ValidatedTask(task=task, plan=plan, warnings=warnings)

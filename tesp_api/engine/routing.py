@@ -1,0 +1,356 @@
+"""Which Pulsar server runs a task: capacity- and health-aware routing (docs/quotas.md, "Routing").
+
+The decision is made in the store, when a QUEUED task is claimed (``TaskStore.claim(policy=...)``):
+this module only supplies the policy. ``Router.claim_policy()`` gives the store
+
+* the owners' limits (``quotas.max_active_per_user``, ``quotas.per_user``) and the servers' limits
+  (``pulsar.servers[].max_active``), which the store enforces atomically over every worker;
+* ``route(record, loads)``: the servers that may take the task, best first, from the store's own
+  count of active tasks per server (all workers, not this process): a task's ``pulsar_server``
+  backend parameter pins it to that server; otherwise every server that is up, has room and fits
+  the task's ``cpu_cores``/``ram_gb`` (``max_cpu_cores``/``max_ram_gb``), the least loaded relative
+  to its capacity first (``max_active``, or ``engine.max_running_tasks`` for a server without one).
+
+Health: each worker probes every server every ``pulsar.health.probe_interval`` seconds (REST:
+``GET /healthz``; a backend without a probe, AMQP, is judged by its requests only) and counts the
+outcome of real requests; ``pulsar.health.failures_to_down`` failures in a row mark a server down,
+one success marks it up. A down server is offered no new tasks. A task already given to a server
+that is down, but not submitted there yet (no ``backend.submitting``), moves to a healthy one: its
+``status``/``prepare`` calls are made through ``RoutedBackend``, which gives up waiting for the
+down server and records the new one in the store (``backend.server``; a system_logs line says so).
+A task submitted to a server stays with it (moving it could run it twice).
+
+Health is per process (each worker probes for itself): the state a worker acts on is its own
+view, which is what it can reach.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tesp_api.config.settings import PulsarServer, Settings
+from tesp_api.pulsar.port import BackendUnavailable, JobSpec, JobStatus, PulsarBackend
+from tesp_api.store.port import ClaimPolicy, LogPatch, TaskRecord, TaskStore
+from tesp_api.tes.models import TesState, TesTask
+from tesp_api.tes.validate import ServerLimits, server_fit_problem
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def wanted_server(task: TesTask) -> str | None:
+    """The task's ``pulsar_server`` backend parameter (key case-insensitive), if any."""
+    params = (task.resources.backend_parameters if task.resources else None) or {}
+    value = next((v for k, v in params.items() if k.lower() == "pulsar_server"), None)
+    return str(value) if value is not None else None
+
+
+def server_limits_of(settings: Settings) -> tuple[ServerLimits, ...]:
+    """The configured servers as validate.py sees them (names and resource limits)."""
+    return tuple(
+        ServerLimits(s.name, s.max_cpu_cores, s.max_ram_gb) for s in settings.pulsar.effective_servers()
+    )
+
+
+@dataclass(slots=True)
+class ServerHealth:
+    """One server as this worker sees it."""
+
+    name: str
+    up: bool = True  # unknown counts as up: a fresh worker does not wait for its first probe
+    failures: int = 0  # in a row
+    last_error: str | None = None
+    last_change: float | None = None  # time.time() of the last up/down change
+    last_probe: float | None = None  # time.time() of the last probe
+
+
+class Router:
+    """The routing policy, server health and probe loop of one engine (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: TaskStore,
+        backends: Callable[[], Mapping[str, PulsarBackend]],
+        worker_id: str,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self._backends = backends
+        self.worker_id = worker_id
+        self.servers: dict[str, PulsarServer] = {s.name: s for s in settings.pulsar.effective_servers()}
+        self.health = {name: ServerHealth(name) for name in self.servers}
+        self._changed = asyncio.Event()  # set (and replaced) at every up/down change
+        self._probe: asyncio.Task[None] | None = None
+        self._limits = {
+            s.name: ServerLimits(s.name, s.max_cpu_cores, s.max_ram_gb) for s in self.servers.values()
+        }
+
+    # ---- health --------------------------------------------------------------------------------
+    def is_up(self, name: str) -> bool:
+        state = self.health.get(name)
+        return state is not None and state.up
+
+    def record(self, name: str, ok: bool, error: str | None = None) -> None:
+        """The outcome of a probe or a real request to ``name``."""
+        state = self.health.get(name)
+        if state is None:
+            return
+        if ok:
+            state.failures = 0
+            if not state.up:
+                log.warning("Pulsar server %s is up again", name)
+                self._set(state, True)
+            return
+        state.failures += 1
+        state.last_error = error
+        if state.up and state.failures >= self.settings.pulsar.health.failures_to_down:
+            log.warning("Pulsar server %s is down (%s): no new tasks go there", name, error)
+            self._set(state, False)
+
+    def _set(self, state: ServerHealth, up: bool) -> None:
+        state.up = up
+        state.last_change = time.time()
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait_change(self, timeout: float) -> None:
+        """Until a server goes up or down (or ``timeout`` seconds)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
+
+    async def probe_once(self) -> None:
+        """Probe every server that has a probe (REST: GET /healthz), all at once."""
+        timeout = self.settings.pulsar.health.probe_timeout
+
+        async def one(name: str, backend: PulsarBackend) -> None:
+            healthz = getattr(backend, "healthz", None)
+            if healthz is None:
+                return
+            self.health[name].last_probe = time.time()
+            try:
+                await asyncio.wait_for(healthz(), timeout)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure of the probe is "not healthy"
+                self.record(name, False, f"probe failed: {type(exc).__name__}: {exc}"[:300])
+            else:
+                self.record(name, True)
+
+        backends = self._backends()
+        await asyncio.gather(*(one(n, b) for n, b in backends.items() if n in self.health))
+
+    def start(self) -> None:
+        interval = self.settings.pulsar.health.probe_interval
+        if interval > 0 and self._probe is None:
+            self._probe = asyncio.create_task(self._probe_loop(interval), name="engine-probe")
+
+    async def aclose(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+            self._probe = None
+
+    async def _probe_loop(self, interval: float) -> None:
+        while True:
+            try:
+                await self.probe_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("probing the Pulsar servers failed")
+            await asyncio.sleep(interval)
+
+    # ---- the policy ----------------------------------------------------------------------------
+    def claim_policy(self) -> ClaimPolicy:
+        quotas = self.settings.quotas
+        return ClaimPolicy(
+            max_active_per_owner=quotas.max_active_per_user,
+            owner_overrides=dict(quotas.per_user),
+            server_limits={n: s.max_active for n, s in self.servers.items() if s.max_active},
+            route=self.route,
+        )
+
+    def capacity(self, name: str) -> int:
+        return self.servers[name].max_active or self.settings.engine.max_running_tasks
+
+    def route(self, record: TaskRecord, loads: Mapping[str, int]) -> Sequence[str]:
+        """The servers that may take ``record`` now, best first (see the module docstring)."""
+        pinned = wanted_server(record.task)
+        if pinned is not None and pinned in self.servers:
+            names = [pinned]
+        else:
+            names = list(self.servers)
+        resources = record.task.resources
+        fitting = [
+            n
+            for n in names
+            if self.is_up(n)
+            and (not self.servers[n].max_active or loads.get(n, 0) < self.servers[n].max_active)
+            and server_fit_problem(self._limits[n], resources) is None
+        ]
+        order = {n: i for i, n in enumerate(self.servers)}
+        return sorted(fitting, key=lambda n: (loads.get(n, 0) / self.capacity(n), order[n]))
+
+    def choose_server(self, record: TaskRecord, local_loads: Mapping[str, int]) -> str:
+        """The server of a task being started: the one the claim assigned (backend.server), else
+        (a store record from before routing, or a claim without a policy) the best by ``route`` on
+        this worker's own counts, else the pinned or first configured server."""
+        assigned = record.backend.get("server")
+        if isinstance(assigned, str) and assigned in self.servers:
+            return assigned
+        best = self.route(record, local_loads)
+        if best:
+            return best[0]
+        pinned = wanted_server(record.task)
+        return pinned if pinned in self.servers else next(iter(self.servers))
+
+    def backend_for(self, record: TaskRecord) -> PulsarBackend:
+        """The backend for ``record``'s calls: a ``RoutedBackend`` that follows a reroute."""
+        return RoutedBackend(self, record)
+
+    def reroute_target(self, record: TaskRecord, current: str) -> str | None:
+        """A healthy server for a not-yet-submitted task whose server ``current`` is down."""
+        if wanted_server(record.task) == current:
+            return None  # pinned: it waits for its server
+        loads: dict[str, int] = {}
+        candidates = [n for n in self.route(record, loads) if n != current]
+        return candidates[0] if candidates else None
+
+    # ---- the admin view ------------------------------------------------------------------------
+    async def report(self) -> list[dict[str, Any]]:
+        """Every server with its health (this worker's view), limits and load (the store's count)."""
+        usage = await self.store.quota_usage(None)
+        out: list[dict[str, Any]] = []
+        for name, server in self.servers.items():
+            state = self.health[name]
+            out.append(
+                {
+                    "name": name,
+                    "transport": server.transport,
+                    "up": state.up,
+                    "consecutive_failures": state.failures,
+                    "last_error": state.last_error,
+                    "last_change": state.last_change,
+                    "last_probe": state.last_probe,
+                    "active": usage.servers.get(name, 0),
+                    "max_active": server.max_active or None,
+                    "max_cpu_cores": server.max_cpu_cores,
+                    "max_ram_gb": server.max_ram_gb,
+                }
+            )
+        return out
+
+
+def not_submitted(record: TaskRecord) -> bool:
+    """Nothing was handed to Pulsar to run yet: the task may still move to another server."""
+    return (
+        record.state in (TesState.QUEUED, TesState.INITIALIZING)
+        and not record.backend.get("submitting")
+        and not record.backend.get("submitted")
+    )
+
+
+class RoutedBackend:
+    """The backend of a task's current server, for one call. ``status`` and ``prepare`` of a task
+    not submitted yet are raced against its server going down: then the task moves to a healthy
+    server (recorded in the store) and the call is made there. Every outcome feeds the health."""
+
+    def __init__(self, router: Router, record: TaskRecord) -> None:
+        self._router = router
+        self._record = record
+        self.name = self._server()
+
+    def _server(self) -> str:
+        name = self._record.backend.get("server")
+        if isinstance(name, str) and name in self._router.servers:
+            return name
+        return self._router.choose_server(self._record, {})
+
+    def _backend(self) -> PulsarBackend:
+        return self._router._backends()[self._server()]
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._backend(), attr)
+
+    async def _call(self, what: str, fn: Callable[[PulsarBackend], Awaitable[T]], movable: bool) -> T:
+        router = self._router
+        while True:
+            name = self._server()
+            if movable and not_submitted(self._record) and not router.is_up(name) and await self._move(name):
+                continue
+            call = asyncio.ensure_future(fn(router._backends()[name]))
+            if movable and not_submitted(self._record) and router.is_up(name):
+                watch = asyncio.ensure_future(self._until_down(name))
+                try:
+                    await asyncio.wait({call, watch}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    watch.cancel()
+                if not call.done():  # the server went down while we waited for it
+                    call.cancel()
+                    with contextlib.suppress(BaseException):
+                        await call
+                    continue
+            try:
+                result = await call
+            except BackendUnavailable as exc:
+                router.record(name, False, str(exc)[:300])
+                raise
+            router.record(name, True)
+            return result
+
+    async def _until_down(self, name: str) -> None:
+        while self._router.is_up(name):
+            await self._router.wait_change(3600)
+
+    async def _move(self, current: str) -> bool:
+        """Move the task off the down server ``current``; False (after waiting for a change of
+        health) when no other server can take it."""
+        router = self._router
+        target = router.reroute_target(self._record, current)
+        if target is None:
+            await router.wait_change(router.settings.pulsar.health.probe_interval or 10.0)
+            return router.is_up(current)
+        line = f"Pulsar server {current} is down; the task (not submitted yet) moves to {target}"
+        log.warning("%s", line)
+        updated = await router.store.update(
+            self._record.id,
+            backend={"server": target, "moved_from": current},
+            log=LogPatch(system_logs=[line]),
+            lease_owner=router.worker_id,
+        )
+        if updated is None:
+            raise BackendUnavailable(f"Pulsar server {current} is down and the task could not be moved")
+        self._record.backend["server"] = target
+        self._record.backend["moved_from"] = current
+        return True
+
+    # ---- PulsarBackend ---------------------------------------------------------------------------
+    async def prepare(self, spec: JobSpec) -> None:
+        await self._call("prepare", lambda b: b.prepare(spec), movable=True)
+
+    async def submit(self, spec: JobSpec) -> None:
+        await self._call("submit", lambda b: b.submit(spec), movable=False)
+
+    async def status(self, job_id: str) -> JobStatus:
+        return await self._call("status", lambda b: b.status(job_id), movable=True)
+
+    async def cancel(self, job_id: str) -> None:
+        await self._call("cancel", lambda b: b.cancel(job_id), movable=False)
+
+    async def fetch(self, job_id: str, name: str, dest: Path) -> bool:
+        return await self._call("fetch", lambda b: b.fetch(job_id, name, dest), movable=False)
+
+    async def clean(self, job_id: str) -> None:
+        await self._call("clean", lambda b: b.clean(job_id), movable=False)
+
+    async def aclose(self) -> None:  # the engine closes the real backends
+        return None
