@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import json
 import logging
 import os
 import secrets
@@ -186,25 +187,85 @@ class LocalPulsar:
         self.stop()
         raise RuntimeError(f"pulsar-serve did not answer within {timeout}s; see {self.state_dir}/pulsar.log")
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM to the whole process group (gunicorn and its workers), SIGKILL after ``timeout``."""
+    def stop(self, timeout: float = 10.0, *, stop_jobs: bool = True) -> None:
+        """SIGTERM to the whole process group (gunicorn and its workers), SIGKILL after ``timeout``;
+        then (``stop_jobs``) the process groups of the jobs it leaves running (:meth:`stop_jobs`)."""
         proc = self.process
-        if proc is None or proc.poll() is not None:
-            self.process = None
-            return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        self.process = None
+        if proc is not None and proc.poll() is None:
             try:
-                os.killpg(proc.pid, signal.SIGKILL)
+                os.killpg(proc.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-            proc.wait(timeout=10)
-        self.process = None
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(timeout=10)
+        if stop_jobs:
+            self.stop_jobs(timeout)
+
+    def job_process_groups(self) -> dict[str, int]:
+        """Job id -> process group of each job of this Pulsar whose processes still run.
+
+        Pulsar (queued_python) starts a job with ``setpgrp`` and records the group leader's pid in
+        ``<staging>/<job id>/pid``; it removes that file when it sees the job end, so a file is left
+        only for a running job or one Pulsar stopped watching (it died). A group counts only when
+        /proc shows processes in it and, while its leader lives, the leader's working directory is
+        the job's: a pid reused by some other process is never signalled."""
+        groups: dict[int, int] = {}  # pgid -> number of processes
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp ...
+            pgid = int(fields[2])
+            groups[pgid] = groups.get(pgid, 0) + 1
+        found: dict[str, int] = {}
+        if not self.staging_directory.is_dir():
+            return found
+        for job_dir in self.staging_directory.iterdir():
+            try:
+                pgid = int(json.loads((job_dir / "pid").read_text()))
+            except (OSError, ValueError, TypeError):
+                continue
+            if pgid <= 1 or pgid not in groups:
+                continue
+            try:
+                cwd = os.readlink(f"/proc/{pgid}/cwd")
+            except FileNotFoundError:
+                cwd = None  # the leader is gone, its group is not: the pid cannot have been reused
+            except OSError:
+                continue
+            if cwd is not None and Path(cwd) != (job_dir / "working").resolve():
+                continue
+            found[job_dir.name] = pgid
+        return found
+
+    def stop_jobs(self, timeout: float = 10.0) -> list[str]:
+        """Stop the jobs Pulsar left running (it starts each in its own process group, so they
+        outlive it): SIGTERM to each group (the runner kills its executor and removes its container),
+        SIGKILL to what is left after ``timeout``. Returns the job ids stopped. Why stop rather than
+        leave them: docs/engine.md, "Crash runs"."""
+        groups = self.job_process_groups()
+        for job_id, pgid in groups.items():
+            log.info("stopping job %s left running by the local Pulsar (process group %d)", job_id, pgid)
+            _signal_group(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while groups and time.monotonic() < deadline:
+            if not any(_group_alive(pgid) for pgid in groups.values()):
+                break
+            time.sleep(0.1)
+        for pgid in groups.values():
+            if _group_alive(pgid):
+                _signal_group(pgid, signal.SIGKILL)
+        return sorted(groups)
 
     def __enter__(self) -> LocalPulsar:  # noqa: PYI034
         self.start()
@@ -212,6 +273,23 @@ class LocalPulsar:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class LocalError(Exception):
