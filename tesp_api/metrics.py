@@ -54,6 +54,18 @@ AMQP_MESSAGES = Counter(
     ["direction", "kind"],
 )
 
+CALLBACK_ATTEMPTS = Counter(
+    "tesp_callback_attempts",
+    "Status callback POSTs made by this process, by outcome (ok, failed)",
+    ["outcome"],
+)
+CALLBACKS_DROPPED = Counter(
+    "tesp_callbacks_dropped", "Status callbacks given up after callbacks.max_attempts (or no longer allowed)"
+)
+TASKS_DELETED = Counter(
+    "tesp_tasks_deleted", "Finished tasks deleted by the retention sweep of this process (retention.*)"
+)
+
 
 @dataclass
 class _Seen:

@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    from tesp_api.engine.background import BackgroundLoops
     from tesp_api.engine.engine import Engine
     from tesp_api.store.factory import open_store
 
@@ -28,11 +29,14 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
             pass
     store = await open_store(settings)
     engine = Engine(settings, store)
+    loops = BackgroundLoops(settings, store, worker_id=engine.worker_id)  # callbacks, retention
     try:
         await engine.start()
+        await loops.start()
         log.info("worker %s started", engine.worker_id)
         await stop.wait()
     finally:
+        await loops.stop()
         await engine.stop()
         await store.close()
         log.info("worker %s stopped", engine.worker_id)
