@@ -45,6 +45,15 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnD
 from pymongo.errors import DuplicateKeyError
 
 from tesp_api.store.cursor import PageBudget, decode_page_token, page_from, stored_bytes
+from tesp_api.store.mongo_fair import (
+    HOLDING,
+    NONE,
+    WAITING,
+    FairSlots,
+    owner_doc_id,
+    server_doc_id,
+    slot_after,
+)
 from tesp_api.store.port import (
     CallbackEvent,
     ClaimPolicy,
@@ -82,6 +91,7 @@ from tesp_api.tes.models import TesState, TesTask
 logger = logging.getLogger(__name__)
 
 _CAS_ATTEMPTS = 100
+_CLAIM_SCAN = 16  # waiting tasks of one owner looked at per claim (a pinned task holds back only so many)
 _SEQ_COUNTER = "seq"
 _TOKEN_KEY = "page_token_key"
 
@@ -151,12 +161,22 @@ class MongoTaskStore:
         self._instance = ""  # the seq counter's instance (see the module docstring)
         self._failure: str | None = None  # set for good once the database is gone
         self._callback_states: frozenset[TesState] | None = None  # None: every state (outbox)
+        self._repaired: dict[str, float] = {}  # fair slot documents repaired when (mongo_fair.py)
 
     @property
     def _tasks(self) -> Any:
         if self._client is None:
             raise StoreError("the task store is not open")
         return self._client[self._database_name][self._collection_name]
+
+    @property
+    def _fair(self) -> FairSlots:
+        """The fair-claim slot documents (mongo_fair.py, docs/quotas.md)."""
+        if self._client is None:
+            raise StoreError("the task store is not open")
+        return FairSlots(
+            self._tasks, self._client[self._database_name][f"{self._collection_name}_fair"], self._repaired
+        )
 
     @property
     def _meta(self) -> Any:
@@ -198,6 +218,8 @@ class MongoTaskStore:
             self._token_key = await self._load_token_key()
             self._instance = await self._load_instance()
             await self._backfill_finished()
+            await self._fair.create_indexes()
+            await self._fair.backfill()
         except BaseException:
             await self.close()
             raise
@@ -343,6 +365,7 @@ class MongoTaskStore:
             "lease_expires": None,
             "backend_json": "{}",
             "version": 0,
+            "slot": WAITING,  # fair claiming (mongo_fair.py)
         }
         if callback_due(task, TesState.QUEUED, self._callback_states):
             queued = TaskRecord(task.id, TesState.QUEUED, task, owner, created_at, seq)
@@ -362,6 +385,7 @@ class MongoTaskStore:
                 if first is not None:
                     return first
             raise DuplicateTask(f"task {task.id} exists already") from exc
+        await self._fair.queued(owner.subject if owner else None, owner.issuer if owner else None, +1)
         return TaskRecord(
             id=task.id, state=TesState.QUEUED, task=task, owner=owner, created_at=created_at, seq=seq
         )
@@ -444,6 +468,12 @@ class MongoTaskStore:
             if active is not None:
                 record.active = active
                 changes["active"] = active
+            old_slot = int(doc.get("slot", NONE))
+            new_slot = slot_after(old_slot, record.state, record.active)
+            server = record.backend.get("server") if new_slot == HOLDING else None
+            server = server if isinstance(server, str) else None
+            if new_slot != old_slot or server != doc.get("slot_server"):
+                changes["slot"], changes["slot_server"] = new_slot, server
             write: dict[str, Any] = {"$set": changes}
             if state is not None and state != previous:
                 now = utc_now()
@@ -457,6 +487,8 @@ class MongoTaskStore:
             result = await self._tasks.update_one({"_id": task_id, "version": record.version}, write)
             if result.matched_count == 1:
                 record.version += 1
+                if "slot" in changes:
+                    await self._fair.after_change(doc, old_slot, new_slot, server)
                 return record
             # Someone else wrote in between: read again and re-check the expectations.
         raise StoreError(f"task {task_id}: too much contention, update not applied")
@@ -464,20 +496,30 @@ class MongoTaskStore:
     async def claim(
         self, worker_id: str, now: datetime, lease_until: datetime, *, policy: ClaimPolicy | None = None
     ) -> TaskRecord | None:
+        """Tasks under way first, then a waiting task, fairly (mongo_fair.py: why the limits hold)."""
         self._check_available()
+        record = await self._claim_under_way(worker_id, now, lease_until)
+        if record is not None:
+            return record
+        return await self._claim_fair(worker_id, now, lease_until, policy or ClaimPolicy())
+
+    async def _claim_under_way(
+        self, worker_id: str, now: datetime, lease_until: datetime
+    ) -> TaskRecord | None:
         while True:  # each pass either returns or takes one undecodable document out of the queue
-            doc = await self._tasks.find_one_and_update(
-                {
-                    "active": True,
-                    "$or": [{"lease_expires": None}, {"lease_expires": {"$lte": truncate_ms(now)}}],
-                },
-                {
-                    "$set": {"lease_owner": worker_id, "lease_expires": truncate_ms(lease_until)},
-                    "$inc": {"version": 1},
-                },
-                sort=[("seq", ASCENDING)],
-                return_document=ReturnDocument.AFTER,
-            )
+            doc = None
+            for lease in (None, {"$lte": truncate_ms(now)}):
+                doc = await self._tasks.find_one_and_update(
+                    {"active": True, "slot": {"$gte": HOLDING}, "lease_expires": lease},
+                    {
+                        "$set": {"lease_owner": worker_id, "lease_expires": truncate_ms(lease_until)},
+                        "$inc": {"version": 1},
+                    },
+                    sort=[("lease_expires", ASCENDING), ("seq", ASCENDING)],
+                    return_document=ReturnDocument.AFTER,
+                )
+                if doc is not None:
+                    break
             if doc is None:
                 return None
             try:
@@ -488,6 +530,135 @@ class MongoTaskStore:
             if record is not None:
                 return record
             await self._quarantine(doc, CorruptRecord(str(doc.get("_id")), "no task_json or seq"))
+
+    async def _claim_fair(
+        self, worker_id: str, now: datetime, lease_until: datetime, rules: ClaimPolicy
+    ) -> TaskRecord | None:
+        fair = self._fair
+        loads = await fair.loads()
+        after: tuple[int, str] = (-1, "")
+        looked = False
+        while True:
+            owners = await fair.owners(after)
+            if not owners:
+                break
+            for owner in owners:
+                after = (int(owner.get("served") or 0), str(owner["_id"]))
+                looked = True
+                limit = rules.owner_limit(owner.get("subject"))
+                if (
+                    limit
+                    and len(owner.get("holders") or []) >= limit
+                    and not await fair.repair(owner["_id"], now=now)
+                ):
+                    continue
+                record = await self._claim_of_owner(fair, owner, worker_id, now, lease_until, rules, loads)
+                if record is not None:
+                    return record
+        # An owner whose waiting count was lost (a crash between a create's two writes): found here.
+        stray = await self._tasks.find_one({"slot": WAITING}, sort=[("seq", ASCENDING)])
+        if stray is not None:
+            doc = await fair.fair.find_one(
+                {"_id": owner_doc_id(stray.get("owner_subject"), stray.get("owner_issuer"))}
+            )
+            if doc is None or int(doc.get("queued") or 0) <= 0:
+                await fair.queued(stray.get("owner_subject"), stray.get("owner_issuer"), +1)
+                if not looked:
+                    return await self._claim_fair(worker_id, now, lease_until, rules)
+        return None
+
+    async def _claim_of_owner(
+        self,
+        fair: FairSlots,
+        owner: dict[str, Any],
+        worker_id: str,
+        now: datetime,
+        lease_until: datetime,
+        rules: ClaimPolicy,
+        loads: dict[str, int],
+    ) -> TaskRecord | None:
+        subject, issuer = owner.get("subject"), owner.get("issuer")
+        free = {"$or": [{"lease_expires": None}, {"lease_expires": {"$lte": truncate_ms(now)}}]}
+        cursor = (
+            self._tasks.find({"slot": WAITING, "owner_subject": subject, "owner_issuer": issuer, **free})
+            .sort([("seq", ASCENDING)])
+            .limit(_CLAIM_SCAN)
+        )
+        candidates = [doc async for doc in cursor]
+        if not candidates:
+            await fair.no_waiting(owner)
+            return None
+        limit = rules.owner_limit(subject)
+        for doc in candidates:
+            try:
+                record = _record(doc)
+            except CorruptRecord as exc:
+                await self._quarantine(doc, exc)
+                continue
+            if record is None:
+                continue
+            servers: list[str | None] = (
+                list(rules.route(record, loads)) if rules.route is not None else [None]
+            )
+            if not servers:
+                continue
+            # (1) lease the waiting task: no other worker can take it now.
+            leased = await self._tasks.find_one_and_update(
+                {"_id": record.id, "slot": WAITING, "version": record.version, **free},
+                {
+                    "$set": {"lease_owner": worker_id, "lease_expires": truncate_ms(lease_until)},
+                    "$inc": {"version": 1},
+                },
+                return_document=ReturnDocument.AFTER,
+            )
+            if leased is None:
+                continue
+            version = int(leased["version"])
+            # (2) the owner's slot.
+            if not await fair.take(owner["_id"], record.id, limit):
+                await self._unlease(record.id, worker_id)
+                return None
+            # (3) a server's slot.
+            chosen: str | None = None
+            placed = False
+            for name in servers:
+                if name is None or await fair.take(
+                    server_doc_id(name), record.id, rules.server_limits.get(name, 0)
+                ):
+                    chosen, placed = name, True
+                    break
+            if not placed:
+                await fair.give_back(owner["_id"], record.id)
+                await self._unlease(record.id, worker_id)
+                continue
+            # (4) the task holds its slot.
+            backend = {**record.backend, "server": chosen} if chosen is not None else record.backend
+            done = await self._tasks.update_one(
+                {"_id": record.id, "slot": WAITING, "lease_owner": worker_id, "version": version},
+                {
+                    "$set": {"slot": HOLDING, "slot_server": chosen, "backend_json": json.dumps(backend)},
+                    "$inc": {"version": 1},
+                },
+            )
+            if not done.matched_count:  # cancelled meanwhile: give the slots back
+                await fair.give_back(owner["_id"], record.id)
+                if chosen is not None:
+                    await fair.give_back(server_doc_id(chosen), record.id)
+                continue
+            await fair.queued(subject, issuer, -1)
+            await fair.served(owner["_id"], await fair.next_served())
+            record.backend = backend
+            record.lease_owner = worker_id
+            record.lease_expires = truncate_ms(lease_until)
+            record.version = version + 1
+            return record
+        return None
+
+    async def _unlease(self, task_id: str, worker_id: str) -> None:
+        await self._tasks.update_one(
+            {"_id": task_id, "slot": WAITING, "lease_owner": worker_id},
+            {"$set": {"lease_owner": None, "lease_expires": None}, "$inc": {"version": 1}},
+        )
 
     async def _quarantine(self, doc: dict[str, Any], exc: CorruptRecord) -> None:
         """Take a document that does not decode out of the queue: inactive, lease cleared,
@@ -530,7 +701,7 @@ class MongoTaskStore:
         )
 
     async def quota_usage(self, owner: Owner | None) -> QuotaUsage:
-        return QuotaUsage()  # fair claiming on MongoDB: in progress
+        return await self._fair.usage(owner)
 
     async def count(self) -> int:
         return int(await self._tasks.count_documents({"seq": {"$gte": 0}}))
