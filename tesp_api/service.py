@@ -84,22 +84,36 @@ async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
-def _engine_lifespan(engine: Any | None) -> Any:
-    """Starts the engine when the app starts serving and stops it before the app shuts down."""
+def _engine_lifespan(engine: Any | None, loops: Any | None = None) -> Any:
+    """Starts the engine when the app starts serving and stops it before the app shuts down;
+    ``loops`` (callback delivery, retention: engine/background.py) run beside it."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if engine is not None:
             await _maybe_await(engine.start())
             log.info("engine started")
+        if loops is not None:
+            await loops.start()
         try:
             yield
         finally:
+            if loops is not None:
+                await loops.stop()
             if engine is not None:
                 await _maybe_await(engine.stop())
                 log.info("engine stopped")
 
     return lifespan
+
+
+def _background_loops(settings: Settings, store: TaskStore, engine: Any | None) -> Any | None:
+    """Callback delivery and the retention sweep, where the engine runs (docs/callbacks.md)."""
+    if engine is None:
+        return None
+    from tesp_api.engine.background import BackgroundLoops
+
+    return BackgroundLoops(settings, store, worker_id=getattr(engine, "worker_id", None))
 
 
 _BUILD: Any = object()  # running_app's default: build the engine from the settings
@@ -114,7 +128,7 @@ async def running_app(settings: Settings, *, engine: Any | None = _BUILD) -> Asy
     try:
         if engine is _BUILD:
             engine = build_engine(settings, store)
-            lifespan = _engine_lifespan(engine)
+            lifespan = _engine_lifespan(engine, _background_loops(settings, store, engine))
         else:
             lifespan = _engine_lifespan(None)
         yield create_app(

@@ -119,9 +119,13 @@ async def _run_engine(settings: Settings, wake_path: str) -> None:
         loop.add_signal_handler(sig, stop.set)
     store = await build_store(settings)
     engine = Engine(settings, store)
+    from tesp_api.engine.background import BackgroundLoops
+
+    loops = BackgroundLoops(settings, store, worker_id=engine.worker_id)  # callbacks, retention
     listener = None
     try:
         await engine.start()
+        await loops.start()
         listener = _wakeup_listener(wake_path, engine)
         log.info("engine process started (worker %s)", engine.worker_id)
         await stop.wait()
@@ -129,6 +133,7 @@ async def _run_engine(settings: Settings, wake_path: str) -> None:
         if listener is not None:
             loop.remove_reader(listener.fileno())
             listener.close()
+        await loops.stop()
         await engine.stop()
         await store.close()
         log.info("engine process stopped")
