@@ -1,9 +1,11 @@
 """The Pulsar REST backend (httpx): setup, upload, submit, status, cancel, fetch, clean.
 
 Every parameter is a query-string parameter and every body raw file bytes (pulsar/web/routes.py).
-Uploads and downloads stream (never a whole file in memory). Connection errors, timeouts and 5xx
-answers are retried with exponential backoff; when the retries run out ``BackendUnavailable``
-lets the engine wait longer (up to ``pulsar.unreachable_deadline``) before failing the task.
+Uploads and downloads stream (never a whole file in memory; file reads and writes run in threads,
+off the event loop). Each method makes ONE attempt and says what a failure means:
+``BackendUnavailable`` for connection errors, timeouts and 5xx answers (may go away by itself),
+``BackendError`` for 4xx (401/403 name the refused private token). Retrying is not done here but by
+the one policy at the backend boundary (retrying.py; the factory wraps every backend in it).
 The private token travels as a query parameter (Pulsar reads it only there), so it is redacted
 from httpx's request log lines. With ``uds`` the requests go over a Unix socket (Pulsar bound to
 ``unix:<path>``): an executor that may use the network still cannot reach a socket file it cannot see.
@@ -49,13 +51,23 @@ def install_token_redaction() -> None:
 
 
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
-    loop = asyncio.get_running_loop()
-    with path.open("rb") as fh:
-        while True:
-            chunk = await loop.run_in_executor(None, fh.read, CHUNK)
-            if not chunk:
-                return
+    """The file's bytes, read in threads (a slow disk never stalls the event loop)."""
+    fh = await asyncio.to_thread(path.open, "rb")
+    try:
+        while chunk := await asyncio.to_thread(fh.read, CHUNK):
             yield chunk
+    finally:
+        fh.close()
+
+
+def _refusal(name: str, what: str, status: int) -> BackendError:
+    """A 4xx answer: retrying will not change it. 401/403 say what Pulsar refused."""
+    if status in (401, 403):
+        return BackendError(
+            f"Pulsar {name}: {what} -> HTTP {status}: Pulsar refused the private token "
+            "(check pulsar.private_token against Pulsar's app.yml)"
+        )
+    return BackendError(f"Pulsar {name}: {what} -> HTTP {status}")
 
 
 class RestBackend:
@@ -66,8 +78,8 @@ class RestBackend:
         *,
         private_token: str | None = None,
         timeout: float = 30.0,
-        retries: int = 5,
-        backoff_base: float = 0.5,
+        retries: int | None = None,
+        backoff_base: float | None = None,
         max_in_flight: int = 8,
         client: httpx.AsyncClient | None = None,
         uds: str | None = None,
@@ -76,8 +88,9 @@ class RestBackend:
         self.name = name
         self.url = url.rstrip("/")
         self._token = private_token
-        self.retries = retries
-        self.backoff_base = backoff_base
+        # ``retries`` and ``backoff_base`` are accepted for old callers and ignored: one attempt per
+        # call here, the retry policy (retrying.py) is the only layer that retries.
+        del retries, backoff_base
         install_token_redaction()
         self._script_paths: dict[str, str] = {}  # job id -> absolute job script path, from prepare
         # At most `max_in_flight` requests at a time, queued here (O(1) per request) rather than in
@@ -121,41 +134,25 @@ class RestBackend:
         path: str,
         *,
         params: dict[str, str],
-        retry_5xx: bool = True,
         slots: asyncio.Semaphore | None = None,
         **kw: Any,
     ) -> httpx.Response:
-        attempt = 0
-        while True:
-            try:
-                async with slots or self._in_flight:
-                    with pulsar_request(self.name) as seen:  # tesp_pulsar_request* metrics
-                        resp = await self._client.request(method, path, params=self._params(**params), **kw)
-                        seen.status = resp.status_code
-            except (httpx.TransportError, httpx.TimeoutException) as exc:
-                reason = f"{type(exc).__name__}: {exc}"
-            else:
-                if resp.status_code < 500:
-                    if resp.status_code >= 400:
-                        raise BackendError(f"Pulsar {self.name}: {method} {path} -> HTTP {resp.status_code}")
-                    return resp
-                if not retry_5xx:
-                    return resp
-                reason = f"HTTP {resp.status_code}"
-            if attempt >= self.retries:
-                raise BackendUnavailable(f"Pulsar {self.name} unreachable ({method} {path}): {reason}")
-            delay = self.backoff_base * (2**attempt)
-            attempt += 1
-            log.info(
-                "Pulsar %s: %s %s failed (%s); retry %d in %.1fs",
-                self.name,
-                method,
-                path,
-                reason,
-                attempt,
-                delay,
-            )
-            await asyncio.sleep(delay)
+        """One request: the 2xx answer, else BackendUnavailable (no answer, 5xx) or BackendError (4xx)."""
+        what = f"{method} {path}"
+        try:
+            async with slots or self._in_flight:
+                with pulsar_request(self.name) as seen:  # tesp_pulsar_request* metrics
+                    resp = await self._client.request(method, path, params=self._params(**params), **kw)
+                    seen.status = resp.status_code
+        except (httpx.TransportError, httpx.TimeoutException) as exc:
+            raise BackendUnavailable(
+                f"Pulsar {self.name} unreachable ({what}): {type(exc).__name__}: {exc}"
+            ) from exc
+        if resp.status_code >= 500:
+            raise BackendUnavailable(f"Pulsar {self.name} unavailable ({what}): HTTP {resp.status_code}")
+        if resp.status_code >= 400:
+            raise _refusal(self.name, what, resp.status_code)
+        return resp
 
     async def setup(self, job_id: str) -> dict[str, Any]:
         resp = await self._request("POST", "/jobs", params={"job_id": job_id})
@@ -164,31 +161,12 @@ class RestBackend:
     async def upload(
         self, job_id: str, name: str, kind: str, *, source: Path | None = None, data: bytes | None = None
     ) -> str:
-        if source is not None:
-            # A fresh stream per attempt: a retried upload starts the file again.
-            resp = await self._upload_stream(job_id, name, kind, source)
-        else:
-            resp = await self._request(
-                "POST", f"/jobs/{job_id}/files", params={"name": name, "type": kind}, content=data or b""
-            )
+        # A fresh stream per call: a retried prepare uploads the file again from its start.
+        content: bytes | AsyncIterator[bytes] = _file_chunks(source) if source is not None else data or b""
+        resp = await self._request(
+            "POST", f"/jobs/{job_id}/files", params={"name": name, "type": kind}, content=content
+        )
         return str(resp.json()["path"])
-
-    async def _upload_stream(self, job_id: str, name: str, kind: str, source: Path) -> httpx.Response:
-        attempt = 0
-        while True:
-            try:
-                return await self._request(
-                    "POST",
-                    f"/jobs/{job_id}/files",
-                    params={"name": name, "type": kind},
-                    content=_file_chunks(source),
-                    retry_5xx=False,
-                )
-            except BackendUnavailable:
-                if attempt >= self.retries:
-                    raise
-                attempt += 1
-                await asyncio.sleep(self.backoff_base * (2**attempt))
 
     async def prepare(self, spec: JobSpec) -> None:
         await self.setup(spec.job_id)
@@ -234,30 +212,41 @@ class RestBackend:
         await self._request("PUT", f"/jobs/{job_id}/cancel", params={})
 
     async def fetch(self, job_id: str, name: str, dest: Path) -> bool:
-        """A missing file is an HTTP 500 with an HTML page in Pulsar: answered False, not retried."""
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        attempt = 0
-        while True:
-            try:
-                async with (
-                    self._in_flight,
-                    self._client.stream(
-                        "GET", f"/jobs/{job_id}/files", params=self._params(name=name, type="output_workdir")
-                    ) as resp,
-                ):
-                    if resp.status_code != 200:
-                        return False
-                    tmp = dest.with_name(dest.name + ".part")
-                    with tmp.open("wb") as fh:
-                        async for chunk in resp.aiter_bytes(CHUNK):
-                            fh.write(chunk)
-                    tmp.replace(dest)
-                    return True
-            except (httpx.TransportError, httpx.TimeoutException) as exc:
-                if attempt >= self.retries:
-                    raise BackendUnavailable(f"Pulsar {self.name} unreachable (fetch {name}): {exc}") from exc
-                attempt += 1
-                await asyncio.sleep(self.backoff_base * (2**attempt))
+        """False only when the file is missing: a 404, or Pulsar's own answer to a missing file, an
+        HTTP 500 (routes.py's file_response raises HTTPNotFound outside the controller's handler,
+        so gunicorn answers its bare "Internal Server Error" page; Pulsar gives no other sign).
+        Other 5xx and no answer: BackendUnavailable (retried); 401/403 and other 4xx: BackendError.
+        The bytes go to ``dest.part`` (written in threads) and are renamed to ``dest`` when whole."""
+        what = f"GET /jobs/{job_id}/files ({name})"
+        await asyncio.to_thread(dest.parent.mkdir, parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".part")
+        try:
+            async with (
+                self._in_flight,
+                self._client.stream(
+                    "GET", f"/jobs/{job_id}/files", params=self._params(name=name, type="output_workdir")
+                ) as resp,
+            ):
+                if resp.status_code in (404, 500):
+                    return False
+                if resp.status_code >= 500:
+                    raise BackendUnavailable(
+                        f"Pulsar {self.name} unavailable ({what}): HTTP {resp.status_code}"
+                    )
+                if resp.status_code >= 400:
+                    raise _refusal(self.name, what, resp.status_code)
+                fh = await asyncio.to_thread(tmp.open, "wb")
+                try:
+                    async for chunk in resp.aiter_bytes(CHUNK):
+                        await asyncio.to_thread(fh.write, chunk)
+                finally:
+                    await asyncio.to_thread(fh.close)
+            await asyncio.to_thread(tmp.replace, dest)
+            return True
+        except (httpx.TransportError, httpx.TimeoutException) as exc:
+            raise BackendUnavailable(
+                f"Pulsar {self.name} unreachable ({what}): {type(exc).__name__}: {exc}"
+            ) from exc
 
     async def clean(self, job_id: str) -> None:
         """A completed job's directory is deleted once the other jobs submitted here have finished

@@ -11,6 +11,7 @@ from tesp_api.config import SettingsError, load_settings
 from tesp_api.engine.engine import build_backends
 from tesp_api.pulsar.amqp import AmqpBackend
 from tesp_api.pulsar.rest import RestBackend
+from tesp_api.pulsar.retrying import unwrap
 
 REPO = Path(__file__).resolve().parents[2]
 BROKER = "amqp://tesp:not-guest@127.0.0.1:5672/"  # nothing connects: building a backend opens nothing
@@ -63,13 +64,13 @@ def test_amqp_url_from_the_environment_switches_the_shipped_settings_to_amqp(
     (server,) = settings.pulsar.effective_servers()
     assert server.transport == "amqp"
     backends = build_backends(settings)
-    assert isinstance(backends["default"], AmqpBackend)
+    assert isinstance(unwrap(backends["default"]), AmqpBackend)
 
 
 def test_the_shipped_settings_without_amqp_url_use_rest() -> None:
     settings = load_settings(REPO / "settings.toml")
     backends = build_backends(settings)
-    assert isinstance(backends["default"], RestBackend)
+    assert isinstance(unwrap(backends["default"]), RestBackend)
 
 
 def test_rest_and_amqp_servers_run_side_by_side_through_servers(tmp_path: Path) -> None:
@@ -78,5 +79,5 @@ def test_rest_and_amqp_servers_run_side_by_side_through_servers(tmp_path: Path) 
         f'[[default.pulsar.servers]]\nname = "amqp"\namqp_url = "{BROKER}"\n'
     )
     backends = build_backends(load_settings(write(tmp_path, text)))
-    assert isinstance(backends["rest"], RestBackend)
-    assert isinstance(backends["amqp"], AmqpBackend)
+    assert isinstance(unwrap(backends["rest"]), RestBackend)
+    assert isinstance(unwrap(backends["amqp"]), AmqpBackend)

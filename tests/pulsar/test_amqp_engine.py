@@ -16,6 +16,7 @@ import pytest
 from tesp_api.config.settings import Settings
 from tesp_api.engine import Engine
 from tesp_api.pulsar.amqp import AmqpBackend
+from tesp_api.pulsar.retrying import unwrap
 from tesp_api.store.sqlite import SqliteTaskStore
 from tesp_api.tes.models import TesState
 from tests.engine.conftest import submit, wait_for
@@ -61,7 +62,7 @@ SCRIPT = "cat /in/inline.txt /in/by-url.txt > /out/both.txt && mkdir -p /out/dir
 
 
 def amqp_backend(engine: Engine) -> AmqpBackend:
-    backend = engine.backends["default"]
+    backend = unwrap(engine.backends["default"])  # the adapter under the retry policy
     assert isinstance(backend, AmqpBackend)
     return backend
 

@@ -1,4 +1,8 @@
-"""The Pulsar REST backend against a real pulsar-serve (one per module), with a private token."""
+"""The Pulsar REST backend against a real pulsar-serve (one per module), with a private token.
+
+The backend makes one attempt per call and classifies the failure (retrying.py retries): no
+answer or 5xx -> BackendUnavailable, 4xx -> BackendError, a missing file -> False. Faults come
+from a real proxy in front of the real Pulsar (tests/services/faulty_proxy.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import pytest
 from tesp_api.local import free_port
 from tesp_api.pulsar.port import BackendError, BackendUnavailable, JobFile, JobSpec
 from tesp_api.pulsar.rest import RestBackend
+from tests.services.faulty_proxy import faulty_proxy
 from tests.services.pulsar import LocalPulsar, pulsar_server
 
 pytestmark = pytest.mark.pulsar
@@ -25,7 +30,7 @@ def pulsar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPulsar]:
 
 @pytest.fixture
 async def client(pulsar: LocalPulsar) -> AsyncIterator[RestBackend]:
-    c = RestBackend("p", pulsar.url, private_token=TOKEN, retries=1, backoff_base=0.05)
+    c = RestBackend("p", pulsar.url, private_token=TOKEN)
     yield c
     await c.aclose()
 
@@ -79,22 +84,65 @@ async def test_an_unknown_job_is_lost(client: RestBackend) -> None:
     assert (await client.status("never-seen")).status == "lost"
 
 
-async def test_a_wrong_token_is_refused_without_retrying(pulsar: LocalPulsar) -> None:
-    c = RestBackend("p", pulsar.url, private_token="wrong", retries=3)
+async def test_a_wrong_token_is_a_refusal_naming_the_token(pulsar: LocalPulsar) -> None:
+    c = RestBackend("p", pulsar.url, private_token="wrong")
     try:
-        with pytest.raises(BackendError, match="401"):
+        with pytest.raises(BackendError, match="401: Pulsar refused the private token"):
             await c.status("x")
+        with pytest.raises(BackendError, match="401: Pulsar refused the private token"):
+            await c.fetch("x", "out.txt", Path("/nonexistent/never-written"))  # not "file missing"
     finally:
         await c.aclose()
 
 
-async def test_an_unreachable_server_raises_after_the_retries() -> None:
-    c = RestBackend("p", f"http://127.0.0.1:{free_port()}", retries=2, backoff_base=0.01)
+async def test_an_unreachable_server_is_unavailable() -> None:
+    c = RestBackend("p", f"http://127.0.0.1:{free_port()}")
     try:
         with pytest.raises(BackendUnavailable, match="unreachable"):
             await c.status("x")
     finally:
         await c.aclose()
+
+
+async def test_a_5xx_answer_is_unavailable_on_every_call_and_never_a_missing_file(
+    pulsar: LocalPulsar, tmp_path: Path
+) -> None:
+    """Before: fetch answered False ("file missing") to a 503, and the task failed for good."""
+    with faulty_proxy(pulsar.url, share=1.0, kinds=("503",)) as proxy:
+        c = RestBackend("p", proxy.url, private_token=TOKEN)
+        try:
+            with pytest.raises(BackendUnavailable, match="HTTP 503"):
+                await c.fetch("job-x", "out.txt", tmp_path / "out.txt")
+            with pytest.raises(BackendUnavailable, match="HTTP 503"):
+                await c.status("job-x")
+            with pytest.raises(BackendUnavailable, match="HTTP 503"):
+                await c.prepare(JobSpec("job-x", "s.sh", [JobFile("s.sh", "tool", data=b"true\n")]))
+        finally:
+            await c.aclose()
+        assert not (tmp_path / "out.txt").exists()
+
+
+async def test_a_dropped_connection_is_unavailable(pulsar: LocalPulsar, tmp_path: Path) -> None:
+    with faulty_proxy(pulsar.url, share=1.0, kinds=("drop",)) as proxy:
+        c = RestBackend("p", proxy.url, private_token=TOKEN)
+        try:
+            with pytest.raises(BackendUnavailable, match="unreachable"):
+                await c.status("job-x")
+            with pytest.raises(BackendUnavailable, match="unreachable"):
+                await c.fetch("job-x", "out.txt", tmp_path / "out.txt")
+        finally:
+            await c.aclose()
+
+
+async def test_a_file_pulsar_does_not_have_is_missing_not_unavailable(
+    client: RestBackend, tmp_path: Path
+) -> None:
+    """Pulsar answers a missing file (or an unknown job) with a bare HTTP 500: that is False."""
+    await client.prepare(JobSpec("job-3", "s.sh", [JobFile("s.sh", "tool", data=b"true\n")]))
+    assert not await client.fetch("job-3", "never-made.txt", tmp_path / "m")
+    assert not await client.fetch("job-never-seen", "x.txt", tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+    await client.clean("job-3")
 
 
 async def test_the_token_never_reaches_the_log(client: RestBackend, caplog: pytest.LogCaptureFixture) -> None:

@@ -17,6 +17,7 @@ from tesp_api.engine.engine import build_backends
 from tesp_api.local import LocalPulsar, new_private_token
 from tesp_api.pulsar.port import BackendError, JobFile, JobSpec
 from tesp_api.pulsar.rest import RestBackend
+from tesp_api.pulsar.retrying import unwrap
 
 pytestmark = pytest.mark.pulsar
 
@@ -47,6 +48,7 @@ async def client(pulsar: LocalPulsar) -> AsyncIterator[RestBackend]:
             }
         )
     )["default"]
+    backend = unwrap(backend)  # the adapter under the retry policy
     assert isinstance(backend, RestBackend)
     yield backend
     await backend.aclose()
