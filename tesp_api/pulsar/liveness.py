@@ -6,7 +6,8 @@ crash) leaves it running. Pulsar deletes the job's ``command_line`` file when it
 after a restart ``recover_active_jobs`` fails for every job that had started ("Failed to recover
 active job ... Cannot recover job" or FileNotFoundError .../command_line) and drops it from its
 active list: no thread waits for the process any more, nobody removes the job's ``pid`` file, and
-``GET /jobs/{id}/status`` answers ``running`` for ever, whether the process has finished (its
+``GET /jobs/{id}/status`` answers ``running`` for ever (``queued``, when Pulsar died between
+starting the job and recording its pid: seen in the crash runs), whether the process has finished (its
 ``return_code`` and our ``tes-meta.tar`` are there) or was killed. Over REST only the job's working,
 outputs and metadata directories can be read, not ``pid`` or ``return_code``.
 
@@ -79,23 +80,30 @@ class HeartbeatWatch:
 
     async def review(self, status: JobStatus) -> JobStatus:
         """``status`` as Pulsar answered it, or, for a ``running`` job whose runner is gone, what
-        really happened (``complete`` or ``lost``)."""
+        really happened (``complete`` or ``lost``). ``queued`` is judged too once a heartbeat was seen:
+        Pulsar killed between starting the job and recording its pid answers ``queued`` for ever."""
         job_id = status.job_id
-        if status.status != "running":
+        if status.status not in ("running", "queued"):
             if status.is_final:
                 self.forget(job_id)
             return status
+        queued = status.status == "queued"
         now = self._clock()
         watch = self._watches.get(job_id)
         if watch is None:
             watch = self._watches[job_id] = _Watch(None, now, float("-inf"))
-        if now - watch.checked < self.check_every:
+        # A queued job may wait long in Pulsar's queue: looked at less often.
+        every = max(self.check_every, self.lost_after / 4) if queued else self.check_every
+        if now - watch.checked < every:
             return status
         watch.checked = now
         try:
             beat = await self._read(job_id, ALIVE_NAME)
             if beat is not None and beat != watch.beat:
                 watch.beat, watch.changed = beat, now
+                return status
+            if queued and watch.beat is None:
+                watch.changed = now  # never started: really queued (Pulsar's queue), nothing to judge
                 return status
             if now - watch.changed < self.lost_after:
                 return status
