@@ -442,3 +442,49 @@ def test_no_callback_is_lost_across_a_kill_9_of_serve(pulsar: LocalPulsar, tmp_p
         serve.stop()
         if documented is not None:
             documented.stop()
+
+
+@pytest.fixture(scope="module")
+def mongodb_uri() -> Iterator[str]:
+    from tests.services.mongoeco import MongoUnavailable, mongodb_server
+
+    try:
+        with mongodb_server() as uri:
+            yield uri
+    except MongoUnavailable as exc:
+        pytest.skip(f"no MongoDB to test against: {exc}")
+
+
+async def test_delivery_from_a_mongodb_outbox_is_signed_and_in_state_order(
+    tmp_path: Path, receiver: Receiver, mongodb_uri: str
+) -> None:
+    from tesp_api.store.mongo import MongoTaskStore
+
+    database = f"tesp_cb_{new_task_id()[:8]}"
+    mongo = MongoTaskStore(mongodb_uri, database=database)
+    await mongo.open()
+    try:
+        receiver.answers = [503]
+        settings = callback_settings(tmp_path, receiver.secret, [receiver.url + "/"])
+        record = await mongo.create(new_task(f"{receiver.url}/hooks/m"), None)
+        for state in (TesState.INITIALIZING, TesState.RUNNING, TesState.EXECUTOR_ERROR):
+            await mongo.update(record.id, state=state)
+        delivery = CallbackDelivery(settings, mongo)
+        await delivery.start()
+        try:
+            deadline = time.monotonic() + 30
+            while await mongo.pending_callbacks():
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+        finally:
+            await delivery.stop()
+        states = [d.task["state"] for d in receiver.accepted()]
+        assert states == ["QUEUED", "INITIALIZING", "RUNNING", "EXECUTOR_ERROR"]
+        assert all(d.verified for d in receiver.deliveries)
+    finally:
+        await mongo.close()
+        from pymongo import MongoClient
+
+        client: MongoClient[dict[str, object]]
+        with MongoClient(mongodb_uri) as client:
+            client.drop_database(database)
