@@ -1,0 +1,201 @@
+"""Capacity- and health-aware routing over several real Pulsar servers (docs/quotas.md, "Routing").
+
+Three pulsar-serve processes (REST) per test that needs them, an in-process engine on a SQLite
+store; one server is stopped mid-run. Executors run under bubblewrap (no Docker engine here).
+Admission (400 for a task that fits no server, strict ``pulsar_server``) goes through the real app."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tesp_api.api.app import create_app
+from tesp_api.config.settings import PulsarServer, Settings
+from tesp_api.engine.engine import Engine
+from tesp_api.store.sqlite import SqliteTaskStore
+from tesp_api.tes.models import TesState
+from tests.engine.conftest import engine_settings, submit, wait_for
+from tests.engine.slow_http import SlowInputServer
+from tests.services.pulsar import LocalPulsar, pulsar_server
+
+pytestmark = [pytest.mark.pulsar]
+
+NAMES = ("east", "west", "north")
+
+
+@pytest.fixture
+def pulsars(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, LocalPulsar]]:
+    with (
+        pulsar_server(tmp_path_factory.mktemp("east")) as east,
+        pulsar_server(tmp_path_factory.mktemp("west")) as west,
+        pulsar_server(tmp_path_factory.mktemp("north")) as north,
+    ):
+        yield {"east": east, "west": west, "north": north}
+
+
+def routed_settings(pulsars: dict[str, LocalPulsar], tmp: Path, **per_server: dict[str, Any]) -> Settings:
+    settings = engine_settings(next(iter(pulsars.values())).url, tmp)
+    settings.pulsar.servers = [
+        PulsarServer(name=name, url=server.url, **per_server.get(name, {}))
+        for name, server in pulsars.items()
+    ]
+    settings.pulsar.health.probe_interval = 0.2
+    settings.pulsar.health.probe_timeout = 1.0
+    settings.pulsar.unreachable_deadline = 30
+    return settings
+
+
+@pytest.fixture
+async def started(store: SqliteTaskStore) -> AsyncIterator[list[Engine]]:
+    engines: list[Engine] = []
+    yield engines
+    for engine in engines:
+        await engine.stop()
+
+
+async def start(engines: list[Engine], settings: Settings, store: SqliteTaskStore) -> Engine:
+    engine = Engine(settings, store)
+    await engine.start()
+    engines.append(engine)
+    return engine
+
+
+def sleep_task(seconds: float = 2) -> dict[str, Any]:
+    return {"executors": [{"image": "a", "command": ["sleep", str(seconds)]}]}
+
+
+async def test_tasks_go_to_the_least_loaded_server_counted_in_the_store(
+    pulsars: dict[str, LocalPulsar], store: SqliteTaskStore, tmp_path: Path, started: list[Engine]
+) -> None:
+    settings = routed_settings(pulsars, tmp_path, **{n: {"max_active": 1} for n in NAMES})
+    ids = [await submit(store, sleep_task()) for _ in range(4)]
+    await start(started, settings, store)
+    await start(started, settings, store)  # two workers, one count
+    records = [await wait_for(store, tid) for tid in ids]
+    assert all(r.state == TesState.COMPLETE for r in records)
+    first_three = sorted(
+        r.backend["server"] for r in sorted(records, key=lambda r: r.log.start_time or "")[:3]
+    )
+    assert first_three == sorted(NAMES)  # one each: max_active 1 and the least loaded first
+
+
+async def test_a_server_at_max_active_gets_no_more_tasks(
+    pulsars: dict[str, LocalPulsar], store: SqliteTaskStore, tmp_path: Path, started: list[Engine]
+) -> None:
+    settings = routed_settings(pulsars, tmp_path, **{n: {"max_active": 1} for n in NAMES})
+    ids = [await submit(store, sleep_task(1)) for _ in range(6)]
+    await start(started, settings, store)
+    records = [await wait_for(store, t) for t in ids]
+    assert all(r.state == TesState.COMPLETE for r in records)
+    for name in NAMES:  # the tasks of one server never overlapped (start/end times in their logs)
+        spans = sorted(
+            (r.log.start_time or "", r.log.end_time or "") for r in records if r.backend["server"] == name
+        )
+        assert all(spans[i][1] < spans[i + 1][0] for i in range(len(spans) - 1)), (name, spans)
+
+
+async def test_a_stopped_server_gets_no_new_tasks(
+    pulsars: dict[str, LocalPulsar], store: SqliteTaskStore, tmp_path: Path, started: list[Engine]
+) -> None:
+    settings = routed_settings(pulsars, tmp_path)
+    engine = await start(started, settings, store)
+    warm = [await submit(store, sleep_task(0.1)) for _ in range(3)]
+    assert {(await wait_for(store, t)).backend["server"] for t in warm} == set(NAMES)
+    pulsars["north"].stop(timeout=3.0)  # mid-run
+    while engine.router.is_up("north"):
+        await asyncio.sleep(0.1)
+    later = [await submit(store, sleep_task(0.1)) for _ in range(4)]
+    records = [await wait_for(store, t) for t in later]
+    assert all(r.state == TesState.COMPLETE for r in records)
+    assert {r.backend["server"] for r in records} <= {"east", "west"}
+    report = {s["name"]: s for s in await engine.router.report()}
+    assert report["north"]["up"] is False and report["east"]["up"] is True
+
+
+async def test_a_task_not_yet_submitted_moves_off_a_server_that_went_down(
+    pulsars: dict[str, LocalPulsar], store: SqliteTaskStore, tmp_path: Path, started: list[Engine]
+) -> None:
+    settings = routed_settings(pulsars, tmp_path)
+    with SlowInputServer() as slow:
+        tid = await submit(
+            store, {"inputs": [{"path": "/in/x", "url": slow.url}], **sleep_task(0.1)}
+        )  # held in INITIALIZING while its input is fetched
+        engine = await start(started, settings, store)
+        await asyncio.to_thread(slow.requested.wait, 30)
+        first = (await store.get(tid)).backend["server"]  # type: ignore[union-attr]
+        pulsars[first].stop(timeout=3.0)
+        while engine.router.is_up(first):
+            await asyncio.sleep(0.1)
+        slow.release.set()
+        record = await wait_for(store, tid)
+    assert record.state == TesState.COMPLETE, record.log.system_logs
+    assert record.backend["server"] != first and record.backend["moved_from"] == first
+    assert any(f"{first} is down" in line for line in record.log.system_logs or [])
+    assert (await store.quota_usage(None)).servers.get(first, 0) == 0
+
+
+def admission_settings(**server: Any) -> Settings:
+    return Settings.model_validate(
+        {
+            "pulsar": {
+                "servers": [
+                    {
+                        "name": "small",
+                        "url": "http://127.0.0.1:9",
+                        "max_cpu_cores": 2,
+                        "max_ram_gb": 4,
+                        **server,
+                    },
+                    {"name": "big", "url": "http://127.0.0.1:9", "max_cpu_cores": 16, "max_ram_gb": 64},
+                ]
+            },
+            "engine": {"enabled": False},
+        }
+    )
+
+
+async def post_task(tmp_path: Path, settings: Settings, body: dict[str, Any]) -> httpx.Response:
+    store = SqliteTaskStore(str(tmp_path / "admission.sqlite3"))
+    await store.open()
+    try:
+        app = create_app(settings, store)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://tes") as client:
+            return await client.post("/ga4gh/tes/v1/tasks", json=body)
+    finally:
+        await store.close()
+
+
+async def test_a_task_that_fits_no_server_is_refused_naming_the_limit(tmp_path: Path) -> None:
+    answer = await post_task(tmp_path, admission_settings(), {"resources": {"cpu_cores": 32}, **sleep_task()})
+    assert answer.status_code == 400
+    assert "resources.cpu_cores" in answer.text and "max_cpu_cores 16" in answer.text
+
+
+async def test_a_task_larger_than_its_pinned_server_is_refused(tmp_path: Path) -> None:
+    body = {"resources": {"ram_gb": 8, "backend_parameters": {"pulsar_server": "small"}}, **sleep_task()}
+    answer = await post_task(tmp_path, admission_settings(), body)
+    assert answer.status_code == 400 and "max_ram_gb 4" in answer.text
+
+
+async def test_a_task_that_fits_some_server_is_accepted(tmp_path: Path) -> None:
+    answer = await post_task(tmp_path, admission_settings(), {"resources": {"cpu_cores": 8}, **sleep_task()})
+    assert answer.status_code == 200
+
+
+async def test_strict_backend_parameters_refuse_an_unknown_pulsar_server(tmp_path: Path) -> None:
+    params = {"backend_parameters": {"pulsar_server": "nonexistent"}, "backend_parameters_strict": True}
+    answer = await post_task(tmp_path, admission_settings(), {"resources": params, **sleep_task()})
+    assert answer.status_code == 400
+    assert "nonexistent" in answer.text and "pulsar_server" in answer.text
+
+
+async def test_lenient_backend_parameters_accept_an_unknown_pulsar_server(tmp_path: Path) -> None:
+    params = {"backend_parameters": {"pulsar_server": "nonexistent"}}
+    answer = await post_task(tmp_path, admission_settings(), {"resources": params, **sleep_task()})
+    assert answer.status_code == 200
