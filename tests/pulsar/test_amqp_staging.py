@@ -96,3 +96,97 @@ def test_key_file_is_created_private_and_reused(tmp_path: Path) -> None:
 def test_unsafe_relative_paths_are_rejected(path: str) -> None:
     with pytest.raises(ValueError):
         safe_relative_path(path)
+
+
+# ---- several replicas: one key, one staging directory --------------------------------------------
+
+
+async def replica(root: Path, key: bytes) -> StagingServer:
+    staging = StagingServer(root, StagingTokens(key, ttl=3600))
+    await staging.start()
+    return staging
+
+
+async def test_an_input_staged_by_one_replica_is_served_by_another_with_the_same_key(tmp_path: Path) -> None:
+    source = tmp_path / "in.bin"
+    source.write_bytes(b"staged once")
+    first, second = (
+        await replica(tmp_path / "shared", b"s" * 32),
+        await replica(tmp_path / "shared", b"s" * 32),
+    )
+    try:
+        url = first.register_input(JOB, "tes-in-0", source)
+        source.unlink()  # the first replica's own copy is gone (its host died)
+        async with httpx.AsyncClient() as http:
+            response = await http.get(url.replace(first.base_url, second.base_url))
+    finally:
+        await first.stop()
+        await second.stop()
+    assert response.status_code == 200 and response.content == b"staged once"
+
+
+async def test_an_upload_taken_in_by_one_replica_is_read_by_another(tmp_path: Path) -> None:
+    first, second = (
+        await replica(tmp_path / "shared", b"s" * 32),
+        await replica(tmp_path / "shared", b"s" * 32),
+    )
+    reported: list[tuple[str, str]] = []
+
+    async def on_received(job_id: str, path: str) -> None:
+        reported.append((job_id, path))
+
+    first.on_received = on_received
+    try:
+        async with httpx.AsyncClient() as http:
+            for name in ("tes-meta.tar", "tes-out/x"):
+                response = await http.post(
+                    second.files_endpoint(JOB).replace(second.base_url, first.base_url)
+                    + f"&path={name}&file_type=output",
+                    files={"file": ("f", name.encode())},
+                )
+                assert response.status_code == 200
+    finally:
+        await first.stop()
+        await second.stop()
+    received = second.received_file(JOB, "tes-out/x")
+    assert received is not None and received.read_bytes() == b"tes-out/x"
+    assert reported == [(JOB, "tes-meta.tar")]  # once per job and replica, not per file
+
+
+async def test_a_replica_with_another_key_refuses_the_urls(tmp_path: Path) -> None:
+    first, other = (
+        await replica(tmp_path / "shared", b"s" * 32),
+        await replica(tmp_path / "shared", b"o" * 32),
+    )
+    try:
+        async with httpx.AsyncClient() as http:
+            response = await http.post(
+                first.files_endpoint(JOB).replace(first.base_url, other.base_url)
+                + "&path=x&file_type=output",
+                files={"file": ("f", b"x")},
+            )
+    finally:
+        await first.stop()
+        await other.stop()
+    assert response.status_code == 403
+
+
+def test_a_token_of_an_earlier_key_is_still_accepted(tmp_path: Path) -> None:
+    old = StagingTokens(b"o" * 32, ttl=60)
+    new = StagingTokens(b"n" * 32, ttl=60, also_accepted=[b"o" * 32])
+    assert new.verify(old.sign("out", JOB), "out", JOB)
+    assert not StagingTokens(b"n" * 32, ttl=60).verify(old.sign("out", JOB), "out", JOB)
+
+
+def test_an_input_is_staged_by_a_hard_link_on_the_same_filesystem(tmp_path: Path) -> None:
+    source = tmp_path / "in.bin"
+    source.write_bytes(b"big")
+    staging = StagingServer(tmp_path / "shared", StagingTokens(b"s" * 32, ttl=60))
+    staging.stage_input(JOB, "tes-in-0", source)
+    assert staging.input_path(JOB, "tes-in-0").stat().st_ino == source.stat().st_ino
+
+
+async def test_the_health_endpoint_answers_for_load_balancers(server: StagingServer) -> None:
+    async with httpx.AsyncClient() as http:
+        response = await http.get(f"{server.base_url}/pulsar-staging/healthz")
+    assert response.status_code == 200
