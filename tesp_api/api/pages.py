@@ -20,7 +20,7 @@ from typing import Any
 
 from starlette.responses import Response
 
-from tesp_api.store.port import Page
+from tesp_api.store.port import Page, SummaryPage
 from tesp_api.tes.models import TesView
 from tesp_api.tes.views import render_task
 
@@ -36,6 +36,11 @@ class PageResponse(Response):
 def page_read_budget(max_page_bytes: int, page_size: int) -> int:
     """The stored-bytes budget for the store, so that the rendered page stays under ``max_page_bytes``."""
     return max(max_page_bytes - _ENVELOPE - PER_TASK_MARGIN * page_size, max_page_bytes // 2)
+
+
+def json_bytes(value: Any) -> bytes:
+    """The one JSON encoding of an answer (routes return it as a Response: FastAPI never re-encodes)."""
+    return _dumps(value)
 
 
 def _dumps(value: Any) -> bytes:
@@ -57,3 +62,11 @@ def page_response(page: Page, view: TesView) -> PageResponse:
     if page.next_page_token:
         body += b',"next_page_token":' + _dumps(page.next_page_token)
     return PageResponse(body + b"}")
+
+
+def summary_page_response(page: SummaryPage) -> PageResponse:
+    """The MINIMAL page from summaries (LeanReads): no task JSON decoded, one json.dumps."""
+    body: dict[str, Any] = {"tasks": [{"id": t.id, "state": t.state.value} for t in page.summaries]}
+    if page.next_page_token:
+        body["next_page_token"] = page.next_page_token
+    return PageResponse(_dumps(body))

@@ -18,7 +18,13 @@ from tesp_api.api.errors import TesHttpError
 from tesp_api.api.idempotency import HEADER as IDEMPOTENCY_HEADER
 from tesp_api.api.idempotency import idempotency_of
 from tesp_api.api.openapi import error_responses, ok_response
-from tesp_api.api.pages import PageResponse, page_read_budget, page_response
+from tesp_api.api.pages import (
+    PageResponse,
+    json_bytes,
+    page_read_budget,
+    page_response,
+    summary_page_response,
+)
 from tesp_api.api.service_info import build_legacy_service_info, build_service_info
 from tesp_api.api.url_checks import address_problems, egress_policy, url_checkers
 from tesp_api.config.settings import Settings
@@ -42,6 +48,7 @@ from tesp_api.transfer.callback_urls import CallbackUrls
 log = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 2047
+_JSON = "application/json"
 _CANCEL_ATTEMPTS = 5
 _VIEW_DOC = (
     "MINIMAL (default): id and state; BASIC: all but logs' stdout/stderr, input content, system_logs; FULL"
@@ -110,8 +117,8 @@ def _id_response(task_id: str) -> Response:
     """``{"id": ...}`` encoded once. An id we issued (is_safe_id: letters, digits, ``._-``) needs no
     JSON escaping; anything else (a record some other writer stored) goes through json.dumps."""
     if is_safe_id(task_id):
-        return Response(b'{"id":"' + task_id.encode("ascii") + b'"}', media_type="application/json")
-    return Response(json.dumps({"id": task_id}).encode(), media_type="application/json")
+        return Response(b'{"id":"' + task_id.encode("ascii") + b'"}', media_type=_JSON)
+    return Response(json.dumps({"id": task_id}).encode(), media_type=_JSON)
 
 
 def task_limits_of(settings: Settings) -> TaskLimits:
@@ -219,7 +226,12 @@ class TaskEndpoints:
             owner=principal.read_scope,
             max_bytes=page_read_budget(self.settings.api.max_page_bytes, size),
         )
+        list_summaries = (
+            getattr(self.store, "list_summaries", None) if chosen_view == TesView.MINIMAL else None
+        )
         try:
+            if list_summaries is not None:  # MINIMAL from columns/projection, no task JSON (LeanReads)
+                return summary_page_response(await list_summaries(query))
             page = await self.store.list(query)
         except InvalidPageToken:
             raise TesHttpError(400, "page_token: not a page token issued by this service") from None
@@ -230,8 +242,16 @@ class TaskEndpoints:
         task_id: TaskIdPath,
         principal: PrincipalDep,
         view: Annotated[str | None, Query(description=_VIEW_DOC)] = None,
-    ) -> dict[str, Any]:
+    ) -> Response:
+        """GET /tasks/{id}: MINIMAL from the store's summary (no task JSON decoded) when it has one;
+        the answer encoded once and returned as a Response (FastAPI does not encode it again)."""
         chosen_view = _parse_view(view)
+        get_summary = getattr(self.store, "get_summary", None) if chosen_view == TesView.MINIMAL else None
+        if get_summary is not None:
+            summary = await get_summary(task_id, principal.read_scope) if is_safe_id(task_id) else None
+            if summary is None:
+                raise TesHttpError(404, f"task not found: {task_id}")
+            return Response(json_bytes({"id": summary.id, "state": summary.state.value}), media_type=_JSON)
         record = await self.store.get(task_id, principal.read_scope) if is_safe_id(task_id) else None
         if record is None:
             raise TesHttpError(404, f"task not found: {task_id}")
@@ -241,7 +261,7 @@ class TaskEndpoints:
             if notes:
                 logs = body.setdefault("logs", [{}])
                 logs[-1]["system_logs"] = [*logs[-1].get("system_logs", []), *notes]
-        return body
+        return Response(json_bytes(body), media_type=_JSON)
 
     async def cancel_task(self, task_id: TaskIdPath, principal: PrincipalDep) -> dict[str, Any]:
         """QUEUED/INITIALIZING/RUNNING -> CANCELED at once; a task in a final state: no-op."""

@@ -18,7 +18,7 @@ import hashlib
 import hmac
 import json
 
-from tesp_api.store.port import InvalidPageToken, ListQuery, Page, TaskRecord
+from tesp_api.store.port import InvalidPageToken, ListQuery, Page, SummaryPage, TaskRecord, TaskSummary
 
 _SEQ_BYTES = 8
 _MAC_BYTES = 12
@@ -95,3 +95,13 @@ def page_from(
         return Page(records=records, next_page_token=None)
     records = records[:page_size]
     return Page(records=records, next_page_token=encode_page_token(key, records[-1].seq, query))
+
+
+def summary_page_from(
+    summaries: list[TaskSummary], page_size: int, key: bytes, query: ListQuery
+) -> SummaryPage:
+    """As :func:`page_from`, for MINIMAL summaries (no byte budget: a summary is a few dozen bytes)."""
+    if len(summaries) <= page_size:
+        return SummaryPage(summaries=summaries, next_page_token=None)
+    summaries = summaries[:page_size]
+    return SummaryPage(summaries=summaries, next_page_token=encode_page_token(key, summaries[-1].seq, query))

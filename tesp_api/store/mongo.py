@@ -44,7 +44,7 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from tesp_api.store.cursor import PageBudget, decode_page_token, page_from, stored_bytes
+from tesp_api.store.cursor import PageBudget, decode_page_token, page_from, stored_bytes, summary_page_from
 from tesp_api.store.mongo_fair import (
     HOLDING,
     NONE,
@@ -68,7 +68,9 @@ from tesp_api.store.port import (
     QuotaUsage,
     StoreError,
     StoreUnavailable,
+    SummaryPage,
     TaskRecord,
+    TaskSummary,
 )
 from tesp_api.store.records import (
     DECODE_ERRORS,
@@ -109,6 +111,23 @@ def _record(doc: dict[str, Any]) -> TaskRecord | None:
         return _decode(doc)
     except DECODE_ERRORS as exc:
         raise CorruptRecord(str(doc.get("_id")), decode_problem(exc)) from exc
+
+
+# Reads for the views leave out what no view shows: the callback outbox (a BASIC payload per event).
+_VIEW_PROJECTION: dict[str, Any] = {"outbox": 0}
+_SUMMARY_PROJECTION: dict[str, Any] = {"_id": 1, "state": 1, "seq": 1, "owner_subject": 1, "owner_issuer": 1}
+
+
+def _summary(doc: dict[str, Any]) -> TaskSummary | None:
+    if "seq" not in doc:
+        return None  # not a document of this store (e.g. tesp-api 0.2)
+    try:
+        state = TesState(doc["state"])
+    except (KeyError, ValueError) as exc:
+        raise CorruptRecord(str(doc.get("_id")), f"unknown state {doc.get('state')!r}") from exc
+    subject = doc.get("owner_subject")
+    owner = Owner(subject, doc.get("owner_issuer") or "") if subject is not None else None
+    return TaskSummary(str(doc["_id"]), state, int(doc["seq"]), owner)
 
 
 _FINAL_STATES = tuple(s.value for s in TesState if states.is_final(s))
@@ -391,16 +410,39 @@ class MongoTaskStore:
         )
 
     async def get(self, task_id: str, owner: Owner | None = None) -> TaskRecord | None:
-        doc = await self._tasks.find_one({"_id": task_id})
+        doc = await self._tasks.find_one({"_id": task_id}, _VIEW_PROJECTION)
         record = _record(doc) if doc is not None else None
         if record is None or not owner_matches(record.owner, owner):
             return None
         return record
 
-    async def list(self, query: ListQuery) -> Page:
+    async def get_summary(self, task_id: str, owner: Owner | None = None) -> TaskSummary | None:
+        """The MINIMAL view from a projection: the task's JSON is not sent (LeanReads)."""
+        doc = await self._tasks.find_one(
+            {"_id": task_id, "task_json": {"$exists": True}}, _SUMMARY_PROJECTION
+        )
+        summary = _summary(doc) if doc is not None else None
+        if summary is None or not owner_matches(summary.owner, owner):
+            return None
+        return summary
+
+    async def list_summaries(self, query: ListQuery) -> SummaryPage:
+        """list() for the MINIMAL view: the same query, projected to id, state, seq, owner."""
         key = self._token_key
         below = decode_page_token(key, query.page_token, query) if query.page_token else None
         page_size = max(1, query.page_size)
+        where = {**self._list_filter(query, below), "task_json": {"$exists": True}}
+        cursor = self._tasks.find(where, _SUMMARY_PROJECTION).sort([("seq", DESCENDING)]).limit(page_size + 1)
+        summaries: builtins.list[TaskSummary] = []
+        async for doc in cursor:
+            summary = _summary(doc)
+            if summary is not None:
+                summaries.append(summary)
+        await cursor.close()
+        return summary_page_from(summaries, page_size, key, query)
+
+    @staticmethod
+    def _list_filter(query: ListQuery, below: int | None) -> dict[str, Any]:
         seq_range: dict[str, int] = {"$gte": 0}
         if below is not None:
             seq_range["$lt"] = below
@@ -419,7 +461,14 @@ class MongoTaskStore:
             where["tag_pairs"] = {"$all": pairs}
         if keys:
             where["tag_keys"] = {"$all": keys}
-        cursor = self._tasks.find(where).sort([("seq", DESCENDING)]).limit(page_size + 1)
+        return where
+
+    async def list(self, query: ListQuery) -> Page:
+        key = self._token_key
+        below = decode_page_token(key, query.page_token, query) if query.page_token else None
+        page_size = max(1, query.page_size)
+        where = self._list_filter(query, below)
+        cursor = self._tasks.find(where, _VIEW_PROJECTION).sort([("seq", DESCENDING)]).limit(page_size + 1)
         budget = PageBudget(query.max_bytes)
         records: builtins.list[TaskRecord] = []
         async for doc in cursor:  # the driver reads in batches; max_bytes bounds what is held

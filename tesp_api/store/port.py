@@ -82,6 +82,33 @@ class Page:
     next_page_token: str | None
 
 
+@dataclass(slots=True, frozen=True)
+class TaskSummary:
+    """What the MINIMAL view shows, read from columns (SQLite) or a projection (MongoDB): the task's
+    JSON is never read nor decoded for it (issue 15)."""
+
+    id: str
+    state: TesState
+    seq: int
+    owner: Owner | None = None
+
+
+@dataclass(slots=True)
+class SummaryPage:
+    summaries: list[TaskSummary]
+    next_page_token: str | None
+
+
+@runtime_checkable
+class LeanReads(Protocol):
+    """Optional store methods for the MINIMAL view; the API falls back to get/list without them.
+    Same filters, owner scoping, order and page tokens as ``get``/``list``."""
+
+    async def get_summary(self, task_id: str, owner: Owner | None = None) -> TaskSummary | None: ...
+
+    async def list_summaries(self, query: ListQuery) -> SummaryPage: ...
+
+
 class StoreError(Exception):
     """Base class for store failures the API turns into TES-shaped errors."""
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
-from tesp_api.store.cursor import PageBudget, decode_page_token, page_from, stored_bytes
+from tesp_api.store.cursor import PageBudget, decode_page_token, page_from, stored_bytes, summary_page_from
 from tesp_api.store.port import (
     CallbackEvent,
     ClaimPolicy,
@@ -55,7 +55,9 @@ from tesp_api.store.port import (
     QuotaUsage,
     StoreError,
     StoreUnavailable,
+    SummaryPage,
     TaskRecord,
+    TaskSummary,
 )
 from tesp_api.store.records import (
     DECODE_ERRORS,
@@ -329,6 +331,20 @@ def _settle(outcomes: list[_Outcome]) -> None:
             future.set_result(outcome.result)
 
 
+_SUMMARY_COLUMNS = "seq, id, state, owner_subject, owner_issuer"
+
+
+def _summary(row: tuple[Any, ...]) -> TaskSummary:
+    seq, task_id, state, subject, issuer = row
+    try:
+        task_state = TesState(state)
+    except ValueError as exc:
+        raise CorruptRecord(str(task_id), f"unknown state {state!r}") from exc
+    return TaskSummary(
+        task_id, task_state, seq, Owner(subject, issuer or "") if subject is not None else None
+    )
+
+
 def _record(row: tuple[Any, ...]) -> TaskRecord:
     """The row as a record; CorruptRecord (a StoreError) when it does not decode."""
     try:
@@ -524,7 +540,7 @@ def _prefix_upper_bound(prefix: str) -> str | None:
 
 
 def _list_sql(
-    conn: sqlite3.Connection, query: ListQuery, below: int | None, limit: int
+    conn: sqlite3.Connection, query: ListQuery, below: int | None, limit: int, columns: str = _COLUMNS
 ) -> tuple[str, list[Any]]:
     """The SELECT for one page: the filters, keyset condition, and the best driving index."""
     where: list[str] = []
@@ -567,7 +583,7 @@ def _list_sql(
     if best is not None:
         where.append(f"seq IN ({best[1]})")
         params += best[2]
-    sql = f"SELECT {_COLUMNS} FROM tasks"
+    sql = f"SELECT {columns} FROM tasks"
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY seq DESC LIMIT ?"
@@ -991,6 +1007,30 @@ class SqliteTaskStore:
         if record is None or not owner_matches(record.owner, owner):
             return None
         return record
+
+    async def get_summary(self, task_id: str, owner: Owner | None = None) -> TaskSummary | None:
+        """The MINIMAL view from columns: the task's JSON is not read (LeanReads)."""
+
+        def read(conn: sqlite3.Connection) -> TaskSummary | None:
+            row = conn.execute(f"SELECT {_SUMMARY_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            return _summary(row) if row is not None else None
+
+        summary = await self._call(read, write=False)
+        if summary is None or not owner_matches(summary.owner, owner):
+            return None
+        return summary
+
+    async def list_summaries(self, query: ListQuery) -> SummaryPage:
+        """list() for the MINIMAL view: the same query on columns only (LeanReads)."""
+        key = self._token_key
+        below = decode_page_token(key, query.page_token, query) if query.page_token else None
+        page_size = max(1, query.page_size)
+
+        def read(conn: sqlite3.Connection) -> list[TaskSummary]:
+            sql, params = _list_sql(conn, query, below, page_size + 1, _SUMMARY_COLUMNS)
+            return [_summary(row) for row in conn.execute(sql, params)]
+
+        return summary_page_from(await self._call(read, write=False), page_size, key, query)
 
     async def list(self, query: ListQuery) -> Page:
         key = self._token_key
