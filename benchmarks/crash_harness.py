@@ -197,7 +197,9 @@ class PrivateBroker:
 
     def _ctl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["rabbitmqctl", "-n", self.node, *args],
+            # The script itself: /usr/sbin/rabbitmqctl switches to the rabbitmq user (another HOME,
+            # another Erlang cookie) and cannot reach a node started with this HOME.
+            ["/usr/lib/rabbitmq/bin/rabbitmqctl", "-n", self.node, *args],
             env=self.env,
             capture_output=True,
             text=True,
@@ -223,14 +225,21 @@ class PrivateBroker:
         raise RuntimeError("private RabbitMQ did not start")
 
     def stop_app(self) -> None:
-        self._ctl("stop_app")
+        done = self._ctl("stop_app")
+        if done.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl stop_app: {done.stderr.strip()}")
 
     def start_app(self) -> None:
-        self._ctl("start_app")
+        done = self._ctl("start_app")
+        if done.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl start_app: {done.stderr.strip()}")
         self._wait()
 
     def shutdown(self) -> None:
-        self._ctl("stop")  # the whole node: stops by its node name, never by a process name
+        """The whole node, by its node name; by the PID it wrote if that fails."""
+        if self._ctl("stop").returncode != 0:
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int((self.base / "rabbit.pid").read_text().strip()), signal.SIGKILL)
 
 
 class AmqpPulsar:
