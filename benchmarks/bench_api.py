@@ -1,43 +1,67 @@
 #!/usr/bin/env python
-"""API and task store benchmark (issue 2, "Performance").
+"""API and task store benchmark (issue 15): every ratio against its goal, in one run.
 
-Starts the real service (``python -m tesp_api serve``, engine disabled) and, for comparison, a bare
-FastAPI app answering a small JSON document, served by uvicorn with the same options, each in its
-own process on 127.0.0.1. Then prints, each against the bare endpoint:
+The load comes from ``wrk`` (Debian's package, C; installed with apt-get when missing), never from
+a Python client: at thousands of requests per second a Python client is the limit, not the server.
+wrk is pinned to the last CPU, and a server said to run "on one core" is pinned to CPU 0.
 
-* task-create throughput with 32 concurrent httpx clients (goal: >= 50 % of bare);
-* GET task latency p50/p95 (one client, sequential);
-* list latency p50/p95 for the first page and for a page deep in the list (goal: independent of
-  depth), with N tasks stored (bulk-loaded through the store adapter, not over HTTP).
+Servers, each its own process on 127.0.0.1, all with the uvicorn options of ``tesp-api serve``
+(tesp_api.service.uvicorn_config):
 
-for the embedded SQLite store (N = 100,000 by default) and for the MongoDB adapter through the
-mongoeco wire server (much smaller N: mongoeco is an emulator in Python; its figures say nothing
-about a real MongoDB). Everything is bounded: fixed request counts, a timeout per server start.
+* bare: a FastAPI app with ``GET /bare`` (a two-field document) and ``POST /bare`` (reads the JSON
+  body, answers a uuid4), with and without uvicorn's access log;
+* ``tesp-api serve`` with the default settings except the ones named (engine off unless said);
+  ``api.workers = N`` runs N API processes and the engine process (tesp_api/workers.py).
 
-    .venv/bin/python benchmarks/bench_api.py                # full run (a few minutes)
-    .venv/bin/python benchmarks/bench_api.py --quick        # small N, smoke test
-    .venv/bin/python benchmarks/bench_api.py --no-mongo     # embedded store only
+Figures of the compared servers are taken in alternating rounds (bare, serve, bare, serve...) so
+both see the same background load; the median round is reported, and the server's CPU time per
+request (the process and its children, from /proc via psutil), which other load hardly moves.
+
+What is printed, each with its goal:
+
+1. create vs bare POST, one core, access log on (the default) and off: >= 50 %;
+2. create with the engine busy (polling 200 running tasks on a real local Pulsar) vs engine off,
+   1 API process + engine process: >= 80 %; the same with the engine in the API's process for
+   contrast;
+3. 2 API processes vs 1, engine off: >= 1.6x;
+4. GET task (MINIMAL) p50 vs bare GET p50: <= 1.3x; list MINIMAL of 256 at N tasks, first and deep
+   page, p50 vs bare GET p50: <= 3x; BASIC and FULL pages for information; memory per 256-task FULL
+   page (tracemalloc peak of store.list + page rendering);
+5. the same create/GET/list figures against the MongoDB adapter through mongoeco (an emulator in
+   Python: its figures say nothing about a real MongoDB), and against a real MongoDB when
+   TESP_TEST_MONGODB_URI is set.
+
+    .venv/bin/python benchmarks/bench_api.py                 # full run (~10 min)
+    .venv/bin/python benchmarks/bench_api.py --quick         # small numbers, smoke test
+    .venv/bin/python benchmarks/bench_api.py --only create,reads --no-mongo
+    TESP_TEST_MONGODB_URI=mongodb://user:pw@host:27017/ .venv/bin/python benchmarks/bench_api.py --only mongo
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import os
+import re
+import shutil
+import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 from fastapi import FastAPI, Request
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,26 +70,147 @@ if str(REPO) not in sys.path:
 
 from tesp_api.store.port import ListQuery, TaskStore
 from tesp_api.tes.ids import new_task_id
-from tesp_api.tes.models import TesExecutor, TesTask
+from tesp_api.tes.models import TesExecutor, TesInput, TesTask
 
 TES = "/ga4gh/tes/v1"
-START_TIMEOUT = 90.0
+START_TIMEOUT = 120.0
 CREATE_BODY: dict[str, Any] = {
     "name": "bench",
     "tags": {"project": "bench"},
     "executors": [{"image": "alpine", "command": ["echo", "hello"]}],
 }
+CPUS = os.cpu_count() or 1
+SERVER_CPU = {0}
+CLIENT_CPU = CPUS - 1
+
+
+# -- the load generator ------------------------------------------------------------------------------
+
+
+def ensure_wrk() -> str:
+    """wrk's path; installed from Debian with apt-get when missing (as root, or with sudo -n)."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    prefix = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    print("(wrk not found: apt-get install -y wrk)", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if subprocess.run(
+        [*prefix, "apt-get", "install", "-y", "wrk"], env=env, capture_output=True, check=False
+    ).returncode:
+        subprocess.run([*prefix, "apt-get", "update"], env=env, capture_output=True, check=False)
+        subprocess.run([*prefix, "apt-get", "install", "-y", "wrk"], env=env, check=True, capture_output=True)
+    found = shutil.which("wrk")
+    if not found:
+        raise SystemExit("wrk is needed (Debian: apt-get install wrk)")
+    return found
+
+
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
+
+
+def _seconds(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+    return float(number) * _UNITS[unit]
+
+
+@dataclass
+class Load:
+    """One wrk run against one server."""
+
+    rate: float  # requests per second
+    requests: int
+    p50: float  # seconds
+    p99: float
+    cpu_ms: float  # server CPU (process and children) per request
+
+    def __str__(self) -> str:
+        return (
+            f"{self.rate:8.0f} req/s  p50 {self.p50 * 1000:7.3f} ms  p99 {self.p99 * 1000:7.2f} ms"
+            f"  CPU {self.cpu_ms:6.3f} ms/req"
+        )
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of ``pid`` and its live children."""
+    total = 0.0
+    with contextlib.suppress(psutil.NoSuchProcess):
+        proc = psutil.Process(pid)
+        for p in [proc, *proc.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                t = p.cpu_times()
+                total += t.user + t.system
+    return total
+
+
+def wrk(
+    wrk_path: str,
+    url: str,
+    pid: int,
+    *,
+    seconds: float,
+    connections: int,
+    body: dict[str, Any] | None,
+    tmp: Path,
+) -> Load:
+    script = tmp / "post.lua"
+    argv = [
+        "taskset",
+        "-c",
+        str(CLIENT_CPU),
+        wrk_path,
+        "-t",
+        "1",
+        "-c",
+        str(connections),
+        "-d",
+        f"{seconds:g}s",
+    ]
+    argv += ["--latency", "--timeout", "30s"]
+    if body is not None:
+        script.write_text(
+            'wrk.method = "POST"\n'
+            f"wrk.body = {json.dumps(json.dumps(body))}\n"
+            'wrk.headers["Content-Type"] = "application/json"\n'
+        )
+        argv += ["-s", str(script)]
+    cpu0 = tree_cpu(pid)
+    out = subprocess.run([*argv, url], capture_output=True, text=True, check=True).stdout
+    cpu = tree_cpu(pid) - cpu0
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    if bad or requests == 0:
+        raise RuntimeError(f"wrk {url}: {bad.group(0) if bad else 'no requests'}\n{out}")
+    if errors:
+        print(f"    (wrk {url}: socket errors {errors.group(1)})")
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _seconds(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _seconds(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    return Load(rate, requests, p50, p99, cpu / requests * 1000)
+
+
+def median_load(loads: list[Load]) -> Load:
+    ordered = sorted(loads, key=lambda x: x.rate)
+    mid = ordered[len(ordered) // 2]
+    return Load(
+        mid.rate,
+        mid.requests,
+        statistics.median(x.p50 for x in loads),
+        statistics.median(x.p99 for x in loads),
+        statistics.median(x.cpu_ms for x in loads),
+    )
 
 
 # -- servers -------------------------------------------------------------------------------------
 
 
-def serve_bare(port: int) -> None:
-    """The baseline: FastAPI + uvicorn with the options tesp_api.service.serve_async uses."""
+def serve_bare(port: int, access_log: bool) -> None:
+    """The baseline: FastAPI + uvicorn with the options tesp-api serve uses."""
     import uvicorn
 
-    from tesp_api.config.settings import LoggingSettings
-    from tesp_api.service import configure_logging
+    from tesp_api.config.settings import LoggingSettings, Settings
+    from tesp_api.service import configure_logging, uvicorn_config
 
     app = FastAPI()
     document = {"id": "7a6c4c9e-2b1f-4a56-9d0e-3f2b1c0d9e8a", "state": "QUEUED"}
@@ -80,17 +225,8 @@ def serve_bare(port: int) -> None:
         return {"id": str(uuid.uuid4())}
 
     configure_logging(LoggingSettings())
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        proxy_headers=True,
-        forwarded_allow_ips="127.0.0.1",
-        log_config=None,
-        lifespan="on",
-        server_header=False,
-    )
-    uvicorn.Server(config).run()
+    settings = Settings.model_validate({"api": {"host": "127.0.0.1", "port": port, "access_log": access_log}})
+    uvicorn.Server(uvicorn_config(app, settings)).run()
 
 
 def free_port() -> int:
@@ -101,84 +237,88 @@ def free_port() -> int:
 
 @dataclass(frozen=True)
 class Server:
+    label: str
     base: str
     pid: int
 
-    def cpu_seconds(self) -> float:
-        """CPU time (user + system, all threads) the server process has used so far."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+@contextlib.contextmanager
+def server_process(
+    label: str, argv: list[str], env: dict[str, str], ready_path: str, log_path: Path, *, pin: bool
+) -> Iterator[Server]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    argv = [a.replace("{port}", str(port)) for a in argv]
 
-@contextmanager
-def server_process(argv: list[str], env: dict[str, str], ready_url: str, log_path: Path) -> Iterator[int]:
+    def pin_cpu() -> None:
+        if pin:
+            os.sched_setaffinity(0, SERVER_CPU)
+
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            argv,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=pin_cpu,  # noqa: PLW1509 - the benchmark has no threads when it starts servers
         )
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode}; see {log_path}")
+                raise RuntimeError(f"{label} exited with {process.returncode}; see {log_path}")
             try:
-                if httpx.get(ready_url, timeout=2.0).status_code == 200:
+                if httpx.get(base + ready_path, timeout=2.0).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"server not ready after {START_TIMEOUT}s; see {log_path}")
+                raise RuntimeError(f"{label} not ready after {START_TIMEOUT}s; see {log_path}")
             time.sleep(0.2)
-        yield process.pid
+        yield Server(label, base, process.pid)
     finally:
-        process.terminate()
+        process.send_signal(signal.SIGTERM)
         try:
-            process.wait(timeout=15)
+            process.wait(timeout=40)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=15)
 
 
-@contextmanager
-def bare_server(workdir: Path) -> Iterator[Server]:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, str(Path(__file__).resolve()), "--serve-bare", str(port)]
-    with server_process(argv, dict(os.environ), f"{base}/bare", workdir / "bare.log") as pid:
-        yield Server(base, pid)
-
-
-@contextmanager
-def api_server(workdir: Path, db_env: dict[str, str], label: str) -> Iterator[Server]:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    settings = workdir / "settings.toml"
-    settings.write_text("[default]\n")
-    env = {**os.environ, "TESP_API_ENGINE__ENABLED": "false", **db_env}
-    argv = [
-        sys.executable,
-        "-m",
-        "tesp_api",
-        "serve",
-        "--settings",
-        str(settings),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    with server_process(argv, env, f"{base}{TES}/service-info", workdir / f"api-{label}.log") as pid:
-        yield Server(base, pid)
-
-
-# -- load ----------------------------------------------------------------------------------------
-
-
-async def bulk_load(store: TaskStore, count: int, chunk: int = 500) -> list[str]:
-    """Create ``count`` tasks through the store adapter (concurrently, so group commit applies)."""
-    template = TesTask(
-        name="bulk", tags={"project": "bulk"}, executors=[TesExecutor(image="alpine", command=["echo", "hi"])]
+def bare_server(tmp: Path, *, access_log: bool) -> contextlib.AbstractContextManager[Server]:
+    argv = [sys.executable, str(Path(__file__).resolve()), "--serve-bare", "{port}"]
+    if not access_log:
+        argv.append("--no-access-log")
+    label = "bare" + ("" if access_log else " (no access log)")
+    return server_process(
+        label, argv, dict(os.environ), "/bare", tmp / f"bare-{int(access_log)}.log", pin=True
     )
+
+
+def api_server(
+    tmp: Path, label: str, env: dict[str, str], *, pin: bool, settings_toml: str = ""
+) -> contextlib.AbstractContextManager[Server]:
+    slug = re.sub(r"\W+", "-", label)
+    settings = tmp / f"settings-{slug}.toml"
+    settings.write_text("[default]\n" + settings_toml)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TESP_API_") and k != "FASTAPI_PROFILE"}
+    full_env = {
+        **clean,
+        "TESP_API_ENGINE__ENABLED": "false",
+        "TESP_API_ENGINE__WORK_DIR": str(tmp / f"work-{slug}"),
+        **env,
+    }
+    argv = [sys.executable, "-m", "tesp_api", "serve", "--settings", str(settings), "--host", "127.0.0.1"]
+    argv += ["--port", "{port}"]
+    return server_process(label, argv, full_env, f"{TES}/service-info", tmp / f"api-{slug}.log", pin=pin)
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+
+async def bulk_load(store: TaskStore, count: int, template: TesTask, chunk: int = 500) -> list[str]:
+    """Create ``count`` tasks through the store adapter (concurrently, so group commit applies)."""
     ids: list[str] = []
     for start in range(0, count, chunk):
         tasks = [template.model_copy(update={"id": new_task_id()}) for _ in range(min(chunk, count - start))]
@@ -187,9 +327,16 @@ async def bulk_load(store: TaskStore, count: int, chunk: int = 500) -> list[str]
     return ids
 
 
+BULK = TesTask(
+    name="bulk",
+    tags={"project": "bulk"},
+    inputs=[TesInput(path="/data/in.txt", content="x" * 200)],
+    executors=[TesExecutor(image="alpine", command=["echo", "hi"])],
+)
+
+
 async def deep_page_token(store: TaskStore, total: int, page_size: int, step: int) -> str | None:
-    """A token (as the API issues them) for a full page near the end of the unfiltered list:
-    walk the list in big steps and keep the last token that still has ``page_size`` tasks below."""
+    """A token (as the API issues them) for a full page near the end of the unfiltered list."""
     token: str | None = None
     deep: str | None = None
     seen = 0
@@ -201,216 +348,362 @@ async def deep_page_token(store: TaskStore, total: int, page_size: int, step: in
         deep = token = page.next_page_token
 
 
-# -- measurements -----------------------------------------------------------------------------------
+async def full_page_memory(store: TaskStore, page_size: int) -> tuple[float, int]:
+    """Peak bytes allocated (tracemalloc) to read and render one FULL page, and the answer's size."""
+    from tesp_api.api.pages import page_response
+    from tesp_api.tes.models import TesView
 
-
-@dataclass
-class Latency:
-    p50: float
-    p95: float
-
-    def __str__(self) -> str:
-        return f"p50 {self.p50 * 1000:7.2f} ms  p95 {self.p95 * 1000:7.2f} ms"
-
-
-@dataclass
-class Rate:
-    per_second: float
-    cpu_ms: float  # server CPU per request
-
-
-async def throughput(server: Server, url: str, body: dict[str, Any], clients: int, total: int) -> Rate:
-    """Requests per second of POST ``url`` from ``clients`` concurrent clients (one httpx client and
-    connection each: a shared httpx pool costs the client side more than the servers measured),
-    and the server's CPU time per request, which other load on the machine hardly changes."""
-    sessions = [httpx.AsyncClient(timeout=60.0) for _ in range(clients)]
-    remaining = total
-    failures = 0
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal remaining, failures
-        while remaining > 0:
-            remaining -= 1
-            response = await client.post(url, json=body)
-            if response.status_code >= 300:
-                failures += 1
-
+    await store.list(ListQuery(page_size=page_size))  # warm caches
+    tracemalloc.start()
     try:
-        await asyncio.gather(*(c.post(url, json=body) for c in sessions))  # connect and warm up
-        started, cpu_before = time.perf_counter(), server.cpu_seconds()
-        await asyncio.gather(*(worker(c) for c in sessions))
-        elapsed, cpu = time.perf_counter() - started, server.cpu_seconds() - cpu_before
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        page = await store.list(ListQuery(page_size=page_size))
+        body = page_response(page, TesView.FULL).body
+        peak = tracemalloc.get_traced_memory()[1] - base
     finally:
-        for client in sessions:
-            await client.aclose()
-    if failures:
-        raise RuntimeError(f"{failures} of {total} POST {url} failed")
-    return Rate(total / elapsed, cpu / total * 1000)
+        tracemalloc.stop()
+    return peak, len(body)
 
 
-async def latencies(series: list[list[str]], warmup: int = 5) -> list[Latency]:
-    """Sequential GETs from one client, the series interleaved request by request so that they
-    share whatever else the machine is doing; one Latency per series."""
-    times: list[list[float]] = [[] for _ in series]
-    async with httpx.AsyncClient(timeout=60.0) as client:
-        for urls in series:
-            for url in urls[:warmup]:
-                (await client.get(url)).raise_for_status()
-        for i in range(max(len(urls) for urls in series)):
-            for urls, spent in zip(series, times, strict=True):
-                if i < len(urls):
-                    started = time.perf_counter()
-                    response = await client.get(urls[i])
-                    spent.append(time.perf_counter() - started)
-                    response.raise_for_status()
-    result = []
-    for spent in times:
-        spent.sort()
-        result.append(Latency(statistics.median(spent), spent[min(len(spent) - 1, int(len(spent) * 0.95))]))
-    return result
+# -- the comparisons ----------------------------------------------------------------------------------
 
 
 @dataclass
-class Figures:
-    create: Rate
-    get: Latency
-    list_first: Latency
-    list_deep: Latency
-    bare_post: Rate
-    bare_get: Latency
-    bare_list: Latency
-    filtered: dict[str, Latency]
+class Ctx:
+    args: argparse.Namespace
+    tmp: Path
+    wrk: str
+    results: list[tuple[str, float, str, bool]]  # (what, value, goal text, met)
+
+    def record(self, what: str, value: float, goal: str, met: bool) -> None:
+        self.results.append((what, value, goal, met))
+        print(f"  => {what}: {value:.2f} (goal {goal}) {'MET' if met else 'NOT MET'}", flush=True)
 
 
-async def measure(
-    bare: Server,
-    api: Server,
-    ids: list[str],
-    deep_token: str | None,
-    args: argparse.Namespace,
-    creates: int,
-    reads: int,
-) -> Figures:
-    """Each figure of the service next to the same figure of the bare endpoint, taken alternately
-    so that both see the same background load; the best throughput round of each is kept."""
-    creates_seen: list[Rate] = []
-    bare_seen: list[Rate] = []
-    for _ in range(args.rounds):
-        bare_seen.append(await throughput(bare, f"{bare.base}/bare", CREATE_BODY, args.clients, creates))
-        creates_seen.append(
-            await throughput(api, f"{api.base}{TES}/tasks", CREATE_BODY, args.clients, creates)
+def alternate(ctx: Ctx, runs: list[tuple[Server, str, dict[str, Any] | None, int]]) -> list[Load]:
+    """Rounds of each (server, path, body, connections) in turn; the median round of each."""
+    seen: list[list[Load]] = [[] for _ in runs]
+    for r in range(ctx.args.rounds):
+        for (server, path, body, conns), loads in zip(runs, seen, strict=True):
+            load = wrk(
+                ctx.wrk,
+                server.base + path,
+                server.pid,
+                seconds=ctx.args.seconds,
+                connections=conns,
+                body=body,
+                tmp=ctx.tmp,
+            )
+            loads.append(load)
+            print(f"    round {r + 1} {server.label:38s} {path.split('?')[0][:28]:28s} {load}", flush=True)
+    return [median_load(loads) for loads in seen]
+
+
+def compare_create(ctx: Ctx, sqlite_path: Path) -> None:
+    print("\n## 1. create vs bare POST, each server pinned to one core (CPU 0), wrk on CPU", CLIENT_CPU)
+    c = ctx.args.clients
+    db = {"TESP_API_DB__SQLITE_PATH": str(sqlite_path)}
+    for access_log in (True, False):
+        env = {**db, "TESP_API_API__ACCESS_LOG": str(access_log).lower()}
+        label = "serve, engine off" + ("" if access_log else ", no access log")
+        with (
+            bare_server(ctx.tmp, access_log=access_log) as bare,
+            api_server(ctx.tmp, label, env, pin=True) as api,
+        ):
+            b, a = alternate(ctx, [(bare, "/bare", CREATE_BODY, c), (api, f"{TES}/tasks", CREATE_BODY, c)])
+        log_text = "access log on (default)" if access_log else "access log off"
+        print(f"  bare POST {b}\n  create    {a}")
+        ctx.record(
+            f"create / bare POST, req/s, {log_text}", a.rate / b.rate, ">= 0.50", a.rate / b.rate >= 0.5
         )
-    step = max(1, len(ids) // reads)
-    task_urls = [f"{api.base}{TES}/tasks/{task_id}" for task_id in ids[::step][:reads]]
-    bare_get, get = await latencies([[f"{bare.base}/bare"] * len(task_urls), task_urls])
-    list_url = f"{api.base}{TES}/tasks?page_size={args.page_size}"
-    deep_url = f"{list_url}&page_token={deep_token}" if deep_token else list_url
-    n = args.list_requests
-    bare_list, list_first, list_deep = await latencies(
-        [[f"{bare.base}/bare"] * n, [list_url] * n, [deep_url] * n]
-    )
-    filters = {
-        "tag every task has": "tag_key=project",
-        "tag value no task has": "tag_key=project&tag_value=nobody",
-        "name prefix no task has": "name_prefix=nobody",
-    }
-    filtered = dict(
-        zip(filters, await latencies([[f"{list_url}&{q}"] * n for q in filters.values()]), strict=True)
-    )
-
-    def best(rates: list[Rate]) -> Rate:
-        return max(rates, key=lambda r: r.per_second)
-
-    return Figures(
-        best(creates_seen), get, list_first, list_deep, best(bare_seen), bare_get, bare_list, filtered
-    )
+        ctx.record(
+            f"bare CPU / create CPU per request, {log_text}",
+            b.cpu_ms / a.cpu_ms,
+            ">= 0.50",
+            b.cpu_ms / a.cpu_ms >= 0.5,
+        )
 
 
-def report(title: str, stored: int, f: Figures, args: argparse.Namespace) -> None:
-    print(f"\n## {title}\n({stored} tasks stored; list: page_size {args.page_size}, view MINIMAL)")
+@contextlib.contextmanager
+def busy_engine_store(ctx: Ctx) -> Iterator[tuple[dict[str, str], Any]]:
+    """A local Pulsar (one job slot) and a store with N tasks the engine will drive: one runs
+    ``sleep 3600``, the others wait queued in Pulsar; the engine polls them all."""
+    from tesp_api.local import LocalPulsar
+
+    n = ctx.args.busy_tasks
+    state = ctx.tmp / "busy"
+    state.mkdir(exist_ok=True)
+    pulsar = LocalPulsar(state / "pulsar", num_concurrent_jobs=1)
+    pulsar.start()
+    try:
+        path = state / "tasks.sqlite3"
+
+        async def load() -> None:
+            from tesp_api.store.sqlite import SqliteTaskStore
+
+            store = SqliteTaskStore(str(path))
+            await store.open()
+            sleeper = TesTask(executors=[TesExecutor(image="alpine", command=["sleep", "3600"])])
+            await bulk_load(store, n, sleeper, chunk=100)
+            await store.close()
+
+        asyncio.run(load())
+        env = {
+            "TESP_API_DB__SQLITE_PATH": str(path),
+            "TESP_API_PULSAR__URL": pulsar.url,
+            "TESP_API_RUNTIME__TYPE": "bwrap",
+            "TESP_API_ENGINE__MAX_RUNNING_TASKS": str(n),  # the creates of the benchmark stay QUEUED
+            "TESP_API_PULSAR__STATUS__POLL_INTERVAL": str(ctx.args.poll_interval),
+            "TESP_API_LOGGING__LEVEL": "WARNING",
+        }
+        yield env, path
+    finally:
+        pulsar.stop(timeout=5.0)
+
+
+def wait_busy(server: Server, path: Path, n: int) -> float:
+    """Seconds until the engine drives all n tasks (INITIALIZING/RUNNING in the store)."""
+    import sqlite3
+
+    started = time.monotonic()
+    while time.monotonic() - started < 600:
+        with contextlib.closing(sqlite3.connect(path, timeout=30)) as conn:
+            (driven,) = conn.execute(
+                "SELECT count(*) FROM tasks WHERE state IN ('INITIALIZING', 'RUNNING') AND lease_owner IS NOT NULL"
+            ).fetchone()
+        if driven >= n:
+            time.sleep(5)  # past the fast first polls, at the steady interval
+            return time.monotonic() - started
+        time.sleep(1)
+    raise RuntimeError(f"the engine of {server.label} did not take up {n} tasks in 600 s")
+
+
+def compare_engine_and_workers(ctx: Ctx) -> None:
+    c = ctx.args.clients
+    n = ctx.args.busy_tasks
     print(
-        f"create, {args.clients} clients: {f.create.per_second:6.0f} req/s vs bare POST {f.bare_post.per_second:6.0f}"
-        f" req/s = {f.create.per_second / f.bare_post.per_second:6.1%} of bare   (goal >= 50%)"
+        f"\n## 2. create with the engine busy ({n} tasks polled every {ctx.args.poll_interval:g} s) vs engine off"
     )
-    print(
-        f"  server CPU per request: create {f.create.cpu_ms:5.2f} ms, bare POST {f.bare_post.cpu_ms:5.2f} ms"
-        f" -> CPU-bound capacity {f.bare_post.cpu_ms / f.create.cpu_ms:6.1%} of bare"
-    )
-    for name, value, base in (
-        ("GET task", f.get, f.bare_get),
-        ("list, first page", f.list_first, f.bare_list),
-        ("list, deep page", f.list_deep, f.bare_list),
+    print("   (no pinning: the API processes, the engine process, Pulsar and wrk share the machine)")
+    results: dict[str, Load] = {}
+    with busy_engine_store(ctx) as (env, path):
+        for workers in (1, 0):
+            label = f"serve, workers={workers}, engine busy"
+            busy_env = {**env, "TESP_API_ENGINE__ENABLED": "true", "TESP_API_API__WORKERS": str(workers)}
+            off_env = {
+                "TESP_API_DB__SQLITE_PATH": str(ctx.tmp / f"off-{workers}.sqlite3"),
+                "TESP_API_API__WORKERS": str(workers),
+            }
+            with api_server(ctx.tmp, label, busy_env, pin=False) as busy:
+                took = wait_busy(busy, path, n)
+                print(f"    (engine driving {n} tasks after {took:.0f} s)")
+                with api_server(ctx.tmp, f"serve, workers={workers}, engine off", off_env, pin=False) as off:
+                    o, b = alternate(
+                        ctx, [(off, f"{TES}/tasks", CREATE_BODY, c), (busy, f"{TES}/tasks", CREATE_BODY, c)]
+                    )
+            results[f"off{workers}"], results[f"busy{workers}"] = o, b
+            print(f"  engine off  {o}\n  engine busy {b}")
+            where = (
+                "engine in its own process (api.workers=1)"
+                if workers
+                else "engine in the API process (api.workers=0)"
+            )
+            ctx.record(
+                f"create engine busy / engine off, {where}",
+                b.rate / o.rate,
+                ">= 0.80",
+                b.rate / o.rate >= 0.8,
+            )
+    print("\n## 3. 2 API processes vs 1, engine off")
+    w = {}
+    with (
+        api_server(
+            ctx.tmp,
+            "serve, workers=1",
+            {"TESP_API_API__WORKERS": "1", "TESP_API_DB__SQLITE_PATH": str(ctx.tmp / "w1.sqlite3")},
+            pin=False,
+        ) as one,
+        api_server(
+            ctx.tmp,
+            "serve, workers=2",
+            {"TESP_API_API__WORKERS": "2", "TESP_API_DB__SQLITE_PATH": str(ctx.tmp / "w2.sqlite3")},
+            pin=False,
+        ) as two,
     ):
-        print(
-            f"{name:17s} {value}   bare GET {base}   = {value.p50 / base.p50:5.1f}x / {value.p95 / base.p95:5.1f}x"
-            " (p50/p95)"
+        w["create1"], w["create2"], w["get1"], w["get2"] = alternate(
+            ctx,
+            [
+                (one, f"{TES}/tasks", CREATE_BODY, c),
+                (two, f"{TES}/tasks", CREATE_BODY, c),
+                (one, f"{TES}/service-info", None, c),
+                (two, f"{TES}/service-info", None, c),
+            ],
         )
-    print(
-        f"list deep page / first page p50: {f.list_deep.p50 / f.list_first.p50:4.2f}"
-        "   (goal: about 1, independent of depth)"
+    print(f"  create, 1 process  {w['create1']}\n  create, 2 processes {w['create2']}")
+    print(f"  service-info, 1    {w['get1']}\n  service-info, 2    {w['get2']}")
+    ratio = w["create2"].rate / w["create1"].rate
+    ctx.record("create, 2 API processes / 1", ratio, ">= 1.60", ratio >= 1.6)
+    ratio = w["get2"].rate / w["get1"].rate
+    ctx.record("GET service-info (no store), 2 API processes / 1", ratio, ">= 1.60", ratio >= 1.6)
+
+
+def compare_reads(
+    ctx: Ctx, label: str, server: Server, bare: Server, ids: list[str], deep: str | None
+) -> None:
+    size = ctx.args.page_size
+    first = f"{TES}/tasks?page_size={size}"
+    deep_url = f"{first}&page_token={deep}" if deep else first
+    task = ids[len(ids) // 2]
+    runs = [
+        (bare, "/bare", None, 1),
+        (server, f"{TES}/tasks/{task}", None, 1),
+        (server, first, None, 1),
+        (server, deep_url, None, 1),
+        (server, f"{first}&view=BASIC", None, 1),
+        (server, f"{first}&view=FULL", None, 1),
+        (server, f"{TES}/tasks/{task}?view=FULL", None, 1),
+    ]
+    bare_get, get, list_first, list_deep, list_basic, list_full, get_full = alternate(ctx, runs)
+    print(f"  bare GET              {bare_get}")
+    for name, load in (
+        ("GET task (MINIMAL)", get),
+        ("GET task (FULL)", get_full),
+        (f"list {size} MINIMAL, first", list_first),
+        (f"list {size} MINIMAL, deep", list_deep),
+        (f"list {size} BASIC, first", list_basic),
+        (f"list {size} FULL, first", list_full),
+    ):
+        print(f"  {name:22s}{load}   p50 = {load.p50 / bare_get.p50:5.2f}x bare GET")
+    ctx.record(
+        f"{label}: GET task p50 / bare GET p50",
+        get.p50 / bare_get.p50,
+        "<= 1.3",
+        get.p50 / bare_get.p50 <= 1.3,
     )
-    for name, value in f.filtered.items():
-        print(f"list, {name:24s} {value}")
+    for name, load in (("first", list_first), ("deep", list_deep)):
+        r = load.p50 / bare_get.p50
+        ctx.record(f"{label}: list MINIMAL {size}, {name} page, p50 / bare GET p50", r, "<= 3", r <= 3)
 
 
-# -- runs ------------------------------------------------------------------------------------------
-
-
-async def run_sqlite(workdir: Path, args: argparse.Namespace, bare: Server) -> None:
+def run_sqlite_reads(ctx: Ctx) -> Path:
     from tesp_api.store.sqlite import SqliteTaskStore
 
-    path = workdir / "tasks.sqlite3"
-    store = SqliteTaskStore(str(path))
-    await store.open()
-    started = time.perf_counter()
-    ids = await bulk_load(store, args.tasks)
-    load_seconds = time.perf_counter() - started
-    token = await deep_page_token(store, args.tasks, args.page_size, step=2047)
-    await store.close()
+    path = ctx.tmp / "tasks.sqlite3"
+    n = ctx.args.tasks
+
+    async def load() -> tuple[list[str], str | None, float, tuple[float, int]]:
+        store = SqliteTaskStore(str(path))
+        await store.open()
+        started = time.perf_counter()
+        ids = await bulk_load(store, n, BULK)
+        took = time.perf_counter() - started
+        token = await deep_page_token(store, n, ctx.args.page_size, step=2047)
+        memory = await full_page_memory(store, ctx.args.page_size)
+        await store.close()
+        return ids, token, took, memory
+
+    ids, token, took, (peak, size) = asyncio.run(load())
+    print(f"\n(bulk load of {n} tasks through SqliteTaskStore.create: {took:.1f} s, {n / took:.0f} tasks/s)")
+    print(f"\n## 4. reads, embedded store (SQLite), {n} tasks stored, one connection (wrk -c 1)")
     print(
-        f"\n(bulk load of {args.tasks} tasks through SqliteTaskStore.create: {load_seconds:.1f} s,"
-        f" {args.tasks / load_seconds:.0f} tasks/s)"
+        f"  memory per {ctx.args.page_size}-task FULL page (store.list + rendering, tracemalloc peak):"
+        f" {peak / 2**20:.2f} MiB for a {size / 2**10:.0f} KiB answer ({peak / ctx.args.page_size / 1024:.1f} KiB per task)"
     )
-    with api_server(workdir, {"TESP_API_DB__SQLITE_PATH": str(path)}, "sqlite") as base:
-        figures = await measure(bare, base, ids, token, args, args.creates, args.reads)
-    report("embedded store (SQLite)", args.tasks, figures, args)
+    env = {"TESP_API_DB__SQLITE_PATH": str(path)}
+    with (
+        bare_server(ctx.tmp, access_log=True) as bare,
+        api_server(ctx.tmp, "serve, engine off", env, pin=True) as api,
+    ):
+        compare_reads(ctx, "SQLite", api, bare, ids, token)
+    return path
 
 
-async def run_mongo(workdir: Path, args: argparse.Namespace, bare: Server) -> None:
+def run_mongo(ctx: Ctx, uri: str, label: str) -> None:
     from tesp_api.store.mongo import MongoTaskStore
-    from tests.services.mongoeco import MongoUnavailable, mongoeco_server
+
+    database = f"tesp_bench_{uuid.uuid4().hex[:8]}"
+    n = ctx.args.mongo_tasks
+
+    async def load() -> tuple[list[str], str | None, tuple[float, int]]:
+        store = MongoTaskStore(uri, database=database, collection="tasks")
+        await store.open()
+        ids = await bulk_load(store, n, BULK, chunk=50)
+        token = await deep_page_token(store, n, ctx.args.page_size, step=ctx.args.page_size)
+        memory = await full_page_memory(store, ctx.args.page_size)
+        await store.close()
+        return ids, token, memory
+
+    async def drop() -> None:
+        from pymongo import AsyncMongoClient
+
+        client: Any = AsyncMongoClient(uri)
+        with contextlib.suppress(Exception):
+            await client.drop_database(database)
+        await client.close()
 
     try:
-        with mongoeco_server() as uri:
-            store = MongoTaskStore(uri, database="tesp_bench", collection="tasks")
-            await store.open()
-            ids = await bulk_load(store, args.mongo_tasks, chunk=50)
-            token = await deep_page_token(store, args.mongo_tasks, args.page_size, step=args.page_size)
-            await store.close()
-            db_env = {"TESP_API_DB__MONGODB_URI": uri, "TESP_API_DB__MONGODB_DATABASE": "tesp_bench"}
-            with api_server(workdir, db_env, "mongo") as base:
-                figures = await measure(bare, base, ids, token, args, args.mongo_creates, args.mongo_reads)
-    except MongoUnavailable as exc:
-        print(f"\n(MongoDB adapter skipped: {exc})")
-        return
-    report(
-        "MongoDB adapter through mongoeco - mongoeco figures, they say nothing about a real MongoDB",
-        args.mongo_tasks,
-        figures,
-        args,
-    )
-
-
-async def main(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
-        workdir = Path(tmp)
+        ids, token, (peak, size) = asyncio.run(load())
+        print(f"\n## 5. {label}, {n} tasks stored")
         print(
-            f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+            f"  memory per {ctx.args.page_size}-task FULL page: {peak / 2**20:.2f} MiB ({size / 2**10:.0f} KiB answer)"
         )
-        with bare_server(workdir) as bare:
-            await run_sqlite(workdir, args, bare)
-            if args.mongo:
-                await run_mongo(workdir, args, bare)
+        env = {"TESP_API_DB__MONGODB_URI": uri, "TESP_API_DB__MONGODB_DATABASE": database}
+        with (
+            bare_server(ctx.tmp, access_log=True) as bare,
+            api_server(ctx.tmp, f"serve, {label}", env, pin=True) as api,
+        ):
+            b, a = alternate(
+                ctx,
+                [
+                    (bare, "/bare", CREATE_BODY, ctx.args.clients),
+                    (api, f"{TES}/tasks", CREATE_BODY, ctx.args.clients),
+                ],
+            )
+            print(f"  bare POST {b}\n  create    {a}")
+            ctx.record(
+                f"{label}: create / bare POST, req/s", a.rate / b.rate, ">= 0.50", a.rate / b.rate >= 0.5
+            )
+            compare_reads(ctx, label, api, bare, ids, token)
+    finally:
+        with contextlib.suppress(Exception):
+            asyncio.run(drop())
+
+
+def main(args: argparse.Namespace) -> None:
+    only = set(args.only.split(",")) if args.only else {"create", "engine", "reads", "mongo"}
+    with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp_name:
+        ctx = Ctx(args, Path(tmp_name), ensure_wrk(), [])
+        load0 = os.getloadavg()
+        print(
+            f"python {sys.version.split()[0]}, {CPUS} CPUs, load average {load0[0]:.1f} {load0[1]:.1f} {load0[2]:.1f},"
+            f" wrk: {args.seconds:g} s per round, {args.rounds} alternating rounds, {args.clients} connections",
+            flush=True,
+        )
+        path = ctx.tmp / "create.sqlite3"
+        if "reads" in only:
+            path = run_sqlite_reads(ctx)
+        if "create" in only:
+            compare_create(ctx, path)
+        if "engine" in only:
+            compare_engine_and_workers(ctx)
+        if "mongo" in only and args.mongo:
+            from tests.services.mongoeco import MongoUnavailable, mongoeco_server
+
+            try:
+                with mongoeco_server() as uri:
+                    run_mongo(ctx, uri, "MongoDB adapter via mongoeco (EMULATOR figures, not a real MongoDB)")
+            except MongoUnavailable as exc:
+                print(f"\n(mongoeco skipped: {exc})")
+            real = os.environ.get("TESP_TEST_MONGODB_URI")
+            if real:
+                run_mongo(ctx, real, "MongoDB adapter on TESP_TEST_MONGODB_URI (real MongoDB)")
+        load1 = os.getloadavg()
+        print(
+            f"\n## Ratios against the goals (load average at the end {load1[0]:.1f} {load1[1]:.1f} {load1[2]:.1f})"
+        )
+        for what, value, goal, met in ctx.results:
+            print(f"  {'MET    ' if met else 'NOT MET'}  {value:6.2f}  goal {goal:8s} {what}")
 
 
 def parse_args() -> argparse.Namespace:
@@ -418,28 +711,29 @@ def parse_args() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--no-access-log", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tasks", type=int, default=100_000, help="tasks stored in the embedded store")
-    parser.add_argument("--creates", type=int, default=3000, help="POSTs per throughput round")
-    parser.add_argument("--reads", type=int, default=300, help="sequential GETs for a latency figure")
-    parser.add_argument("--list-requests", type=int, default=50, help="sequential list requests per figure")
-    parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=2, help="throughput rounds; the best is reported")
+    parser.add_argument("--seconds", type=float, default=5.0, help="seconds per wrk round")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is reported")
+    parser.add_argument("--clients", type=int, default=32, help="wrk connections for throughput")
     parser.add_argument("--page-size", type=int, default=256)
+    parser.add_argument("--busy-tasks", type=int, default=200, help="tasks the busy engine polls")
+    parser.add_argument(
+        "--poll-interval", type=float, default=2.0, help="pulsar.status.poll_interval when busy"
+    )
+    parser.add_argument("--only", help="comma list of: create, engine, reads, mongo")
     parser.add_argument("--no-mongo", dest="mongo", action="store_false", help="skip the MongoDB adapter")
-    parser.add_argument("--mongo-tasks", type=int, default=1000, help="tasks stored in mongoeco")
-    parser.add_argument("--mongo-creates", type=int, default=300)
-    parser.add_argument("--mongo-reads", type=int, default=50)
+    parser.add_argument("--mongo-tasks", type=int, default=2000, help="tasks stored in mongoeco / MongoDB")
     parser.add_argument("--quick", action="store_true", help="small numbers, for a smoke test")
     args = parser.parse_args()
     if args.quick:
-        args.tasks, args.creates, args.reads, args.list_requests, args.rounds = 3000, 500, 50, 10, 1
-        args.mongo_tasks, args.mongo_creates, args.mongo_reads = 300, 64, 20
+        args.tasks, args.seconds, args.rounds, args.busy_tasks, args.mongo_tasks = 3000, 2.0, 1, 20, 300
     return args
 
 
 if __name__ == "__main__":
     arguments = parse_args()
     if arguments.serve_bare:
-        serve_bare(arguments.serve_bare)
+        serve_bare(arguments.serve_bare, not arguments.no_access_log)
     else:
-        asyncio.run(main(arguments))
+        main(arguments)
