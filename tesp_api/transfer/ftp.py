@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
 import aioftp
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
 from tesp_api.config.settings import TransferSettings
 from tesp_api.transfer.base import part_file
@@ -181,17 +182,23 @@ class FtpBackend:
     @staticmethod
     async def _make_parents(client: aioftp.Client, directory: PurePosixPath) -> None:
         """MKD each missing level; "already exists" is fine (another upload of the same
-        directory output may have made it a moment ago)."""
-        for attempt in range(3):
+        directory output may have made it a moment ago). A level made by someone else between
+        our check and our MKD makes MKD fail: the rest is tried again, at most 3 times in all
+        (tenacity, the transfer layer's one retry library; no wait: it is a race, not an outage)."""
+
+        async def once() -> None:
             try:
                 await client.make_directory(directory, parents=True)
-                return
             except aioftp.StatusCodeError:
-                # A level made by someone else between our check and our MKD: try the rest again.
                 if await client.exists(directory) and await client.is_dir(directory):
                     return
-                if attempt == 2:
-                    raise
+                raise
+
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(aioftp.StatusCodeError), stop=stop_after_attempt(3), reraise=True
+        ):
+            with attempt:
+                await once()
 
     async def aclose(self) -> None:
         return None

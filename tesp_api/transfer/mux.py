@@ -17,6 +17,14 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
 from tesp_api.config.settings import TransferSettings
 from tesp_api.metrics import count_transfer
 from tesp_api.tes.models import TesFileType, TesOutputFileLog
@@ -108,31 +116,45 @@ class TransferMux:
         return FileBackend(self._settings)
 
     async def _retrying(self, what: str, url: str, op: Callable[[], Awaitable[T]]) -> T:
-        """Run ``op()`` until it succeeds, a non-retryable TransferError, or retries run out."""
-        attempt = 0
-        while True:
-            try:
-                return await op()
-            except TransferError as exc:
-                if not exc.retryable:
-                    raise
-                if attempt >= self._settings.retries:
-                    if attempt == 0:
-                        raise
-                    raise TransferError(
-                        url, f"{exc.reason} (gave up after {attempt + 1} attempts)", direction=exc.direction
-                    ) from None
-                delay = min(self._settings.retry_backoff * (2**attempt), MAX_BACKOFF)
-                attempt += 1
-                log.warning(
-                    "%s of %s failed (%s); retry %d in %.1fs",
-                    what,
-                    redact_url(url),
-                    exc.reason,
-                    attempt,
-                    delay,
-                )
-                await asyncio.sleep(delay)
+        """Run ``op()`` until it succeeds, a non-retryable TransferError, or retries run out.
+
+        The one retrier of the transfer layer (every scheme, every file), on tenacity like the
+        Pulsar policy (pulsar/retrying.py): ``transfer.retries`` more attempts after a retryable
+        failure, waits of ``retry_backoff`` x 2^n (at most 30 s) plus up to ``retry_backoff`` at
+        random. Count-based, not a deadline: a transfer's length depends on its size."""
+        backoff = self._settings.retry_backoff
+        attempts = self._settings.retries + 1
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            reason = exc.reason if isinstance(exc, TransferError) else repr(exc)
+            log.warning(
+                "%s of %s failed (%s); retry %d in %.1fs",
+                what,
+                redact_url(url),
+                reason,
+                state.attempt_number,
+                state.upcoming_sleep,
+            )
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(lambda exc: isinstance(exc, TransferError) and exc.retryable),
+            stop=stop_after_attempt(attempts),
+            wait=wait_exponential_jitter(multiplier=backoff, max=MAX_BACKOFF, jitter=backoff),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await op()
+        except TransferError as exc:
+            if not exc.retryable or attempts == 1:
+                raise
+            raise TransferError(
+                url, f"{exc.reason} (gave up after {attempts} attempts)", direction=exc.direction
+            ) from None
+        raise AssertionError("tenacity ended without an outcome")  # pragma: no cover
 
     async def _download_one(self, backend: SchemeBackend, url: str, dest: Path) -> None:
         started = time.monotonic()

@@ -4,15 +4,29 @@ boto3's TransferManager already does what we need and is well kept: multipart up
 ``chunk_bytes``, ranged parallel download, bounded buffers (about ``s3_max_concurrency`` x
 ``chunk_bytes`` in flight), per-part retries. Endpoint, region and keys are chosen per bucket from
 ``transfer.s3`` (an entry without ``bucket`` applies to every bucket), else boto3's default chain.
+
+Why a thread pool of its own: a whole S3 transfer holds one thread from start to end (boto3's
+managed transfer blocks; its part threads are its own). In the default executor, a few long
+transfers would hold every thread that ``asyncio.to_thread`` elsewhere needs (file work, DNS,
+and before its own pool, Basic auth's scrypt), so the service would stall while staging. Here at
+most ``S3_TRANSFER_THREADS`` run at once per backend and the rest queue in this pool. Clients are
+created in these threads too (boto3's client creation reads files and parses service models:
+tens of milliseconds the event loop must not spend). boto3's own per-request retry (2 attempts) is
+kept: it is the library's per-part retry inside one managed transfer; whole files are retried only
+by the mux (its one retrier).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from threading import Lock
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3  # type: ignore[import-untyped]
 from boto3.s3.transfer import TransferConfig  # type: ignore[import-untyped]
@@ -39,6 +53,9 @@ _DENIED = {
     "AllAccessDisabled",
     "ExpiredToken",
 }
+T = TypeVar("T")
+S3_TRANSFER_THREADS = 16  # whole-file S3 transfers at once per backend (each holds one thread)
+POOL_THREAD_PREFIX = "tesp-s3-transfer"
 _RETRYABLE = {"500", "502", "503", "504", "SlowDown", "InternalError", "RequestTimeout", "ServiceUnavailable"}
 
 
@@ -75,6 +92,17 @@ class S3Backend:
         )
         self._clients: dict[int, Any] = {}
         self._lock = Lock()
+        self._pool = ThreadPoolExecutor(
+            max_workers=S3_TRANSFER_THREADS, thread_name_prefix=POOL_THREAD_PREFIX
+        )
+
+    async def _in_pool(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` in this backend's pool, with the caller's context (log lines
+        written in the thread still name the task), like ``asyncio.to_thread`` but never in the
+        default executor."""
+        loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()
+        return await loop.run_in_executor(self._pool, functools.partial(context.run, fn, *args, **kwargs))
 
     def _credential(self, bucket: str) -> S3Credential | None:
         for cred in self._credentials:
@@ -120,14 +148,19 @@ class S3Backend:
     async def download_file(self, url: str, dest: Path) -> None:
         bucket, key = s3_bucket_key(url)
         tmp = part_file(dest)
+
+        def work() -> None:
+            try:
+                client = self.client_for(bucket)
+                client.download_file(bucket, key, str(tmp), Config=self._config)
+                os.replace(tmp, dest)
+            finally:
+                tmp.unlink(missing_ok=True)
+
         try:
-            client = self.client_for(bucket)
-            await asyncio.to_thread(client.download_file, bucket, key, str(tmp), Config=self._config)
-            os.replace(tmp, dest)
+            await self._in_pool(work)
         except Exception as exc:  # noqa: BLE001 - mapped to a redacted reason
             raise s3_error(url, exc, "download") from None
-        finally:
-            tmp.unlink(missing_ok=True)
 
     async def list_directory(self, url: str) -> list[tuple[str, str]]:
         bucket, prefix = s3_bucket_key(url)
@@ -144,7 +177,7 @@ class S3Backend:
             return found
 
         try:
-            found = await asyncio.to_thread(walk)
+            found = await self._in_pool(walk)
         except Exception as exc:  # noqa: BLE001
             raise s3_error(url, exc, "download") from None
         if not found:
@@ -153,9 +186,12 @@ class S3Backend:
 
     async def upload_file(self, src: Path, url: str) -> None:
         bucket, key = s3_bucket_key(url)
+
+        def work() -> None:
+            self.client_for(bucket).upload_file(str(src), bucket, key, Config=self._config)
+
         try:
-            client = self.client_for(bucket)
-            await asyncio.to_thread(client.upload_file, str(src), bucket, key, Config=self._config)
+            await self._in_pool(work)
         except Exception as exc:  # noqa: BLE001
             raise s3_error(url, exc, "upload") from None
 
@@ -174,3 +210,4 @@ class S3Backend:
             clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             client.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
