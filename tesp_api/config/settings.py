@@ -198,7 +198,12 @@ class PulsarSettings(_Section):
     client_timeout: float = Field(30.0, gt=0)
     status: PulsarStatusSettings = Field(default_factory=PulsarStatusSettings)
     servers: list[PulsarServer] = Field(default_factory=list)
-    retries: int = Field(5, ge=0)  # per request, with exponential backoff
+    retries: int = Field(
+        5,
+        ge=0,
+        description="deprecated and ignored: Pulsar calls are retried until unreachable_deadline "
+        "(docs/engine.md, Retries)",
+    )
     unreachable_deadline: float = Field(600.0, gt=0)  # seconds Pulsar may be unreachable before SYSTEM_ERROR
     lost_job_deadline: float = Field(
         120.0,
