@@ -249,6 +249,12 @@ class EngineSettings(_Section):
     claim_interval: float = Field(1.0, gt=0)
     log_tail_bytes: int = Field(64 * KIB, ge=0)  # stdout/stderr kept per executor log (the tail)
     work_dir: str = ".tesp-api/work"  # local scratch for staging
+    rerun_lost: int = Field(
+        0,
+        ge=0,
+        description="re-run a task whose Pulsar job was lost after it started (Pulsar restarted, the job's "
+        "process died) up to this many times, each stated in system_logs; 0: it ends PREEMPTED (docs/engine.md)",
+    )
     # backend_parameters keys this service understands (case-insensitive).
     backend_parameters: list[str] = Field(default_factory=lambda: ["pulsar_server"])
 

@@ -1,22 +1,32 @@
 """Drives ONE claimed task to its end: QUEUED -> INITIALIZING -> RUNNING -> final, then cleanup.
 
+The driver is given what it uses (``DriverContext``: settings sections, store, backend lookup,
+staging, runtime, worker id, counters), never the engine: driver.py imports nothing of engine.py.
+
 Every step is safe to repeat, because a crashed worker's task is claimed again and driven from
 whatever state the store says:
 
-* QUEUED: compare-and-set to INITIALIZING, choosing the Pulsar server (recorded in ``backend``).
-* INITIALIZING: build the job spec (the fixed runner runs it), stage inputs, ``prepare`` (Pulsar setup + uploads: idempotent
-  by job id), then compare-and-set to RUNNING *before* submitting. A cancel that lands first makes
-  the CAS fail, so a cancelled task never starts.
-* RUNNING: submit unless Pulsar already knows the job as started (``backend.submitted`` or a
-  Pulsar status past "preprocessing"); the job runner itself refuses to run twice. Poll status
-  every ``pulsar.status.poll_interval``; between polls re-read the store (a cancel by another
-  process) or be woken by ``notify_cancel``.
-* Pulsar final: read the executor logs, upload outputs, compare-and-set to the final state.
+* QUEUED: compare-and-set to INITIALIZING, choosing the Pulsar server and the Pulsar job id
+  (``backend.server``, ``backend.job_id``: the task id; ``<task id>-r<n>`` for a re-run).
+* INITIALIZING, not yet submitting: build the job spec (the fixed runner runs it), stage inputs,
+  ``prepare`` (Pulsar setup + uploads: idempotent by job id), then record ``backend.submitting``
+  by a compare-and-set that expects INITIALIZING *before* submitting: a cancel that lands first
+  makes it fail, so a cancelled task never starts. The state stays INITIALIZING.
+* INITIALIZING submitting, or RUNNING: submit unless Pulsar already knows the job as started
+  (``backend.submitted`` or a Pulsar status past "preprocessing"); the job runner itself refuses
+  to run twice. Poll status every ``pulsar.status.poll_interval``; the first status that says the
+  job runs (running, postprocessing, complete) moves the task to RUNNING, as the spec defines it.
+  Between polls re-read the store (a cancel by another process) or be woken by ``notify_cancel``.
+* Pulsar final: read the executor logs, upload outputs, compare-and-set to the final state. If a
+  cancel won meanwhile, the logs and outputs gathered are still written (without a state change).
+* Pulsar lost the job after it was submitted (``lost``, or a ``liveness`` probe saying it is dead):
+  lost work, PREEMPTED with the reason; or, with ``engine.rerun_lost``, a fresh Pulsar job.
 * Final in the store but still ``active``: kill the Pulsar job if it may run, clean its directory,
   then ``active=False`` (the task is done for good).
 
-Pulsar unreachable: each call is retried with backoff; after ``pulsar.unreachable_deadline`` the
-task becomes SYSTEM_ERROR with the reason.
+A lost lease raises LeaseLost at the first store write that needs it: the driver stops at once.
+Pulsar unreachable: each call is retried with backoff (the first failure is stated in the task's
+system_logs once); after ``pulsar.unreachable_deadline`` the task becomes SYSTEM_ERROR.
 """
 
 from __future__ import annotations
@@ -29,9 +39,10 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from tesp_api import log_context
+from tesp_api.engine.context import DriverContext
 from tesp_api.engine.file_mapper import FileMapper, PathError, has_wildcard, host_rel, wildcard_base
 from tesp_api.engine.job_script import (
     ALREADY_RAN_EXIT,
@@ -49,13 +60,19 @@ from tesp_api.engine.job_script import (
 from tesp_api.engine.results import inline_meta, read_results
 from tesp_api.engine.runner import runner_source
 from tesp_api.engine.staging import StagingError
-from tesp_api.pulsar.port import BackendError, BackendUnavailable, JobFile, JobSpec, JobStatus, PulsarBackend
+from tesp_api.pulsar.port import (
+    LOST_REASON_KEY,
+    BackendError,
+    BackendUnavailable,
+    JobFile,
+    JobSpec,
+    JobStatus,
+    Liveness,
+    PulsarBackend,
+)
 from tesp_api.store.port import LogPatch, TaskRecord
 from tesp_api.tes.models import TesExecutorLog, TesState, TesTask
 from tesp_api.tes.states import FINAL_STATES, sources_of
-
-if TYPE_CHECKING:
-    from tesp_api.engine.engine import Engine
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -65,6 +82,13 @@ FIRST_POLL = 0.05  # seconds; x1.5 after each poll, up to pulsar.status.poll_int
 # cancel in this process wakes the driver at once (Engine.notify_cancel).
 STORE_RECHECK = 2.0
 STARTED_STATUSES = frozenset({"queued", "running", "postprocessing", "complete", "cancelled", "failed"})
+# Pulsar statuses that say the job's command has started: the task is RUNNING from then on.
+RAN_STATUSES = frozenset({"running", "postprocessing", "complete"})
+DRIVEN_STATES = frozenset({TesState.INITIALIZING, TesState.RUNNING})
+LOST_DEFAULT_REASON = (
+    "Pulsar does not know the job any more (lost): most likely Pulsar was restarted while the job ran "
+    "and cannot re-attach to it, or its job directory was removed"
+)
 
 
 def now_rfc3339() -> str:
@@ -76,68 +100,100 @@ class GiveUp(Exception):
 
 
 class LeaseLost(Exception):
-    """Another worker owns the task now: stop touching it."""
+    """Another worker owns the task now (or it was deleted): stop touching it."""
 
 
 class TaskDriver:
-    def __init__(self, engine: Engine, record: TaskRecord) -> None:
-        self.engine = engine
+    def __init__(self, ctx: DriverContext, record: TaskRecord) -> None:
+        self.ctx = ctx
         self.record = record
         self.task_id = record.id
         self.wake = asyncio.Event()
         self._unreachable_since: float | None = None
+        self._said_unreachable = False  # the current outage is stated in system_logs already
         self._fresh = False  # this driver moved the task out of QUEUED (no earlier attempt exists)
-        self._scratch = Path(engine.settings.engine.work_dir) / self.task_id
+        self._finished = False  # this driver let the task go for good (active=False written)
+        self._liveness_due = 0.0
+        self._scratch = Path(ctx.engine.work_dir) / self.task_id
+
+    @property
+    def job_id(self) -> str:
+        """The Pulsar job id: the task id, or ``<task id>-r<n>`` for the n-th re-run of lost work."""
+        return str(self.record.backend.get("job_id") or self.task_id)
 
     # ---- store helpers -------------------------------------------------------------------------
-    async def _update(self, **kw: Any) -> TaskRecord | None:
-        rec = await self.engine.store.update(self.task_id, lease_owner=self.engine.worker_id, **kw)
+    async def _update(self, *, expected: frozenset[TesState] | None = None, **kw: Any) -> TaskRecord | None:
+        """One write conditioned on this worker's lease (and on ``expected`` states when given).
+
+        Raises LeaseLost when the lease is gone (or the task deleted); returns None only when the
+        state condition failed (the record is re-read then): a write never fails quietly."""
+        rec = await self.ctx.store.update(
+            self.task_id, lease_owner=self.ctx.worker_id, expected=expected, **kw
+        )
         if rec is not None:
             self.record = rec
-        return rec
+            return rec
+        await self._reread()  # LeaseLost if the lease is not ours any more
+        if expected is None:
+            raise LeaseLost("the store refused a write conditioned on this worker's lease")
+        return None
 
     async def _reread(self) -> TaskRecord:
-        rec = await self.engine.store.get(self.task_id)
+        rec = await self.ctx.store.get(self.task_id)
         if rec is None:
             raise LeaseLost("task deleted")
-        if rec.lease_owner != self.engine.worker_id:
+        if rec.lease_owner != self.ctx.worker_id:
             raise LeaseLost(f"lease now held by {rec.lease_owner}")
         self.record = rec
         return rec
 
     async def _move(self, state: TesState, log_patch: LogPatch | None = None, **kw: Any) -> TaskRecord | None:
         """Compare-and-set to ``state``; None (and the record re-read) when the state moved meanwhile."""
-        rec = await self._update(expected=sources_of(state), state=state, log=log_patch, **kw)
-        if rec is None:
-            await self._reread()
-        return rec
+        kw.setdefault("expected", sources_of(state))
+        return await self._update(state=state, log=log_patch, **kw)
 
     # ---- Pulsar helpers ------------------------------------------------------------------------
     @property
     def backend(self) -> PulsarBackend:
-        return self.engine.backend_for(self.record)
+        return self.ctx.backend_for(self.record)
 
     async def _pulsar(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run a Pulsar call, waiting out an unreachable Pulsar up to the deadline."""
-        delay = self.engine.settings.pulsar.status.poll_interval
+        delay = self.ctx.pulsar.status.poll_interval
         while True:
             try:
                 result = await call()
-                self._unreachable_since = None
-                return result
             except BackendUnavailable as exc:
                 now = time.monotonic()
                 if self._unreachable_since is None:
                     self._unreachable_since = now
                 waited = now - self._unreachable_since
-                deadline = self.engine.settings.pulsar.unreachable_deadline
+                deadline = self.ctx.pulsar.unreachable_deadline
                 if waited >= deadline:
                     raise GiveUp(
                         f"Pulsar unreachable for {waited:.0f}s (deadline {deadline:.0f}s): {exc}"
                     ) from None
+                await self._say_unreachable(exc)
                 log.warning("%s; retrying in %.1fs", exc, delay)
                 await self._sleep(min(delay, deadline - waited))
                 delay = min(delay * 2, MAX_BACKOFF)
+            else:
+                self._unreachable_since = None
+                self._said_unreachable = False
+                return result
+
+    async def _say_unreachable(self, exc: BackendUnavailable) -> None:
+        """The task's system_logs say why it waits, once per outage (not per retry)."""
+        if self._said_unreachable:
+            return
+        self._said_unreachable = True
+        server = self.record.backend.get("server") or self.backend.name
+        deadline = self.ctx.pulsar.unreachable_deadline
+        line = (
+            f"Pulsar server {server} is unreachable ({exc}); waiting for it, for at most "
+            f"{deadline:.0f}s (pulsar.unreachable_deadline)"
+        )
+        await self._update(log=LogPatch(system_logs=[line]))
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep, or less when woken (notify_cancel): True when woken."""
@@ -155,7 +211,7 @@ class TaskDriver:
         # threads they start) names the task, this worker and, once chosen, the Pulsar server.
         context = log_context.bind(
             task_id=self.task_id,
-            worker_id=self.engine.worker_id,
+            worker_id=self.ctx.worker_id,
             pulsar_server=self.record.backend.get("server"),
         )
         try:
@@ -172,8 +228,12 @@ class TaskDriver:
             except Exception:
                 log.exception("could not record the internal error")
         finally:
-            shutil.rmtree(self._scratch, ignore_errors=True)
             log_context.reset(context)
+        # Only once the task is done for good: the scratch directory holds inputs a restarted
+        # service (same work_dir) may still have to serve, and a lost lease leaves it to the
+        # worker that drives the task now.
+        if self._finished:
+            await asyncio.to_thread(shutil.rmtree, self._scratch, True)
 
     async def _drive(self) -> None:
         while True:
@@ -184,11 +244,9 @@ class TaskDriver:
             try:
                 if state == TesState.QUEUED:
                     await self._queued()
-                elif state == TesState.INITIALIZING:
+                elif state == TesState.INITIALIZING and not self.record.backend.get("submitting"):
                     await self._initializing()
-                elif state == TesState.RUNNING:
-                    await self._running()
-                else:  # PAUSED / CANCELING are never set by this service; treat as running
+                else:  # submitting (INITIALIZING until Pulsar runs it), RUNNING; PAUSED/CANCELING unused
                     await self._running()
             except GiveUp as exc:
                 await self._fail(str(exc))
@@ -200,22 +258,23 @@ class TaskDriver:
         )
 
     async def _queued(self) -> None:
-        server = self.engine.choose_server(self.record)
+        server = self.ctx.choose_server(self.record)
         await self._move(
             TesState.INITIALIZING,
             LogPatch(
                 start_time=now_rfc3339(),
-                system_logs=[f"worker {self.engine.worker_id}: Pulsar server {server}"],
+                system_logs=[f"worker {self.ctx.worker_id}: Pulsar server {server}"],
             ),
+            expected=frozenset({TesState.QUEUED}),
             backend={"server": server, "job_id": self.task_id},
         )
         log_context.bind(pulsar_server=self.record.backend.get("server"))  # reset when run() ends
         self._fresh = self.record.state == TesState.INITIALIZING
 
     def _spec(self, files: list[JobFile]) -> JobSpec:
-        python = self.engine.settings.runtime.runner_python
+        python = self.ctx.runtime_settings.runner_python
         return JobSpec(
-            job_id=self.task_id,
+            job_id=self.job_id,
             script_name=SCRIPT_NAME,
             files=files,
             outputs_for_remote_staging=remote_staging_outputs(self.record.task),
@@ -225,7 +284,7 @@ class TaskDriver:
 
     async def _initializing(self) -> None:
         task = self.record.task
-        runtime = self.engine.runtime
+        runtime = self.ctx.runtime()
         try:
             mapper = FileMapper(task, map_workdirs=runtime.needs_workdir_mount)
         except PathError as exc:
@@ -233,20 +292,20 @@ class TaskDriver:
         # Asking Pulsar first matters only when an earlier attempt may have got this far: a task this
         # driver has just taken out of QUEUED cannot be known to Pulsar yet.
         if not self._fresh:
-            status = await self._pulsar(lambda: self.backend.status(self.task_id))
-        if not self._fresh and status.status in STARTED_STATUSES:
-            # Pulsar runs (or ran) this job already: a crash after the submit. Never submit twice.
-            await self._move(TesState.RUNNING, backend={"submitted": True})
-            return
+            status = await self._pulsar(lambda: self.backend.status(self.job_id))
+            if status.status in STARTED_STATUSES:
+                # Pulsar runs (or ran) this job already: a crash after the submit. Never submit twice.
+                await self._update(backend={"submitting": True, "submitted": True})
+                return
         files, placed = await self._stage_inputs()
         job = build_job_spec(
             task,
-            self.task_id,
+            self.job_id,
             runtime,
             mapper,
             placed,
-            tail_bytes=self.engine.settings.engine.log_tail_bytes,
-            settings=self.engine.settings.runtime,
+            tail_bytes=self.ctx.engine.log_tail_bytes,
+            settings=self.ctx.runtime_settings,
         )
         files[:0] = [
             JobFile(name=SCRIPT_NAME, kind="tool", data=runner_source()),
@@ -257,8 +316,12 @@ class TaskDriver:
             await self._pulsar(lambda: self.backend.prepare(spec))
         except BackendError as exc:
             raise GiveUp(f"Pulsar refused the job: {exc}") from None
-        # RUNNING before the submit: a cancel that got in first wins, and the job never starts.
-        if await self._move(TesState.RUNNING, backend={"submitting": True}) is None:
+        # Recorded before the submit, by a compare-and-set on INITIALIZING: a cancel that got in
+        # first wins, and the job never starts. The state stays INITIALIZING until Pulsar runs it.
+        if (
+            await self._update(expected=frozenset({TesState.INITIALIZING}), backend={"submitting": True})
+            is None
+        ):
             return
         await self._submit()
 
@@ -274,9 +337,9 @@ class TaskDriver:
                 continue
             if not inp.url:
                 raise GiveUp(f"inputs[{i}] ({inp.path}) has neither url nor content")
-            scratch.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(scratch.mkdir, parents=True, exist_ok=True)
             try:
-                local, is_archive = await self.engine.staging.fetch_input(i, inp, scratch)
+                local, is_archive = await self.ctx.staging().fetch_input(i, inp, scratch)
             except StagingError as exc:
                 raise GiveUp(str(exc)) from None
             name = input_upload_name(i, is_archive)
@@ -291,23 +354,31 @@ class TaskDriver:
         except BackendError as exc:
             raise GiveUp(f"Pulsar refused the submit: {exc}") from None
         await self._update(backend={"submitted": True})
-        self.engine.count_submit()
+        self.ctx.counters.count_submit()
 
     async def _running(self) -> None:
-        poll = self.engine.settings.pulsar.status.poll_interval
+        poll = self.ctx.pulsar.status.poll_interval
         # Short jobs end soon: poll quickly at first, then back off to the configured interval; start
         # over when Pulsar starts running the job (it may have waited long in Pulsar's queue).
         delay = min(FIRST_POLL, poll)
         last = ""
         recheck_at = time.monotonic() + STORE_RECHECK
         while True:
-            status = await self._pulsar(lambda: self.backend.status(self.task_id))
-            self.engine.count_poll()
+            status = await self._pulsar(lambda: self.backend.status(self.job_id))
+            self.ctx.counters.count_poll()
             if status.status == "preprocessing" and not self.record.backend.get("submitted"):
-                await self._submit()  # the crash fell between RUNNING and the submit's record
+                await self._submit()  # the crash fell between "submitting" and the submit's record
                 continue
+            if (
+                status.status in RAN_STATUSES
+                and self.record.state == TesState.INITIALIZING
+                and await self._move(TesState.RUNNING) is None
+            ):
+                return  # cancelled (or ended by someone else): _drive takes over
             if status.is_final:
                 await self._pulsar_final(status)
+                return
+            if status.status == "running" and await self._is_dead():
                 return
             if status.status == "running" and last != "running":
                 delay = min(FIRST_POLL, poll)
@@ -317,8 +388,23 @@ class TaskDriver:
             if woken or time.monotonic() >= recheck_at:
                 recheck_at = time.monotonic() + STORE_RECHECK
                 rec = await self._reread()
-                if rec.state != TesState.RUNNING:
+                if rec.state not in DRIVEN_STATES:
                     return  # cancelled (or ended by someone else): _drive takes over
+
+    async def _is_dead(self) -> bool:
+        """Ask the backend's optional liveness probe (port.LivenessProbe), at most every poll
+        interval, whether a job Pulsar calls running can still finish; end the task if not."""
+        probe: Callable[[str], Awaitable[Liveness]] | None = getattr(self.backend, "liveness", None)
+        now = time.monotonic()
+        if probe is None or now < self._liveness_due:
+            return False
+        self._liveness_due = now + self.ctx.pulsar.status.poll_interval
+        job_id = self.job_id
+        verdict = await self._pulsar(lambda: probe(job_id))
+        if verdict.alive:
+            return False
+        await self._lost(verdict.reason or "the job's process is gone although Pulsar reports it running")
+        return True
 
     async def _wait_next_poll(self, poll: float) -> bool:
         """A backend that pushes updates (AMQP: ``wait_for_change``) wakes the driver when Pulsar reports;
@@ -327,9 +413,9 @@ class TaskDriver:
         wait_for_change = getattr(self.backend, "wait_for_change", None)
         if wait_for_change is None:
             return await self._sleep(poll)
-        recheck = max(poll, self.engine.settings.pulsar.amqp_reconcile_after)
+        recheck = max(poll, self.ctx.pulsar.amqp_reconcile_after)
         waiters = {
-            asyncio.ensure_future(wait_for_change(self.task_id, recheck)),
+            asyncio.ensure_future(wait_for_change(self.job_id, recheck)),
             asyncio.ensure_future(self.wake.wait()),
         }
         try:
@@ -341,6 +427,40 @@ class TaskDriver:
         self.wake.clear()
         return woken
 
+    async def _lost(self, reason: str) -> None:
+        """Pulsar lost the job after it was submitted: lost work. PREEMPTED (the spec's state for a
+        task the system stopped, which workflow engines retry), or with ``engine.rerun_lost`` a
+        fresh Pulsar job ``<task id>-r<n>`` (a new job directory: the old one may hold the runner's
+        "already ran" guard), each re-run stated in system_logs."""
+        reruns = int(self.record.backend.get("reruns") or 0)
+        allowed = self.ctx.engine.rerun_lost
+        log.warning("lost work (Pulsar job %s): %s", self.job_id, reason)
+        if reruns < allowed:
+            n = reruns + 1
+            old_job, new_job = self.job_id, f"{self.task_id}-r{n}"
+            if not self.ctx.pulsar.keep_job_directories:
+                try:
+                    await self._pulsar(lambda: self.backend.clean(old_job))
+                except (GiveUp, BackendError) as exc:
+                    log.warning("could not clean the lost Pulsar job %s: %s", old_job, exc)
+            await self._move(
+                TesState.INITIALIZING,
+                LogPatch(
+                    system_logs=[
+                        f"{reason}; re-run {n} of {allowed} (engine.rerun_lost) as Pulsar job {new_job}"
+                    ]
+                ),
+                expected=DRIVEN_STATES,
+                backend={"job_id": new_job, "reruns": n, "submitting": False, "submitted": False},
+            )
+            self._fresh = False  # a crash may fall after this write: the next driver asks Pulsar first
+            return
+        note = f" (re-run {reruns} time(s) already, engine.rerun_lost = {allowed})" if reruns else ""
+        await self._move(
+            TesState.PREEMPTED,
+            LogPatch(end_time=now_rfc3339(), system_logs=[f"PREEMPTED: lost work: {reason}{note}"]),
+        )
+
     async def _pulsar_final(self, status: JobStatus) -> None:
         n = len(self.record.task.executors)
         patch = LogPatch(end_time=now_rfc3339())
@@ -349,10 +469,8 @@ class TaskDriver:
             await self._move(TesState.CANCELED, patch)
             return
         if status.status == "lost":
-            raise GiveUp(
-                "Pulsar does not know the job any more (lost): most likely Pulsar was restarted while "
-                "the job ran and cannot re-attach to it, or its job directory was removed; not re-run"
-            )
+            await self._lost(str(status.raw.get(LOST_REASON_KEY) or LOST_DEFAULT_REASON))
+            return
         if status.status == "failed":
             raise GiveUp(f"Pulsar reports the job failed: {_tail(status.stderr)}")
         # Small logs came with the final status (the script's stdout); else one download.
@@ -365,9 +483,11 @@ class TaskDriver:
             ),
             None,
         )
+        job_id = self.job_id
         if packed is None:
             packed = self._scratch / META_TAR
-            if not await self._pulsar(lambda: self.backend.fetch(self.task_id, META_TAR, packed)):
+            target = packed
+            if not await self._pulsar(lambda: self.backend.fetch(job_id, META_TAR, target)):
                 if status.returncode == ALREADY_RAN_EXIT:
                     raise GiveUp("the job was submitted twice; the second run refused to start")
                 raise GiveUp(
@@ -406,7 +526,7 @@ class TaskDriver:
         # Outputs are stored even after an executor failed (Nextflow reads its .exitcode output).
         if self.record.task.outputs:
             try:
-                outputs, notes = await self.engine.staging.store_outputs(
+                outputs, notes = await self.ctx.staging().store_outputs(
                     self.record.task, results.manifest, self._fetcher(), self._scratch / "outputs"
                 )
                 patch.outputs = outputs
@@ -414,14 +534,30 @@ class TaskDriver:
             except StagingError as exc:
                 patch.system_logs.append(f"SYSTEM_ERROR: {exc}")
                 state = TesState.SYSTEM_ERROR
-        await self._move(state, patch)
+        if await self._move(state, patch) is None:
+            await self._keep_results(state, patch)
+
+    async def _keep_results(self, state: TesState, patch: LogPatch) -> None:
+        """The final compare-and-set failed: the task was cancelled (or ended) while its results
+        were gathered. The executor logs and outputs already written are kept anyway (a log patch
+        without a state change): the outputs exist at their URLs, and the log says what ran."""
+        if self.record.state not in FINAL_STATES:
+            return  # not final: _drive goes on from the state the store holds
+        patch.end_time = None  # the cancel set it
+        patch.system_logs.append(
+            f"the job ended ({state.value}) while the task became {self.record.state.value}; "
+            "its executor logs and outputs are kept"
+        )
+        await self._update(log=patch)
 
     def _fetcher(self) -> Callable[[str, Path], Awaitable[bool]]:
+        job_id = self.job_id
+
         async def fetch(name: str, dest: Path) -> bool:
             # Outputs come from the runner's snapshot (tes-out/: regular files only, made without
             # following links), never from fs/ where an executor may have left a link.
             snapshot = out_rel(name)
-            return await self._pulsar(lambda: self.backend.fetch(self.task_id, snapshot, dest))
+            return await self._pulsar(lambda: self.backend.fetch(job_id, snapshot, dest))
 
         return fetch
 
@@ -436,25 +572,28 @@ class TaskDriver:
                 await self._update(log=LogPatch(system_logs=[f"could not clean the Pulsar job: {exc}"]))
         # One store write for both (a crash before it only repeats the idempotent DELETE).
         await self._update(active=False, backend={"cleaned": True} if cleaned else None)
+        self._finished = True
         log.info("%s, done", rec.state.value)
 
     async def _release_pulsar_job(self, rec: TaskRecord) -> bool:
         """Kill the job if it may still run, then delete its directory: True when deleted."""
+        job_id = self.job_id
         if rec.state == TesState.CANCELED and rec.backend.get("submitting"):
-            status = await self._pulsar(lambda: self.backend.status(self.task_id))
+            status = await self._pulsar(lambda: self.backend.status(job_id))
             if not status.is_final or status.status == "preprocessing":
-                await self._pulsar(lambda: self.backend.cancel(self.task_id))
+                await self._pulsar(lambda: self.backend.cancel(job_id))
                 await self._wait_pulsar_final()
                 await self._update(log=LogPatch(system_logs=["the Pulsar job was killed (task cancelled)"]))
-        if self.engine.settings.pulsar.keep_job_directories:
+        if self.ctx.pulsar.keep_job_directories:
             return False
-        await self._pulsar(lambda: self.backend.clean(self.task_id))
+        await self._pulsar(lambda: self.backend.clean(job_id))
         return True
 
     async def _wait_pulsar_final(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
+        job_id = self.job_id
         while time.monotonic() < deadline:
-            status = await self._pulsar(lambda: self.backend.status(self.task_id))
+            status = await self._pulsar(lambda: self.backend.status(job_id))
             if status.is_final:
                 return
             await asyncio.sleep(0.1)

@@ -19,7 +19,7 @@ from typing import Any
 
 from tesp_api import log_context
 from tesp_api.config.settings import Settings
-from tesp_api.engine.context import DriverContext
+from tesp_api.engine.context import DriverContext, StatsCounters
 from tesp_api.engine.driver import TaskDriver
 from tesp_api.engine.routing import Router
 from tesp_api.engine.runtimes import Runtime, build_runtime
@@ -120,7 +120,7 @@ class Engine:
             choose_server=self.choose_server,
             staging=lambda: self.staging,
             runtime=lambda: self.runtime,
-            counters=self,
+            counters=StatsCounters(self.stats),
         )
 
     # ---- lifecycle -----------------------------------------------------------------------------

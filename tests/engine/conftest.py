@@ -76,5 +76,8 @@ async def wait_for(
         if rec.state in wanted and (not inactive or not rec.active):
             return rec
         if loop.time() > deadline:
-            raise AssertionError(f"task {task_id} still {rec.state} (active={rec.active}) after {timeout}s")
+            raise AssertionError(
+                f"task {task_id} still {rec.state} (active={rec.active}) after {timeout}s; "
+                f"backend {rec.backend}, system_logs {rec.log.system_logs}"
+            )
         await asyncio.sleep(0.05)

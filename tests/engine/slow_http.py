@@ -1,5 +1,6 @@
 """A tiny real HTTP server whose GET blocks until released: holds a task in INITIALIZING
-(the engine is fetching its input) for as long as a test needs."""
+(the engine is fetching its input) for as long as a test needs. Its PUT blocks the same way (an
+output upload in progress: a task whose job has ended, results not yet stored)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ class SlowInputServer:
     def __init__(self, body: bytes = b"late\n") -> None:
         self.release = threading.Event()
         self.requested = threading.Event()
+        self.put_release = threading.Event()  # a PUT (an output upload) is answered once this is set
+        self.put_requested = threading.Event()
+        self.put_bodies: list[bytes] = []
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -24,6 +28,15 @@ class SlowInputServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def do_PUT(self) -> None:
+                data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                outer.put_requested.set()
+                outer.put_release.wait(60)
+                outer.put_bodies.append(data)
+                self.send_response(201)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
             def do_HEAD(self) -> None:
                 self.send_response(200)
@@ -44,6 +57,7 @@ class SlowInputServer:
 
     def __exit__(self, *exc: object) -> None:
         self.release.set()
+        self.put_release.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()

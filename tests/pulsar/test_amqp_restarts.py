@@ -144,10 +144,17 @@ async def test_tasks_killed_in_either_setup_window_complete_after_a_restart(tmp_
         # Window 1: Pulsar is stopped, so the setup (with the input's URL) waits in its queue.
         sent = client.create_task(copy_task(results, "sent"))
         await until(lambda: _has_setup(pulsar), "the first setup message queued")
-        # Window 2: new setups are refused by the broker; the store says RUNNING, nothing is sent.
+        # Window 2: new setups are refused by the broker; the store says "submitting" (the task is
+        # INITIALIZING until Pulsar runs it), nothing is sent.
         policy = refuse_new_setups(pulsar)
         unsent = client.create_task(copy_task(results, "unsent"))
-        wait_state(client, unsent, {"RUNNING"})
+        await until(
+            lambda: asyncio.to_thread(
+                lambda: "broker refused the setup message" in first.log_file.read_text()
+            ),
+            "the second setup refused by the broker",
+        )
+        assert client.get_task(unsent).state == "INITIALIZING"
         first.kill()
         _ctl("clear_policy", policy)
         policy = None
@@ -282,7 +289,8 @@ async def test_a_job_pulsar_knows_is_not_sent_again_after_a_restart(
 # ---- a Pulsar restart while the job runs ----------------------------------------------------------
 
 
-async def test_job_lost_by_a_pulsar_restart_ends_in_system_error_saying_why(tmp_path: Path) -> None:
+async def test_job_lost_by_a_pulsar_restart_ends_preempted_saying_why(tmp_path: Path) -> None:
+    """Lost work: the spec's PREEMPTED (workflow engines retry it), not SYSTEM_ERROR."""
     results = tmp_path / "results"
     results.mkdir()
     pulsar = PulsarAmqp(tmp_path / "pulsar", key_prefix=rabbitmq.unique_prefix("l"))
@@ -299,8 +307,11 @@ async def test_job_lost_by_a_pulsar_restart_ends_in_system_error_saying_why(tmp_
         server.stop()
         await pulsar.stop()
         await pulsar.delete_queues()
-    assert done.state == "SYSTEM_ERROR"
-    assert any("most likely Pulsar was restarted" in line for line in done.logs[0].system_logs)
+    assert done.state == "PREEMPTED"
+    assert any(
+        line.startswith("PREEMPTED: lost work") and "most likely Pulsar was restarted" in line
+        for line in done.logs[0].system_logs
+    )
 
 
 # ---- a setup confirmed sent that Pulsar has not taken in yet --------------------------------------
