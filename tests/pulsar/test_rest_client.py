@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -151,3 +152,44 @@ async def test_the_token_never_reaches_the_log(client: RestBackend, caplog: pyte
     await client.status("x")
     assert "HTTP Request" in caplog.text
     assert TOKEN not in caplog.text
+
+
+async def test_a_download_is_written_from_worker_threads_never_the_event_loop(
+    client: RestBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow disk must not stall every task: the .part file is opened, written and renamed in
+    threads. (A spy on Path.open records the threads; Pulsar and the download are real.)"""
+    import threading
+
+    spec = JobSpec("job-4", "s.sh", [JobFile("s.sh", "tool", data=b"head -c 3000000 /dev/zero > out.bin\n")])
+    await client.prepare(spec)
+    await client.submit(spec)
+    assert await _wait_final(client, "job-4") == "complete"
+    loop_thread = threading.current_thread()
+    writers: list[threading.Thread] = []
+    real_open = Path.open
+
+    class SpyFile:
+        def __init__(self, fh: Any) -> None:
+            self._fh = fh
+
+        def write(self, data: bytes) -> int:
+            writers.append(threading.current_thread())
+            return int(self._fh.write(data))
+
+        def close(self) -> None:
+            writers.append(threading.current_thread())
+            self._fh.close()
+
+    def spy_open(self: Path, *args: Any, **kwargs: Any) -> Any:
+        writers.append(threading.current_thread())
+        fh = real_open(self, *args, **kwargs)
+        return SpyFile(fh) if self.name.endswith(".part") else fh
+
+    monkeypatch.setattr(Path, "open", spy_open)
+    dest = tmp_path / "back" / "out.bin"
+    assert await client.fetch("job-4", "out.bin", dest)
+    monkeypatch.undo()
+    assert dest.stat().st_size == 3000000
+    assert len(writers) > 3 and loop_thread not in writers
+    await client.clean("job-4")
