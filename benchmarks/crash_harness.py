@@ -418,8 +418,12 @@ def fresh_dir(path: Path) -> Path:
     return path
 
 
-async def at_progress(run: Run, share: float, action: Callable[[], Awaitable[None]]) -> None:
-    """Run ``action`` once ``share`` of the tasks have been answered."""
-    while run.posted < share * len(run.names):
+async def at_progress(
+    run: Run, share: float, action: Callable[[], Awaitable[None]], markers: Path | None = None
+) -> None:
+    """Run ``action`` once ``share`` of the tasks have been answered and (with ``markers``) the
+    executors of half that many have started: the fault then hits jobs in flight, not an idle system."""
+    want = share * len(run.names)
+    while run.posted < want or (markers is not None and sum(1 for _ in markers.iterdir()) < want / 2):
         await asyncio.sleep(0.05)
     await action()

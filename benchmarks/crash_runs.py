@@ -95,10 +95,10 @@ async def crash_run(
         started = time.monotonic()
 
         async def faults() -> None:
-            await at_progress(run, 1 / 3, kill_serve)
-            await at_progress(run, 2 / 3, kill_pulsar)
+            await at_progress(run, 1 / 3, kill_serve, markers)
+            await at_progress(run, 2 / 3, kill_pulsar, markers)
             if broker is not None:
-                await at_progress(run, 5 / 6, bounce_broker)
+                await at_progress(run, 5 / 6, bounce_broker, markers)
 
         await asyncio.gather(run.post_all(clients), faults())
         log(

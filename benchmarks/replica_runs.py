@@ -108,7 +108,7 @@ async def replica_run(
                 t_fault = time.monotonic()
 
             started = time.monotonic()
-            await asyncio.gather(run.post_all(clients), at_progress(run, 0.5, do_fault))
+            await asyncio.gather(run.post_all(clients), at_progress(run, 0.5, do_fault, markers))
             log(f"all {len(run.answered)} answered after {time.monotonic() - started:.0f} s; waiting")
             figures = await report(run, lambda: s2.url, markers, prefix, final_wait, t_fault)
             figures["wall time (s)"] = round(time.monotonic() - started)
