@@ -25,8 +25,9 @@ whatever state the store says:
   then ``active=False`` (the task is done for good).
 
 A lost lease raises LeaseLost at the first store write that needs it: the driver stops at once.
-Pulsar unreachable: each call is retried with backoff (the first failure is stated in the task's
-system_logs once); after ``pulsar.unreachable_deadline`` the task becomes SYSTEM_ERROR.
+Pulsar unreachable: the backend's one retry policy (pulsar/retrying.py) retries each call with
+backoff; its callback lets the driver state the outage in the task's system_logs once (not per
+retry); after ``pulsar.unreachable_deadline`` the call gives up and the task becomes SYSTEM_ERROR.
 """
 
 from __future__ import annotations
@@ -70,13 +71,13 @@ from tesp_api.pulsar.port import (
     Liveness,
     PulsarBackend,
 )
+from tesp_api.pulsar.retrying import retry_listener
 from tesp_api.store.port import LogPatch, TaskRecord
 from tesp_api.tes.models import TesExecutorLog, TesState, TesTask
 from tesp_api.tes.states import FINAL_STATES, sources_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-MAX_BACKOFF = 60.0
 FIRST_POLL = 0.05  # seconds; x1.5 after each poll, up to pulsar.status.poll_interval
 # While polling, the store is re-read (a cancel made by another process) at most this often; a
 # cancel in this process wakes the driver at once (Engine.notify_cancel).
@@ -109,7 +110,6 @@ class TaskDriver:
         self.record = record
         self.task_id = record.id
         self.wake = asyncio.Event()
-        self._unreachable_since: float | None = None
         self._said_unreachable = False  # the current outage is stated in system_logs already
         self._fresh = False  # this driver moved the task out of QUEUED (no earlier attempt exists)
         self._finished = False  # this driver let the task go for good (active=False written)
@@ -158,29 +158,18 @@ class TaskDriver:
         return self.ctx.backend_for(self.record)
 
     async def _pulsar(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Run a Pulsar call, waiting out an unreachable Pulsar up to the deadline."""
-        delay = self.ctx.pulsar.status.poll_interval
-        while True:
-            try:
-                result = await call()
-            except BackendUnavailable as exc:
-                now = time.monotonic()
-                if self._unreachable_since is None:
-                    self._unreachable_since = now
-                waited = now - self._unreachable_since
-                deadline = self.ctx.pulsar.unreachable_deadline
-                if waited >= deadline:
-                    raise GiveUp(
-                        f"Pulsar unreachable for {waited:.0f}s (deadline {deadline:.0f}s): {exc}"
-                    ) from None
-                await self._say_unreachable(exc)
-                log.warning("%s; retrying in %.1fs", exc, delay)
-                await self._sleep(min(delay, deadline - waited))
-                delay = min(delay * 2, MAX_BACKOFF)
-            else:
-                self._unreachable_since = None
-                self._said_unreachable = False
-                return result
+        """Run a Pulsar call. Retrying is the backend's (pulsar/retrying.py, the one retry policy:
+        up to ``pulsar.unreachable_deadline``); what reaches here has given up: SYSTEM_ERROR."""
+        try:
+            result = await call()
+        except BackendUnavailable as exc:
+            raise GiveUp(str(exc)) from None
+        self._said_unreachable = False  # reachable again: a later outage is stated again
+        return result
+
+    async def _on_retry(self, exc: BackendUnavailable, waited: float) -> None:
+        """The retry policy's callback (``retry_listener``), before each wait for Pulsar."""
+        await self._say_unreachable(exc)
 
     async def _say_unreachable(self, exc: BackendUnavailable) -> None:
         """The task's system_logs say why it waits, once per outage (not per retry)."""
@@ -215,7 +204,8 @@ class TaskDriver:
             pulsar_server=self.record.backend.get("server"),
         )
         try:
-            await self._drive()
+            with retry_listener(self._on_retry):  # this driver's Pulsar calls only (a contextvar)
+                await self._drive()
         except LeaseLost as exc:
             log.warning("stopped driving it (%s)", exc)
         except asyncio.CancelledError:
@@ -568,7 +558,7 @@ class TaskDriver:
         if rec.backend.get("server") and not rec.backend.get("cleaned"):
             try:
                 cleaned = await self._release_pulsar_job(rec)
-            except GiveUp as exc:
+            except (GiveUp, BackendError) as exc:  # refused (e.g. 401) or unreachable: let go anyway
                 await self._update(log=LogPatch(system_logs=[f"could not clean the Pulsar job: {exc}"]))
         # One store write for both (a crash before it only repeats the idempotent DELETE).
         await self._update(active=False, backend={"cleaned": True} if cleaned else None)

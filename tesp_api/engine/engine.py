@@ -26,6 +26,7 @@ from tesp_api.engine.runtimes import Runtime, build_runtime
 from tesp_api.engine.staging import Staging
 from tesp_api.pulsar.factory import build_backends  # re-exported: built in one place (pulsar/factory.py)
 from tesp_api.pulsar.port import PulsarBackend
+from tesp_api.pulsar.retrying import RetryingBackend, RetryPolicy
 from tesp_api.store.port import TaskRecord, TaskStore
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,16 @@ STOP_TIMEOUT = 15.0  # seconds stop() waits for the loops and drivers to end
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _under_the_policy(backends: dict[str, PulsarBackend], settings: Settings) -> dict[str, PulsarBackend]:
+    """Backends given from outside (tests, embedders) get the one retry policy too, as the
+    factory's do: the driver itself never retries (docs/engine.md, "Retries")."""
+    policy = RetryPolicy.from_settings(settings.pulsar)
+    return {
+        name: b if isinstance(b, RetryingBackend) else RetryingBackend(b, policy)
+        for name, b in backends.items()
+    }
 
 
 class Engine:
@@ -49,7 +60,7 @@ class Engine:
     ) -> None:
         self.settings = settings
         self.store = store
-        self._backends = backends
+        self._backends = _under_the_policy(backends, settings) if backends is not None else None
         self._runtime = runtime
         self._staging = staging
         self.worker_id = worker_id or settings.engine.worker_id or default_worker_id()

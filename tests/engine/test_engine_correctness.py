@@ -25,6 +25,7 @@ from tesp_api.config.settings import Settings
 from tesp_api.engine import Engine
 from tesp_api.engine.context import DriverContext
 from tesp_api.engine.driver import LeaseLost, TaskDriver
+from tesp_api.local import free_port
 from tesp_api.pulsar.port import JobStatus
 from tesp_api.pulsar.rest import RestBackend
 from tesp_api.store.port import LogPatch
@@ -426,3 +427,30 @@ async def test_the_scratch_directory_is_removed_off_the_event_loop(
         await engine.stop()
     assert rec.state == TesState.COMPLETE, rec.log.system_logs
     assert calls and not any(calls), "shutil.rmtree ran on the event loop"
+
+
+# ---- an unreachable Pulsar says so while the task waits -------------------------------------------
+
+
+async def test_a_task_waiting_for_an_unreachable_pulsar_says_why_once_while_it_waits(
+    store: SqliteTaskStore, tmp_path: Path
+) -> None:
+    settings = engine_settings(f"http://127.0.0.1:{free_port()}", tmp_path)  # nothing listens there
+    engine = Engine(settings, store)
+    await engine.start()
+    try:
+        tid = await submit(store, {"executors": [{"image": "a", "command": ["true"]}]})
+        while True:
+            seen = await store.get(tid)
+            assert seen is not None
+            if any("is unreachable" in line for line in seen.log.system_logs or []):
+                break
+            await asyncio.sleep(0.02)
+        waiting = seen.state
+        rec = await wait_for(store, tid)
+    finally:
+        await engine.stop()
+    assert waiting == TesState.INITIALIZING
+    said = [line for line in rec.log.system_logs or [] if "is unreachable" in line]
+    assert len(said) == 1 and "waiting for it, for at most 3s (pulsar.unreachable_deadline)" in said[0]
+    assert rec.state == TesState.SYSTEM_ERROR

@@ -131,11 +131,6 @@ async def test_a_refused_token_ends_the_task_at_once_without_retrying(
     assert faults.get("status-401", 0) == faults["requests"]
 
 
-@pytest.mark.xfail(
-    reason="driver (HA): the final DELETE's BackendError (401) is not caught like GiveUp in the "
-    "cleanup, so the task stays active and the engine re-drives the DELETE; not a retry of the policy",
-    strict=False,
-)
 async def test_a_refused_token_lets_go_of_the_task_and_repeats_no_request(
     pulsar: LocalPulsar, store: SqliteTaskStore, tmp_path: Path
 ) -> None:
