@@ -36,6 +36,7 @@ Why each rule exists (see docs/architecture.md, "The JobPlan"):
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -291,7 +292,20 @@ def _ancestors(path: str) -> Iterable[str]:
 
 
 def image_problem(image: str) -> str | None:
-    """Why ``image`` is not an image reference a runtime can be given safely, or None."""
+    """Why ``image`` is not an image reference a runtime can be given safely, or None. Memoised for
+    short references (the same few images come again and again; issue 15): a pure function."""
+    return _image_problem_cached(image) if len(image) <= _CACHED_IMAGE_CHARS else _image_problem(image)
+
+
+_CACHED_IMAGE_CHARS = 256
+
+
+@functools.lru_cache(maxsize=1024)
+def _image_problem_cached(image: str) -> str | None:
+    return _image_problem(image)
+
+
+def _image_problem(image: str) -> str | None:
     if not image.strip():
         return "must not be empty"
     text = _text_problem(image)
