@@ -26,7 +26,7 @@ TASK = {"executors": [{"image": "a", "command": ["echo", "once"]}]}
 
 
 async def left_by_a_dead_worker(
-    store: SqliteTaskStore, pulsar: LocalPulsar, *, submitted: bool, state: TesState
+    store: SqliteTaskStore, pulsar: LocalPulsar, *, submitted: bool, state: TesState, submitting: bool = False
 ) -> str:
     """Create the task and do by hand what a worker did before it died: prepare the Pulsar job
     (and submit it when ``submitted``), leaving the store in ``state``."""
@@ -61,7 +61,9 @@ async def left_by_a_dead_worker(
         state=TesState.INITIALIZING,
         backend={"server": "default", "job_id": task_id},
     )
-    if state == TesState.RUNNING:
+    if submitting:  # the CAS that records "submitting" before the submit (the state stays INITIALIZING)
+        await store.update(task_id, expected=frozenset({TesState.INITIALIZING}), backend={"submitting": True})
+    if state == TesState.RUNNING:  # a record written before INITIALIZING lasted until Pulsar runs the job
         await store.update(
             task_id,
             expected=frozenset({TesState.INITIALIZING}),
@@ -90,8 +92,26 @@ async def test_a_job_pulsar_already_ran_is_not_submitted_again(
 async def test_a_prepared_job_never_submitted_is_submitted_once(
     settings: Settings, store: SqliteTaskStore, pulsar: LocalPulsar
 ) -> None:
-    """Died between the CAS to RUNNING and the submit."""
+    """Died between the CAS to RUNNING and the submit (a record of the earlier design)."""
     task_id = await left_by_a_dead_worker(store, pulsar, submitted=False, state=TesState.RUNNING)
+    engine = Engine(settings, store)
+    await engine.start()
+    try:
+        rec = await wait_for(store, task_id)
+    finally:
+        await engine.stop()
+    assert rec.state == TesState.COMPLETE
+    assert [lg.stdout for lg in rec.log.logs] == ["once\n"]
+    assert engine.stats["submits"] == 1
+
+
+async def test_a_job_recorded_submitting_but_never_submitted_is_submitted_once(
+    settings: Settings, store: SqliteTaskStore, pulsar: LocalPulsar
+) -> None:
+    """Died between recording "submitting" (still INITIALIZING) and the submit."""
+    task_id = await left_by_a_dead_worker(
+        store, pulsar, submitted=False, state=TesState.INITIALIZING, submitting=True
+    )
     engine = Engine(settings, store)
     await engine.start()
     try:
