@@ -77,7 +77,7 @@ class ApiSettings(_Section):
         ge=0,
         le=256,
         description="0: one process runs the API and the engine; N >= 1: `serve` runs the API in N processes "
-        "sharing the socket and the engine in its own process (docs/deploy.md, docs/benchmarks.md)",
+        "sharing the socket and the engine in its own process (docs/deploy.md)",
     )
     access_log: bool = Field(True, description="one INFO line per HTTP request (uvicorn's access log)")
 
