@@ -1,0 +1,164 @@
+"""Fair claiming (docs/quotas.md, docs/benchmarks.md "Fair claim"): claim throughput and how soon a
+newly active user's first task is claimed, with a backlog of queued tasks from 1 or 100 owners.
+
+    .venv/bin/python benchmarks/bench_claim.py [--tasks 50000] [--claims 2000] [--no-mongo]
+
+For each store (SQLite on a temporary file; MongoDB through the mongoeco emulator, labelled so, or
+TESP_TEST_MONGODB_URI) and each owner count, it queues ``--tasks`` tasks (round robin over the
+owners), then prints:
+
+1. claims per second for ``--claims`` claims from a small queue (1,000 tasks) and from the full one,
+   one claim at a time (the engine's claim loop), with a policy as the engine gives it (per-owner
+   limit, two servers with a route callback): the fair claim must not get slower as the queue grows;
+2. for a user who was not in the backlog: the claims that went to others between its first task's
+   create and its claim, and the time from that create to its claim (no claim interval is waited
+   here: in the engine add at most one ``engine.claim_interval``, as the create wakes the loop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tesp_api.store.port import ClaimPolicy, Owner, TaskRecord, TaskStore
+from tesp_api.store.sqlite import SqliteTaskStore
+from tesp_api.tes.models import TesExecutor, TesTask
+
+LEASE = timedelta(minutes=30)
+
+
+def task() -> TesTask:
+    return TesTask(
+        id=str(uuid.uuid4()), name="bench", executors=[TesExecutor(image="alpine", command=["true"])]
+    )
+
+
+def route(record: TaskRecord, loads: Mapping[str, int]) -> Sequence[str]:
+    return sorted(("east", "west"), key=lambda n: loads.get(n, 0))
+
+
+POLICY = ClaimPolicy(max_active_per_owner=1_000_000, route=route)
+
+
+async def fill(store: TaskStore, n: int, owners: int, batch: int) -> None:
+    people = [Owner(f"user{i}", "bench") for i in range(owners)]
+    for start in range(0, n, batch):
+        await asyncio.gather(
+            *(store.create(task(), people[i % owners]) for i in range(start, min(n, start + batch)))
+        )
+
+
+async def claims_per_second(store: TaskStore, claims: int) -> float:
+    now = datetime.now(UTC)
+    started = time.perf_counter()
+    for _ in range(claims):
+        if await store.claim("bench", now, now + LEASE, policy=POLICY) is None:
+            raise RuntimeError("nothing left to claim")
+    return claims / (time.perf_counter() - started)
+
+
+async def newcomer(store: TaskStore) -> tuple[int, float]:
+    first = await store.create(task(), Owner("newcomer", "bench"))
+    created = time.perf_counter()
+    now = datetime.now(UTC)
+    others = 0
+    while True:
+        record = await store.claim("bench", now, now + LEASE, policy=POLICY)
+        if record is None:
+            raise RuntimeError("the newcomer's task was never claimed")
+        if record.id == first.id:
+            return others, time.perf_counter() - created
+        others += 1
+
+
+@contextmanager
+def sqlite_maker() -> Iterator[Callable[[], TaskStore]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        counter = iter(range(1_000_000))
+        yield lambda: SqliteTaskStore(str(Path(tmp) / f"bench{next(counter)}.sqlite3"))
+
+
+@contextmanager
+def mongo_maker() -> Iterator[Callable[[], TaskStore]]:
+    from tesp_api.store.mongo import MongoTaskStore
+    from tests.services.mongoeco import mongodb_server
+
+    with mongodb_server() as uri:
+        yield lambda: MongoTaskStore(uri, database=f"bench_{uuid.uuid4().hex[:8]}")
+
+
+async def run_store(
+    label: str, make: Callable[[], TaskStore], tasks: int, claims: int, batch: int
+) -> list[tuple[str, int, int, float, float, int, float]]:
+    rows = []
+    for owners in (1, 100):
+        small_store = make()
+        await small_store.open()
+        await fill(small_store, min(1000 + claims, tasks), owners, batch)
+        small = await claims_per_second(small_store, claims)
+        await small_store.close()
+        store = make()
+        await store.open()
+        started = time.perf_counter()
+        await fill(store, tasks, owners, batch)
+        print(
+            f"  {label}: {tasks} tasks of {owners} owner(s) queued in {time.perf_counter() - started:.0f} s",
+            flush=True,
+        )
+        full = await claims_per_second(store, claims)
+        others, seconds = await newcomer(store)
+        await store.close()
+        rows.append((label, owners, tasks, small, full, others, seconds))
+        print(
+            f"  {label}, {owners} owners: {small:.0f} claims/s (1k queued), {full:.0f} claims/s ({tasks} queued); "
+            f"newcomer claimed after {others} other claim(s), {seconds * 1000:.1f} ms",
+            flush=True,
+        )
+    return rows
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tasks", type=int, default=50_000)
+    parser.add_argument("--claims", type=int, default=2000)
+    parser.add_argument("--no-mongo", action="store_true")
+    parser.add_argument("--no-sqlite", action="store_true")
+    parser.add_argument(
+        "--mongo-tasks",
+        type=int,
+        default=None,
+        help="backlog on MongoDB (default --tasks; mongoeco queues ~20/s)",
+    )
+    args = parser.parse_args()
+    plans: list[tuple[str, AbstractContextManager[Callable[[], TaskStore]], int, int]] = []
+    if not args.no_sqlite:
+        plans.append(("SQLite", sqlite_maker(), 500, args.tasks))
+    if not args.no_mongo:
+        label = "MongoDB" if os.environ.get("TESP_TEST_MONGODB_URI") else "MongoDB (mongoeco emulator)"
+        plans.append((label, mongo_maker(), 200, args.mongo_tasks or args.tasks))
+    rows = []
+    for label, maker, batch, tasks in plans:
+        with maker as make:
+            rows += await run_store(label, make, tasks, args.claims, batch)
+    print()
+    print(
+        f"| store | owners | claims/s, 1,000 queued | claims/s, {args.tasks:,} queued | newcomer: claims before it | newcomer: create -> claim |"
+    )
+    print("|---|---|---|---|---|---|")
+    for label, owners, small, full, others, seconds in rows:
+        print(f"| {label} | {owners} | {small:.0f} | {full:.0f} | {others} | {seconds * 1000:.1f} ms |")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
