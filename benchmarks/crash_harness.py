@@ -271,6 +271,58 @@ class AmqpPulsar:
         await self.server.stop()
 
 
+class StagingBalancer:
+    """One staging URL for every replica, as a load balancer gives a deployment (docs/amqp.md):
+    each connection goes to the first replica's staging server that accepts it, starting with the
+    next one in turn. A TCP relay on 127.0.0.1 in the run's event loop."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.backends: list[int] = []
+        self._turn = 0
+        self._server: asyncio.AbstractServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._turn += 1
+        order = (
+            self.backends[self._turn % len(self.backends) :]
+            + self.backends[: self._turn % len(self.backends)]
+        )
+        for port in order:
+            try:
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+                break
+            except OSError:
+                continue
+        else:
+            writer.close()
+            return
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except OSError:
+                pass
+            finally:
+                with contextlib.suppress(Exception):
+                    dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
 # ---- clients and counting -------------------------------------------------------------------------
 
 

@@ -10,6 +10,10 @@ task name), once half of them are answered, one fault (``--fault``):
 * ``pulsar``: kill -9 of Pulsar's process group, restarted 3 s later;
 * ``broker`` (``--mode amqp`` only): the private RabbitMQ node's app stopped for 5 s.
 
+AMQP: each replica's staging server listens on its own port, and all of them are behind one
+``pulsar.staging_url`` (a TCP relay to the first that accepts, as a load balancer would be), so
+Pulsar reaches a live replica when the one that submitted a job is down.
+
 Counted (benchmarks/crash_harness.py): created, final, answered tasks lost, duplicates, executors run
 twice, states, SYSTEM_ERROR/PREEMPTED reasons. Prints a Markdown table per run for docs/engine.md.
 
@@ -35,6 +39,7 @@ from benchmarks.crash_harness import (
     PrivateBroker,
     RestPulsar,
     Run,
+    StagingBalancer,
     TespProcess,
     at_progress,
     free_port,
@@ -75,12 +80,18 @@ async def replica_run(
         pulsar = RestPulsar(work / "pulsar", 8)
     await pulsar.start()
     procs: dict[str, TespProcess] = {}
+    balancer = StagingBalancer()
+    if mode == "amqp":
+        await balancer.start()
     try:
         with store_env(store, work) as db:
             for label, kind in (("serve1", "serve"), ("serve2", "serve"), ("worker", "worker")):
                 extra: dict[str, str] = {}  # worker ids: hostname:pid:random, new at each (re)start
-                if mode == "amqp":
-                    extra["TESP_API_PULSAR__STAGING_LISTEN"] = f"127.0.0.1:{free_port()}"
+                if mode == "amqp":  # each replica's staging server, all behind one URL
+                    port = free_port()
+                    balancer.backends.append(port)
+                    extra["TESP_API_PULSAR__STAGING_LISTEN"] = f"127.0.0.1:{port}"
+                    extra["TESP_API_PULSAR__STAGING_URL"] = balancer.url
                 (work / label).mkdir()
                 env = tesp_env(work / label, markers, db, pulsar.env(), **extra)
                 procs[label] = TespProcess(kind, label, work / label, env)
@@ -117,6 +128,7 @@ async def replica_run(
         for proc in procs.values():
             proc.stop()
         await pulsar.stop()
+        await balancer.stop()
         if broker is not None:
             await asyncio.to_thread(broker.shutdown)
 
