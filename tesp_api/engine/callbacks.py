@@ -116,23 +116,61 @@ class CallbackDelivery:
         self._wake.set()
 
     async def _loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                claimed = await self.run_once()
-            except StoreError as exc:
-                log.warning("callback delivery: the store failed: %s", exc)
+        """Keep up to ``callbacks.concurrency`` deliveries in flight: a slot that frees is filled
+        at once from the due events, so one slow receiver (up to ``callbacks.timeout``) holds
+        one slot, never the others' callbacks."""
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            while not self._stopping.is_set():
+                free = self.conf.concurrency - len(in_flight)
                 claimed = 0
-            except Exception:  # the loop must live on; a failure never affects tasks
-                log.exception("callback delivery: unexpected error")
-                claimed = 0
-            if claimed:
-                continue  # more may be due at once
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.conf.poll_interval)
+                if free > 0:
+                    try:
+                        now = datetime.now(UTC)
+                        events = await self.store.claim_callbacks(
+                            self.worker_id, now, now + timedelta(seconds=self.conf.lease_seconds), free
+                        )
+                    except StoreError as exc:
+                        log.warning("callback delivery: the store failed: %s", exc)
+                        events = []
+                    except Exception:  # the loop must live on; a failure never affects tasks
+                        log.exception("callback delivery: unexpected error")
+                        events = []
+                    for event in events:
+                        delivery = asyncio.create_task(self._deliver_safely(event))
+                        in_flight.add(delivery)
+                        delivery.add_done_callback(in_flight.discard)
+                    claimed = len(events)
+                if in_flight and (free <= 0 or claimed > 0):
+                    # Full, or some went out: go on when one ends (its task's next event may be due).
+                    await asyncio.wait(
+                        set(in_flight), timeout=self.conf.poll_interval, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    continue
+                self._wake.clear()
+                waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._wake.wait())} | in_flight
+                await asyncio.wait(
+                    waiters, timeout=self.conf.poll_interval, return_when=asyncio.FIRST_COMPLETED
+                )
+                for waiter in waiters - in_flight:
+                    waiter.cancel()
+        finally:
+            for delivery in list(in_flight):  # their leases expire; the events are sent again
+                delivery.cancel()
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _deliver_safely(self, event: CallbackEvent) -> None:
+        try:
+            await self._deliver(event)
+        except StoreError as exc:  # the lease expires and the event is sent again
+            log.warning("callback %s of task %s: the store failed: %s", event.id, event.task_id, exc)
+        except Exception:  # a failure never affects the task, nor the loop
+            log.exception("callback %s of task %s: unexpected error", event.id, event.task_id)
 
     async def run_once(self) -> int:
-        """Claim the due events (at most ``callbacks.concurrency``) and deliver them; how many."""
+        """Claim the due events (at most ``callbacks.concurrency``) and deliver them all; how many
+        (one batch, for tests and tools; the loop keeps its slots full instead)."""
         now = datetime.now(UTC)
         events = await self.store.claim_callbacks(
             self.worker_id, now, now + timedelta(seconds=self.conf.lease_seconds), self.conf.concurrency

@@ -134,7 +134,8 @@ CREATE TABLE IF NOT EXISTS callback_outbox (
     lease_expires_ms INTEGER,
     last_error TEXT
 );
-CREATE INDEX IF NOT EXISTS callback_outbox_due ON callback_outbox(next_ms);
+DROP INDEX IF EXISTS callback_outbox_due;
+CREATE INDEX IF NOT EXISTS callback_outbox_due_order ON callback_outbox(next_ms, event_seq);
 CREATE INDEX IF NOT EXISTS callback_outbox_by_task ON callback_outbox(task_id, event_seq);
 CREATE TABLE IF NOT EXISTS store_leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_ms INTEGER NOT NULL);
 """

@@ -292,6 +292,20 @@ async def test_two_deliverers_on_one_store_post_each_event_once(
     assert len(ids) == 20 and len(set(ids)) == 20
 
 
+async def test_a_slow_receiver_holds_one_delivery_slot_not_the_others(
+    tmp_path: Path, store: SqliteTaskStore, receiver: Receiver
+) -> None:
+    receiver.delays = {"/slow": 5.0}
+    settings = callback_settings(tmp_path, receiver.secret, [receiver.url + "/"], concurrency=2)
+    await store.create(new_task(f"{receiver.url}/slow"), None)
+    for i in range(5):
+        await store.create(new_task(f"{receiver.url}/fast/{i}"), None)
+    await deliver_all(CallbackDelivery(settings, store), store)
+    # The five fast ones went through the other slot while the slow one was still waiting.
+    assert receiver.answered[-1] == "/slow"
+    assert sorted(receiver.answered[:5]) == [f"/fast/{i}" for i in range(5)]
+
+
 def test_backoff_doubles_from_the_initial_wait_up_to_the_maximum() -> None:
     waits = [backoff_seconds(a, 1.0, 30.0) for a in range(1, 8)]
     for attempt, wait in enumerate(waits, start=1):

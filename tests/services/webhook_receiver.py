@@ -4,7 +4,7 @@ shut down at the end of the ``with``.
 
 Every POST is recorded (path, headers, raw body) and verified with the ``standardwebhooks`` package
 against the test's secret. ``answers`` is a queue of status codes to answer the next requests
-with (then ``default_status``); ``redirect`` answers 302 to ``/elsewhere``.
+with (then ``default_status``); a 3xx answer points to ``/elsewhere``; ``delays`` slows some paths.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ class Receiver:
     deliveries: list[Delivery] = field(default_factory=list)
     answers: list[int] = field(default_factory=list)
     default_status: int = 204
+    delays: dict[str, float] = field(default_factory=dict)  # path prefix -> seconds before answering
+    answered: list[str] = field(default_factory=list)  # paths, in the order their answers went out
     lock: threading.Lock = field(default_factory=threading.Lock)
     arrived: threading.Condition = field(init=False)
 
@@ -86,6 +89,8 @@ def webhook_receiver(secret: str | None = None) -> Iterator[Receiver]:
     holder: dict[str, Receiver] = {}
 
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as real receivers (a new connection per POST otherwise)
+
         def do_POST(self) -> None:
             receiver = holder["r"]
             body = self.rfile.read(int(self.headers.get("content-length", "0")))
@@ -100,16 +105,27 @@ def webhook_receiver(secret: str | None = None) -> Iterator[Receiver]:
                 headers["x-answer"] = str(status)
                 receiver.deliveries.append(Delivery(self.path, headers, body, verified))
                 receiver.arrived.notify_all()
+            delay = next((d for prefix, d in receiver.delays.items() if self.path.startswith(prefix)), 0.0)
+            if delay:
+                time.sleep(delay)
             self.send_response(status)
             if status in (301, 302, 307, 308):
                 self.send_header("Location", "/elsewhere")
             self.send_header("Content-Length", "0")
             self.end_headers()
+            with receiver.lock:
+                receiver.answered.append(self.path)
 
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 128  # the default backlog of 5 drops concurrent connects (1 s SYN retry)
+
+        def handle_error(self, request: object, client_address: object) -> None:
+            pass  # a client closing its kept-alive connection is no error here
+
+    server = Server(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     holder["r"] = Receiver(url=f"http://127.0.0.1:{server.server_address[1]}", secret=secret)
     thread = threading.Thread(target=server.serve_forever, name="webhook-receiver", daemon=True)
