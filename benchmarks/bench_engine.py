@@ -60,12 +60,29 @@ FINAL = {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED", "PREEMPTED"}
 POLL = 0.05  # the TES client's polling (one request for all tasks during the burst)
 POLL_INTERVAL = 0.5  # pulsar.status.poll_interval of the engine; the direct client uses the same
 CONCURRENT_JOBS = 8
+DAEMON: dict[str, int] = {}  # "sid": the private dockerd's session (its own: start_new_session), when docker
 
 
 def process_cpu(pid: int) -> float:
     """CPU seconds (user + system) a process has used so far, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def session_cpu(sid: int | None) -> float:
+    """CPU seconds of a session (dockerd with containerd, the shims and what they reaped: the runtime's
+    own daemon side of every ``docker run``), from /proc; 0 when there is no daemon (podman, bwrap)."""
+    if sid is None:
+        return 0.0
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:
+            total += sum(int(f) for f in fields[11:15])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def group_cpu(pgid: int) -> float:
@@ -81,12 +98,23 @@ def group_cpu(pgid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def real_python() -> str:
+    """The interpreter the job runner gets (``runtime.runner_python``): a binary, never a wrapper. A
+    pyenv shim first on Pulsar's PATH (as on this machine) is a bash script that costs every job
+    ~70 ms and ~55 ms CPU before Python even starts (benchmarks/bench_runtime_overhead.py): the
+    direct side's ``bash`` pays nothing alike, so comparing with it would measure pyenv, not tesp-api."""
+    for cand in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.access(cand, os.X_OK):
+            return cand
+    return os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+
+
 @contextmanager
-def real_runtime(kind: str, tmp: Path) -> Iterator[dict[str, Any]]:
+def real_runtime(kind: str, tmp: Path, runner_python: str) -> Iterator[dict[str, Any]]:
     """The ``runtime`` settings section for ``kind``; docker and podman on a private daemon/store
     with local/busybox:1 imported (tests/services), stopped at the end."""
     if kind == "bwrap":
-        yield {"type": "bwrap"}
+        yield {"type": "bwrap", "runner_python": runner_python}
         return
     from tests.services.images import import_image
 
@@ -95,13 +123,20 @@ def real_runtime(kind: str, tmp: Path) -> Iterator[dict[str, Any]]:
 
         with docker_daemon(tmp / "dockerd") as daemon:
             import_image([daemon.client], daemon.env)
-            yield {"type": "docker", "docker_bin": daemon.client, "env": daemon.env}
+            assert daemon.process is not None
+            DAEMON["sid"] = daemon.process.pid
+            yield {
+                "type": "docker",
+                "docker_bin": daemon.client,
+                "env": daemon.env,
+                "runner_python": runner_python,
+            }
         return
     from tests.services.podman import podman_store
 
     with podman_store(tmp / "podman") as store:
         import_image([store.binary], store.env)
-        yield {"type": "podman", "podman_bin": store.binary, "env": store.env}
+        yield {"type": "podman", "podman_bin": store.binary, "env": store.env, "runner_python": runner_python}
 
 
 def image_for(kind: str) -> str:
@@ -190,7 +225,7 @@ async def pulsar_latency(url: str, runs: int, command: str) -> list[float]:
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
         for i in range(runs):
             started = time.perf_counter()
-            job = f"lat-{i}-{os.getpid()}"
+            job = f"lat-{i}-{os.getpid()}-{time.monotonic_ns()}"
             await pulsar_job(client, job, command)
             await pulsar_wait(client, job)
             out.append(time.perf_counter() - started)
@@ -225,7 +260,7 @@ async def tes_wait(client: httpx.AsyncClient, task_id: str, poll: float = POLL) 
         await asyncio.sleep(poll)
 
 
-async def tes_latency(api: str, runs: int) -> list[float]:
+async def tes_latency(api: str, runs: int, tasks: list[dict[str, Any]] | None = None) -> list[float]:
     out = []
     async with httpx.AsyncClient(base_url=api, timeout=30) as client:
         for _ in range(runs):
@@ -235,7 +270,27 @@ async def tes_latency(api: str, runs: int) -> list[float]:
             task = (await client.get(f"/tasks/{task_id}", params={"view": "FULL"})).json()
             assert state == "COMPLETE", (state, task["logs"][-1].get("system_logs"))
             out.append(_ts(task["logs"][-1]["end_time"]) - started)
+            if tasks is not None:
+                tasks.append(task)
     return out
+
+
+def latency_rounds(url: str, api: str, runs: int, command: str) -> tuple[list[float], list[float]]:
+    """Direct and tesp-api latency runs alternated one by one, so both see the same load (the shared
+    machine's load can change several-fold within a minute); prints where tesp-api's time went."""
+    direct: list[float] = []
+    tes: list[float] = []
+    tasks: list[dict[str, Any]] = []
+    for _ in range(runs):
+        direct += asyncio.run(pulsar_latency(url, 1, command))
+        tes += asyncio.run(tes_latency(api, 1, tasks))
+    print_breakdown(tasks, "latency")
+    print(
+        "latency runs (direct, tesp-api): "
+        + ", ".join(f"{d:.3f}/{t:.3f}" for d, t in zip(direct, tes, strict=True)),
+        file=sys.stderr,
+    )
+    return direct, tes
 
 
 async def tes_burst(api: str, n: int, staging: Path) -> float:
@@ -275,8 +330,8 @@ def _ts(value: str) -> float:
     return datetime.fromisoformat(value).timestamp()
 
 
-def print_breakdown(tasks: list[dict[str, object]]) -> None:
-    """Where a burst task's time went, from its own log (medians; stderr, not the Markdown)."""
+def print_breakdown(tasks: list[dict[str, Any]], what: str = "burst") -> None:
+    """Where a task's time went, from its own log (medians; stderr, not the Markdown)."""
     phases: dict[str, list[float]] = {
         "created -> claimed": [],
         "claimed -> executor start": [],
@@ -284,9 +339,9 @@ def print_breakdown(tasks: list[dict[str, object]]) -> None:
         "executor end -> final": [],
     }
     for t in tasks:
-        lg = t["logs"][-1]  # type: ignore[index]
+        lg = t["logs"][-1]
         ex = lg["logs"][0]
-        created, claimed = _ts(t["creation_time"]), _ts(lg["start_time"])  # type: ignore[arg-type]
+        created, claimed = _ts(t["creation_time"]), _ts(lg["start_time"])
         ex_start, ex_end, final = _ts(ex["start_time"]), _ts(ex["end_time"]), _ts(lg["end_time"])
         for key, value in zip(
             phases, (claimed - created, ex_start - claimed, ex_end - ex_start, final - ex_end), strict=True
@@ -294,7 +349,7 @@ def print_breakdown(tasks: list[dict[str, object]]) -> None:
             phases[key].append(value)
     for key, values in phases.items():
         print(
-            f"burst task phase {key}: median {statistics.median(values):.3f} s, max {max(values):.3f} s",
+            f"{what} task phase {key}: median {statistics.median(values):.3f} s, max {max(values):.3f} s",
             file=sys.stderr,
         )
 
@@ -403,31 +458,41 @@ def main() -> None:
         default="bwrap",
         help="docker/podman: a private daemon/store as the test suite starts them",
     )
+    ap.add_argument(
+        "--runner-python",
+        default=None,
+        help="runtime.runner_python for tesp-api's jobs (default: /usr/bin/python3, not a shim on PATH)",
+    )
     args = ap.parse_args()
     TRIVIAL["executors"][0]["image"] = image_for(args.runtime)
     with (
         tempfile.TemporaryDirectory(prefix="bench-engine-") as tmpdir,
-        real_runtime(args.runtime, Path(tmpdir)) as runtime,
+        real_runtime(args.runtime, Path(tmpdir), args.runner_python or real_python()) as runtime,
     ):
         tmp = Path(tmpdir)
         with LocalPulsar(tmp / "pulsar", num_concurrent_jobs=CONCURRENT_JOBS) as pulsar:
             serve, api = start_serve(tmp, pulsar.url, runtime)
             try:
                 command = direct_command(runtime)
-                direct_lat = asyncio.run(pulsar_latency(pulsar.url, args.latency_runs, command))
-                tes_lat = asyncio.run(tes_latency(api, args.latency_runs))
+                direct_lat, tes_lat = latency_rounds(pulsar.url, api, args.latency_runs, command)
                 direct_runs, tes_runs, direct_cpu, tes_cpu, direct_pulsar, tes_pulsar = [], [], [], [], [], []
+                direct_daemon: list[float] = []
+                tes_daemon: list[float] = []
+                sid = DAEMON.get("sid")
                 assert pulsar.process is not None
                 pgid = os.getpgid(pulsar.process.pid)
                 for _ in range(args.burst_runs):  # alternating, so the machine's load hits both sides
-                    cpu0, pulsar0 = time.process_time(), group_cpu(pgid)
+                    cpu0, pulsar0, daemon0 = time.process_time(), group_cpu(pgid), session_cpu(sid)
                     direct_runs.append(asyncio.run(pulsar_burst(pulsar.url, args.tasks, command)))
                     direct_cpu.append(time.process_time() - cpu0)
                     direct_pulsar.append(group_cpu(pgid) - pulsar0)
+                    direct_daemon.append(session_cpu(sid) - daemon0)
                     cpu0, serve0, pulsar0 = time.process_time(), process_cpu(serve.pid), group_cpu(pgid)
+                    daemon0 = session_cpu(sid)
                     tes_runs.append(asyncio.run(tes_burst(api, args.tasks, pulsar.staging_directory)))
                     tes_cpu.append(process_cpu(serve.pid) - serve0 + time.process_time() - cpu0)
                     tes_pulsar.append(group_cpu(pgid) - pulsar0)
+                    tes_daemon.append(session_cpu(sid) - daemon0)
                 print(
                     "bursts (direct, tesp-api, ratio): "
                     + ", ".join(
@@ -465,6 +530,18 @@ def main() -> None:
     )
     tp, dp = statistics.median(tes_pulsar), statistics.median(direct_pulsar)
     print(f"| CPU of Pulsar (server and jobs) in that burst | {tp:.2f} s | {dp:.2f} s | {tp / dp:.2f} |")
+    if any(direct_daemon):
+        td, dd = statistics.median(tes_daemon), statistics.median(direct_daemon)
+        print(
+            f"| CPU of the runtime's daemon (dockerd, containerd, shims) in that burst | {td:.2f} s | {dd:.2f} s | {td / dd:.2f} |"
+        )
+        tt = statistics.median([a + b + c for a, b, c in zip(tes_cpu, tes_pulsar, tes_daemon, strict=True)])
+        dt = statistics.median(
+            [a + b + c for a, b, c in zip(direct_cpu, direct_pulsar, direct_daemon, strict=True)]
+        )
+        print(
+            f"| all CPU of that burst (client side + Pulsar + daemon) | {tt:.2f} s | {dt:.2f} s | {tt / dt:.2f} |"
+        )
     if not cpu_rows:
         return
     print("\n| tasks running | engine CPU per 1,000 polls | engine CPU per second |")
