@@ -95,7 +95,7 @@ async def crash_run(
         started = time.monotonic()
 
         async def faults() -> None:
-            await at_progress(run, 1 / 3, kill_serve, markers)
+            await at_progress(run, 1 / 3, kill_serve)  # while POSTs are in flight
             await at_progress(run, 2 / 3, kill_pulsar, markers)
             if broker is not None:
                 await at_progress(run, 5 / 6, bounce_broker, markers)
