@@ -427,10 +427,20 @@ class AmqpBackend:
                 # A job prepared here (maybe by this service before a restart): Pulsar may answer
                 # before it handled the setup still waiting in its queue (both sent while it was
                 # down). Only a "lost" said twice means the setup never arrived.
-                await asyncio.sleep(self.lost_recheck)
-                # An answer identical to the first is deduplicated by the client (no answer): the
-                # first "lost" stands.
-                known = await self._ask(job_id) or known
+                # Updates Pulsar pushes meanwhile (it took the setup in and ran the job) are kept:
+                # asked again, it would answer what it pushed, which the client deduplicates.
+                self._awaiting.add(job_id)
+                try:
+                    await asyncio.sleep(self.lost_recheck)
+                finally:
+                    self._awaiting.discard(job_id)
+                pushed = self._statuses.get(job_id)
+                if pushed is not None and pushed.status != "lost":
+                    known = pushed
+                else:
+                    # An answer identical to the first is deduplicated by the client (no answer):
+                    # the first "lost" stands.
+                    known = await self._ask(job_id) or known
             unknown = known is None or known.status == "lost"
             if prepared is not None and not prepared.sent and unknown:
                 self._statuses.pop(job_id, None)
