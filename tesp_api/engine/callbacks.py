@@ -124,7 +124,9 @@ class CallbackDelivery:
             while not self._stopping.is_set():
                 free = self.conf.concurrency - len(in_flight)
                 claimed = 0
-                if free > 0:
+                # Refill when half the slots are free (or all): one claim (a write) for several
+                # events, not one per finished delivery.
+                if free > 0 and (not in_flight or free >= max(1, self.conf.concurrency // 2)):
                     try:
                         now = datetime.now(UTC)
                         events = await self.store.claim_callbacks(
@@ -141,7 +143,7 @@ class CallbackDelivery:
                         in_flight.add(delivery)
                         delivery.add_done_callback(in_flight.discard)
                     claimed = len(events)
-                if in_flight and (free <= 0 or claimed > 0):
+                if in_flight and (free < max(1, self.conf.concurrency // 2) or claimed > 0):
                     # Full, or some went out: go on when one ends (its task's next event may be due).
                     await asyncio.wait(
                         set(in_flight), timeout=self.conf.poll_interval, return_when=asyncio.FIRST_COMPLETED
