@@ -20,6 +20,7 @@ from tesp_api.engine.retention import RetentionSweeper
 from tesp_api.store.sqlite import SqliteTaskStore
 from tesp_api.tes.ids import new_task_id
 from tesp_api.tes.models import TesExecutor, TesState, TesTask
+from tests.services.pulsar import LocalPulsar
 
 BASE = "/ga4gh/tes/v1"
 LATER = timedelta(hours=2)
@@ -139,3 +140,38 @@ async def test_the_deleted_count_is_logged_and_in_metrics(
     app = create_app(retention_settings(tmp_path), store)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tes.test") as c:
         assert "tesp_tasks_deleted_total" in (await c.get("/metrics")).text
+
+
+@pytest.mark.pulsar
+@pytest.mark.slow
+def test_a_real_serve_deletes_a_finished_task_which_then_answers_404(
+    pulsar: LocalPulsar, tmp_path: Path
+) -> None:
+    import time
+
+    from tests.engine.serve_process import ServeProcess
+
+    serve = ServeProcess(
+        tmp_path,
+        pulsar.url,
+        TESP_API_RETENTION__FINISHED_MAX_AGE="1",
+        TESP_API_RETENTION__INTERVAL="0.5",
+    )
+    serve.start()
+    try:
+        answer = httpx.post(
+            f"{serve.url}{BASE}/tasks",
+            json={"executors": [{"image": "alpine", "command": ["true"]}]},
+            timeout=30,
+        )
+        task_id = answer.json()["id"]
+        deadline = time.monotonic() + 180
+        while (got := httpx.get(f"{serve.url}{BASE}/tasks/{task_id}", timeout=30)).status_code == 200:
+            assert got.json()["state"] in ("QUEUED", "INITIALIZING", "RUNNING", "COMPLETE"), got.text
+            assert time.monotonic() < deadline, got.text
+            time.sleep(0.3)
+        assert got.status_code == 404
+        assert "retention: deleted 1 finished task(s)" in serve.log_file.read_text()
+        assert "tesp_tasks_deleted_total 1.0" in httpx.get(f"{serve.url}/metrics", timeout=30).text
+    finally:
+        serve.stop()
