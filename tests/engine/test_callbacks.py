@@ -452,6 +452,7 @@ def test_no_callback_is_lost_across_a_kill_9_of_serve(pulsar: LocalPulsar, tmp_p
         while outbox_rows(tmp_path / "tasks.sqlite3"):
             assert time.monotonic() < deadline
             time.sleep(0.2)
+        assert secret.removeprefix("whsec_") not in serve.log_file.read_text()  # the key is never logged
     finally:
         serve.stop()
         if documented is not None:
