@@ -389,11 +389,16 @@ class TaskDriver:
         if probe is None or now < self._liveness_due:
             return False
         self._liveness_due = now + self.ctx.pulsar.status.poll_interval
-        job_id = self.job_id
-        verdict = await self._pulsar(lambda: probe(job_id))
+        try:
+            verdict = await probe(self.job_id)
+        except (BackendUnavailable, BackendError) as exc:  # no verdict: the next status poll decides
+            log.info("liveness of Pulsar job %s unknown: %s", self.job_id, exc)
+            return False
         if verdict.alive:
             return False
-        await self._lost(verdict.reason or "the job's process is gone although Pulsar reports it running")
+        await self._lost(
+            verdict.reason or "the job's process is gone although Pulsar reports it running", kill=True
+        )
         return True
 
     async def _wait_next_poll(self, poll: float) -> bool:
@@ -417,7 +422,7 @@ class TaskDriver:
         self.wake.clear()
         return woken
 
-    async def _lost(self, reason: str) -> None:
+    async def _lost(self, reason: str, *, kill: bool = False) -> None:
         """Pulsar lost the job after it was submitted: lost work. PREEMPTED (the spec's state for a
         task the system stopped, which workflow engines retry), or with ``engine.rerun_lost`` a
         fresh Pulsar job ``<task id>-r<n>`` (a new job directory: the old one may hold the runner's
@@ -428,11 +433,13 @@ class TaskDriver:
         if reruns < allowed:
             n = reruns + 1
             old_job, new_job = self.job_id, f"{self.task_id}-r{n}"
-            if not self.ctx.pulsar.keep_job_directories:
-                try:
+            try:
+                if kill:  # Pulsar still calls it running: nothing of it may run beside the re-run
+                    await self._pulsar(lambda: self.backend.cancel(old_job))
+                if not self.ctx.pulsar.keep_job_directories:
                     await self._pulsar(lambda: self.backend.clean(old_job))
-                except (GiveUp, BackendError) as exc:
-                    log.warning("could not clean the lost Pulsar job %s: %s", old_job, exc)
+            except (GiveUp, BackendError) as exc:
+                log.warning("could not kill and clean the lost Pulsar job %s: %s", old_job, exc)
             await self._move(
                 TesState.INITIALIZING,
                 LogPatch(
@@ -568,7 +575,8 @@ class TaskDriver:
     async def _release_pulsar_job(self, rec: TaskRecord) -> bool:
         """Kill the job if it may still run, then delete its directory: True when deleted."""
         job_id = self.job_id
-        if rec.state == TesState.CANCELED and rec.backend.get("submitting"):
+        # Cancelled, or lost work (a liveness verdict may be wrong): the job must not run on.
+        if rec.state in (TesState.CANCELED, TesState.PREEMPTED) and rec.backend.get("submitting"):
             status = await self._pulsar(lambda: self.backend.status(job_id))
             if not status.is_final or status.status == "preprocessing":
                 await self._pulsar(lambda: self.backend.cancel(job_id))

@@ -26,7 +26,7 @@ from tesp_api.engine import Engine
 from tesp_api.engine.context import DriverContext
 from tesp_api.engine.driver import LeaseLost, TaskDriver
 from tesp_api.local import free_port
-from tesp_api.pulsar.port import JobStatus
+from tesp_api.pulsar.port import JobStatus, Liveness
 from tesp_api.pulsar.rest import RestBackend
 from tesp_api.store.port import LogPatch
 from tesp_api.store.sqlite import SqliteTaskStore
@@ -454,3 +454,43 @@ async def test_a_task_waiting_for_an_unreachable_pulsar_says_why_once_while_it_w
     said = [line for line in rec.log.system_logs or [] if "is unreachable" in line]
     assert len(said) == 1 and "waiting for it, for at most 3s (pulsar.unreachable_deadline)" in said[0]
     assert rec.state == TesState.SYSTEM_ERROR
+
+
+class WithLiveness:
+    """The real REST backend plus the optional liveness probe (port.LivenessProbe), whose verdict
+    the test sets: the contract the driver keeps with a backend that can tell (pulsar/liveness.py
+    is the real one, tested with its own Pulsar restarts)."""
+
+    def __init__(self, inner: RestBackend) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.dead = False
+        self.asked = 0
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.inner, attr)
+
+    async def liveness(self, job_id: str) -> Liveness:
+        self.asked += 1
+        return Liveness(alive=not self.dead, reason="the runner's heartbeat stopped" if self.dead else "")
+
+
+async def test_a_job_the_liveness_probe_calls_dead_ends_preempted_and_is_killed(
+    settings: Settings, store: SqliteTaskStore, pulsar: LocalPulsar
+) -> None:
+    backend = WithLiveness(RestBackend("default", pulsar.url))
+    engine = Engine(settings, store, {"default": backend})  # type: ignore[dict-item]
+    await engine.start()
+    try:
+        text = marker()
+        tid = await submit(store, sleeper(text))
+        await until_running(text)
+        while backend.asked == 0:
+            await asyncio.sleep(0.05)
+        backend.dead = True
+        rec = await wait_for(store, tid)
+    finally:
+        await engine.stop()
+    assert rec.state == TesState.PREEMPTED, rec.log.system_logs
+    assert "PREEMPTED: lost work: the runner's heartbeat stopped" in (rec.log.system_logs or [])
+    assert processes_with(text) == []  # a wrong verdict leaves nothing running
