@@ -14,7 +14,7 @@ How the port's calls map onto Pulsar's message protocol:
   this process knows nothing about (e.g. taken over after a restart) is asked about once with a status
   message, and the call waits for the answer. If Pulsar does not know the job (``lost``, said twice,
   or no answer) and its setup was recorded here but never confirmed sent (a crash between the store's
-  RUNNING and the publish), the answer is ``preprocessing``: the same thing REST Pulsar says of a job
+  "submitting" and the publish), the answer is ``preprocessing``: the same thing REST Pulsar says of a job
   set up but not submitted, so the driver submits it (once) from the record.
 * ``cancel``: a kill message; the client then asks for the status soon and repeatedly, since Pulsar
   publishes nothing after a kill.

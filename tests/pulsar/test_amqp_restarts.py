@@ -4,12 +4,12 @@ Two windows used to end a task in SYSTEM_ERROR:
 
 1. the setup message was sent, then ``tesp-api serve`` died before Pulsar downloaded the inputs (the
    registrations were in memory only);
-2. the store said RUNNING, then the process died before the setup message was published.
+2. the store said "submitting", then the process died before the setup message was published.
 
 All parts are real: the RabbitMQ broker, ``pulsar-main`` and ``tesp-api serve`` processes (killed with
 SIGKILL). The crash windows are made to last, not raced: window 1 by keeping Pulsar stopped (the setup
 waits in its queue), window 2 by a broker policy on this test's own setup queue that refuses new
-messages (the publish is nacked, the driver retries, the store already says RUNNING). The two
+messages (the publish is nacked, the driver retries, the store already says "submitting"). The two
 "backend objects" tests drive two AmqpBackend instances in one process (the first dropped without
 being closed, standing for a dead process) to show the decision itself: Pulsar asked first, the setup
 sent again only when Pulsar does not know the job, never when it does.
