@@ -24,6 +24,11 @@ reads it at most every ``check_every`` seconds; when it has not changed for ``lo
 
 The verdict names what happened in ``raw[LOST_REASON_KEY]`` (for the task's system_logs).
 A job run by an older runner without a heartbeat is judged the same way after ``lost_after``.
+
+A job Pulsar answers ``queued`` for is judged only once it was seen beating, or when a job this watch
+first saw more than ``lost_after`` later has started: Pulsar's queue is first in, first out, so it was
+dropped (Pulsar killed after deleting its ``command_line`` to start it, before starting it: 2 of 300
+in a crash run on a loaded machine). It is reported ``lost`` (it never ran: PREEMPTED).
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ class _Watch:
     beat: bytes | None  # the last counter read (None: none seen yet)
     changed: float  # monotonic time it last changed (or the watch began)
     checked: float  # monotonic time of the last read
+    first_seen: float = 0.0  # monotonic time this watch first saw the job (queued or running)
 
 
 class HeartbeatWatch:
@@ -74,9 +80,18 @@ class HeartbeatWatch:
         self._clock = clock
         self._watches: dict[str, _Watch] = {}
         self._scratch: Path | None = None
+        # The latest first sight of a job seen started (running, beating or final): Pulsar's queue is
+        # FIFO, so a job still queued although one first seen over ``lost_after`` after it started was
+        # dropped from Pulsar's queue (Pulsar killed between dequeuing it and starting it).
+        self._newest_started = float("-inf")
 
     def forget(self, job_id: str) -> None:
-        self._watches.pop(job_id, None)
+        watch = self._watches.pop(job_id, None)
+        if watch is not None:
+            self._started(watch)
+
+    def _started(self, watch: _Watch) -> None:
+        self._newest_started = max(self._newest_started, watch.first_seen)
 
     async def review(self, status: JobStatus) -> JobStatus:
         """``status`` as Pulsar answered it, or, for a ``running`` job whose runner is gone, what
@@ -91,7 +106,9 @@ class HeartbeatWatch:
         now = self._clock()
         watch = self._watches.get(job_id)
         if watch is None:
-            watch = self._watches[job_id] = _Watch(None, now, float("-inf"))
+            watch = self._watches[job_id] = _Watch(None, now, float("-inf"), now)
+        if not queued:
+            self._started(watch)
         # A queued job may wait long in Pulsar's queue: looked at less often.
         every = max(self.check_every, self.lost_after / 4) if queued else self.check_every
         if now - watch.checked < every:
@@ -101,8 +118,11 @@ class HeartbeatWatch:
             beat = await self._read(job_id, ALIVE_NAME)
             if beat is not None and beat != watch.beat:
                 watch.beat, watch.changed = beat, now
+                self._started(watch)
                 return status
             if queued and watch.beat is None:
+                if self._newest_started - watch.first_seen > self.lost_after:
+                    return self._dropped(status)
                 watch.changed = now  # never started: really queued (Pulsar's queue), nothing to judge
                 return status
             if now - watch.changed < self.lost_after:
@@ -126,6 +146,16 @@ class HeartbeatWatch:
         )
         log.warning("job %s: %s", job_id, reason)
         return JobStatus(job_id, "lost", None, raw={**status.raw, LOST_REASON_KEY: reason})
+
+    def _dropped(self, status: JobStatus) -> JobStatus:
+        self.forget(status.job_id)
+        reason = (
+            "Pulsar still reported the job queued, but jobs submitted well after it have started and "
+            "its runner never did: Pulsar was restarted after taking it off its queue and before "
+            "starting it, and will not start it"
+        )
+        log.warning("job %s: %s", status.job_id, reason)
+        return JobStatus(status.job_id, "lost", None, raw={**status.raw, LOST_REASON_KEY: reason})
 
     async def _read(self, job_id: str, name: str) -> bytes | None:
         """A small file of the job's working directory, or None when it is missing."""

@@ -97,3 +97,26 @@ async def test_final_answers_pass_through(tmp_path: Path) -> None:
     watch = Job(tmp_path).watch()
     for status in ("complete", "cancelled", "failed", "lost", "preprocessing"):
         assert (await watch.review(running(status))).status == status
+
+
+async def test_a_queued_job_overtaken_by_a_much_later_one_was_dropped_by_pulsar(tmp_path: Path) -> None:
+    job = Job(tmp_path)  # Pulsar killed between taking it off its queue and starting it
+    watch = job.watch()
+    assert (await watch.review(running("queued"))).status == "queued"
+    job.now += LOST_AFTER + 10
+    await watch.review(JobStatus("later", "running"))  # submitted long after, already running
+    job.now += 30
+    verdict = await watch.review(running("queued"))
+    assert verdict.status == "lost"
+    assert "will not start it" in verdict.raw[LOST_REASON_KEY]
+
+
+async def test_a_queued_job_behind_one_submitted_at_about_the_same_time_waits(tmp_path: Path) -> None:
+    job = Job(tmp_path)  # a full Pulsar: adjacent jobs may start far apart, in either order of sight
+    watch = job.watch()
+    await watch.review(running("queued"))
+    job.now += 1
+    await watch.review(JobStatus("next", "running"))
+    for _ in range(10):
+        job.now += LOST_AFTER
+        assert (await watch.review(running("queued"))).status == "queued"
