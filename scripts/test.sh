@@ -12,10 +12,11 @@ VENV=${VENV:-.venv}
 # podman needs for user namespaces. Debian packages, installed as root when missing; a machine where
 # they cannot be installed skips those tests with the reason. chromium: the browser tests (tests/browser,
 # Playwright drives Debian's build; `playwright install` cannot download one here); curl: the README's
-# Use it block (tests/test_readme.py); slurmctld, slurmd, slurm-client, munge: a one-node Slurm cluster
-# behind Pulsar (tests/e2e/test_slurm.py, started by tests/services/slurm.py; no service is started here).
+# Use it block (tests/test_readme.py); slurmctld, slurmd, slurm-client, munge (+ slurmdbd, mariadb-server
+# for sacct): a one-node Slurm cluster behind Pulsar (tests/e2e/test_slurm.py, started with a private
+# MariaDB by tests/services/slurm.py; no service is started here).
 missing=()
-for pkg in bubblewrap docker.io docker-compose podman busybox-static uidmap chromium curl slurmctld slurmd slurm-client munge; do
+for pkg in bubblewrap docker.io docker-compose podman busybox-static uidmap chromium curl slurmctld slurmd slurm-client munge slurmdbd mariadb-server; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

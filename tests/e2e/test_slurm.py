@@ -94,6 +94,20 @@ def slurm_job_of(cluster: Slurm, task_id: str, timeout: float = 60) -> dict[str,
         time.sleep(0.2)
 
 
+def sacct_job(cluster: Slurm, task_id: str, state: str, timeout: float = 60) -> dict[str, str]:
+    """The task's job in Slurm's accounting (slurmdbd), once it has ``state`` there."""
+    if not cluster.accounting:
+        pytest.skip("no Slurm accounting here (Debian: slurmdbd and mariadb-server): sacct cannot answer")
+    fields = "JobID,JobName,State,AllocCPUS,ReqMem,ReqTRES,Partition"
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = cluster.sacct("-X", "--name", f"pulsar_{task_id}", "-o", fields)
+        if rows and rows[0]["State"].split()[0] == state and rows[0]["JobName"] == f"pulsar_{task_id}":
+            return rows[0]
+        assert time.monotonic() < deadline, f"sacct: {rows}"
+        time.sleep(0.3)
+
+
 def test_a_tes_task_runs_as_a_slurm_job_and_completes(cluster: Slurm, api: str) -> None:
     task_id = create(api, task('echo hello from slurm; echo "$SLURM_JOB_ID" > /dev/null'))
     done = wait_state(api, task_id, FINAL)
@@ -121,6 +135,20 @@ def test_cancel_of_a_running_task_reaches_scancel(cluster: Slurm, api: str) -> N
     while (job := slurm_job_of(cluster, task_id))["JobState"] != "CANCELLED":
         assert time.monotonic() < deadline, f"the Slurm job was not cancelled: {job}"
         time.sleep(0.2)
+
+
+def test_sacct_shows_each_tasks_job_with_its_request_and_end(cluster: Slurm, api: str) -> None:
+    done_id = create(
+        api, task("true", cpu_cores=2, ram_gb=1, backend_parameters={"pulsar_server": "slurm-c2-m1"})
+    )
+    cancelled_id = create(api, task("sleep 300", backend_parameters={"pulsar_server": "slurm"}))
+    assert wait_state(api, done_id, FINAL)["state"] == "COMPLETE"
+    wait_state(api, cancelled_id, {"RUNNING"})
+    assert httpx.post(f"{api}/tasks/{cancelled_id}:cancel", timeout=10).status_code == 200
+    done = sacct_job(cluster, done_id, "COMPLETED")
+    assert (done["AllocCPUS"], done["ReqMem"], done["Partition"]) == ("2", "1G", "tes"), done
+    assert "cpu=2" in done["ReqTRES"] and "mem=1G" in done["ReqTRES"], done
+    assert sacct_job(cluster, cancelled_id, "CANCELLED")["AllocCPUS"] == "1"
 
 
 def test_the_resource_class_a_task_is_routed_to_becomes_its_slurm_request(cluster: Slurm, api: str) -> None:

@@ -10,12 +10,17 @@ this host (slurmctld only runs where ``SlurmctldHost`` is this host's name) with
 
 The node is declared with ``CPUs=2 RealMemory=2048`` and ``SlurmdParameters=config_overrides`` (so a
 CI machine of another shape still takes it), memory is a consumable resource (``CR_Core_Memory``), so a
-job's ``--mem`` is part of its request and shows in ``scontrol show job``. No slurmdbd (it needs a
-MySQL/MariaDB server): ``sacct`` answers "accounting storage is disabled"; jobs stay visible to
-``squeue -j``/``scontrol show job`` for ``MinJobAge`` (600 s) after they end, and each finished job gets a
-line in ``D/jobcomp.log`` (jobcomp/filetxt).
+job's ``--mem`` is part of its request and shows in ``scontrol show job`` and ``sacct``.
 
-The three daemons run in the foreground as children of the test (``-D``/``-F``), each stopped by its
+Accounting (``sacct``) needs slurmdbd and a MySQL/MariaDB server. Where both are installed (Debian:
+slurmdbd, mariadb-server) the cluster gets a private MariaDB server (its own datadir, socket and a free
+port on 127.0.0.1; the machine's own server, if one runs, is never used), a database user with a
+random password for slurmdbd, slurmdbd on 127.0.0.1, and the cluster registered with sacctmgr:
+:attr:`Slurm.accounting` is then true. Without them ``sacct`` answers "accounting storage is
+disabled". Either way jobs stay visible to ``squeue -j -t all``/``scontrol show job`` for ``MinJobAge``
+(600 s) after they end, and each finished job gets a line in ``D/jobcomp.log`` (jobcomp/filetxt).
+
+The daemons run in the foreground as children of the test (``-D``/``-F``), each stopped by its
 PID (SIGTERM, SIGKILL after a grace time), with the parent-death signal set (die_with_parent) so a test
 run killed from outside leaves none behind.
 """
@@ -52,6 +57,14 @@ def missing_slurm_binaries() -> list[str]:
     return [b for b in BINARIES if shutil.which(b) is None and not Path("/usr/sbin", b).exists()]
 
 
+DB_BINARIES = ("mariadbd", "mariadb-install-db", "mariadb", "slurmdbd", "sacctmgr", "sacct")
+
+
+def accounting_available() -> bool:
+    """slurmdbd and a MariaDB server are installed (Debian: slurmdbd mariadb-server): sacct can then work."""
+    return all(shutil.which(b) or Path("/usr/sbin", b).exists() for b in DB_BINARIES)
+
+
 def _binary(name: str) -> str:
     return shutil.which(name) or str(Path("/usr/sbin", name))
 
@@ -63,9 +76,14 @@ def _free_port() -> int:
 
 
 class Slurm:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, accounting: bool | None = None) -> None:
         self.root = root.resolve()
         self.conf = self.root / "slurm.conf"
+        # slurmdbd + a private MariaDB server when both are installed (None: whenever they are)
+        self.accounting = accounting_available() if accounting is None else accounting
+        self.db_port = _free_port()
+        self.dbd_port = _free_port()
+        self.db_password = os.urandom(12).hex()
         self.munge_socket = self.root / "munge" / "munge.socket"
         self.host = socket.gethostname().split(".")[0]
         self.ctld_port = _free_port()
@@ -110,7 +128,18 @@ class Slurm:
                     "SlurmdParameters=config_overrides",
                     "JobCompType=jobcomp/filetxt",
                     f"JobCompLoc={r / 'jobcomp.log'}",
-                    "AccountingStorageType=accounting_storage/none",
+                    *(
+                        [
+                            "AccountingStorageType=accounting_storage/slurmdbd",
+                            "AccountingStorageHost=127.0.0.1",
+                            f"AccountingStoragePort={self.dbd_port}",
+                            # with slurmdbd + munge this names munged's socket for the accounting
+                            # connections (AuthInfo does not reach them): slurm.conf(5)
+                            f"AccountingStoragePass={self.munge_socket}",
+                        ]
+                        if self.accounting
+                        else ["AccountingStorageType=accounting_storage/none"]
+                    ),
                     "JobAcctGatherType=jobacct_gather/none",
                     "MinJobAge=600",
                     "KillWait=5",
@@ -131,7 +160,9 @@ class Slurm:
             self._run([_binary("mungekey"), "--create", f"--keyfile={key}"])
             key.chmod(0o600)
 
-    def _run(self, argv: list[str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    def _run(
+        self, argv: list[str], timeout: float = 30.0, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             argv,
             env={**os.environ, **self.env},
@@ -139,7 +170,7 @@ class Slurm:
             text=True,
             timeout=timeout,
             check=False,
-            stdin=subprocess.DEVNULL,
+            input=stdin if stdin is not None else "",
         )
 
     def command(self, *argv: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
@@ -172,7 +203,7 @@ class Slurm:
                 pass
         return " | ".join(texts) or "(no log)"
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 120.0) -> None:
         missing = missing_slurm_binaries()
         if missing:
             raise SlurmUnavailable(
@@ -203,6 +234,12 @@ class Slurm:
                 self.stop()
                 raise SlurmUnavailable(f"munged did not start: {self.log_tail('munged')}")
             time.sleep(0.05)
+        if self.accounting:
+            try:
+                self._start_accounting(deadline)
+            except SlurmUnavailable:
+                self.stop()
+                raise
         self._start("slurmctld", [_binary("slurmctld"), "-D", "-i", "-f", str(self.conf)])
         self._start("slurmd", [_binary("slurmd"), "-D", "-N", NODE, "-f", str(self.conf)])
         while True:
@@ -222,6 +259,101 @@ class Slurm:
                     f"{self.log_tail('slurmd')}"
                 )
             time.sleep(0.2)
+
+    def _start_accounting(self, deadline: float) -> None:
+        """A private MariaDB server (own datadir, socket, 127.0.0.1 and a free port; never the machine's
+        own), a database user for slurmdbd with a random password, slurmdbd on 127.0.0.1, and the
+        cluster registered with ``sacctmgr`` before slurmctld starts."""
+        r = self.root
+        db = r / "db"
+        sock = r / "db.sock"
+        if not (db / "mysql").exists():
+            init = self._run(
+                [
+                    _binary("mariadb-install-db"),
+                    "--no-defaults",
+                    f"--datadir={db}",
+                    "--user=root",
+                    "--auth-root-authentication-method=socket",
+                    "--skip-test-db",
+                ],
+                timeout=max(10.0, deadline - time.monotonic()),
+            )
+            if init.returncode != 0:
+                raise SlurmUnavailable(
+                    f"mariadb-install-db failed: {init.stdout[-300:]} {init.stderr[-300:]}"
+                )
+        self._start(
+            "mariadbd",
+            [
+                _binary("mariadbd"),
+                "--no-defaults",
+                f"--datadir={db}",
+                f"--socket={sock}",
+                f"--port={self.db_port}",
+                "--bind-address=127.0.0.1",
+                f"--pid-file={r / 'mariadbd.pid'}",
+                f"--log-error={r / 'log' / 'mariadbd.log'}",
+                "--user=root",
+                "--skip-name-resolve",
+                "--innodb-buffer-pool-size=16M",
+            ],
+        )
+        client = [_binary("mariadb"), "--no-defaults", f"--socket={sock}", "-u", "root"]
+        while self._run([*client, "-e", "SELECT 1"], timeout=10).returncode != 0:
+            self._alive("mariadbd")
+            if time.monotonic() > deadline:
+                raise SlurmUnavailable(f"mariadbd did not start: {self.log_tail('mariadbd')}")
+            time.sleep(0.2)
+        sql = (
+            f"CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '{self.db_password}'; "
+            "GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';"
+        )
+        made = self._run(client, timeout=30, stdin=sql)  # on stdin: a password never goes on a command line
+        if made.returncode != 0:
+            raise SlurmUnavailable(f"cannot create the database user: {made.stderr[-300:]}")
+        dbd_conf = r / "slurmdbd.conf"  # beside slurm.conf: where slurmdbd looks for it
+        dbd_conf.touch(mode=0o600)
+        dbd_conf.chmod(0o600)  # it holds the database password: slurmdbd insists on 0600
+        dbd_conf.write_text(
+            "\n".join(
+                [
+                    "AuthType=auth/munge",
+                    f"AuthInfo=socket={self.munge_socket}",
+                    f"DbdHost={self.host}",
+                    "DbdAddr=127.0.0.1",
+                    f"DbdPort={self.dbd_port}",
+                    "SlurmUser=root",
+                    f"PidFile={r / 'slurmdbd.pid'}",
+                    f"LogFile={r / 'log' / 'slurmdbd.log'}",
+                    "StorageType=accounting_storage/mysql",
+                    "StorageHost=127.0.0.1",
+                    f"StoragePort={self.db_port}",
+                    "StorageUser=slurm",
+                    f"StoragePass={self.db_password}",
+                    "StorageLoc=slurm_acct_db",
+                ]
+            )
+            + "\n"
+        )
+        self._start("slurmdbd", [_binary("slurmdbd"), "-D"])
+        while (ask := self.command("sacctmgr", "-n", "list", "cluster", timeout=10)).returncode != 0:
+            self._alive("slurmdbd")
+            if time.monotonic() > deadline:
+                raise SlurmUnavailable(
+                    f"slurmdbd did not answer ({ask.stderr.strip()}): {self.log_tail('slurmdbd')}"
+                )
+            time.sleep(0.3)
+        self.command("sacctmgr", "-i", "add", "cluster", "tesp", timeout=30)
+
+    def sacct(self, *args: str) -> list[dict[str, str]]:
+        """``sacct --parsable2`` rows as dicts (needs accounting: see :attr:`accounting`)."""
+        out = self.command("sacct", "-a", "--parsable2", *args, timeout=30)
+        lines = out.stdout.splitlines()
+        if out.returncode != 0 or not lines:
+            return []
+        head = lines[0].split("|")
+        return [dict(zip(head, line.split("|"), strict=False)) for line in lines[1:]]
 
     def job(self, job_id: str) -> dict[str, str]:
         """``scontrol show job -o <id>`` as a dict (JobState, NumCPUs, MinMemoryNode, TRES, Command ...)."""
@@ -248,7 +380,8 @@ class Slurm:
         return found
 
     def stop(self, timeout: float = 10.0) -> None:
-        for name in ("slurmd", "slurmctld", "munged"):  # the node first: it kills its jobs' processes
+        # the node first: it kills its jobs' processes; the database last
+        for name in ("slurmd", "slurmctld", "slurmdbd", "mariadbd", "munged"):
             proc = self.processes.pop(name, None)
             if proc is None or proc.poll() is not None:
                 continue
