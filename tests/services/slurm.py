@@ -379,7 +379,29 @@ class Slurm:
                 found.append(fields)
         return found
 
+    def _leftover_steps(self) -> list[int]:
+        """slurmstepd processes of this cluster (they outlive slurmd, waiting to report to it)."""
+        mine = f"SLURM_CONF={self.conf}".encode()
+        found = []
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                if (proc / "comm").read_text().strip() != "slurmstepd":
+                    continue
+                if mine in (proc / "environ").read_bytes().split(b"\0"):
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+        return found
+
     def stop(self, timeout: float = 10.0) -> None:
+        ctld = self.processes.get("slurmctld")
+        if ctld is not None and ctld.poll() is None:  # end the jobs first, so no job step is left behind
+            self.command("scancel", "-p", PARTITION, timeout=10)
+            deadline = time.monotonic() + timeout
+            while self.command("squeue", "-h", "-p", PARTITION, timeout=10).stdout.strip():
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
         # the node first: it kills its jobs' processes; the database last
         for name in ("slurmd", "slurmctld", "slurmdbd", "mariadbd", "munged"):
             proc = self.processes.pop(name, None)
@@ -391,6 +413,11 @@ class Slurm:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+        for pid in self._leftover_steps():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 @contextmanager
