@@ -36,6 +36,7 @@ from tesp_api.store.sqlite import SqliteTaskStore
 from tesp_api.tes.models import TesExecutor, TesTask
 
 LEASE = timedelta(minutes=30)
+FSYNC = "--fsync" in sys.argv
 
 
 def task() -> TesTask:
@@ -72,13 +73,18 @@ async def filled(make: Callable[[], Opener], n: int, owners: int, batch: int) ->
     return again
 
 
-async def claims_per_second(store: TaskStore, claims: int) -> float:
+async def claims_per_second(store: TaskStore, claims: int, rounds: int = 3) -> float:
+    """The best of ``rounds`` rounds of claims/rounds claims each (the build machine is shared)."""
     now = datetime.now(UTC)
-    started = time.perf_counter()
-    for _ in range(claims):
-        if await store.claim("bench", now, now + LEASE, policy=POLICY) is None:
-            raise RuntimeError("nothing left to claim")
-    return claims / (time.perf_counter() - started)
+    best = 0.0
+    per_round = max(1, claims // rounds)
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for _ in range(per_round):
+            if await store.claim("bench", now, now + LEASE, policy=POLICY) is None:
+                raise RuntimeError("nothing left to claim")
+        best = max(best, per_round / (time.perf_counter() - started))
+    return best
 
 
 async def newcomer(store: TaskStore) -> tuple[int, float]:
@@ -106,7 +112,9 @@ def sqlite_maker() -> Iterator[Callable[[], Opener]]:
 
         def new_db() -> Opener:
             path = next(names)
-            return lambda: SqliteTaskStore(path)
+            # synchronous=NORMAL: with FULL every claim's commit also waits for one fsync, which
+            # measures the disk, not the claim (run with --fsync to include it).
+            return lambda: SqliteTaskStore(path, synchronous="FULL" if FSYNC else "NORMAL")
 
         yield new_db
 
@@ -158,6 +166,9 @@ async def main() -> None:
     parser.add_argument("--no-mongo", action="store_true")
     parser.add_argument("--no-sqlite", action="store_true")
     parser.add_argument(
+        "--fsync", action="store_true", help="SQLite with synchronous=FULL (the default setting)"
+    )
+    parser.add_argument(
         "--mongo-tasks",
         type=int,
         default=None,
@@ -166,7 +177,7 @@ async def main() -> None:
     args = parser.parse_args()
     plans: list[tuple[str, AbstractContextManager[Callable[[], Opener]], int, int]] = []
     if not args.no_sqlite:
-        plans.append(("SQLite", sqlite_maker(), 500, args.tasks))
+        plans.append(("SQLite" + (" (FULL)" if FSYNC else " (NORMAL)"), sqlite_maker(), 500, args.tasks))
     if not args.no_mongo:
         label = "MongoDB" if os.environ.get("TESP_TEST_MONGODB_URI") else "MongoDB (mongoeco emulator)"
         plans.append((label, mongo_maker(), 200, args.mongo_tasks or args.tasks))
