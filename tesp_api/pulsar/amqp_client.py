@@ -157,6 +157,9 @@ class AmqpPulsarClient:
         self._job_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._reconcile_tokens = 0.0
         self._recent: dict[tuple[str, bytes], float] = {}  # update fingerprints -> when processed
+        # Jobs whose status was requested and not answered yet: their next update is delivered even if
+        # identical to a recent one (Pulsar answers a repeated request with the same bytes).
+        self._answer_wanted: set[str] = set()
         self._last_sweep: float | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -254,7 +257,9 @@ class AmqpPulsarClient:
         tracked.next_ask = loop.time() + self.options.kill_first_check
 
     async def request_status(self, job_id: str) -> None:
-        """Ask Pulsar to publish the job's current full status (it arrives through ``on_update``)."""
+        """Ask Pulsar to publish the job's current full status (it arrives through ``on_update``, also
+        when its bytes are those of an update processed a moment ago)."""
+        self._answer_wanted.add(job_id)
         await self._publish(self.queues.status, status_request_body(job_id), kind="status")
 
     def track(self, job_id: str) -> None:
@@ -265,6 +270,7 @@ class AmqpPulsarClient:
 
     def forget(self, job_id: str) -> None:
         self._tracked.pop(job_id, None)
+        self._answer_wanted.discard(job_id)
         self._ask_again.discard(job_id)
 
     def ask_again_later(self, job_id: str) -> None:
@@ -317,9 +323,9 @@ class AmqpPulsarClient:
             return
         fingerprint = (update.job_id, hashlib.sha1(message.body, usedforsecurity=False).digest())
         async with self._job_lock(update.job_id):
-            if fingerprint in self._recent:
+            if fingerprint in self._recent and update.job_id not in self._answer_wanted:
                 # The same update through the other queue (shared + own), or a repeated identical
-                # answer: the receiver has it already.
+                # update nobody asked for: the receiver has it already.
                 self.stats.duplicates += 1
                 await self._settle(message.ack())
                 return
@@ -332,6 +338,7 @@ class AmqpPulsarClient:
                 await self._settle(message.nack(requeue=True))
                 return
             self._recent[fingerprint] = asyncio.get_running_loop().time()
+            self._answer_wanted.discard(update.job_id)
             self._heard(update)
             await self._settle(message.ack())
 

@@ -249,6 +249,27 @@ async def test_an_update_arriving_through_both_queues_is_processed_once(queues: 
     assert recorder.statuses("j1") == ["running"]
 
 
+async def test_the_answer_to_a_status_request_is_delivered_even_if_identical_to_an_earlier_update(
+    queues: PulsarQueues,
+) -> None:
+    """A replica that takes a running job over asks for its status; if the first answer came too late
+    (after the caller gave up waiting), Pulsar's next answer has the same body. It must still reach the
+    caller, not be taken for the copy through the other queue (seen: five status requests in a row
+    unanswered, the takeover waited until the job ended)."""
+    recorder = UpdateRecorder()
+    body = {"job_id": "j1", "status": "running", "complete": "false"}
+    async with client(queues, recorder) as c:
+        await publish_as_pulsar(queues, body)  # the late first answer
+        await recorder.wait_for("j1", {"running"})
+        await c.request_status("j1")
+        await publish_as_pulsar(queues, body)  # Pulsar answers again, byte for byte the same
+        for _ in range(200):
+            if len(recorder.statuses("j1")) == 2:
+                break
+            await asyncio.sleep(0.05)
+    assert recorder.statuses("j1") == ["running", "running"]
+
+
 async def test_killed_jobs_are_asked_about_even_when_the_budget_is_spent(queues: PulsarQueues) -> None:
     options = {"reconcile_max_per_minute": 1, "sweep_interval": 3600, "kill_first_check": 0.05}
     async with client(queues, UpdateRecorder(), **options) as c:
