@@ -88,6 +88,12 @@ class Site:
             row = db.execute("SELECT backend_json FROM tasks WHERE id = ?", (task_id,)).fetchone()
         return json.loads(row[0]) if row else {}
 
+    def lease_owner(self, task_id: str) -> str | None:
+        """The worker id holding the task's lease (read-only, from the shared SQLite file)."""
+        with sqlite3.connect(f"file:{self.store_path}?mode=ro", uri=True, timeout=10) as db:
+            row = db.execute("SELECT lease_owner FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        return str(row[0]) if row and row[0] else None
+
     def stop(self) -> None:
         for replica in self.replicas:
             replica.stop()
