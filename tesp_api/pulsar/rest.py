@@ -14,9 +14,11 @@ from httpx's request log lines. With ``uds`` the requests go over a Unix socket 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import posixpath
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,8 @@ import httpx
 
 from tesp_api.metrics import pulsar_request
 from tesp_api.pulsar.liveness import DEFAULT_LOST_AFTER, HeartbeatWatch
-from tesp_api.pulsar.port import BackendError, BackendUnavailable, JobSpec, JobStatus
+from tesp_api.pulsar.port import BackendError, BackendUnavailable, JobFile, JobSpec, JobStatus
+from tesp_api.pulsar.retrying import time_left
 
 log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
@@ -71,6 +74,9 @@ def _refusal(name: str, what: str, status: int) -> BackendError:
 
 
 class RestBackend:
+    # The retry policy's last attempts cut the client timeout to the time left (retrying.time_left).
+    honours_time_left = True
+
     def __init__(
         self,
         name: str,
@@ -88,6 +94,7 @@ class RestBackend:
         self.name = name
         self.url = url.rstrip("/")
         self._token = private_token
+        self._client_timeout = timeout
         # ``retries`` and ``backoff_base`` are accepted for old callers and ignored: one attempt per
         # call here, the retry policy (retrying.py) is the only layer that retries.
         del retries, backoff_base
@@ -123,6 +130,30 @@ class RestBackend:
             transport=httpx.AsyncHTTPTransport(uds=uds, limits=limits) if uds else None,
         )
 
+    @contextlib.asynccontextmanager
+    async def _slot(self, slots: asyncio.Semaphore, what: str) -> AsyncIterator[None]:
+        """One of ``slots``; on a retried attempt waited for only until the deadline (requests
+        hanging on a stalled Pulsar may hold them all)."""
+        left = time_left()
+        try:
+            await asyncio.wait_for(slots.acquire(), timeout=left)
+        except TimeoutError:
+            raise BackendUnavailable(
+                f"Pulsar {self.name}: no request slot free before the deadline ({what})"
+            ) from None
+        try:
+            yield
+        finally:
+            slots.release()
+
+    def _timeout(self) -> httpx.Timeout:
+        """``client_timeout`` per connect/read/write/pool, cut to the retry policy's time left
+        (retrying.time_left) on a retried attempt: a hanging request ends at the deadline."""
+        left = time_left()
+        if left is None or left >= self._client_timeout:
+            return httpx.Timeout(self._client_timeout)
+        return httpx.Timeout(left)
+
     def _params(self, **params: str) -> dict[str, str]:
         if self._token:
             params["private_token"] = self._token
@@ -140,9 +171,11 @@ class RestBackend:
         """One request: the 2xx answer, else BackendUnavailable (no answer, 5xx) or BackendError (4xx)."""
         what = f"{method} {path}"
         try:
-            async with slots or self._in_flight:
+            async with self._slot(slots or self._in_flight, what):
                 with pulsar_request(self.name) as seen:  # tesp_pulsar_request* metrics
-                    resp = await self._client.request(method, path, params=self._params(**params), **kw)
+                    resp = await self._client.request(
+                        method, path, params=self._params(**params), timeout=self._timeout(), **kw
+                    )
                     seen.status = resp.status_code
         except (httpx.TransportError, httpx.TimeoutException) as exc:
             raise BackendUnavailable(
@@ -169,15 +202,31 @@ class RestBackend:
         return str(resp.json()["path"])
 
     async def prepare(self, spec: JobSpec) -> None:
-        await self.setup(spec.job_id)
+        for step in self.prepare_steps(spec):
+            await step()
+
+    def prepare_steps(self, spec: JobSpec) -> list[Callable[[], Awaitable[None]]]:
+        """``prepare`` as its requests (setup, then one upload per file), each idempotent: the retry
+        policy repeats the one that failed, not the whole job's uploads (with a share of requests
+        failing, repeating them all would rarely get through a job with many files)."""
         for f in spec.files:
             if f.source is None and f.data is None:
                 raise BackendError(
                     f"{f.name}: the REST backend needs the file's bytes (remote staging unsupported)"
                 )
-            path = await self.upload(spec.job_id, f.name, f.kind, source=f.source, data=f.data)
-            if f.name == spec.script_name and f.kind == "tool":
-                self._script_paths[spec.job_id] = path
+
+        async def setup() -> None:
+            await self.setup(spec.job_id)
+
+        def upload(f: JobFile) -> Callable[[], Awaitable[None]]:
+            async def step() -> None:
+                path = await self.upload(spec.job_id, f.name, f.kind, source=f.source, data=f.data)
+                if f.name == spec.script_name and f.kind == "tool":
+                    self._script_paths[spec.job_id] = path
+
+            return step
+
+        return [setup, *(upload(f) for f in spec.files)]
 
     async def submit(self, spec: JobSpec) -> None:
         script = self._script_paths.pop(spec.job_id, None)
@@ -222,9 +271,12 @@ class RestBackend:
         tmp = dest.with_name(dest.name + ".part")
         try:
             async with (
-                self._in_flight,
+                self._slot(self._in_flight, what),
                 self._client.stream(
-                    "GET", f"/jobs/{job_id}/files", params=self._params(name=name, type="output_workdir")
+                    "GET",
+                    f"/jobs/{job_id}/files",
+                    params=self._params(name=name, type="output_workdir"),
+                    timeout=self._timeout(),
                 ) as resp,
             ):
                 if resp.status_code in (404, 500):
@@ -254,7 +306,9 @@ class RestBackend:
         self._finished(job_id)
         if job_id in self._completed and not self._idle.is_set():
             try:
-                await asyncio.wait_for(self._idle.wait(), timeout=self.clean_defer_max)
+                await asyncio.wait_for(
+                    self._idle.wait(), timeout=min(self.clean_defer_max, time_left() or math.inf)
+                )
             except TimeoutError:
                 pass
         self._completed.discard(job_id)

@@ -9,10 +9,12 @@ will not change). Only the first is retried here, with exponential backoff and j
 the task's SYSTEM_ERROR. ``BackendError`` and every other exception pass through at once.
 
 Why the deadline holds (within a few per cent, never over): the wait before an attempt is cut so
-that the attempt still has time, and every attempt after the first runs under
-``asyncio.timeout(time left)``, so a hanging Pulsar (a request that waits for ``client_timeout``
-per read) cannot carry the call past the deadline. The first attempt is not cut: the deadline
-counts from the first failure.
+that the attempt still has time, and every attempt after the first is cut to the time left, so a
+hanging Pulsar (a request that waits for ``client_timeout`` per read) cannot carry the call past
+the deadline. An adapter that says ``honours_time_left`` (REST) cuts its client timeout (per read,
+write, connect) to ``time_left()``: a hanging request ends at the deadline, while a big download
+that makes progress is not cut off. Other adapters' attempts run under ``asyncio.timeout(time
+left)``. The first attempt is not cut: the deadline counts from the first failure.
 
 Why tenacity: it is the library the Python ecosystem uses for this (stamina itself is built on
 it), and it lets the policy be written as three small functions of the call's own state (stop at
@@ -53,6 +55,17 @@ SUBMITTED_STATUSES = frozenset({"queued", "running", "postprocessing", "complete
 OnRetry = Callable[[BackendUnavailable, float], object]
 
 _listener: ContextVar[OnRetry | None] = ContextVar("tesp_pulsar_retry_listener", default=None)
+# When the running retried attempt must end (event loop time): the deadline of its call.
+_attempt_ends: ContextVar[float | None] = ContextVar("tesp_pulsar_attempt_ends", default=None)
+
+
+def time_left() -> float | None:
+    """Seconds the running attempt may still take (None: not a retry, no limit from the policy).
+    Adapters with ``honours_time_left = True`` cut their client timeout to it."""
+    ends = _attempt_ends.get()
+    if ends is None:
+        return None
+    return max(0.001, ends - asyncio.get_running_loop().time())
 
 
 @contextmanager
@@ -185,6 +198,14 @@ class RetryingBackend:
                 call.first_failure = call.loop.time()
                 raise
         left = call.left(self.policy.deadline)
+        if getattr(self.inner, "honours_time_left", False):
+            # The adapter cuts its own client timeout to time_left(): a request that hangs ends
+            # at the deadline, one that makes progress (a big download) is not cut off.
+            token = _attempt_ends.set(call.loop.time() + left)
+            try:
+                return await fn()
+            finally:
+                _attempt_ends.reset(token)
         timeout = asyncio.timeout(left)
         try:
             async with timeout:
@@ -196,7 +217,17 @@ class RetryingBackend:
 
     # ---- PulsarBackend -------------------------------------------------------------------------
     async def prepare(self, spec: JobSpec) -> None:
-        await self.call("prepare", lambda: self.inner.prepare(spec))
+        """An adapter that can say what ``prepare`` is made of (``prepare_steps``: REST's setup and
+        uploads) has each step retried on its own (its own deadline: a step that got through ended
+        that outage); otherwise ``prepare`` is retried whole."""
+        steps: Callable[[JobSpec], list[Callable[[], Awaitable[None]]]] | None = getattr(
+            self.inner, "prepare_steps", None
+        )
+        if steps is None:
+            await self.call("prepare", lambda: self.inner.prepare(spec))
+            return
+        for i, step in enumerate(steps(spec)):
+            await self.call(f"prepare (step {i + 1})", step)
 
     async def submit(self, spec: JobSpec) -> None:
         """A submit is not idempotent (Pulsar would start the job again), and a failed attempt may
