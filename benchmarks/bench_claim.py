@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sqlite3
 import sys
 import tempfile
 import time
@@ -159,6 +160,39 @@ async def run_store(
     return rows
 
 
+async def sqlite_claim_cost(tasks: int, claims: int) -> None:
+    """The claim's own work on SQLite, without the store's threads and commit wait: the claim
+    functions run on a plain connection to a filled file, one transaction per claim, for a small
+    and the full backlog, twice each (alternating, so both see the same background load)."""
+    from tesp_api.store import sqlite as sqlite_store
+
+    with sqlite_maker() as make:
+        paths: dict[int, str] = {}
+        for n in (1000 + claims, tasks):
+            opener = make()
+            store = opener()
+            await store.open()
+            await fill(store, n, 1, 500)
+            await store.close()
+            assert isinstance(store, SqliteTaskStore)
+            paths[n] = store._path
+        for _ in range(2):
+            for n, path in paths.items():
+                conn = sqlite3.connect(path, isolation_level=None)
+                conn.execute("PRAGMA synchronous = NORMAL")
+                started = time.perf_counter()
+                for _ in range(claims // 2):
+                    conn.execute("BEGIN IMMEDIATE")
+                    if sqlite_store._take_under_way(conn, "bench", 0, 4_000_000_000_000) is None:
+                        sqlite_store._take_fair(conn, "bench", 4_000_000_000_000, POLICY)
+                    conn.execute("COMMIT")
+                per_claim = (time.perf_counter() - started) / (claims // 2) * 1000
+                conn.close()
+                print(
+                    f"  SQLite claim work, {n:,} queued: {per_claim:.3f} ms per claim (transaction included)"
+                )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", type=int, default=50_000)
@@ -174,7 +208,13 @@ async def main() -> None:
         default=None,
         help="backlog on MongoDB (default --tasks; mongoeco queues ~20/s)",
     )
+    parser.add_argument(
+        "--sql", action="store_true", help="only the SQLite claim's own work (see sqlite_claim_cost)"
+    )
     args = parser.parse_args()
+    if args.sql:
+        await sqlite_claim_cost(args.tasks, args.claims)
+        return
     plans: list[tuple[str, AbstractContextManager[Callable[[], Opener]], int, int]] = []
     if not args.no_sqlite:
         plans.append(("SQLite" + (" (FULL)" if FSYNC else " (NORMAL)"), sqlite_maker(), 500, args.tasks))
