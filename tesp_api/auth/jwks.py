@@ -20,12 +20,12 @@ import logging
 import time
 from collections.abc import Callable, Collection
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import jwt
 
 from tesp_api.auth.errors import AuthUnavailable
+from tesp_api.auth.urls import discovery_url_of, insecure_url_reason
 from tesp_api.config.settings import OidcIssuer
 
 log = logging.getLogger(__name__)
@@ -41,33 +41,6 @@ class UnknownSigningKey(Exception):
 
 class IssuerUnreachable(Exception):
     """Discovery or the JWKS could not be fetched or read."""
-
-
-def discovery_url_of(issuer: OidcIssuer) -> str:
-    return issuer.discovery_url or issuer.issuer.rstrip("/") + "/.well-known/openid-configuration"
-
-
-def insecure_url_reason(url: str, insecure_http_hosts: Collection[str]) -> str | None:
-    """Why ``url`` may not be fetched for keys (None: it may): https, or http to an exempt host."""
-    try:
-        parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
-        netloc_host = f"{host}:{parts.port}" if parts.port else host
-    except ValueError:
-        return f"{url!r} is not a URL"
-    if not host:
-        return f"{url!r} has no host"
-    if parts.scheme == "https":
-        return None
-    allowed = {h.lower() for h in insecure_http_hosts}
-    if parts.scheme == "http" and (host in allowed or netloc_host in allowed):
-        return None
-    return f"{url!r} must be https (plain http lets anyone on the path substitute the signing keys)"
-
-
-def fetched_urls(issuer: OidcIssuer) -> list[str]:
-    """The URLs this service will GET for an issuer: its jwks_url, else its discovery document."""
-    return [issuer.jwks_url] if issuer.jwks_url else [discovery_url_of(issuer)]
 
 
 async def _get_json(client: httpx.AsyncClient, url: str) -> dict[str, Any]:

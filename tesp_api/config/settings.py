@@ -781,7 +781,53 @@ class Settings(_Section):
 
     @model_validator(mode="after")
     def _check_auth(self) -> Settings:
-        from tesp_api.auth.effective import effective_auth_settings  # imports this module: import late
-
         effective_auth_settings(self)  # raises ValueError naming what is missing
         return self
+
+
+def effective_auth_settings(settings: Settings) -> AuthSettings:
+    """The auth settings actually in force: ``settings.auth`` plus tesp-api 0.2's ``[basic_auth]``
+    user and ``[oauth]`` issuer; raises ValueError when a mode lacks what it needs (basic without
+    users, oidc without issuers, an issuer URL that may not be fetched).
+
+    One function, so that the settings check at start-up and the authenticator built later never
+    disagree about who may log in. It lives here (re-exported by ``tesp_api.auth.effective``) so this
+    module needs only stdlib-only leaves of tesp_api.auth (passwords.py, urls.py): config and auth
+    do not import each other."""
+    from tesp_api.auth.urls import fetched_urls, insecure_url_reason  # stdlib only; no cycle
+
+    auth = settings.auth
+    modes: list[str] = [m for m in auth.mode if m != "none"]
+    users = list(auth.users)
+    issuers = list(auth.issuers)
+    legacy_basic = settings.basic_auth
+    if legacy_basic.enable and legacy_basic.username and legacy_basic.password_hash is not None:
+        if any(u.username == legacy_basic.username for u in users):
+            raise ValueError(f"basic_auth.username {legacy_basic.username!r} is also listed in auth.users")
+        # tesp-api 0.2 had one user who saw every task: keep that.
+        users.append(
+            BasicUser(username=legacy_basic.username, password_hash=legacy_basic.password_hash, admin=True)
+        )
+        modes.append("basic")
+    legacy_oauth = settings.oauth
+    if legacy_oauth.enable and legacy_oauth.issuer and legacy_oauth.audience:
+        if not any(i.issuer == legacy_oauth.issuer for i in issuers):
+            issuers.append(
+                OidcIssuer.model_validate({"issuer": legacy_oauth.issuer, "audience": [legacy_oauth.audience]})
+            )
+        modes.append("oidc")
+    modes = list(dict.fromkeys(modes)) or ["none"]
+    if "basic" in modes and not users:
+        raise ValueError('auth.mode includes "basic" but no user is configured (auth.users)')
+    if "oidc" in modes and not issuers:
+        raise ValueError('auth.mode includes "oidc" but no issuer is configured (auth.issuers)')
+    if "oidc" in modes:
+        for issuer in issuers:
+            for url in fetched_urls(issuer):
+                reason = insecure_url_reason(url, auth.insecure_http_hosts)
+                if reason:
+                    raise ValueError(
+                        f"auth.issuers: {issuer.issuer}: {reason}; for a test issuer only, list its host "
+                        "in auth.insecure_http_hosts"
+                    )
+    return auth.model_copy(update={"mode": modes, "users": users, "issuers": issuers})
