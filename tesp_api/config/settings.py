@@ -813,7 +813,9 @@ def effective_auth_settings(settings: Settings) -> AuthSettings:
     if legacy_oauth.enable and legacy_oauth.issuer and legacy_oauth.audience:
         if not any(i.issuer == legacy_oauth.issuer for i in issuers):
             issuers.append(
-                OidcIssuer.model_validate({"issuer": legacy_oauth.issuer, "audience": [legacy_oauth.audience]})
+                OidcIssuer.model_validate(
+                    {"issuer": legacy_oauth.issuer, "audience": [legacy_oauth.audience]}
+                )
             )
         modes.append("oidc")
     modes = list(dict.fromkeys(modes)) or ["none"]
