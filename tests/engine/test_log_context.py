@@ -159,7 +159,10 @@ def wait_final(api: str, tid: str, timeout: float = 60.0) -> dict[str, Any]:
 def test_the_served_apis_request_lines_carry_no_stale_task_id(tmp_path: Path, pulsar: LocalPulsar) -> None:
     """A real `tesp-api serve` (JSON output): the engine's lines name the task, while uvicorn's
     access lines and the API's own lines, even for requests made after the task ran, do not."""
-    server = ServeProcess(tmp_path, pulsar.url, TESP_API_LOGGING__OUTPUT_JSON="true")
+    # DEBUG: the API's "task ... created" line is a DEBUG line (one access line per request at INFO).
+    server = ServeProcess(
+        tmp_path, pulsar.url, TESP_API_LOGGING__OUTPUT_JSON="true", TESP_API_LOGGING__LEVEL="DEBUG"
+    )
     server.start()
     api = server.url + "/ga4gh/tes/v1"
     try:
