@@ -199,3 +199,34 @@ async def test_lenient_backend_parameters_accept_an_unknown_pulsar_server(tmp_pa
     params = {"backend_parameters": {"pulsar_server": "nonexistent"}}
     answer = await post_task(tmp_path, admission_settings(), {"resources": params, **sleep_task()})
     assert answer.status_code == 200
+
+
+async def test_a_task_waiting_for_a_full_server_says_so_in_its_full_view(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from tesp_api.engine.routing import Router
+
+    settings = admission_settings(max_active=1)
+    settings.pulsar.servers[1].max_active = 1
+    store = SqliteTaskStore(str(tmp_path / "full.sqlite3"))
+    await store.open()
+    try:
+        app = create_app(settings, store)
+        policy = Router(settings, store, dict, "w1").claim_policy()  # no backends: every server counts as up
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tes") as client:
+            ids = [
+                (await client.post("/ga4gh/tes/v1/tasks", json=sleep_task())).json()["id"] for _ in range(3)
+            ]
+            now = datetime.now(UTC)
+            for _ in range(2):
+                assert await store.claim("w1", now, now + timedelta(seconds=30), policy=policy) is not None
+            assert await store.claim("w1", now, now + timedelta(seconds=30), policy=policy) is None
+            waiting = (await client.get(f"/ga4gh/tes/v1/tasks/{ids[2]}", params={"view": "FULL"})).json()
+            servers = (await client.get("/admin/servers")).json()
+    finally:
+        await store.close()
+    assert waiting["state"] == "QUEUED"
+    line = waiting["logs"][0]["system_logs"][-1]
+    assert line == "waiting for a Pulsar server: small: 1/1 active (max_active); big: 1/1 active (max_active)"
+    assert {s["name"]: s["active"] for s in servers["servers"]} == {"small": 1, "big": 1}
+    assert servers["health_from"] is None  # no engine in this process
