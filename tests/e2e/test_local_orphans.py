@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -98,3 +99,31 @@ def test_ctrl_c_stops_the_running_job_and_a_restart_ends_its_task(tmp_path: Path
         restarted.stop()
     assert state["state"] == "PREEMPTED", state
     assert any("were killed" in line for line in state["logs"][0]["system_logs"]), state  # type: ignore[index]
+
+
+def test_a_pid_file_naming_some_other_process_is_never_signalled(tmp_path: Path) -> None:
+    """A stale pid file whose pid now belongs to another process group (pid reuse) is skipped: the
+    group counts only while its leader runs in the job's own working directory."""
+    from tesp_api.local import LocalPulsar
+
+    pulsar = LocalPulsar(tmp_path / "pulsar")
+    stranger = subprocess.Popen(["sleep", "60"], cwd=tmp_path, start_new_session=True)
+    try:
+        for job in ("stale", "live"):
+            (pulsar.staging_directory / job / "working").mkdir(parents=True)
+        ours_proc = subprocess.Popen(
+            ["sleep", "60"], cwd=pulsar.staging_directory / "live" / "working", start_new_session=True
+        )
+        try:
+            (pulsar.staging_directory / "stale" / "pid").write_text(f'"{stranger.pid}"')
+            (pulsar.staging_directory / "live" / "pid").write_text(f'"{ours_proc.pid}"')
+            assert pulsar.job_process_groups() == {"live": ours_proc.pid}
+            assert pulsar.stop_jobs(timeout=10) == ["live"]
+            assert ours_proc.wait(timeout=10) == -signal.SIGTERM
+            assert stranger.poll() is None
+        finally:
+            ours_proc.kill()
+            ours_proc.wait()
+    finally:
+        stranger.kill()
+        stranger.wait()
