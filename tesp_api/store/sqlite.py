@@ -148,7 +148,8 @@ CREATE TABLE IF NOT EXISTS store_leases (name TEXT PRIMARY KEY, owner TEXT NOT N
 # claim, quarantine, a retention delete): only the claim sets a slot itself.
 # DEFAULT 1: a new row (always QUEUED and active) waits, without a write of its own.
 _FAIR_COLUMNS = (("slot", "INTEGER NOT NULL DEFAULT 1"), ("slot_server", "TEXT"))
-_FINALS_SQL = "('COMPLETE', 'EXECUTOR_ERROR', 'SYSTEM_ERROR', 'CANCELED', 'PREEMPTED')"
+# The final states (tes/states.py) as an SQL list, for the triggers and the backfill.
+_FINALS_SQL = "(" + ", ".join(f"'{s.value}'" for s in TesState if states.is_final(s)) + ")"
 _OKEY_NEW = "json_array(NEW.owner_subject, NEW.owner_issuer)"
 _OKEY_OLD = "json_array(OLD.owner_subject, OLD.owner_issuer)"
 _ADD_NEW = f"""
