@@ -227,6 +227,8 @@ def _init_fair(conn: sqlite3.Connection) -> None:
     missing = [(name, decl) for name, decl in _FAIR_COLUMNS if name not in have]
     for name, decl in missing:
         conn.execute(f"ALTER TABLE tasks ADD COLUMN {name} {decl}")
+    for name in ("fair_insert", "fair_follow", "fair_count", "fair_delete"):
+        conn.execute(f"DROP TRIGGER IF EXISTS {name}")  # made afresh: always this version's text
     for statement in _FAIR_SCHEMA:
         conn.execute(statement)
     if missing:
