@@ -53,7 +53,7 @@ def backoff_seconds(attempts: int, initial: float, maximum: float) -> float:
     try:
         from tenacity import RetryCallState, wait_exponential_jitter
     except ImportError:  # pragma: no cover - tenacity is a dependency; the same formula without it
-        return min(maximum, initial * 2.0 ** max(attempts - 1, 0) + random.uniform(0, initial))
+        return min(maximum, initial * 2.0 ** max(attempts - 1, 0) + random.uniform(0, initial))  # noqa: S311 - jitter
     wait = wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial)
     state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
     state.attempt_number = max(attempts, 1)

@@ -185,10 +185,7 @@ class Router:
     def route(self, record: TaskRecord, loads: Mapping[str, int]) -> Sequence[str]:
         """The servers that may take ``record`` now, best first (see the module docstring)."""
         pinned = wanted_server(record.task)
-        if pinned is not None and pinned in self.servers:
-            names = [pinned]
-        else:
-            names = list(self.servers)
+        names = [pinned] if pinned is not None and pinned in self.servers else list(self.servers)
         resources = record.task.resources
         fitting = [
             n

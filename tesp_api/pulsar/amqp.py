@@ -79,7 +79,7 @@ _SUBMITTED = "queued"
 # Keys of the task's store record (TaskRecord.backend) this backend owns.
 SETUP_KEY = "amqp_setup"
 RECEIVED_KEY = "amqp_received_by:"  # + replica: when that replica first took in an upload of the job
-STAGING_SECRET = "amqp-staging"  # the staging servers' signing key (store.get_or_create_secret)
+STAGING_SECRET = "amqp-staging"  # noqa: S105 - the secret's name, not a secret; the staging servers' signing key (store.get_or_create_secret)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 # Pulsar replaces this token in command_line with the absolute job directory (setup messages only).
-JOB_DIRECTORY_TOKEN = "__PULSAR_JOB_DIRECTORY__"
+JOB_DIRECTORY_TOKEN = "__PULSAR_JOB_DIRECTORY__"  # noqa: S105 - a placeholder, not a secret
 # The client-side working directory we describe to Pulsar. It never exists anywhere: Pulsar only uses it
 # to compute each output's name relative to its own working directory.
 CLIENT_WORKING_DIRECTORY = "/tesp-client/working"

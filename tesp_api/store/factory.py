@@ -29,7 +29,7 @@ async def open_store(settings: Settings) -> TaskStore:
     else:
         from tesp_api.store.sqlite import SqliteTaskStore
 
-        path = Path(db.sqlite_path).expanduser()
+        path = Path(db.sqlite_path).expanduser()  # noqa: ASYNC240 - once, at start-up
         path.parent.mkdir(parents=True, exist_ok=True)
         store = SqliteTaskStore(str(path), synchronous=settings.db.sqlite_synchronous)
         logger.info("task store: SQLite file %s", path)

@@ -253,7 +253,7 @@ def _endpoint_of_listen(listen: str | None) -> list[str]:
     if not listen or ":" not in listen:
         return []
     host, _, port = listen.rpartition(":")
-    return [f"{host or '0.0.0.0'}:{port}"] if port.isdigit() and port != "0" else []
+    return [f"{host or '0.0.0.0'}:{port}"]  # noqa: S104 - naming a listen address to refuse it if port.isdigit() and port != "0" else []
 
 
 def control_plane_of(settings: Settings) -> list[str]:
@@ -266,7 +266,7 @@ def control_plane_of(settings: Settings) -> list[str]:
         entries += _endpoint_of_url(server.staging_url)
         entries += _endpoint_of_listen(server.staging_listen)
     if settings.api.port:
-        host = settings.api.host or "0.0.0.0"
+        host = settings.api.host or "0.0.0.0"  # noqa: S104 - naming a listen address to refuse it
         entries.append(f"[{host}]:{settings.api.port}" if ":" in host else f"{host}:{settings.api.port}")
     entries += _endpoint_of_url(settings.api.public_url)
     return list(dict.fromkeys(entries))

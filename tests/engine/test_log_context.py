@@ -116,7 +116,7 @@ async def test_two_tasks_driven_at_once_keep_their_own_ids(
     ]
     await asyncio.gather(wait_for(store, a), wait_for(store, b))
     entries = parse(buffer.getvalue(), True)
-    for tid, other in ((a, b), (b, a)):
+    for tid in (a, b):
         mine = [e for e in entries if f"/jobs/{tid}" in e["message"]]
         assert mine, f"no Pulsar request line for {tid}"
         assert {e.get("task_id") for e in mine} == {tid}

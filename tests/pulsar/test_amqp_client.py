@@ -164,7 +164,7 @@ async def test_update_received_by_a_process_that_dies_before_storing_is_redelive
         pass  # declare the queues
     await publish_as_pulsar(queues, {"job_id": "j-crash", "status": "complete", "complete": "true"})
     marker = tmp_path / "received"
-    process = subprocess.Popen(  # noqa: ASYNC220 - returns at once; the wait is async below
+    process = subprocess.Popen(
         [sys.executable, "-c", CONSUMER_THAT_DIES, rabbitmq.URL, queues.prefix, str(marker)],
         cwd=Path(__file__).resolve().parents[2],
         start_new_session=True,

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.pulsar
 
 
 @pytest.fixture
-def settings(pulsar: LocalPulsar, tmp_path: Path) -> Settings:  # noqa: F811
+def settings(pulsar: LocalPulsar, tmp_path: Path) -> Settings:
     return engine_settings(pulsar.url, tmp_path)
 
 

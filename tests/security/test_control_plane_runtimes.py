@@ -104,7 +104,7 @@ async def test_by_default_no_runtime_lets_an_executor_reach_pulsar(
     tcp_open_pulsar: LocalPulsar,
     real_runtime: RealRuntime,
     store: SqliteTaskStore,
-    tmp_path: Path,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     seen, victim, marker = await attack(tcp_open_pulsar, real_runtime, store, tmp_path, None)
     assert "setup rc=0" not in seen and "submit rc=0" not in seen, seen
@@ -117,7 +117,7 @@ async def test_with_the_host_network_every_runtime_meets_the_token(
     tcp_token_pulsar: LocalPulsar,
     real_runtime: RealRuntime,
     store: SqliteTaskStore,
-    tmp_path: Path,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     seen, victim, marker = await attack(tcp_token_pulsar, real_runtime, store, tmp_path, "host")
     assert seen.count("401 Unauthorized") == 2, seen  # it connected, and was refused twice
@@ -129,7 +129,7 @@ async def test_with_the_host_network_no_runtime_shows_an_executor_pulsars_socket
     socket_pulsar: LocalPulsar,
     real_runtime: RealRuntime,
     store: SqliteTaskStore,
-    tmp_path: Path,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     seen, victim, marker = await attack(socket_pulsar, real_runtime, store, tmp_path, "host")
     assert "socket rc=1" in seen and "app_yml rc=1" in seen, seen  # busybox ran: "No such file"

@@ -71,7 +71,7 @@ def create_app(root: Path, token: str = TOKEN, user: str = USER, password: str =
             headers = {"Content-Encoding": "gzip"} if path.startswith("gzipped/") else None
             return FileResponse(target, headers=headers)
         target.parent.mkdir(parents=True, exist_ok=True)
-        with open(target, "wb") as out:  # noqa: ASYNC230 - a test server; small blocking writes are fine
+        with open(target, "wb") as out:
             async for chunk in request.stream():
                 out.write(chunk)
         return PlainTextResponse("stored", status_code=201)

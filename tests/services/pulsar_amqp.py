@@ -86,7 +86,7 @@ class PulsarAmqp:
             self.write_config()
         env = dict(os.environ, HOME=str(self.directory / "home"))
         self._log_handle = self.log_path.open("ab")
-        self.process = subprocess.Popen(  # noqa: ASYNC220 - returns at once; readiness is awaited
+        self.process = subprocess.Popen(
             [PULSAR_MAIN, "-c", str(self.directory)],
             cwd=self.directory,
             env=env,

@@ -222,7 +222,7 @@ async def test_max_bytes_still_gives_one_task_bigger_than_the_budget(store: Task
 
 async def test_paging_applies_the_filters_on_every_page(store: TaskStore) -> None:
     wanted = []
-    for i in range(5):
+    for _ in range(5):
         wanted.append(await create(store, tags={"keep": "yes"}))
         await create(store, tags={"keep": "no"})
     pages = await collect_pages(store, page_size=2, tags=[("keep", "yes")])

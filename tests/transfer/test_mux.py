@@ -68,7 +68,7 @@ async def test_directory_output_skips_symlinks_out_of_the_job_directory(
 async def test_large_file_moves_with_bounded_memory(http: HttpServer, work_dir: Path) -> None:
     """200 MiB sparse file PUT to the HTTP server and fetched back: Python allocations stay far below it."""
     src = work_dir / "big.bin"
-    with open(src, "wb") as f:  # noqa: ASYNC230
+    with open(src, "wb") as f:
         f.truncate(200 * MIB)
     url = f"{http.base_url}/{uuid.uuid4().hex}/big.bin"
     mux = TransferMux(make_settings(chunk_bytes=1 * MIB))

@@ -206,7 +206,7 @@ async def test_large_object_moves_with_bounded_memory(
 
     mib = 1024 * 1024
     src = work_dir / "big.bin"
-    with open(src, "wb") as f:  # noqa: ASYNC230
+    with open(src, "wb") as f:
         f.truncate(96 * mib)
     url = f"s3://{BUCKET}/{unique_prefix()}/big.bin"
     mux = TransferMux(make_settings(s3=s3, chunk_bytes=5 * mib, s3_max_concurrency=2))
