@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from tesp_api.api.admin import queue_notes
 from tesp_api.api.deps import ANONYMOUS_ADMIN, Principal, current_principal, service_info_principal
@@ -370,6 +371,13 @@ def build_router(
         ("/tasks/{id}", "GET", endpoints.get_task, "GetTask", "tesTaskView", None),
         ("/tasks/{id}:cancel", "POST", endpoints.cancel_task, "CancelTask", "tesCancelTaskResponse", None),
     ]
+    # POST /tasks is served by a plain Starlette route placed first: the handler takes only the
+    # request and answers a Response, so FastAPI's request handler (an empty dependency walk, its
+    # wrappers) is pure overhead on the hottest path (~4 % of a create, issue 15). The APIRoute
+    # below still documents it in the OpenAPI document; errors go through the same app handlers.
+    router.routes.insert(
+        0, Route(prefix + "/tasks", endpoints.create_task, methods=["POST"], include_in_schema=False)
+    )
     for path, method, handler, operation_id, schema, extra in routes:
         router.add_api_route(
             prefix + path,
