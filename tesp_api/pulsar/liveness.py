@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 ALIVE_NAME = "tes-alive"  # the runner's ALIVE (the runner imports nothing from tesp_api)
 META_NAME = "tes-meta.tar"
 BEAT_SECONDS = 5.0  # the runner's BEAT
+NO_BEAT_YET = b"0\n"  # uploaded with the job (REST prepare); the runner counts from 1
+DONE = b"done\n"  # the runner's last word, written after tes-meta.tar
 DEFAULT_LOST_AFTER = 120.0
 
 Fetch = Callable[[str, str, Path], Awaitable[bool]]
@@ -116,6 +118,8 @@ class HeartbeatWatch:
         watch.checked = now
         try:
             beat = await self._read(job_id, ALIVE_NAME)
+            if beat == NO_BEAT_YET:
+                beat = None
             if beat is not None and beat != watch.beat:
                 watch.beat, watch.changed = beat, now
                 self._started(watch)
@@ -127,7 +131,12 @@ class HeartbeatWatch:
                 return status
             if now - watch.changed < self.lost_after:
                 return status
-            finished = await self._read(job_id, META_NAME) is not None
+            if watch.beat == DONE:
+                finished = True  # the runner's last word, after tes-meta.tar
+            elif watch.beat is not None:
+                finished = False  # beats that stopped without "done": killed
+            else:  # never a beat (a runner older than the heartbeat): ask for tes-meta.tar itself
+                finished = await self._read(job_id, META_NAME) is not None
         except BackendUnavailable:
             return status  # no verdict on a Pulsar we cannot read; the driver's own deadline applies
         self.forget(job_id)

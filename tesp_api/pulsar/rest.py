@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 
 from tesp_api.metrics import pulsar_request
-from tesp_api.pulsar.liveness import DEFAULT_LOST_AFTER, HeartbeatWatch
+from tesp_api.pulsar.liveness import ALIVE_NAME, DEFAULT_LOST_AFTER, NO_BEAT_YET, HeartbeatWatch
 from tesp_api.pulsar.port import BackendError, BackendUnavailable, JobFile, JobSpec, JobStatus
 from tesp_api.pulsar.retrying import time_left
 
@@ -226,7 +226,10 @@ class RestBackend:
 
             return step
 
-        return [setup, *(upload(f) for f in spec.files)]
+        # The heartbeat file exists from the start ("0": no beat yet), so the liveness watch never asks
+        # Pulsar for a missing file (whose error line in Pulsar's log carries the URL, token included).
+        alive = JobFile(name=ALIVE_NAME, kind="workdir", data=NO_BEAT_YET)
+        return [setup, *(upload(f) for f in (*spec.files, alive))]
 
     async def submit(self, spec: JobSpec) -> None:
         script = self._script_paths.pop(spec.job_id, None)

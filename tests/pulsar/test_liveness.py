@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tesp_api.pulsar.liveness import ALIVE_NAME, META_NAME, HeartbeatWatch
+from tesp_api.pulsar.liveness import ALIVE_NAME, DONE, META_NAME, NO_BEAT_YET, HeartbeatWatch
 from tesp_api.pulsar.port import LOST_REASON_KEY, JobStatus
 
 LOST_AFTER = 60.0
@@ -56,6 +56,7 @@ async def test_a_finished_runner_pulsar_lost_track_of_is_complete_after_the_dead
     watch = job.watch()
     job.beat()
     (job.dir / META_NAME).write_bytes(b"tar")
+    (job.dir / ALIVE_NAME).write_bytes(DONE)  # the runner's last word
     assert (await watch.review(running())).status == "running"
     job.now += LOST_AFTER - 1
     assert (await watch.review(running())).status == "running"
@@ -120,3 +121,12 @@ async def test_a_queued_job_behind_one_submitted_at_about_the_same_time_waits(tm
     for _ in range(10):
         job.now += LOST_AFTER
         assert (await watch.review(running("queued"))).status == "queued"
+
+
+async def test_the_placeholder_uploaded_with_the_job_is_no_beat(tmp_path: Path) -> None:
+    job = Job(tmp_path)  # uploaded by prepare, so no read ever asks Pulsar for a missing file
+    (job.dir / ALIVE_NAME).write_bytes(NO_BEAT_YET)
+    watch = job.watch()
+    for _ in range(10):
+        assert (await watch.review(running("queued"))).status == "queued"
+        job.now += LOST_AFTER
