@@ -12,15 +12,18 @@ starting the job and recording its pid: seen in the crash runs), whether the pro
 outputs and metadata directories can be read, not ``pid`` or ``return_code``.
 
 So the job runner keeps a heartbeat, ``working/tes-alive``: a counter it rewrites every
-``BEAT_SECONDS`` (tesp_api/engine/runner/tes_runner.py). While Pulsar answers ``running``, this watch
-reads it at most every ``check_every`` seconds; when it has not changed for ``lost_after`` seconds
-(``pulsar.lost_job_deadline``) the runner is gone although Pulsar says it runs:
+``BEAT_SECONDS`` and ``done`` at its end (tesp_api/engine/runner/tes_runner.py); REST ``prepare``
+uploads it as ``0``, so it is never missing (Pulsar logs a missing file's request URL, token and
+all). While Pulsar answers ``running``, this watch reads it at most every ``check_every`` seconds;
+when it has not changed for ``lost_after`` seconds (``pulsar.lost_job_deadline``) the runner is
+gone although Pulsar says it runs:
 
-* ``tes-meta.tar`` is there: the runner finished (it writes the archive last). The job's real result
-  is read as for any completed job: ``complete`` (returncode unknown: the executors' exit codes,
-  which the archive holds, decide).
-* it is not: the runner was killed (or never started). The job is reported ``lost``: lost work, which
-  the engine ends as PREEMPTED (the spec's state for a task the system stopped).
+* the file says ``done``: the runner finished (it writes that after ``tes-meta.tar``). The job's
+  real result is read as for any completed job: ``complete`` (returncode unknown: the executors'
+  exit codes, which the archive holds, decide).
+* a counter that stopped: the runner was killed (a job that never beat: ``tes-meta.tar`` decides).
+  The job is reported ``lost``: lost work, which the engine ends as PREEMPTED (the spec's state
+  for a task the system stopped).
 
 The verdict names what happened in ``raw[LOST_REASON_KEY]`` (for the task's system_logs).
 A job run by an older runner without a heartbeat is judged the same way after ``lost_after``.
