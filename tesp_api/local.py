@@ -159,7 +159,7 @@ class LocalPulsar:
         env["HOME"] = str(self.state_dir / "home")  # gunicorn writes $HOME/.gunicorn
         logf = open(self.state_dir / "pulsar.log", "ab")  # noqa: SIM115 - handed to the child
         try:
-            self.process = subprocess.Popen(
+            self.process = subprocess.Popen(  # noqa: S603 - our own argv (pulsar-serve beside this interpreter), no shell
                 [_pulsar_bin("pulsar-serve"), str(self.state_dir / "server.ini")],
                 cwd=self.state_dir,
                 env=env,
@@ -267,7 +267,7 @@ class LocalPulsar:
                 _signal_group(pgid, signal.SIGKILL)
         return sorted(groups)
 
-    def __enter__(self) -> LocalPulsar:  # noqa: PYI034
+    def __enter__(self) -> LocalPulsar:
         self.start()
         return self
 
