@@ -114,6 +114,18 @@ async def _read_json_body(request: Request) -> Any:
         raise TesHttpError(400, "(body): JSON nested too deeply") from None
 
 
+async def _request_principal(request: Request) -> Principal:
+    """current_principal without FastAPI's dependency machinery (the plain routes): nothing to do
+    with auth off; an app's dependency_overrides of current_principal (tests) are honoured."""
+    override = request.app.dependency_overrides.get(current_principal)
+    if override is not None:
+        result = override()
+        return await result if inspect.isawaitable(result) else result  # type: ignore[no-any-return]
+    if request.app.state.authenticator is None:
+        return ANONYMOUS_ADMIN
+    return await current_principal(request)
+
+
 def _id_response(task_id: str) -> Response:
     """``{"id": ...}`` encoded once. An id we issued (is_safe_id: letters, digits, ``._-``) needs no
     JSON escaping; anything else (a record some other writer stored) goes through json.dumps."""
@@ -151,9 +163,7 @@ class TaskEndpoints:
         """POST /tasks. The hot path (issue 15): no FastAPI dependency (the principal is asked for
         directly, nothing at all with auth off), the answer encoded once by hand (a uuid needs no
         JSON escaping) and returned as a Response, so FastAPI never re-encodes it."""
-        principal = (
-            ANONYMOUS_ADMIN if request.app.state.authenticator is None else await current_principal(request)
-        )
+        principal = await _request_principal(request)
         raw = await _read_json_body(request)
         idempotency = idempotency_of(
             request.headers.get(IDEMPOTENCY_HEADER), raw, self.settings.api.idempotency_ttl_seconds
@@ -237,6 +247,12 @@ class TaskEndpoints:
         except InvalidPageToken:
             raise TesHttpError(400, "page_token: not a page token issued by this service") from None
         return page_response(page, chosen_view)  # at most api.max_page_bytes (tesp_api/api/pages.py)
+
+    async def get_task_plain(self, request: Request) -> Response:
+        """GET /tasks/{id} as a plain Starlette route (see build_router): the same handler, its
+        arguments read from the request instead of through FastAPI's parameter machinery."""
+        principal = await _request_principal(request)
+        return await self.get_task(request.path_params["id"], principal, request.query_params.get("view"))
 
     async def get_task(
         self,
@@ -346,6 +362,11 @@ def build_router(
         include_in_schema=False,
         response_model=None,
         response_class=JSONResponse,
+    )
+    # GET /tasks/{id}, the clients' polling path, as a plain route too (after /tasks/service-info,
+    # which it would shadow); the APIRoute below documents it.
+    router.routes.append(
+        Route(prefix + "/tasks/{id}", endpoints.get_task_plain, methods=["GET"], include_in_schema=False)
     )
     create_body = {
         "requestBody": {
