@@ -137,8 +137,8 @@ def build_job_spec(
     settings = settings or RuntimeSettings.model_validate({})
     roots = [host_rel(r.container) for r in mapper.roots]
     executors = []
-    for i, (ex, run) in enumerate(
-        zip(task.executors, executor_runs(task, task_id, mapper, task_network(task, settings)), strict=True)
+    for ex, run in zip(
+        task.executors, executor_runs(task, task_id, mapper, task_network(task, settings)), strict=True
     ):
         cleanup = runtime.cleanup_command(run)
         mkdirs = []

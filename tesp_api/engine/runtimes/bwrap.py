@@ -113,12 +113,12 @@ class BwrapRuntime:
         argv += ["--proc", "/proc", "--dev", "/dev"]
         if drop_to is not None:
             argv += ["--perms", "1777"]  # the sandbox user's HOME and scratch, like a host's /tmp
-        argv += ["--tmpfs", "/tmp"]
+        argv += ["--tmpfs", "/tmp"]  # noqa: S108 - a private tmpfs inside the sandbox
         # Parents before children, so a nested mount is not hidden by its parent's.
         for m in sorted(run.mounts, key=lambda m: (m.container.count("/"), m.container)):
             argv += ["--ro-bind" if m.read_only else "--bind", m.host, m.container]
         argv += ["--chdir", run.workdir or "/"]
-        argv += ["--clearenv", "--setenv", "PATH", DEFAULT_PATH, "--setenv", "HOME", "/tmp"]
+        argv += ["--clearenv", "--setenv", "PATH", DEFAULT_PATH, "--setenv", "HOME", "/tmp"]  # noqa: S108 - HOME inside the sandbox (its private /tmp)
         if run.env:
             argv += ["--args", ArgsFd()]
         # Through ``exec`` in a shell (which replaces itself): a command that is not found exits 127 and
