@@ -68,9 +68,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tesp_api.store.port import ListQuery, TaskStore
-from tesp_api.tes.ids import new_task_id
-from tesp_api.tes.models import TesExecutor, TesInput, TesTask
+from tesp_api.store.port import ListQuery, TaskStore  # noqa: E402
+from tesp_api.tes.ids import new_task_id  # noqa: E402
+from tesp_api.tes.models import TesExecutor, TesInput, TesTask  # noqa: E402
 
 TES = "/ga4gh/tes/v1"
 START_TIMEOUT = 120.0
