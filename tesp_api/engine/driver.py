@@ -63,6 +63,7 @@ from tesp_api.engine.runner import runner_source
 from tesp_api.engine.staging import StagingError
 from tesp_api.pulsar.port import (
     LOST_REASON_KEY,
+    RESUBMIT_KEY,
     BackendError,
     BackendUnavailable,
     JobFile,
@@ -359,6 +360,8 @@ class TaskDriver:
             if status.status == "preprocessing" and not self.record.backend.get("submitted"):
                 await self._submit()  # the crash fell between "submitting" and the submit's record
                 continue
+            if not status.is_final and status.raw.get(RESUBMIT_KEY):
+                await self._resubmit(str(status.raw[RESUBMIT_KEY]))
             if (
                 status.status in RAN_STATUSES
                 and self.record.state == TesState.INITIALIZING
@@ -380,6 +383,17 @@ class TaskDriver:
                 rec = await self._reread()
                 if rec.state not in DRIVEN_STATES:
                     return  # cancelled (or ended by someone else): _drive takes over
+
+    async def _resubmit(self, reason: str) -> None:
+        """The backend saw the job wait long without its runner starting (REST, pulsar/liveness.py:
+        a restarted Pulsar may have dropped it from its queue): submitted once more, said in
+        system_logs. A refusal is only logged: the backend's later verdict decides."""
+        await self._update(log=LogPatch(system_logs=[reason]))
+        spec = self._spec([])
+        try:
+            await self._pulsar(lambda: self.backend.submit(spec))
+        except BackendError as exc:
+            log.warning("Pulsar refused the re-submit of job %s: %s", self.job_id, exc)
 
     async def _is_dead(self) -> bool:
         """Ask the backend's optional liveness probe (port.LivenessProbe), at most every poll

@@ -28,15 +28,30 @@ gone although Pulsar says it runs:
 The verdict names what happened in ``raw[LOST_REASON_KEY]`` (for the task's system_logs).
 A job run by an older runner without a heartbeat is judged the same way after ``lost_after``.
 
-A job Pulsar answers ``queued`` for is judged only once it was seen beating, or when a job this watch
-first saw more than ``lost_after`` later has started: Pulsar's queue is first in, first out, so it was
-dropped (Pulsar killed after deleting its ``command_line`` to start it, before starting it: 2 of 300
-in a crash run on a loaded machine). It is reported ``lost`` (it never ran: PREEMPTED).
+A job Pulsar answers ``queued`` for is judged as above once it was seen beating (Pulsar killed between
+starting it and recording its pid). One whose runner never started (the heartbeat still ``0``) may
+have been dropped: Pulsar killed after taking it off its queue (``run_next`` deletes ``command_line``)
+and before starting it; the restarted Pulsar cannot recover it, takes it off its active list and
+answers ``queued`` (or ``preprocessing``, killed inside the submit) for ever (1 to 2 of 100-300 in the
+crash runs). So a job answered ``queued``/``preprocessing`` with no beat for ``lost_after`` since this
+watch first saw it (about our submit) is handed back with ``raw[RESUBMIT_KEY]``: the driver submits
+it once more. What a second ``POST /jobs/{id}/submit`` does (pulsar/manager_endpoint_util.py
+``submit_job``): a job Pulsar still holds (on its active list: really queued, or started meanwhile) is
+ignored ("Ignoring duplicate setup message"), so re-submitting a job that only waits long in a full
+queue is harmless; a dropped one (off the active list) goes through ``preprocess_and_launch`` again:
+``launch`` rewrites ``command_line`` and puts it at the end of the work queue, and it runs. (Should a
+runner start twice anyway, its ``tes-started`` guard makes the second exit 75 at once.)
+
+After the re-submit no clock decides: a job legitimately waiting in a full Pulsar may wait for hours.
+The job is reported ``lost`` (it never ran: PREEMPTED) only when it is overtaken again: a job first
+seen more than ``lost_after`` after the re-submit has started while it still waits (Pulsar's queue is
+first in, first out, and the re-submit put it at its end).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -45,7 +60,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tesp_api.pulsar.port import LOST_REASON_KEY, BackendUnavailable, JobStatus
+from tesp_api.pulsar.port import LOST_REASON_KEY, RESUBMIT_KEY, BackendUnavailable, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +70,7 @@ BEAT_SECONDS = 5.0  # the runner's BEAT
 NO_BEAT_YET = b"0\n"  # uploaded with the job (REST prepare); the runner counts from 1
 DONE = b"done\n"  # the runner's last word, written after tes-meta.tar
 DEFAULT_LOST_AFTER = 120.0
+WAITING = ("queued", "preprocessing")  # Pulsar's answers for a job it has not started (or says so)
 
 Fetch = Callable[[str, str, Path], Awaitable[bool]]
 
@@ -65,6 +81,7 @@ class _Watch:
     changed: float  # monotonic time it last changed (or the watch began)
     checked: float  # monotonic time of the last read
     first_seen: float = 0.0  # monotonic time this watch first saw the job (queued or running)
+    resubmitted: float | None = None  # monotonic time the job was handed back for a re-submit
 
 
 class HeartbeatWatch:
@@ -101,13 +118,15 @@ class HeartbeatWatch:
     async def review(self, status: JobStatus) -> JobStatus:
         """``status`` as Pulsar answered it, or, for a ``running`` job whose runner is gone, what
         really happened (``complete`` or ``lost``). ``queued`` is judged too once a heartbeat was seen:
-        Pulsar killed between starting the job and recording its pid answers ``queued`` for ever."""
+        Pulsar killed between starting the job and recording its pid answers ``queued`` for ever.
+        A waiting job whose runner never started is handed back once for a re-submit, then ``lost``
+        only when overtaken (see the module's docstring)."""
         job_id = status.job_id
-        if status.status not in ("running", "queued"):
+        if status.status not in ("running", *WAITING):
             if status.is_final:
                 self.forget(job_id)
             return status
-        queued = status.status == "queued"
+        queued = status.status in WAITING
         now = self._clock()
         watch = self._watches.get(job_id)
         if watch is None:
@@ -128,9 +147,13 @@ class HeartbeatWatch:
                 self._started(watch)
                 return status
             if queued and watch.beat is None:
-                if self._newest_started - watch.first_seen > self.lost_after:
+                watch.changed = now  # never started: queued (or dropped), no heartbeat to judge
+                if watch.resubmitted is None:
+                    if now - watch.first_seen >= self.lost_after:  # (before any overtaking could tell)
+                        watch.resubmitted = now
+                        return self._resubmit(status, now - watch.first_seen)
+                elif self._newest_started - watch.resubmitted > self.lost_after:
                     return self._dropped(status)
-                watch.changed = now  # never started: really queued (Pulsar's queue), nothing to judge
                 return status
             if now - watch.changed < self.lost_after:
                 return status
@@ -159,12 +182,21 @@ class HeartbeatWatch:
         log.warning("job %s: %s", job_id, reason)
         return JobStatus(job_id, "lost", None, raw={**status.raw, LOST_REASON_KEY: reason})
 
+    def _resubmit(self, status: JobStatus, waited: float) -> JobStatus:
+        reason = (
+            f"Pulsar has reported the job {status.status} for {waited:.0f} s and its runner has not "
+            "started: submitted to Pulsar once more (a Pulsar restarted after taking a job off its "
+            "queue and before starting it never starts it; one that still holds the job ignores the "
+            "repeat)"
+        )
+        log.warning("job %s: %s", status.job_id, reason)
+        return dataclasses.replace(status, raw={**status.raw, RESUBMIT_KEY: reason})
+
     def _dropped(self, status: JobStatus) -> JobStatus:
         self.forget(status.job_id)
         reason = (
-            "Pulsar still reported the job queued, but jobs submitted well after it have started and "
-            "its runner never did: Pulsar was restarted after taking it off its queue and before "
-            "starting it, and will not start it"
+            "Pulsar still reported the job queued after it was submitted again, but jobs submitted "
+            "well after that have started and its runner never did: Pulsar will not start it"
         )
         log.warning("job %s: %s", status.job_id, reason)
         return JobStatus(status.job_id, "lost", None, raw={**status.raw, LOST_REASON_KEY: reason})

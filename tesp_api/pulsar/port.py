@@ -102,6 +102,12 @@ class JobStatus:
 # running is dead (pulsar/liveness.py) reports it "lost" with this reason.
 LOST_REASON_KEY = "tesp_lost_reason"
 
+# JobStatus.raw key on a non-final answer: the backend asks the driver to submit the job once more
+# and says why (task-log safe text, for system_logs). REST: a job Pulsar has answered queued for
+# ``pulsar.lost_job_deadline`` whose runner never started (pulsar/liveness.py: a restarted Pulsar
+# may have dropped it from its queue). The runner's tes-started guard makes a double start harmless.
+RESUBMIT_KEY = "tesp_resubmit"
+
 
 @dataclass(frozen=True, slots=True)
 class Liveness:

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from tesp_api.pulsar.liveness import ALIVE_NAME, DONE, META_NAME, NO_BEAT_YET, HeartbeatWatch
-from tesp_api.pulsar.port import LOST_REASON_KEY, JobStatus
+from tesp_api.pulsar.port import LOST_REASON_KEY, RESUBMIT_KEY, JobStatus
 
 LOST_AFTER = 60.0
 
@@ -77,12 +77,40 @@ async def test_a_killed_runner_is_lost_with_the_reason(tmp_path: Path) -> None:
     assert "were killed" in verdict.raw[LOST_REASON_KEY]
 
 
-async def test_a_queued_job_that_never_started_is_left_alone(tmp_path: Path) -> None:
-    job = Job(tmp_path)
+async def test_a_queued_job_that_never_started_is_handed_back_for_one_resubmit_after_the_deadline(
+    tmp_path: Path,
+) -> None:
+    job = Job(tmp_path)  # maybe dropped from the queue by a restarted Pulsar, maybe only waiting
+    (job.dir / ALIVE_NAME).write_bytes(NO_BEAT_YET)
     watch = job.watch()
+    answers = []
     for _ in range(10):
-        assert (await watch.review(running("queued"))).status == "queued"
-        job.now += LOST_AFTER
+        answers.append(await watch.review(running("queued")))
+        job.now += LOST_AFTER / 2
+    assert {a.status for a in answers} == {"queued"}  # never judged lost by the clock: queues may be long
+    resubmits = [i for i, a in enumerate(answers) if RESUBMIT_KEY in a.raw]
+    assert resubmits == [2]  # once, at the first look past the deadline
+    assert "submitted to Pulsar once more" in answers[2].raw[RESUBMIT_KEY]
+
+
+async def test_a_job_pulsar_answers_preprocessing_for_too_long_is_handed_back_for_a_resubmit(
+    tmp_path: Path,
+) -> None:
+    job = Job(tmp_path)  # Pulsar killed inside the submit: launch_config stored, never launched
+    watch = job.watch()
+    assert RESUBMIT_KEY not in (await watch.review(running("preprocessing"))).raw
+    job.now += LOST_AFTER
+    verdict = await watch.review(running("preprocessing"))
+    assert (verdict.status, RESUBMIT_KEY in verdict.raw) == ("preprocessing", True)
+
+
+async def test_a_queued_job_that_has_beaten_is_never_resubmitted(tmp_path: Path) -> None:
+    job = Job(tmp_path)  # its runner started (Pulsar died before recording the pid)
+    watch = job.watch()
+    for _ in range(4):
+        job.beat()
+        assert RESUBMIT_KEY not in (await watch.review(running("queued"))).raw
+        job.now += LOST_AFTER / 4
 
 
 async def test_a_queued_job_whose_runner_beat_and_stopped_is_judged(tmp_path: Path) -> None:
@@ -100,16 +128,35 @@ async def test_final_answers_pass_through(tmp_path: Path) -> None:
         assert (await watch.review(running(status))).status == status
 
 
-async def test_a_queued_job_overtaken_by_a_much_later_one_was_dropped_by_pulsar(tmp_path: Path) -> None:
-    job = Job(tmp_path)  # Pulsar killed between taking it off its queue and starting it
+async def test_a_resubmitted_job_overtaken_again_was_dropped_for_good_and_is_lost(tmp_path: Path) -> None:
+    job = Job(tmp_path)
     watch = job.watch()
-    assert (await watch.review(running("queued"))).status == "queued"
+    await watch.review(running("queued"))
+    job.now += LOST_AFTER
+    assert RESUBMIT_KEY in (await watch.review(running("queued"))).raw
     job.now += LOST_AFTER + 10
-    await watch.review(JobStatus("later", "running"))  # submitted long after, already running
-    job.now += 30
+    await watch.review(JobStatus("after-resubmit", "running"))  # first seen well after the re-submit
+    job.now += 16
     verdict = await watch.review(running("queued"))
     assert verdict.status == "lost"
     assert "will not start it" in verdict.raw[LOST_REASON_KEY]
+
+
+async def test_a_resubmitted_job_waiting_behind_earlier_ones_is_never_lost(tmp_path: Path) -> None:
+    job = Job(tmp_path)  # a full Pulsar: jobs submitted before the re-submit start, hours pass
+    watch = job.watch()
+    await watch.review(running("queued"))
+    job.now += LOST_AFTER
+    await watch.review(running("queued"))  # handed back for the re-submit
+    earlier = [f"earlier-{k}" for k in range(100)]
+    for other in earlier:
+        await watch.review(JobStatus(other, "queued"))  # submitted before the re-submit
+    for other in earlier:
+        job.now += LOST_AFTER
+        await watch.review(JobStatus(other, "running"))
+        await watch.review(JobStatus(other, "complete"))
+        verdict = await watch.review(running("queued"))
+        assert (verdict.status, RESUBMIT_KEY in verdict.raw) == ("queued", False)
 
 
 async def test_a_queued_job_behind_one_submitted_at_about_the_same_time_waits(tmp_path: Path) -> None:
@@ -128,5 +175,6 @@ async def test_the_placeholder_uploaded_with_the_job_is_no_beat(tmp_path: Path) 
     (job.dir / ALIVE_NAME).write_bytes(NO_BEAT_YET)
     watch = job.watch()
     for _ in range(10):
-        assert (await watch.review(running("queued"))).status == "queued"
+        verdict = await watch.review(running("queued"))
+        assert verdict.status == "queued" and LOST_REASON_KEY not in verdict.raw
         job.now += LOST_AFTER
