@@ -84,6 +84,9 @@ def _wakeup_listener(path: str, engine: Any) -> socket.socket:
     sock.bind(path)
     sock.setblocking(False)
     loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task[Any]] = (
+        set()
+    )  # a reference to each hook still running (else it may be collected)
 
     def readable() -> None:
         while True:
@@ -101,7 +104,9 @@ def _wakeup_listener(path: str, engine: Any) -> socket.socket:
             try:
                 result = method(task_id)
                 if asyncio.iscoroutine(result):
-                    loop.create_task(result)
+                    task = loop.create_task(result)
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
             except Exception:
                 log.exception("engine %s(%s) failed", hook, task_id)
 
@@ -198,10 +203,10 @@ def serve_processes(settings: Settings) -> int:
     children: list[Any] = []
     if wake_path is not None:
         children.append(ctx.Process(target=_engine_child, args=(settings, wake_path), name="tesp-api-engine"))
-    for i in range(settings.api.workers):
-        children.append(
-            ctx.Process(target=_api_child, args=(api_settings, port, wake_path), name=f"tesp-api-api-{i}")
-        )
+    children.extend(
+        ctx.Process(target=_api_child, args=(api_settings, port, wake_path), name=f"tesp-api-api-{i}")
+        for i in range(settings.api.workers)
+    )
     stopping = False
 
     def stop(signum: int, frame: Any) -> None:

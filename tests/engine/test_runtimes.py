@@ -333,9 +333,11 @@ def test_bwrap_network_and_extra_paths_from_settings() -> None:
         "--cap-add",
         "CAP_NET_RAW",
     ]
-    assert argv[
-        argv.index("/srv/venv") - 1 : argv.index("/srv/venv") + 2
-    ] == ["--ro-bind-try", "/srv/venv", "/srv/venv"]
+    assert argv[argv.index("/srv/venv") - 1 : argv.index("/srv/venv") + 2] == [
+        "--ro-bind-try",
+        "/srv/venv",
+        "/srv/venv",
+    ]
     assert argv[-7:] == ["--unshare-cgroup", "--", "/bin/sh", "-c", 'exec "$@"', "sh", "true"]
     assert "--podman-only" not in argv
 
