@@ -25,7 +25,7 @@ from tesp_api.engine.routing import Router
 from tesp_api.engine.runtimes import Runtime, build_runtime
 from tesp_api.engine.staging import Staging
 from tesp_api.pulsar.factory import build_backends  # re-exported: built in one place (pulsar/factory.py)
-from tesp_api.pulsar.port import PulsarBackend
+from tesp_api.pulsar.port import BackendError, BackendUnavailable, PulsarBackend
 from tesp_api.pulsar.retrying import RetryingBackend, RetryPolicy
 from tesp_api.store.port import TaskRecord, TaskStore
 
@@ -145,10 +145,28 @@ class Engine:
             ", ".join(self.backends),
         )
         self.router.start()  # the health probes
+        await self._start_serving()
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="engine-claim"),
             asyncio.create_task(self._renew_loop(), name="engine-renew"),
         ]
+
+    async def _start_serving(self) -> None:
+        """Backends that serve Pulsar (AMQP: the staging server, docs/amqp.md) start serving now, not at
+        their first task: behind one staging URL a restarted replica must answer Pulsar's uploads for
+        tasks another replica drives. A failure is logged; the backend retries at its first task."""
+        for name, backend in self.backends.items():
+            start_serving = getattr(backend, "start_serving", None)
+            if start_serving is None:
+                continue
+            try:
+                await start_serving()
+            except (BackendError, BackendUnavailable) as exc:
+                log.warning(
+                    "Pulsar %s: could not start serving at engine start (retried at its first task): %s",
+                    name,
+                    exc,
+                )
 
     async def stop(self) -> None:
         """Stop driving; give the leases back so another worker takes the tasks over at once.

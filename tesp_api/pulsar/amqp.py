@@ -135,13 +135,17 @@ class AmqpBackend:
         options: AmqpClientOptions | None = None,
         status_timeout: float = 30.0,
         lost_recheck: float = 2.0,
+        unheard_lost_grace: float = 600.0,
         store: TaskStore | None = None,
         legacy_key_file: Path | None = None,
     ) -> None:
         """With ``store``, everything another replica needs to take a job over is in the store (the
         setup record, the staging key, who received uploads) or in the staging directory; without
         one (tests, embedding), setup records are JSON files under the staging directory and the key
-        is the one ``staging`` was given."""
+        is the one ``staging`` was given. ``unheard_lost_grace``: how long after the broker confirmed
+        a job's setup a "lost" without a job directory still means "Pulsar has not taken the setup in
+        yet" (it waits in Pulsar's setup queue, e.g. a backlog after a broker restart) rather than
+        a lost job (see ``_on_update``)."""
         self.name = name
         self.store = store
         self._legacy_key_file = legacy_key_file
@@ -149,15 +153,19 @@ class AmqpBackend:
         self.staging = staging
         self.status_timeout = status_timeout
         self.lost_recheck = lost_recheck
+        self.unheard_lost_grace = unheard_lost_grace
         # Job ids never start with ".", so this cannot collide with a job's received directory.
         self._setups_dir = staging.received_root / ".setups"
         self.client = AmqpPulsarClient(amqp_url, queues, self._on_update, options)
         self._started = False
         self._start_lock = asyncio.Lock()
+        self._serving = False  # the staging server runs (start_serving)
+        self._staging_lock = asyncio.Lock()
         self._statuses: dict[str, JobStatus] = {}
         self._changed: dict[str, asyncio.Event] = {}
         self._submitted_unheard: set[str] = set()  # submitted here, nothing heard from Pulsar yet
         self._lost_once: set[str] = set()
+        self._submitted_at: dict[str, float] = {}  # loop time the setup was sent / found sent
         self._awaiting: set[str] = set()  # status requested by status(), answer not yet in
         self._prepared: dict[str, _Prepared] = {}
         self._warned_unshared: set[str] = set()
@@ -166,19 +174,36 @@ class AmqpBackend:
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Connect and declare the queues (before any submit), start the staging server. Idempotent."""
-        async with self._start_lock:
-            if self._started:
+    async def start_serving(self) -> None:
+        """Start the staging server alone (no broker needed), with the store's key. The engine calls
+        this when it starts (Engine.start): behind one ``staging_url`` for all replicas, a restarted
+        replica must take in Pulsar's uploads and serve inputs at once, not only once its own engine
+        first drives an AMQP task (tasks of a killed replica ended SYSTEM_ERROR meanwhile). Idempotent."""
+        async with self._staging_lock:
+            if self._serving:
                 return
             if self.store is not None:
                 await self._load_shared_key()
             try:
-                with log_context.cleared():  # started lazily inside the first task's driver
+                with log_context.cleared():  # may be started lazily inside a task's driver
                     await self.staging.start()
+            except OSError as exc:
+                raise BackendUnavailable(
+                    f"Pulsar {self.name}: the staging server cannot listen: {exc}"
+                ) from None
+            self._serving = True
+
+    async def start(self) -> None:
+        """Start the staging server (if not yet) and connect, declaring the queues before any submit.
+        Idempotent."""
+        async with self._start_lock:
+            if self._started:
+                return
+            await self.start_serving()
+            try:
+                with log_context.cleared():  # started lazily inside the first task's driver
                     await self.client.start()
             except PulsarAmqpUnavailable as exc:
-                await self.staging.stop()
                 raise BackendUnavailable(f"Pulsar {self.name}: {exc}") from None
             self._started = True
 
@@ -199,8 +224,10 @@ class AmqpBackend:
     async def aclose(self) -> None:
         if self._started:
             await self.client.stop()
-            await self.staging.stop()
             self._started = False
+        if self._serving:
+            await self.staging.stop()
+            self._serving = False
 
     # ---- updates pushed by Pulsar ----------------------------------------------------------------
 
@@ -220,27 +247,43 @@ class AmqpBackend:
         if (
             update.status == "lost"
             and job_id in self._submitted_unheard
-            and job_id not in self._lost_once
             and not _had_job_directory(update.body)
         ):
-            # Pulsar may handle a status request before the setup message waiting in another queue
-            # (e.g. both queued while it was down): then it has no job directory yet. Believe such a
-            # "lost" only when it is said twice. A "lost" for a job Pulsar had set up (it failed to
-            # re-attach to it after a restart) is believed at once: Pulsar answers later status
-            # requests for it with a stale "running" and never publishes a final state.
-            self._lost_once.add(job_id)
-            self.client.ask_again_later(job_id)
-            log.info(
-                "Pulsar %s: job %s reported lost before any other update; asking again later",
+            # Pulsar answers a status request from one queue and takes setups in from another, each
+            # with its own consumer: a status request handled before the job's setup (both queued
+            # while Pulsar or the broker was down, or a backlog of setups after a broker restart)
+            # finds no job directory and is answered "lost" (stateful.get_status). The setup is
+            # still in the broker (persistent, confirmed), so Pulsar will take it in, run the job and
+            # push its updates: such a "lost" is not believed while the setup is younger than
+            # unheard_lost_grace, however often it is said (said twice used to be believed: tasks
+            # ended PREEMPTED although Pulsar ran them once, to completion, right after). A "lost"
+            # for a job Pulsar had set up (it failed to re-attach to it after a restart) is believed
+            # at once: Pulsar answers later status requests for it with a stale "running".
+            age = asyncio.get_running_loop().time() - self._submitted_at.get(job_id, float("-inf"))
+            if job_id not in self._lost_once or age < self.unheard_lost_grace:
+                first = job_id not in self._lost_once
+                self._lost_once.add(job_id)
+                self.client.ask_again_later(job_id)
+                log.log(
+                    logging.INFO if first else logging.DEBUG,
+                    "Pulsar %s: job %s reported lost before any other update (its setup not taken in "
+                    "yet); asking again later",
+                    self.name,
+                    job_id,
+                )
+                return
+            log.warning(
+                "Pulsar %s: job %s still reported lost %.0f s after its setup was sent: believed",
                 self.name,
                 job_id,
+                age,
             )
-            return
         previous = self._statuses.get(job_id)
         if previous is not None and previous.is_final and not update.is_final:
             return  # a late non-final update never moves a job out of its final state
         self._statuses[job_id] = JobStatus.from_pulsar(job_id, dict(update.body))
         self._submitted_unheard.discard(job_id)
+        self._submitted_at.pop(job_id, None)
         self._event(job_id).set()
 
     def _event(self, job_id: str) -> asyncio.Event:
@@ -403,11 +446,13 @@ class AmqpBackend:
         )
         self._statuses.pop(spec.job_id, None)
         self._submitted_unheard.add(spec.job_id)
+        self._submitted_at[spec.job_id] = asyncio.get_running_loop().time()
         self._lost_once.discard(spec.job_id)
         try:
             await self.client.submit(setup)
         except PulsarAmqpUnavailable as exc:
             self._submitted_unheard.discard(spec.job_id)
+            self._submitted_at.pop(spec.job_id, None)
             raise BackendUnavailable(f"Pulsar {self.name}: {exc}") from None
         prepared.sent = True
         await self._save_setup(spec.job_id, prepared)
@@ -464,6 +509,7 @@ class AmqpBackend:
                 self._statuses.pop(job_id, None)
                 self._lost_once.discard(job_id)
                 self._submitted_unheard.add(job_id)
+                self._submitted_at.setdefault(job_id, asyncio.get_running_loop().time())
                 self.client.track(job_id)
                 log.info(
                     "Pulsar %s does not know job %s yet, but its setup was confirmed sent: "
@@ -550,6 +596,7 @@ class AmqpBackend:
         self._statuses.pop(job_id, None)
         self._changed.pop(job_id, None)
         self._submitted_unheard.discard(job_id)
+        self._submitted_at.pop(job_id, None)
         self._lost_once.discard(job_id)
         self._prepared.pop(job_id, None)
         self._warned_unshared.discard(job_id)
@@ -621,6 +668,9 @@ def build_amqp_backend(
         staging,
         options=options,
         status_timeout=pulsar.client_timeout,
+        # Several reconciles' worth, and at least 10 minutes: a backlog of setups after a broker
+        # restart takes Pulsar a while to work through.
+        unheard_lost_grace=max(600.0, 10 * pulsar.amqp_reconcile_after),
         store=store,
         legacy_key_file=key_file if store is not None else None,
     )

@@ -65,15 +65,51 @@ async def test_pushed_status_is_what_status_answers(backend: AmqpBackend) -> Non
     assert (await backend.status("job-1")).status == "running"
 
 
-async def test_first_lost_answer_for_a_job_never_heard_of_is_not_believed(backend: AmqpBackend) -> None:
+async def test_lost_without_a_job_directory_for_a_sent_setup_is_not_believed_however_often_said(
+    backend: AmqpBackend,
+) -> None:
     await submitted(backend, "job-1")
-    # Pulsar answered a status request before it took the setup in: no job directory yet.
+    # Pulsar answered status requests before it took the setup in (still in its queue, e.g. a
+    # backlog after a broker restart): no job directory yet. Said once, and again at the next
+    # reconcile (not a duplicate of the first): the job is still waiting to be taken in.
     await publish_as_pulsar(backend.queues, {"job_id": "job-1", "status": "lost", "complete": "true"})
     await asyncio.sleep(0.3)
     assert (await backend.status("job-1")).status == "queued"
-    # Said again (the next reconcile's answer, a minute later: not a duplicate of the first): believed.
-    await push(backend, "job-1", "lost", returncode=None)
-    assert (await backend.status("job-1")).status == "lost"
+    await publish_as_pulsar(
+        backend.queues, {"job_id": "job-1", "status": "lost", "complete": "true", "returncode": None}
+    )
+    await asyncio.sleep(0.3)
+    assert (await backend.status("job-1")).status == "queued"
+    # Pulsar takes the setup in and runs the job: its updates are what counts.
+    await push(backend, "job-1", "complete", returncode=0)
+    assert (await backend.status("job-1")).status == "complete"
+
+
+async def test_lost_without_a_job_directory_is_believed_once_the_setup_is_older_than_the_grace(
+    tmp_path: Path,
+) -> None:
+    """The bound: a setup that never reaches Pulsar (its queue purged, say) does not leave the task
+    waiting for ever."""
+    queues = PulsarQueues.for_manager(amqp_key_prefix=rabbitmq.unique_prefix("b"))
+    staging = StagingServer(tmp_path / "received", StagingTokens(b"k" * 32, ttl=60))
+    b = AmqpBackend(
+        "default",
+        rabbitmq.URL,
+        queues,
+        staging,
+        options=AmqpClientOptions(reconcile_after=3600),
+        unheard_lost_grace=0.5,
+    )
+    try:
+        await submitted(b, "job-1")
+        await publish_as_pulsar(queues, {"job_id": "job-1", "status": "lost", "complete": "true"})
+        await asyncio.sleep(0.6)
+        assert (await b.status("job-1")).status == "queued"  # the first is never believed
+        await push(b, "job-1", "lost", returncode=None)
+        assert (await b.status("job-1")).status == "lost"
+    finally:
+        await b.aclose()
+        await rabbitmq.delete_queues([*queues.consumed_by_pulsar, queues.status_update])
 
 
 async def test_lost_for_a_job_pulsar_had_set_up_is_believed_at_once(backend: AmqpBackend) -> None:

@@ -11,6 +11,7 @@ import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tesp_api.config.settings import Settings
@@ -22,7 +23,7 @@ from tesp_api.tes.models import TesState
 from tests.engine.conftest import submit, wait_for
 from tests.engine.test_engine import cancel, processes_with
 from tests.services import rabbitmq
-from tests.services.pulsar_amqp import PulsarAmqp, running_pulsar_amqp
+from tests.services.pulsar_amqp import PulsarAmqp, free_port, running_pulsar_amqp
 
 pytestmark = [pytest.mark.amqp, pytest.mark.pulsar, pytest.mark.timeout(120)]
 
@@ -137,3 +138,23 @@ async def test_cancel_of_a_running_task_kills_the_process_over_amqp(
     rec = await wait_for(store, tid)
     assert rec.state == TesState.CANCELED
     assert processes_with(marker) == []
+
+
+async def test_the_staging_server_listens_once_the_engine_started_before_any_task(
+    settings: Settings, store: SqliteTaskStore
+) -> None:
+    """Behind one staging URL for all replicas, a restarted replica must take in Pulsar's uploads of
+    tasks another replica drives: its staging server cannot wait for its own engine's first AMQP task
+    (tasks of a killed replica ended SYSTEM_ERROR while the balancer sent uploads to it)."""
+    port = free_port()
+    settings.pulsar.staging_listen = f"127.0.0.1:{port}"
+    started = Engine(settings, store)
+    await started.start()
+    try:
+        async with httpx.AsyncClient() as client:
+            answer = await client.get(f"http://127.0.0.1:{port}/pulsar-staging/healthz")
+    finally:
+        await started.stop()
+    assert answer.status_code == 200
+    assert answer.text.strip() == "ok"
+    assert amqp_backend(started).client.stats.published["setup"] == 0  # no task was driven

@@ -350,3 +350,59 @@ async def test_a_sent_setup_pulsar_has_not_taken_in_yet_is_not_lost_after_a_rest
     assert not first.is_final and not again.is_final, (first, again)
     assert final.status == "complete"
     assert (tmp_path / "runs").read_text() == "run\n"
+
+
+# ---- a setup waiting in the broker while Pulsar answers "lost" (the broker-restart backlog) -------
+
+
+async def test_a_job_whose_setup_waits_while_pulsar_answers_lost_completes_once(
+    pulsar: PulsarAmqp, tmp_path: Path
+) -> None:
+    """The replica runs' PREEMPTED tasks after a broker stop/start (Pulsar not restarted): the
+    reconcile's status requests were answered "lost" (no job directory) while the setups still waited
+    for Pulsar's setup consumer; said twice, that was believed, and Pulsar then ran the jobs, once, to
+    completion. Made to last here: this test holds the confirmed setup message (unacknowledged) while
+    Pulsar answers several status requests, then hands it back to the queue."""
+    service = Service(tmp_path, pulsar)
+    job_id = str(uuid.uuid4())
+    spec = counting_job(job_id, tmp_path)
+    await pulsar.stop()
+    backend = AmqpBackend(
+        "default",
+        pulsar.amqp_url,
+        PulsarQueues.for_manager(amqp_key_prefix=pulsar.key_prefix),
+        service.backend().staging,
+        options=AmqpClientOptions(reconcile_after=0.5, sweep_interval=0.1),
+        status_timeout=10,
+    )
+    holder = await aio_pika.connect(pulsar.amqp_url)
+    try:
+        await backend.prepare(spec)
+        await backend.submit(spec)  # confirmed by the broker, waiting in Pulsar's setup queue
+        channel = await holder.channel()
+        queue = await channel.declare_queue(pulsar.queue_name("setup"), passive=True)
+        held = await queue.get(no_ack=False, fail=True)
+        assert held is not None
+        await pulsar.start()
+        # Several reconciles answered "lost" by the real Pulsar while the setup is held (or, as before
+        # the fix, the task's status final after the second).
+        asked = backend.client.stats.published["status"]
+
+        async def asked_thrice_or_final() -> bool:
+            if (await backend.status(job_id)).is_final:
+                return True
+            return backend.client.stats.published["status"] >= asked + 3
+
+        await until(asked_thrice_or_final, "three status requests answered")
+        await asyncio.sleep(1)  # the third answer in
+        while_held = await backend.status(job_id)
+        await channel.close()  # the setup goes back to the queue; Pulsar takes it in now
+        final = await final_status(backend, job_id)
+        received_file = backend.staging.received_file(job_id, "result.txt")
+    finally:
+        await holder.close()
+        await backend.aclose()
+    assert not while_held.is_final, while_held
+    assert final.status == "complete"
+    assert received_file is not None and received_file.read_text() == "payload\n"
+    assert (tmp_path / "runs").read_text() == "run\n"
