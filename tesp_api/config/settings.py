@@ -222,6 +222,12 @@ class PulsarSettings(_Section):
         "<engine.work_dir>/pulsar-received); replicas on several hosts must share it (docs/amqp.md)",
     )
     health: PulsarHealthSettings = Field(default_factory=lambda: PulsarHealthSettings())
+    routing: Literal["least_loaded", "tightest_fit"] = Field(
+        "least_loaded",
+        description="which of the servers that can take a task wins: least_loaded (load vs capacity, "
+        "for several sites) or tightest_fit (the smallest max_cpu_cores/max_ram_gb that fit, for one "
+        "Slurm manager per resource class; ties by load). docs/quotas.md, Routing",
+    )
 
     def effective_servers(self) -> list[PulsarServer]:
         if self.servers:

@@ -8,8 +8,11 @@ this module only supplies the policy. ``Router.claim_policy()`` gives the store
 * ``route(record, loads)``: the servers that may take the task, best first, from the store's own
   count of active tasks per server (all workers, not this process): a task's ``pulsar_server``
   backend parameter pins it to that server; otherwise every server that is up, has room and fits
-  the task's ``cpu_cores``/``ram_gb`` (``max_cpu_cores``/``max_ram_gb``), the least loaded relative
-  to its capacity first (``max_active``, or ``engine.max_running_tasks`` for a server without one).
+  the task's ``cpu_cores``/``ram_gb`` (``max_cpu_cores``/``max_ram_gb``), ordered by
+  ``pulsar.routing``: ``least_loaded`` (default) the least loaded relative to its capacity first
+  (``max_active``, or ``engine.max_running_tasks`` for a server without one); ``tightest_fit`` the
+  smallest declared limits first (cores, then RAM; a limit not declared is the largest), ties by
+  that load, so a Slurm manager per resource class gets the tasks of its class.
 
 Health: each worker probes every server every ``pulsar.health.probe_interval`` seconds (REST:
 ``GET /healthz``; a backend without a probe, AMQP, is judged by its requests only) and counts the
@@ -195,7 +198,20 @@ class Router:
             and server_fit_problem(self._limits[n], resources) is None
         ]
         order = {n: i for i, n in enumerate(self.servers)}
+        if self.settings.pulsar.routing == "tightest_fit":
+            return sorted(
+                fitting, key=lambda n: (*self.size(n), loads.get(n, 0) / self.capacity(n), order[n])
+            )
         return sorted(fitting, key=lambda n: (loads.get(n, 0) / self.capacity(n), order[n]))
+
+    def size(self, name: str) -> tuple[float, float]:
+        """A server's declared limits for ``tightest_fit``, smallest first: cores, then RAM. A limit
+        not declared counts as the largest (the server takes anything), so a declared class of the
+        same cores but less RAM, or fewer cores, comes before it."""
+        server = self.servers[name]
+        cores = float(server.max_cpu_cores) if server.max_cpu_cores is not None else float("inf")
+        ram = float(server.max_ram_gb) if server.max_ram_gb is not None else float("inf")
+        return cores, ram
 
     def choose_server(self, record: TaskRecord, local_loads: Mapping[str, int]) -> str:
         """The server of a task being started: the one the claim assigned (backend.server), else

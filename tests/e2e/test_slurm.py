@@ -23,8 +23,17 @@ from tests.engine.serve_process import ServeProcess
 from tests.services.slurm import Slurm, SlurmPulsar, SlurmUnavailable, slurm_cluster
 
 pytestmark = [pytest.mark.pulsar, pytest.mark.slow]
-CLASSES = {"c2_m1": (2, 1024)}  # Pulsar manager -> (Slurm -c, --mem in MB)
-SERVERS = [("slurm", None), ("slurm-c2-m1", "c2_m1")]  # tesp-api server name -> Pulsar manager
+CLASSES = {"c2_m2": (2, 2048), "c2_m1": (2, 1024)}  # Pulsar manager -> (Slurm -c, --mem in MB)
+# tesp-api server name -> (Pulsar manager, its declared max_cpu_cores/max_ram_gb). pulsar.routing is
+# tightest_fit; the larger 2-CPU class is listed first so that least_loaded (ties by this order) would
+# choose it for a task asking cpu_cores=2, ram_gb=1, and tightest_fit must not. The default manager
+# takes Slurm's default request (1 CPU), so it declares 1 core and is the tightest for a task that
+# asks for nothing.
+SERVERS: list[tuple[str, str | None, dict[str, float]]] = [
+    ("slurm", None, {"max_cpu_cores": 1}),
+    ("slurm-c2-m2", "c2_m2", {"max_cpu_cores": 2, "max_ram_gb": 2}),
+    ("slurm-c2-m1", "c2_m1", {"max_cpu_cores": 2, "max_ram_gb": 1}),
+]
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +53,12 @@ def api(cluster: Slurm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
     pulsar.start()
     work = tmp_path_factory.mktemp("serve")
     (work / "settings.toml").write_text(
-        "".join(
+        '[default.pulsar]\nrouting = "tightest_fit"\n'
+        + "".join(
             f"[[default.pulsar.servers]]\nname = {json.dumps(name)}\n"
             f"url = {json.dumps(pulsar.manager_url(manager) if manager else pulsar.url)}\n"
-            for name, manager in SERVERS
+            + "".join(f"{key} = {value}\n" for key, value in limits.items())
+            for name, manager, limits in SERVERS
         )
     )
     serve = ServeProcess(work, pulsar.url)
@@ -169,3 +180,19 @@ def test_a_task_without_a_class_gets_the_default_manager_and_slurms_defaults(
     assert wait_state(api, task_id, FINAL)["state"] == "COMPLETE"
     job = slurm_job_of(cluster, task_id)
     assert job["NumCPUs"] == "1", job
+
+
+def test_tightest_fit_sends_an_unpinned_task_to_the_slurm_class_of_its_size(cluster: Slurm, api: str) -> None:
+    task_id = create(api, task("nproc", cpu_cores=2, ram_gb=1))  # no pulsar_server
+    done = wait_state(api, task_id, FINAL)
+    assert done["state"] == "COMPLETE", done
+    job = slurm_job_of(cluster, task_id)
+    assert (job["NumCPUs"], job["MinMemoryNode"]) == ("2", "1G"), job  # c2_m1, not c2_m2 (2G) or 1 CPU
+
+
+def test_tightest_fit_sends_a_task_that_asks_for_nothing_to_the_default_manager(
+    cluster: Slurm, api: str
+) -> None:
+    task_id = create(api, task("true"))
+    assert wait_state(api, task_id, FINAL)["state"] == "COMPLETE"
+    assert slurm_job_of(cluster, task_id)["NumCPUs"] == "1"

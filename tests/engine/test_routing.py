@@ -230,3 +230,90 @@ async def test_a_task_waiting_for_a_full_server_says_so_in_its_full_view(tmp_pat
     assert line == "waiting for a Pulsar server: small: 1/1 active (max_active); big: 1/1 active (max_active)"
     assert {s["name"]: s["active"] for s in servers["servers"]} == {"small": 1, "big": 1}
     assert servers["health_from"] is None  # no engine in this process
+
+
+# ---- the order of pulsar.routing (no Pulsar needed: route() is a pure function of settings, health
+# and the store's loads; tests/store/test_fair_claim.py runs the same policy through each store's claim)
+
+
+def class_settings(routing: str) -> Settings:
+    """One Slurm-like Pulsar per resource class, listed largest first, plus one without limits."""
+    servers = [
+        {"name": "any", "url": "http://127.0.0.1:9"},
+        {
+            "name": "c8_m32",
+            "url": "http://127.0.0.1:9",
+            "max_cpu_cores": 8,
+            "max_ram_gb": 32,
+            "max_active": 4,
+        },
+        {"name": "c2_m4", "url": "http://127.0.0.1:9", "max_cpu_cores": 2, "max_ram_gb": 4, "max_active": 4},
+        {"name": "c2_m1", "url": "http://127.0.0.1:9", "max_cpu_cores": 2, "max_ram_gb": 1, "max_active": 4},
+    ]
+    return Settings.model_validate(
+        {"pulsar": {"servers": servers, "routing": routing}, "engine": {"enabled": False}}
+    )
+
+
+def record_asking(**resources: Any) -> Any:
+    from datetime import UTC, datetime
+
+    from tesp_api.store.port import TaskRecord
+    from tesp_api.tes.models import TesExecutor, TesResources, TesTask
+
+    task = TesTask(
+        executors=[TesExecutor(image="alpine", command=["true"])],
+        resources=TesResources(**resources) if resources else None,
+    )
+    return TaskRecord(
+        id="t", state=TesState.QUEUED, task=task, owner=None, created_at=datetime.now(UTC), seq=1
+    )
+
+
+def route_of(
+    routing: str, loads: dict[str, int] | None = None, down: str | None = None, **resources: Any
+) -> list[str]:
+    from tesp_api.engine.routing import Router
+
+    router = Router(class_settings(routing), SqliteTaskStore(":memory:"), dict, "w1")
+    if down is not None:
+        router.health[down].up = False
+    return list(router.route(record_asking(**resources), loads or {}))
+
+
+def test_tightest_fit_puts_the_smallest_class_that_fits_first() -> None:
+    assert route_of("tightest_fit", cpu_cores=2, ram_gb=1) == ["c2_m1", "c2_m4", "c8_m32", "any"]
+    assert route_of("tightest_fit", cpu_cores=2, ram_gb=3) == ["c2_m4", "c8_m32", "any"]
+    assert route_of("tightest_fit", cpu_cores=4) == ["c8_m32", "any"]
+
+
+def test_tightest_fit_counts_a_server_without_limits_as_the_largest() -> None:
+    assert route_of("tightest_fit", cpu_cores=16) == ["any"]
+    assert route_of("tightest_fit")[-1] == "any"
+
+
+def test_tightest_fit_passes_over_a_full_or_down_class_for_the_next_larger() -> None:
+    assert route_of("tightest_fit", {"c2_m1": 4}, cpu_cores=2, ram_gb=1)[0] == "c2_m4"
+    assert route_of("tightest_fit", down="c2_m1", cpu_cores=2, ram_gb=1)[0] == "c2_m4"
+
+
+def test_tightest_fit_breaks_a_tie_of_limits_by_load() -> None:
+    settings = class_settings("tightest_fit")
+    settings.pulsar.servers[2].max_ram_gb = 1  # c2_m4 now declares what c2_m1 does
+    from tesp_api.engine.routing import Router
+
+    router = Router(settings, SqliteTaskStore(":memory:"), dict, "w1")
+    order = router.route(record_asking(cpu_cores=2, ram_gb=1), {"c2_m4": 1, "c2_m1": 3})
+    assert list(order)[:2] == ["c2_m4", "c2_m1"]
+
+
+def test_least_loaded_stays_the_default_and_ignores_the_classes_sizes() -> None:
+    assert Settings().pulsar.routing == "least_loaded"
+    # capacity: max_active 4 each, "any" engine.max_running_tasks (1000): the largest class is the least loaded
+    loads = {"any": 900, "c8_m32": 1, "c2_m4": 2, "c2_m1": 3}
+    assert route_of("least_loaded", loads, cpu_cores=2, ram_gb=1)[0] == "c8_m32"
+
+
+def test_tightest_fit_still_sends_a_pinned_task_to_its_server_only() -> None:
+    pinned = route_of("tightest_fit", cpu_cores=2, ram_gb=1, backend_parameters={"pulsar_server": "any"})
+    assert pinned == ["any"]

@@ -176,3 +176,58 @@ async def test_tasks_without_an_owner_share_one_queue(store: TaskStore) -> None:
     await queue(store, CAROL, 1)
     owners = [r.owner for r in [await claim(store) for _ in range(3)] if r is not None]
     assert len(owners) == 3 and owners.count(None) == 2
+
+
+def tightest_fit_policy(store: TaskStore) -> ClaimPolicy:
+    """The engine's own policy (engine/routing.py) with pulsar.routing = "tightest_fit": a Slurm
+    manager per resource class (1 slot each) plus one server without limits. No backends: every
+    server counts as up."""
+    from tesp_api.config.settings import Settings
+    from tesp_api.engine.routing import Router
+
+    url = "http://127.0.0.1:9"
+    servers = [
+        {"name": "slurm", "url": url},
+        {"name": "c2_m4", "url": url, "max_cpu_cores": 2, "max_ram_gb": 4, "max_active": 1},
+        {"name": "c2_m1", "url": url, "max_cpu_cores": 2, "max_ram_gb": 1, "max_active": 1},
+    ]
+    settings = Settings.model_validate({"pulsar": {"servers": servers, "routing": "tightest_fit"}})
+    return Router(settings, store, dict, "w1").claim_policy()
+
+
+async def queue_asking(store: TaskStore, n: int, **resources: object) -> list[str]:
+    from tesp_api.tes.models import TesResources
+
+    ids = []
+    for _ in range(n):
+        task = new_task()
+        task.resources = TesResources.model_validate(resources)
+        ids.append((await store.create(task, ALICE)).id)
+    return ids
+
+
+async def test_a_tightest_fit_claim_gives_each_task_the_smallest_class_with_room(store: TaskStore) -> None:
+    await queue_asking(store, 4, cpu_cores=2, ram_gb=1)
+    policy = tightest_fit_policy(store)
+    servers = [r.backend["server"] if r else None for r in [await claim(store, policy) for _ in range(4)]]
+    assert servers == ["c2_m1", "c2_m4", "slurm", "slurm"]
+    assert (await store.quota_usage(None)).servers == {"c2_m1": 1, "c2_m4": 1, "slurm": 2}
+
+
+async def test_a_tightest_fit_claim_skips_the_classes_a_task_does_not_fit(store: TaskStore) -> None:
+    await queue_asking(store, 1, cpu_cores=2, ram_gb=3)
+    await queue_asking(store, 1, cpu_cores=4)
+    policy = tightest_fit_policy(store)
+    first, second = await claim(store, policy), await claim(store, policy)
+    assert first is not None and second is not None
+    assert (first.backend["server"], second.backend["server"]) == ("c2_m4", "slurm")
+
+
+async def test_a_class_freed_by_a_final_task_is_the_first_choice_again(store: TaskStore) -> None:
+    await queue_asking(store, 3, cpu_cores=2, ram_gb=1)
+    policy = tightest_fit_policy(store)
+    first = await claim(store, policy)
+    assert first is not None and first.backend["server"] == "c2_m1"
+    await store.update(first.id, state=TesState.COMPLETE, lease_owner="w1")
+    again = await claim(store, policy)
+    assert again is not None and again.backend["server"] == "c2_m1"
