@@ -188,6 +188,9 @@ def test_tightest_fit_sends_an_unpinned_task_to_the_slurm_class_of_its_size(clus
     assert done["state"] == "COMPLETE", done
     job = slurm_job_of(cluster, task_id)
     assert (job["NumCPUs"], job["MinMemoryNode"]) == ("2", "1G"), job  # c2_m1, not c2_m2 (2G) or 1 CPU
+    if cluster.accounting:  # and in Slurm's accounting, where slurmdbd runs
+        row = sacct_job(cluster, task_id, "COMPLETED")
+        assert (row["AllocCPUS"], row["ReqMem"]) == ("2", "1G"), row
 
 
 def test_tightest_fit_sends_a_task_that_asks_for_nothing_to_the_default_manager(
