@@ -210,7 +210,9 @@ class PulsarSettings(_Section):
         gt=0,
         description="seconds a job Pulsar reports running may show no heartbeat before it counts as lost "
         "(REST: Pulsar restarted under it; docs/engine.md, Crash runs); REST: also how long a job Pulsar "
-        "reports queued whose runner never started waits before it is submitted once more",
+        "reports queued whose runner never started waits before it is submitted once more; AMQP: how long "
+        "Pulsar may answer preprocessing with no other update before the setup is sent once more (and "
+        "as long again before the job counts as lost)",
     )
     keep_job_directories: bool = False  # debugging: do not DELETE the Pulsar job at the end
     amqp_reconcile_after: float = Field(60.0, gt=0)  # AMQP: ask for status when silent this long

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -62,7 +63,14 @@ from tesp_api.pulsar.amqp_staging import (
     check_job_id,
     safe_relative_path,
 )
-from tesp_api.pulsar.port import BackendError, BackendUnavailable, JobSpec, JobStatus
+from tesp_api.pulsar.port import (
+    LOST_REASON_KEY,
+    RESUBMIT_KEY,
+    BackendError,
+    BackendUnavailable,
+    JobSpec,
+    JobStatus,
+)
 from tesp_api.store.port import StoreError
 
 if TYPE_CHECKING:
@@ -76,6 +84,8 @@ _KIND_TO_TYPE = {"tool": "tool", "input": "input", "config": "config"}
 _KIND_TO_DIR = {"tool": "tool_files", "input": "inputs", "config": "configs"}
 # Reported for a job submitted by this process that Pulsar has not reported on yet.
 _SUBMITTED = "queued"
+# A job Pulsar answers "preprocessing" for this long with no other update: set up once more, then lost.
+SETUP_STALLED_REASON = "Pulsar stopped while setting the job up; never started"
 # Keys of the task's store record (TaskRecord.backend) this backend owns.
 SETUP_KEY = "amqp_setup"
 RECEIVED_KEY = "amqp_received_by:"  # + replica: when that replica first took in an upload of the job
@@ -136,6 +146,7 @@ class AmqpBackend:
         status_timeout: float = 30.0,
         lost_recheck: float = 2.0,
         unheard_lost_grace: float = 600.0,
+        setup_stall_deadline: float = 120.0,
         store: TaskStore | None = None,
         legacy_key_file: Path | None = None,
     ) -> None:
@@ -145,7 +156,9 @@ class AmqpBackend:
         is the one ``staging`` was given. ``unheard_lost_grace``: how long after the broker confirmed
         a job's setup a "lost" without a job directory still means "Pulsar has not taken the setup in
         yet" (it waits in Pulsar's setup queue, e.g. a backlog after a broker restart) rather than
-        a lost job (see ``_on_update``)."""
+        a lost job (see ``_on_update``). ``setup_stall_deadline`` (``pulsar.lost_job_deadline``): how
+        long Pulsar may answer ``preprocessing`` with no other update before the job counts as stalled
+        in its setup (see ``_stalled_setup``)."""
         self.name = name
         self.store = store
         self._legacy_key_file = legacy_key_file
@@ -154,6 +167,7 @@ class AmqpBackend:
         self.status_timeout = status_timeout
         self.lost_recheck = lost_recheck
         self.unheard_lost_grace = unheard_lost_grace
+        self.setup_stall_deadline = setup_stall_deadline
         # Job ids never start with ".", so this cannot collide with a job's received directory.
         self._setups_dir = staging.received_root / ".setups"
         self.client = AmqpPulsarClient(amqp_url, queues, self._on_update, options)
@@ -167,6 +181,8 @@ class AmqpBackend:
         self._lost_once: set[str] = set()
         self._submitted_at: dict[str, float] = {}  # loop time the setup was sent / found sent
         self._awaiting: set[str] = set()  # status requested by status(), answer not yet in
+        self._preprocessing_since: dict[str, float] = {}  # loop time Pulsar first said "preprocessing"
+        self._setup_resent: set[str] = set()  # stalled in Pulsar's setup: its setup was sent once more
         self._prepared: dict[str, _Prepared] = {}
         self._warned_unshared: set[str] = set()
         if store is not None:
@@ -282,6 +298,10 @@ class AmqpBackend:
         if previous is not None and previous.is_final and not update.is_final:
             return  # a late non-final update never moves a job out of its final state
         self._statuses[job_id] = JobStatus.from_pulsar(job_id, dict(update.body))
+        if update.status == "preprocessing":  # repeated identical answers do not reset the clock
+            self._preprocessing_since.setdefault(job_id, asyncio.get_running_loop().time())
+        else:
+            self._preprocessing_since.pop(job_id, None)
         self._submitted_unheard.discard(job_id)
         self._submitted_at.pop(job_id, None)
         self._event(job_id).set()
@@ -461,7 +481,7 @@ class AmqpBackend:
         await self.start()
         known = self._statuses.get(job_id)
         if known is not None:
-            return known
+            return self._stalled_setup(known)
         if job_id in self._submitted_unheard:
             return JobStatus(job_id=job_id, status=_SUBMITTED, raw={"status": _SUBMITTED, "pushed": False})
         # Nothing known here (a job taken over from another worker or after a restart): ask Pulsar.
@@ -524,7 +544,46 @@ class AmqpBackend:
             raise BackendUnavailable(f"Pulsar {self.name}: no status answer for job {job_id}")
         if not known.is_final:
             self.client.track(job_id)  # a job taken over: watch it for silence from now on
-        return known
+        return self._stalled_setup(known)
+
+    def _stalled_setup(self, known: JobStatus) -> JobStatus:
+        """Pulsar 0.16 killed while setting a job up (after ``launch_config``, and maybe ``submitted``,
+        were written, before ``preprocessed`` and its active-jobs entry) answers ``preprocessing`` for
+        ever after its restart: its recovery resumes only jobs in its preprocessing index (issue 12).
+        Such a job is also not a duplicate to Pulsar (``_is_duplicate_setup``: neither final nor
+        active), so a second setup makes Pulsar prepare and launch it again; the runner's tes-started
+        guard stops a second run of a runner that did start. So, after ``setup_stall_deadline`` of
+        ``preprocessing`` with no other update: the driver is asked to send the setup once more
+        (``RESUBMIT_KEY``); after another deadline with still no move the job is lost (PREEMPTED).
+        A setup slower than the deadline (large inputs) is sent once more harmlessly (Pulsar skips a
+        setup of a job in its preprocessing index), but then ends PREEMPTED: docs/amqp.md, Known limits."""
+        job_id = known.job_id
+        if known.status != "preprocessing" or known.raw.get("setup_unsent"):
+            return known
+        now = asyncio.get_running_loop().time()
+        since = self._preprocessing_since.setdefault(job_id, now)
+        if now - since < self.setup_stall_deadline:
+            return known
+        if job_id not in self._setup_resent:
+            self._setup_resent.add(job_id)
+            self._preprocessing_since[job_id] = now  # the next deadline counts from the re-send
+            reason = (
+                f"Pulsar has answered 'preprocessing' for {now - since:.0f} s with no other update "
+                "(most likely it stopped while setting the job up): its setup is sent once more"
+            )
+            log.warning("Pulsar %s: job %s: %s", self.name, job_id, reason)
+            return dataclasses.replace(known, raw={**known.raw, RESUBMIT_KEY: reason})
+        log.warning(
+            "Pulsar %s: job %s still 'preprocessing' %.0f s after its setup was sent once more: lost",
+            self.name,
+            job_id,
+            now - since,
+        )
+        return JobStatus(
+            job_id=job_id,
+            status="lost",
+            raw={"status": "lost", "stalled_in_setup": True, LOST_REASON_KEY: SETUP_STALLED_REASON},
+        )
 
     async def _ask(self, job_id: str) -> JobStatus | None:
         """One status request; Pulsar's answer, or None when none came within ``status_timeout``."""
@@ -598,6 +657,8 @@ class AmqpBackend:
         self._submitted_unheard.discard(job_id)
         self._submitted_at.pop(job_id, None)
         self._lost_once.discard(job_id)
+        self._preprocessing_since.pop(job_id, None)
+        self._setup_resent.discard(job_id)
         self._prepared.pop(job_id, None)
         self._warned_unshared.discard(job_id)
         with contextlib.suppress(StagingPathError):
@@ -671,6 +732,7 @@ def build_amqp_backend(
         # Several reconciles' worth, and at least 10 minutes: a backlog of setups after a broker
         # restart takes Pulsar a while to work through.
         unheard_lost_grace=max(600.0, 10 * pulsar.amqp_reconcile_after),
+        setup_stall_deadline=pulsar.lost_job_deadline,
         store=store,
         legacy_key_file=key_file if store is not None else None,
     )

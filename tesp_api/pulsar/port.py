@@ -105,7 +105,8 @@ LOST_REASON_KEY = "tesp_lost_reason"
 # JobStatus.raw key on a non-final answer: the backend asks the driver to submit the job once more
 # and says why (task-log safe text, for system_logs). REST: a job Pulsar has answered queued for
 # ``pulsar.lost_job_deadline`` whose runner never started (pulsar/liveness.py: a restarted Pulsar
-# may have dropped it from its queue). The runner's tes-started guard makes a double start harmless.
+# may have dropped it from its queue). AMQP: a job Pulsar has answered preprocessing as long (it
+# died setting the job up: pulsar/amqp.py). The runner's tes-started guard makes a double start harmless.
 RESUBMIT_KEY = "tesp_resubmit"
 
 

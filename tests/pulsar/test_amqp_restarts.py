@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import socket
 import subprocess
 import time
@@ -35,7 +36,7 @@ from tesp_api.pulsar.amqp import AmqpBackend
 from tesp_api.pulsar.amqp_client import AmqpClientOptions
 from tesp_api.pulsar.amqp_names import PulsarQueues
 from tesp_api.pulsar.amqp_staging import StagingServer, StagingTokens
-from tesp_api.pulsar.port import JobFile, JobSpec, JobStatus
+from tesp_api.pulsar.port import LOST_REASON_KEY, RESUBMIT_KEY, JobFile, JobSpec, JobStatus
 from tests.engine.serve_process import ServeProcess
 from tests.services import rabbitmq
 from tests.services.pulsar_amqp import PulsarAmqp, running_pulsar_amqp
@@ -406,3 +407,112 @@ async def test_a_job_whose_setup_waits_while_pulsar_answers_lost_completes_once(
     assert final.status == "complete"
     assert received_file is not None and received_file.read_text() == "payload\n"
     assert (tmp_path / "runs").read_text() == "run\n"
+
+
+# ---- Pulsar killed while setting a job up (issue 12) ----------------------------------------------
+
+
+def leave_half_set_up(pulsar: PulsarAmqp, job_id: str, launch_config: dict[str, object]) -> None:
+    """What ``kill -9`` of Pulsar 0.16 leaves when it falls inside ``preprocess_and_launch``, after
+    ``launch_config`` and ``submitted`` were written and before ``preprocessed`` and the active-jobs
+    entry (the crash run's task 329a89d1): written with Pulsar's own JobDirectory. Racing a real
+    kill into that window of milliseconds is not reproducible, so the test makes its result last."""
+    from pulsar.managers.base import JobDirectory  # type: ignore[import-untyped]
+
+    directory = JobDirectory(str(pulsar.staging_directory), job_id)
+    directory.setup()
+    for name in ("inputs", "working", "outputs", "configs", "tool_files", "metadata"):
+        directory.make_directory(name)
+    directory.store_metadata("launch_config", launch_config)
+    directory.store_metadata("submitted", "true")
+
+
+def stall_backend(service: Service) -> AmqpBackend:
+    """Reconciles often, and a 2 s ``setup_stall_deadline`` (``pulsar.lost_job_deadline``)."""
+    return AmqpBackend(
+        "default",
+        service.pulsar.amqp_url,
+        PulsarQueues.for_manager(amqp_key_prefix=service.pulsar.key_prefix),
+        service.backend().staging,
+        options=AmqpClientOptions(reconcile_after=0.5, sweep_interval=0.1),
+        status_timeout=10,
+        setup_stall_deadline=2,
+    )
+
+
+async def kill_pulsar_setting_up(backend: AmqpBackend, pulsar: PulsarAmqp, spec: JobSpec) -> None:
+    """Submit with Pulsar stopped, take the setup out of its queue as Pulsar's consumer would, leave
+    what its death mid-setup leaves, and start Pulsar again."""
+    await pulsar.stop()
+    await backend.prepare(spec)
+    await backend.submit(spec)  # confirmed by the broker, waiting in Pulsar's setup queue
+    taker = await aio_pika.connect(pulsar.amqp_url)
+    try:
+        channel = await taker.channel()
+        queue = await channel.declare_queue(pulsar.queue_name("setup"), passive=True)
+        taken = await queue.get(no_ack=False, fail=True)
+        assert taken is not None
+        await taken.ack()  # taken in by Pulsar's consumer, which then died setting the job up
+    finally:
+        await taker.close()
+    leave_half_set_up(pulsar, spec.job_id, json.loads(taken.body))
+    await pulsar.start()
+
+
+async def test_a_job_pulsar_was_killed_setting_up_is_set_up_again_and_runs_once(
+    pulsar: PulsarAmqp, tmp_path: Path
+) -> None:
+    """Pulsar's consumer took the setup in, then Pulsar died mid-setup: after its restart Pulsar
+    answers "preprocessing" for ever (its recovery resumes only jobs in its preprocessing index).
+    Before the fix the task stayed INITIALIZING for ever; now, after ``setup_stall_deadline`` of
+    "preprocessing" with no other update, the driver is asked to send the setup once more, which
+    Pulsar (not a duplicate to it: neither final nor active) prepares and launches: one run."""
+    job_id = str(uuid.uuid4())
+    spec = counting_job(job_id, tmp_path)
+    backend = stall_backend(Service(tmp_path, pulsar))
+    try:
+        await kill_pulsar_setting_up(backend, pulsar, spec)
+        seen: list[str] = []
+
+        async def asked_to_set_up_again() -> bool:
+            status = await backend.status(job_id)
+            seen.append(status.status)
+            return bool(status.raw.get(RESUBMIT_KEY)) or status.is_final
+
+        await until(asked_to_set_up_again, "the backend asks for the setup once more", timeout=30)
+        again = await backend.status(job_id)
+        await backend.submit(JobSpec(job_id=job_id, script_name="tes-job.sh", files=[]))  # as the driver does
+        final = await final_status(backend, job_id)
+        received = backend.staging.received_file(job_id, "result.txt")
+    finally:
+        await backend.aclose()
+    assert "preprocessing" in seen  # what Pulsar answered after its restart
+    assert not again.raw.get(RESUBMIT_KEY)  # asked once, not at every poll
+    assert final.status == "complete", final
+    assert received is not None and received.read_text() == "payload\n"
+    assert (tmp_path / "runs").read_text() == "run\n"
+
+
+async def test_a_job_still_setting_up_after_it_was_set_up_again_is_lost_saying_why(
+    pulsar: PulsarAmqp, tmp_path: Path
+) -> None:
+    """The bound: if Pulsar still answers "preprocessing" a deadline after the setup was sent once
+    more (here: not sent, standing for a second setup Pulsar skipped), the job is lost (the driver
+    ends the task PREEMPTED with the reason), never left non-final."""
+    job_id = str(uuid.uuid4())
+    backend = stall_backend(Service(tmp_path, pulsar))
+    try:
+        await kill_pulsar_setting_up(backend, pulsar, counting_job(job_id, tmp_path))
+        statuses: list[JobStatus] = []
+
+        async def final() -> bool:
+            statuses.append(await backend.status(job_id))
+            return statuses[-1].is_final
+
+        await until(final, "the job final", timeout=30)
+    finally:
+        await backend.aclose()
+    assert sum(bool(s.raw.get(RESUBMIT_KEY)) for s in statuses) == 1
+    assert statuses[-1].status == "lost"
+    assert statuses[-1].raw[LOST_REASON_KEY] == "Pulsar stopped while setting the job up; never started"
+    assert not (tmp_path / "runs").exists()
