@@ -237,10 +237,12 @@ class TaskEndpoints:
             owner=principal.read_scope,
             max_bytes=page_read_budget(self.settings.api.max_page_bytes, size),
         )
-        list_summaries = (
-            getattr(self.store, "list_summaries", None) if chosen_view == TesView.MINIMAL else None
-        )
+        minimal = chosen_view == TesView.MINIMAL
+        list_json = getattr(self.store, "list_summaries_json", None) if minimal else None
+        list_summaries = getattr(self.store, "list_summaries", None) if minimal else None
         try:
+            if list_json is not None:  # MINIMAL answer built by the database itself (SQLite, issue 15)
+                return PageResponse(await list_json(query))
             if list_summaries is not None:  # MINIMAL from columns/projection, no task JSON (LeanReads)
                 return summary_page_response(await list_summaries(query))
             page = await self.store.list(query)

@@ -40,7 +40,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
-from tesp_api.store.cursor import PageBudget, decode_page_token, page_from, stored_bytes, summary_page_from
+from tesp_api.store.cursor import (
+    PageBudget,
+    decode_page_token,
+    encode_page_token,
+    page_from,
+    stored_bytes,
+    summary_page_from,
+)
 from tesp_api.store.port import (
     CallbackEvent,
     ClaimPolicy,
@@ -281,6 +288,9 @@ _MAX_BATCH = 512
 _STOP = object()
 _IDENTITY_CHECK_SECONDS = 1.0  # reads look at the file's identity at most this often (writes: every batch)
 _PURGE_SECONDS = 60.0  # expired idempotency keys are deleted at most this often
+# A point read by a unique index runs a few dozen SQLite VM instructions; past this many, the read on
+# the event loop is interrupted and goes to the reader thread (_point_read).
+_DIRECT_STEPS = 2000
 _CLAIM_SCAN = 16  # claim reads this many candidates at a time (undecodable ones are skipped)
 
 
@@ -324,6 +334,11 @@ def _expire(future: asyncio.Future[Any], timeout: float) -> None:
         future.set_exception(StoreError(f"the task store did not answer within {timeout:g} s"))
 
 
+def _interrupt() -> int:
+    """SQLite progress handler: non-zero interrupts the statement (sqlite3.OperationalError)."""
+    return 1
+
+
 def _settle(outcomes: list[_Outcome]) -> None:
     for outcome in outcomes:
         future = outcome.op.future
@@ -336,6 +351,7 @@ def _settle(outcomes: list[_Outcome]) -> None:
 
 
 _SUMMARY_COLUMNS = "seq, id, state, owner_subject, owner_issuer"
+_STATE_LIST = ", ".join(f"'{state.value}'" for state in TesState)  # SQL literals of every TES state
 
 
 def _summary(row: tuple[Any, ...]) -> TaskSummary:
@@ -618,6 +634,9 @@ class SqliteTaskStore:
         self._call_timeout = call_timeout if call_timeout is not None else 2 * busy_timeout_ms / 1000 + 30
         self._writer: _Lane | None = None  # writes (and reads inside CAS/claim), group-committed
         self._reader: _Lane | None = None  # get/list/count: never wait behind a write transaction
+        # (event loop thread id, read-only connection) for point reads on the loop (_point_read)
+        self._direct: tuple[int, sqlite3.Connection] | None = None
+        self._direct_until = 0.0  # point reads go through the reader thread from then on (identity check)
         self._token_key = b""
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file at open
         self._last_purge = 0.0
@@ -634,6 +653,7 @@ class SqliteTaskStore:
             self._identity = await asyncio.to_thread(self._file_identity)
             reader = await asyncio.to_thread(self._connect, read_only=True)
             self._reader = self._start_lane(reader, "reader")
+            self._direct = (threading.get_ident(), await asyncio.to_thread(self._connect_direct))
         except BaseException:
             await self.close()
             raise
@@ -649,6 +669,10 @@ class SqliteTaskStore:
     async def close(self) -> None:
         lanes = [lane for lane in (self._writer, self._reader) if lane is not None]
         self._writer = self._reader = None
+        if self._direct is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._direct[1].close()
+            self._direct = None
         loop = asyncio.get_running_loop()
         for lane in lanes:
             if loop in lane.pending:  # operations queued in this loop iteration still run
@@ -669,6 +693,15 @@ class SqliteTaskStore:
         conn.execute("PRAGMA foreign_keys = ON")
         if read_only:
             conn.execute("PRAGMA query_only = ON")
+        return conn
+
+    def _connect_direct(self) -> sqlite3.Connection:
+        """The read-only connection of the event loop's point reads: it never waits (busy timeout
+        0) and is interrupted past _DIRECT_STEPS virtual-machine steps; either way the read goes
+        to the reader thread instead (_point_read)."""
+        conn = self._connect(read_only=True)
+        conn.execute("PRAGMA busy_timeout = 0")
+        conn.set_progress_handler(_interrupt, _DIRECT_STEPS)
         return conn
 
     def _file_identity(self) -> tuple[int, int] | None:
@@ -1007,7 +1040,7 @@ class SqliteTaskStore:
             row = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
             return _record(row) if row is not None else None
 
-        record = await self._call(read, write=False)
+        record = await self._point_read(read)
         if record is None or not owner_matches(record.owner, owner):
             return None
         return record
@@ -1019,10 +1052,38 @@ class SqliteTaskStore:
             row = conn.execute(f"SELECT {_SUMMARY_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
             return _summary(row) if row is not None else None
 
-        summary = await self._call(read, write=False)
+        summary = await self._point_read(read)
         if summary is None or not owner_matches(summary.owner, owner):
             return None
         return summary
+
+    async def _point_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """A read of one row by a unique index, run on the event loop's own read-only connection
+        when it can be (issue 15: the hand-off to the reader thread was ~0.1 ms of a 0.33 ms GET),
+        else on the reader thread. Why the loop is never blocked (docs/store.md "GET on the event
+        loop"): a WAL reader takes no lock the writer holds; the connection's busy timeout is 0 and
+        a progress handler interrupts anything longer than a point read, and every sqlite3 error
+        (busy, interrupted, I/O) sends the same read to the reader thread, which then handles it as
+        before (reconnect, StoreUnavailable). Once a second the read goes through the thread anyway,
+        so its check of the file's identity (deleted or replaced under the server) still runs."""
+        direct = self._direct
+        lane = self._reader
+        if (
+            direct is not None
+            and lane is not None
+            and lane.failure is None
+            and direct[0] == threading.get_ident()
+            and time.monotonic() < self._direct_until
+        ):
+            try:
+                return fn(direct[1])
+            except sqlite3.Error as exc:
+                logger.debug(
+                    "sqlite store: point read on the event loop gave %s; using the reader thread", exc
+                )
+        result = await self._call(fn, write=False)
+        self._direct_until = time.monotonic() + _IDENTITY_CHECK_SECONDS
+        return result
 
     async def list_summaries(self, query: ListQuery) -> SummaryPage:
         """list() for the MINIMAL view: the same query on columns only (LeanReads)."""
@@ -1035,6 +1096,42 @@ class SqliteTaskStore:
             return [_summary(row) for row in conn.execute(sql, params)]
 
         return summary_page_from(await self._call(read, write=False), page_size, key, query)
+
+    async def list_summaries_json(self, query: ListQuery) -> bytes:
+        """The MINIMAL ListTasks answer itself, ``{"tasks":[{"id":..,"state":..},..],
+        "next_page_token":..}``, its task array built by SQLite (json_group_array over the page's
+        rows): Python only wraps the bytes (issue 15: ~5 us of Python per row before). Same query,
+        order and tokens as list_summaries; a row whose state is not a TES state is handed to
+        list_summaries, which reports it (CorruptRecord) as before."""
+        key = self._token_key
+        below = decode_page_token(key, query.page_token, query) if query.page_token else None
+        page_size = max(1, query.page_size)
+
+        def read(conn: sqlite3.Connection) -> tuple[bytes, int, int | None, int]:
+            inner, params = _list_sql(conn, query, below, page_size + 1, "seq, id, state")
+            # The rows arrive in the inner ORDER BY seq DESC (row_number keeps it explicit); the
+            # aggregate keeps the order it is fed (SQLite 3.40 has no ORDER BY inside aggregates).
+            sql = (
+                "SELECT CAST(json_group_array(json_object('id', id, 'state', state)) FILTER (WHERE n <= ?) AS BLOB),"
+                f" count(*), min(seq) FILTER (WHERE n <= ?), count(*) FILTER (WHERE state NOT IN ({_STATE_LIST}))"
+                f" FROM (SELECT seq, id, state, row_number() OVER (ORDER BY seq DESC) AS n FROM ({inner}))"
+            )
+            row: tuple[bytes, int, int | None, int] = conn.execute(
+                sql, [page_size, page_size, *params]
+            ).fetchone()
+            return row
+
+        tasks, rows, last_seq, unknown_states = await self._call(read, write=False)
+        token: str | None = None
+        if unknown_states:  # list_summaries raises CorruptRecord for that row (unless it changed since)
+            page = await self.list_summaries(query)
+            tasks = json.dumps([{"id": t.id, "state": t.state.value} for t in page.summaries]).encode()
+            token = page.next_page_token
+        elif rows > page_size and last_seq is not None:
+            token = encode_page_token(key, last_seq, query)
+        if token is None:
+            return b'{"tasks":' + tasks + b"}"
+        return b'{"tasks":' + tasks + b',"next_page_token":"' + token.encode("ascii") + b'"}'
 
     async def list(self, query: ListQuery) -> Page:
         key = self._token_key
