@@ -419,6 +419,7 @@ def leave_half_set_up(pulsar: PulsarAmqp, job_id: str, launch_config: dict[str, 
     kill into that window of milliseconds is not reproducible, so the test makes its result last."""
     from pulsar.managers.base import JobDirectory  # type: ignore[import-untyped]
 
+    pulsar.staging_directory.mkdir(parents=True, exist_ok=True)  # a Pulsar that ran before
     directory = JobDirectory(str(pulsar.staging_directory), job_id)
     directory.setup()
     for name in ("inputs", "working", "outputs", "configs", "tool_files", "metadata"):
@@ -516,3 +517,47 @@ async def test_a_job_still_setting_up_after_it_was_set_up_again_is_lost_saying_w
     assert statuses[-1].status == "lost"
     assert statuses[-1].raw[LOST_REASON_KEY] == "Pulsar stopped while setting the job up; never started"
     assert not (tmp_path / "runs").exists()
+
+
+async def test_a_task_whose_pulsar_died_setting_it_up_completes_saying_it_was_set_up_again(
+    tmp_path: Path,
+) -> None:
+    """The crash run's INITIALIZING task, end to end (``tesp-api serve``, the driver): the task
+    ends COMPLETE with its output, the re-setup stated in its system_logs."""
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "half.in").write_text("set up twice, run once\n")
+    pulsar = PulsarAmqp(tmp_path / "pulsar", key_prefix=rabbitmq.unique_prefix("h"))
+    server = serve(
+        tmp_path / "serve",
+        pulsar,
+        results,
+        free_port(),
+        TESP_API_PULSAR__LOST_JOB_DEADLINE="2",
+        TESP_API_PULSAR__AMQP_RECONCILE_AFTER="1",
+    )
+    try:
+        server.start()
+        client = tes.HTTPClient(server.url, timeout=10)
+        task_id = client.create_task(copy_task(results, "half"))  # Pulsar stopped: the setup waits
+        await until(lambda: _has_setup(pulsar), "the setup message queued")
+        taker = await aio_pika.connect(pulsar.amqp_url)
+        try:
+            channel = await taker.channel()
+            queue = await channel.declare_queue(pulsar.queue_name("setup"), passive=True)
+            taken = await queue.get(no_ack=False, fail=True)
+            assert taken is not None
+            await taken.ack()  # taken in by Pulsar's consumer, which then died setting the job up
+        finally:
+            await taker.close()
+        body = json.loads(taken.body)
+        leave_half_set_up(pulsar, str(body["job_id"]), body)
+        await pulsar.start()
+        done = await asyncio.to_thread(wait_state, client, task_id, FINAL, 120)
+    finally:
+        server.stop()
+        await pulsar.stop()
+        await pulsar.delete_queues()
+    assert done.state == "COMPLETE", done.logs[0].system_logs
+    assert any("its setup is sent once more" in line for line in done.logs[0].system_logs)
+    assert (results / "half.out").read_text() == "set up twice, run once\n"
