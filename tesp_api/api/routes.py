@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import TypeAdapter, ValidationError
 from starlette.routing import Route
 
 from tesp_api.api.admin import queue_notes
@@ -59,6 +60,9 @@ PrincipalDep = Annotated[Principal, Depends(current_principal)]
 ServiceInfoPrincipalDep = Annotated[Principal, Depends(service_info_principal)]  # auth.service_info_public
 # Any string is a possible id: an id we never issued is a 404, never a 400.
 TaskIdPath = Annotated[str, Path(alias="id", description="task id")]
+
+
+_INT = TypeAdapter(int)  # page_size of the plain GET /tasks, parsed as FastAPI parses it
 
 
 def _parse_view(value: str | None) -> TesView:
@@ -250,6 +254,29 @@ class TaskEndpoints:
             raise TesHttpError(400, "page_token: not a page token issued by this service") from None
         return page_response(page, chosen_view)  # at most api.max_page_bytes (tesp_api/api/pages.py)
 
+    async def list_tasks_plain(self, request: Request) -> PageResponse:
+        """GET /tasks as a plain Starlette route (see build_router): the same handler, its query
+        parameters read as FastAPI reads them (the last of a repeated one; tag_key/tag_value all)
+        without its parameter machinery, ~0.1 ms of a 0.5 ms MINIMAL page (issue 15)."""
+        params = request.query_params
+        page_size = params.get("page_size")
+        size: int | None = None
+        if page_size is not None:
+            try:
+                size = _INT.validate_python(page_size)
+            except ValidationError as exc:  # the message FastAPI's validation error gives (api/errors.py)
+                raise TesHttpError(400, f"page_size: {exc.errors()[0]['msg']}") from None
+        return await self.list_tasks(
+            await _request_principal(request),
+            name_prefix=params.get("name_prefix"),
+            state=params.get("state"),
+            tag_key=params.getlist("tag_key") or None,
+            tag_value=params.getlist("tag_value") or None,
+            page_size=size,
+            page_token=params.get("page_token"),
+            view=params.get("view"),
+        )
+
     async def get_task_plain(self, request: Request) -> Response:
         """GET /tasks/{id} as a plain Starlette route (see build_router): the same handler, its
         arguments read from the request instead of through FastAPI's parameter machinery."""
@@ -400,6 +427,11 @@ def build_router(
     # below still documents it in the OpenAPI document; errors go through the same app handlers.
     router.routes.insert(
         0, Route(prefix + "/tasks", endpoints.create_task, methods=["POST"], include_in_schema=False)
+    )
+    # GET /tasks likewise (list_tasks_plain): FastAPI's solving of its eight query parameters was a
+    # fifth of a MINIMAL page once SQLite built the page (issue 15).
+    router.routes.insert(
+        0, Route(prefix + "/tasks", endpoints.list_tasks_plain, methods=["GET"], include_in_schema=False)
     )
     for path, method, handler, operation_id, schema, extra in routes:
         router.add_api_route(

@@ -1107,28 +1107,31 @@ class SqliteTaskStore:
         below = decode_page_token(key, query.page_token, query) if query.page_token else None
         page_size = max(1, query.page_size)
 
-        def read(conn: sqlite3.Connection) -> tuple[bytes, int, int | None, int]:
+        def read(conn: sqlite3.Connection) -> tuple[bytes, int, str | None, int]:
             inner, params = _list_sql(conn, query, below, page_size + 1, "seq, id, state")
-            # The rows arrive in the inner ORDER BY seq DESC (row_number keeps it explicit); the
-            # aggregate keeps the order it is fed (SQLite 3.40 has no ORDER BY inside aggregates).
+            # One pass over the page's rows, fed in the inner ORDER BY seq DESC (an aggregate keeps
+            # the order of its input; SQLite 3.40 has no ORDER BY inside aggregates). The seqs come
+            # as text only for the token: a row_number() window to tell the extra row apart cost
+            # more than the whole page (0.41 vs 0.14 ms for 256 rows).
             sql = (
-                "SELECT CAST(json_group_array(json_object('id', id, 'state', state)) FILTER (WHERE n <= ?) AS BLOB),"
-                f" count(*), min(seq) FILTER (WHERE n <= ?), count(*) FILTER (WHERE state NOT IN ({_STATE_LIST}))"
-                f" FROM (SELECT seq, id, state, row_number() OVER (ORDER BY seq DESC) AS n FROM ({inner}))"
+                "SELECT CAST(json_group_array(json_object('id', id, 'state', state)) AS BLOB),"
+                f" count(*), group_concat(seq), count(*) FILTER (WHERE state NOT IN ({_STATE_LIST}))"
+                f" FROM ({inner})"
             )
-            row: tuple[bytes, int, int | None, int] = conn.execute(
-                sql, [page_size, page_size, *params]
-            ).fetchone()
+            row: tuple[bytes, int, str | None, int] = conn.execute(sql, params).fetchone()
             return row
 
-        tasks, rows, last_seq, unknown_states = await self._call(read, write=False)
+        tasks, rows, seqs, unknown_states = await self._call(read, write=False)
         token: str | None = None
         if unknown_states:  # list_summaries raises CorruptRecord for that row (unless it changed since)
             page = await self.list_summaries(query)
             tasks = json.dumps([{"id": t.id, "state": t.state.value} for t in page.summaries]).encode()
             token = page.next_page_token
-        elif rows > page_size and last_seq is not None:
-            token = encode_page_token(key, last_seq, query)
+        elif rows > page_size and seqs is not None:  # the extra row only says a next page exists
+            # Its object is the array's last one; ',{"id":' cannot occur inside a JSON string (the
+            # quote would be escaped), so this finds where it starts.
+            tasks = tasks[: tasks.rindex(b',{"id":')] + b"]"
+            token = encode_page_token(key, int(seqs.rsplit(",", 2)[-2]), query)
         if token is None:
             return b'{"tasks":' + tasks + b"}"
         return b'{"tasks":' + tasks + b',"next_page_token":"' + token.encode("ascii") + b'"}'
