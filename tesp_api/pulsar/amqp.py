@@ -147,6 +147,7 @@ class AmqpBackend:
         lost_recheck: float = 2.0,
         unheard_lost_grace: float = 600.0,
         setup_stall_deadline: float = 120.0,
+        setup_lost_after: float | None = None,
         store: TaskStore | None = None,
         legacy_key_file: Path | None = None,
     ) -> None:
@@ -158,7 +159,10 @@ class AmqpBackend:
         yet" (it waits in Pulsar's setup queue, e.g. a backlog after a broker restart) rather than
         a lost job (see ``_on_update``). ``setup_stall_deadline`` (``pulsar.lost_job_deadline``): how
         long Pulsar may answer ``preprocessing`` with no other update before the job counts as stalled
-        in its setup (see ``_stalled_setup``)."""
+        in its setup (see ``_stalled_setup``); ``setup_lost_after`` (default: 10 x that, at least 30
+        minutes): how long after the setup was sent once more a job still ``preprocessing`` is lost. Long,
+        because a setup that is merely slow (large inputs Pulsar fetches) looks the same and must not be
+        cut off."""
         self.name = name
         self.store = store
         self._legacy_key_file = legacy_key_file
@@ -168,6 +172,9 @@ class AmqpBackend:
         self.lost_recheck = lost_recheck
         self.unheard_lost_grace = unheard_lost_grace
         self.setup_stall_deadline = setup_stall_deadline
+        self.setup_lost_after = (
+            setup_lost_after if setup_lost_after is not None else max(10 * setup_stall_deadline, 1800.0)
+        )
         # Job ids never start with ".", so this cannot collide with a job's received directory.
         self._setups_dir = staging.received_root / ".setups"
         self.client = AmqpPulsarClient(amqp_url, queues, self._on_update, options)
@@ -554,17 +561,19 @@ class AmqpBackend:
         active), so a second setup makes Pulsar prepare and launch it again; the runner's tes-started
         guard stops a second run of a runner that did start. So, after ``setup_stall_deadline`` of
         ``preprocessing`` with no other update: the driver is asked to send the setup once more
-        (``RESUBMIT_KEY``); after another deadline with still no move the job is lost (PREEMPTED).
+        (``RESUBMIT_KEY``); after ``setup_lost_after`` with still no move the job is lost (PREEMPTED).
         A setup slower than the deadline (large inputs) is sent once more harmlessly (Pulsar skips a
-        setup of a job in its preprocessing index), but then ends PREEMPTED: docs/amqp.md, Known limits."""
+        setup of a job in its preprocessing index); only one slower than ``setup_lost_after`` too ends
+        PREEMPTED: docs/amqp.md, Known limits."""
         job_id = known.job_id
         if known.status != "preprocessing" or known.raw.get("setup_unsent"):
             return known
         now = asyncio.get_running_loop().time()
         since = self._preprocessing_since.setdefault(job_id, now)
-        if now - since < self.setup_stall_deadline:
+        resent = job_id in self._setup_resent
+        if now - since < (self.setup_lost_after if resent else self.setup_stall_deadline):
             return known
-        if job_id not in self._setup_resent:
+        if not resent:
             self._setup_resent.add(job_id)
             self._preprocessing_since[job_id] = now  # the next deadline counts from the re-send
             reason = (

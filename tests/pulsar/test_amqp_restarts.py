@@ -429,7 +429,8 @@ def leave_half_set_up(pulsar: PulsarAmqp, job_id: str, launch_config: dict[str, 
 
 
 def stall_backend(service: Service) -> AmqpBackend:
-    """Reconciles often, and a 2 s ``setup_stall_deadline`` (``pulsar.lost_job_deadline``)."""
+    """Reconciles often, a 2 s ``setup_stall_deadline`` (``pulsar.lost_job_deadline``) and 2 s
+    ``setup_lost_after`` (the bound after the setup was sent once more)."""
     return AmqpBackend(
         "default",
         service.pulsar.amqp_url,
@@ -438,6 +439,7 @@ def stall_backend(service: Service) -> AmqpBackend:
         options=AmqpClientOptions(reconcile_after=0.5, sweep_interval=0.1),
         status_timeout=10,
         setup_stall_deadline=2,
+        setup_lost_after=2,
     )
 
 
@@ -497,7 +499,7 @@ async def test_a_job_pulsar_was_killed_setting_up_is_set_up_again_and_runs_once(
 async def test_a_job_still_setting_up_after_it_was_set_up_again_is_lost_saying_why(
     pulsar: PulsarAmqp, tmp_path: Path
 ) -> None:
-    """The bound: if Pulsar still answers "preprocessing" a deadline after the setup was sent once
+    """The bound: if Pulsar still answers "preprocessing" ``setup_lost_after`` after the setup was sent once
     more (here: not sent, standing for a second setup Pulsar skipped), the job is lost (the driver
     ends the task PREEMPTED with the reason), never left non-final."""
     job_id = str(uuid.uuid4())
