@@ -257,7 +257,7 @@ class TaskEndpoints:
     async def list_tasks_plain(self, request: Request) -> PageResponse:
         """GET /tasks as a plain Starlette route (see build_router): the same handler, its query
         parameters read as FastAPI reads them (the last of a repeated one; tag_key/tag_value all)
-        without its parameter machinery, ~0.1 ms of a 0.5 ms MINIMAL page (issue 15)."""
+        without its parameter machinery: ~0.13 ms of a 0.59 ms MINIMAL page (issue 15)."""
         params = request.query_params
         page_size = params.get("page_size")
         size: int | None = None
