@@ -18,8 +18,11 @@ sent again only when Pulsar does not know the job, never when it does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -296,18 +299,23 @@ async def test_job_lost_by_a_pulsar_restart_ends_preempted_saying_why(tmp_path: 
     results.mkdir()
     pulsar = PulsarAmqp(tmp_path / "pulsar", key_prefix=rabbitmq.unique_prefix("l"))
     server = serve(tmp_path / "serve", pulsar, results, free_port())
+    groups: list[int] = []  # the job's process group: its pid file goes with the job's cleanup
     try:
         await pulsar.start()
         server.start()
         client = tes.HTTPClient(server.url, timeout=10)
         task_id = client.create_task(tes.Task(executors=[tes.Executor(image="a", command=["sleep", "60"])]))
         await until(lambda: asyncio.to_thread(pulsar.job_ids_with_pid_files), "the job running in Pulsar")
+        groups += [int(p.read_text().strip().strip('"')) for p in pulsar.staging_directory.glob("*/**/pid")]
         await pulsar.restart()  # queued_python cannot re-attach to the running job: Pulsar says "lost"
         done = wait_state(client, task_id, FINAL)
     finally:
         server.stop()
         await pulsar.stop()
         await pulsar.delete_queues()
+        for pgid in groups:  # the orphan the lost job left (Pulsar cannot kill it any more)
+            with contextlib.suppress(OSError):
+                os.killpg(pgid, signal.SIGKILL)
     assert done.state == "PREEMPTED"
     assert any(
         line.startswith("PREEMPTED: lost work") and "most likely Pulsar was restarted" in line

@@ -152,8 +152,8 @@ class PulsarAmqp:
 
     def kill_job_processes(self) -> None:
         for pid_file in self.staging_directory.glob("*/**/pid"):
-            with contextlib.suppress(ValueError, OSError):
-                os.killpg(int(pid_file.read_text().strip()), signal.SIGKILL)
+            with contextlib.suppress(ValueError, OSError):  # Pulsar writes the pid JSON-quoted: "123"
+                os.killpg(int(pid_file.read_text().strip().strip('"')), signal.SIGKILL)
 
     def job_ids_with_pid_files(self) -> list[str]:
         return sorted(
