@@ -198,6 +198,12 @@ def test_bwrap_line() -> None:
         "--unshare-net",
         "--cap-drop",
         "ALL",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/tmp",
         "--ro-bind",
         "/usr",
         "/usr",
@@ -220,12 +226,6 @@ def test_bwrap_line() -> None:
         "/opt",
         "/opt",
         *etc,
-        "--proc",
-        "/proc",
-        "--dev",
-        "/dev",
-        "--tmpfs",
-        "/tmp",
         "--bind",
         f"{WORK}/fs/data",
         "/data",
@@ -340,6 +340,21 @@ def test_bwrap_network_and_extra_paths_from_settings() -> None:
     ]
     assert argv[-7:] == ["--unshare-cgroup", "--", "/bin/sh", "-c", 'exec "$@"', "sh", "true"]
     assert "--podman-only" not in argv
+
+
+@pytest.mark.parametrize("sandbox_user", ["", "65534:65534"])
+def test_a_host_path_under_tmp_is_bound_after_the_private_tmp_so_it_stays_visible(sandbox_user: str) -> None:
+    """A checkout (its venv, runtime.bind_host_paths) under /tmp was hidden by the sandbox's own
+    --tmpfs /tmp when bound before it: Galaxy's TES client tasks then failed in a clone under /tmp."""
+    rt = build_runtime(
+        RuntimeSettings(type="bwrap", bind_host_paths=["/tmp/ci/.venv"], sandbox_user=sandbox_user)
+    )
+    run = ExecutorRun(name="n", image="i", command=["true"])
+    for command in (rt.command(run), rt.root_command(run)):
+        if command is None:
+            continue
+        argv = resolve(command, WORK)
+        assert argv.index("--tmpfs") < argv.index("/tmp/ci/.venv")
 
 
 def test_bwrap_mounts_parents_before_children() -> None:

@@ -101,6 +101,12 @@ class BwrapRuntime:
         for cap in caps:
             argv += ["--cap-add", cap]
         host_paths = (*HOST_READ_ONLY[1:], *HOST_ETC, *self.hardening.bind_host_paths)
+        # The private /tmp first: a host path under /tmp (runtime.bind_host_paths, e.g. a venv there)
+        # bound before it would be hidden by it.
+        argv += ["--proc", "/proc", "--dev", "/dev"]
+        if drop_to is not None:
+            argv += ["--perms", "1777"]  # the sandbox user's HOME and scratch, like a host's /tmp
+        argv += ["--tmpfs", "/tmp"]  # noqa: S108 - a private tmpfs inside the sandbox
         if drop_to is not None:
             # bwrap, as root, makes the missing parents of a mount point 0700: the sandbox user could not
             # reach /etc/passwd or a task's /a/b/data. Make them 0755 first.
@@ -110,10 +116,6 @@ class BwrapRuntime:
         argv += ["--ro-bind", "/usr", "/usr"]
         for path in host_paths:
             argv += ["--ro-bind-try", path, path]
-        argv += ["--proc", "/proc", "--dev", "/dev"]
-        if drop_to is not None:
-            argv += ["--perms", "1777"]  # the sandbox user's HOME and scratch, like a host's /tmp
-        argv += ["--tmpfs", "/tmp"]  # noqa: S108 - a private tmpfs inside the sandbox
         # Parents before children, so a nested mount is not hidden by its parent's.
         for m in sorted(run.mounts, key=lambda m: (m.container.count("/"), m.container)):
             argv += ["--ro-bind" if m.read_only else "--bind", m.host, m.container]
