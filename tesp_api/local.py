@@ -209,44 +209,9 @@ class LocalPulsar:
             self.stop_jobs(timeout)
 
     def job_process_groups(self) -> dict[str, int]:
-        """Job id -> process group of each job of this Pulsar whose processes still run.
-
-        Pulsar (queued_python) starts a job with ``setpgrp`` and records the group leader's pid in
-        ``<staging>/<job id>/pid``; it removes that file when it sees the job end, so a file is left
-        only for a running job or one Pulsar stopped watching (it died). A group counts only when
-        /proc shows processes in it and, while its leader lives, the leader's working directory is
-        the job's: a pid reused by some other process is never signalled."""
-        groups: dict[int, int] = {}  # pgid -> number of processes
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp ...
-            pgid = int(fields[2])
-            groups[pgid] = groups.get(pgid, 0) + 1
-        found: dict[str, int] = {}
-        if not self.staging_directory.is_dir():
-            return found
-        for job_dir in self.staging_directory.iterdir():
-            try:
-                pgid = int(json.loads((job_dir / "pid").read_text()))
-            except (OSError, ValueError, TypeError):
-                continue
-            if pgid <= 1 or pgid not in groups:
-                continue
-            try:
-                cwd = os.readlink(f"/proc/{pgid}/cwd")
-            except FileNotFoundError:
-                cwd = None  # the leader is gone, its group is not: the pid cannot have been reused
-            except OSError:
-                continue
-            if cwd is not None and Path(cwd) != (job_dir / "working").resolve():
-                continue
-            found[job_dir.name] = pgid
-        return found
+        """Job id -> process group of each job of this Pulsar whose processes still run
+        (``job_process_groups`` below)."""
+        return job_process_groups(self.staging_directory)
 
     def stop_jobs(self, timeout: float = 10.0) -> list[str]:
         """Stop the jobs Pulsar left running (it starts each in its own process group, so they
@@ -273,6 +238,47 @@ class LocalPulsar:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def job_process_groups(staging_directory: Path) -> dict[str, int]:
+    """Job id -> process group of each job under ``staging_directory`` whose processes still run.
+
+    Pulsar (queued_python) starts a job with ``setpgrp`` and records the group leader's pid in
+    ``<staging>/<job id>/pid``; it removes that file when it sees the job end, so a file is left
+    only for a running job or one Pulsar stopped watching (it died). A group counts only when
+    /proc shows processes in it and, while its leader lives, the leader's working directory is
+    the job's: a pid reused by some other process is never signalled."""
+    groups: dict[int, int] = {}  # pgid -> number of processes
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp ...
+        pgid = int(fields[2])
+        groups[pgid] = groups.get(pgid, 0) + 1
+    found: dict[str, int] = {}
+    if not staging_directory.is_dir():
+        return found
+    for job_dir in staging_directory.iterdir():
+        try:
+            pgid = int(json.loads((job_dir / "pid").read_text()))
+        except (OSError, ValueError, TypeError):
+            continue
+        if pgid <= 1 or pgid not in groups:
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{pgid}/cwd")
+        except FileNotFoundError:
+            cwd = None  # the leader is gone, its group is not: the pid cannot have been reused
+        except OSError:
+            continue
+        if cwd is not None and Path(cwd) != (job_dir / "working").resolve():
+            continue
+        found[job_dir.name] = pgid
+    return found
 
 
 def _signal_group(pgid: int, signum: int) -> None:

@@ -34,7 +34,7 @@ import aio_pika
 import pytest
 import tes
 
-from tesp_api.local import free_port
+from tesp_api.local import free_port, job_process_groups
 from tesp_api.pulsar.amqp import AmqpBackend
 from tesp_api.pulsar.amqp_client import AmqpClientOptions
 from tesp_api.pulsar.amqp_names import PulsarQueues
@@ -306,7 +306,7 @@ async def test_job_lost_by_a_pulsar_restart_ends_preempted_saying_why(tmp_path: 
         client = tes.HTTPClient(server.url, timeout=10)
         task_id = client.create_task(tes.Task(executors=[tes.Executor(image="a", command=["sleep", "60"])]))
         await until(lambda: asyncio.to_thread(pulsar.job_ids_with_pid_files), "the job running in Pulsar")
-        groups += [int(p.read_text().strip().strip('"')) for p in pulsar.staging_directory.glob("*/**/pid")]
+        groups += job_process_groups(pulsar.staging_directory).values()
         await pulsar.restart()  # queued_python cannot re-attach to the running job: Pulsar says "lost"
         done = wait_state(client, task_id, FINAL)
     finally:

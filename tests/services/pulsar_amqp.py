@@ -24,6 +24,7 @@ from typing import Any
 
 import aio_pika
 
+from tesp_api.local import job_process_groups
 from tests.services import rabbitmq
 
 PULSAR_MAIN = str(Path(sys.executable).with_name("pulsar-main"))
@@ -151,9 +152,9 @@ class PulsarAmqp:
         await self.start(ready_timeout)
 
     def kill_job_processes(self) -> None:
-        for pid_file in self.staging_directory.glob("*/**/pid"):
-            with contextlib.suppress(ValueError, OSError):  # Pulsar writes the pid JSON-quoted: "123"
-                os.killpg(int(pid_file.read_text().strip().strip('"')), signal.SIGKILL)
+        for pgid in job_process_groups(self.staging_directory).values():  # the one discovery, cwd-checked
+            with contextlib.suppress(OSError):
+                os.killpg(pgid, signal.SIGKILL)
 
     def job_ids_with_pid_files(self) -> list[str]:
         return sorted(
