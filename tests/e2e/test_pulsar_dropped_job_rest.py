@@ -24,7 +24,6 @@ host directory bound into every executor.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,12 +32,10 @@ import httpx
 import pytest
 
 from tests.e2e.test_crash_safety import FINAL, counting_task, state_of
-from tests.e2e.test_pulsar_restart_rest import kill_9
-from tests.engine.serve_process import ServeProcess
+from tests.e2e.test_pulsar_restart_rest import LOST_JOB_DEADLINE, kill_9, serve_counting_runs
 from tests.services.pulsar import LocalPulsar
 
 pytestmark = [pytest.mark.pulsar, pytest.mark.slow]
-LOST_JOB_DEADLINE = 15  # the runner beats every 5 s
 
 
 @pytest.fixture
@@ -61,15 +58,7 @@ def wait_for(what: str, done: Callable[[], bool], seconds: float) -> None:
 def test_a_job_pulsar_dropped_from_its_queue_when_killed_is_submitted_again_and_runs_once(
     pulsar: LocalPulsar, tmp_path: Path
 ) -> None:
-    markers = tmp_path / "markers"
-    markers.mkdir()
-    markers.chmod(0o777)  # executors run as runtime.sandbox_user
-    serve = ServeProcess(
-        tmp_path,
-        pulsar.url,
-        TESP_API_PULSAR__LOST_JOB_DEADLINE=str(LOST_JOB_DEADLINE),
-        TESP_API_RUNTIME__EXTRA_ARGS=json.dumps(["--bind", str(markers), "/markers"]),
-    )
+    serve, markers = serve_counting_runs(tmp_path, pulsar)
     serve.start()
     try:
         api = serve.url + "/ga4gh/tes/v1"

@@ -53,9 +53,9 @@ def job_process_group(pulsar: LocalPulsar, job_id: str) -> int:
     return int(json.loads((pulsar.staging_directory / job_id / "pid").read_text()))
 
 
-def test_a_pulsar_killed_and_restarted_under_running_jobs_loses_none(
-    pulsar: LocalPulsar, tmp_path: Path
-) -> None:
+def serve_counting_runs(tmp_path: Path, pulsar: LocalPulsar) -> tuple[ServeProcess, Path]:
+    """`tesp-api serve` on ``pulsar`` with a short lost_job_deadline, every executor seeing the host
+    directory (returned) where counting_task's executors leave one line per run."""
     markers = tmp_path / "markers"
     markers.mkdir()
     markers.chmod(0o777)  # executors run as runtime.sandbox_user
@@ -65,6 +65,13 @@ def test_a_pulsar_killed_and_restarted_under_running_jobs_loses_none(
         TESP_API_PULSAR__LOST_JOB_DEADLINE=str(LOST_JOB_DEADLINE),
         TESP_API_RUNTIME__EXTRA_ARGS=json.dumps(["--bind", str(markers), "/markers"]),
     )
+    return serve, markers
+
+
+def test_a_pulsar_killed_and_restarted_under_running_jobs_loses_none(
+    pulsar: LocalPulsar, tmp_path: Path
+) -> None:
+    serve, markers = serve_counting_runs(tmp_path, pulsar)
     serve.start()
     try:
         api = serve.url + "/ga4gh/tes/v1"
