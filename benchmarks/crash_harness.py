@@ -464,6 +464,21 @@ def print_report(title: str, figures: dict[str, Any], command: str) -> None:
     sys.stdout.flush()
 
 
+async def start_pulsar(mode: str, work: Path) -> tuple[PrivateBroker | None, RestPulsar | AmqpPulsar]:
+    """The run's Pulsar with 8 job slots: over REST, or over AMQP on a private RabbitMQ node of its own
+    (started first; None in REST mode)."""
+    broker = None
+    pulsar: RestPulsar | AmqpPulsar
+    if mode == "amqp":
+        broker = PrivateBroker(work / "rabbitmq")
+        await asyncio.to_thread(broker.start)
+        pulsar = AmqpPulsar(work / "pulsar", 8, broker)
+    else:
+        pulsar = RestPulsar(work / "pulsar", 8)
+    await pulsar.start()
+    return broker, pulsar
+
+
 def fresh_dir(path: Path) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)

@@ -26,9 +26,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.crash_harness import (
-    AmqpPulsar,
-    PrivateBroker,
-    RestPulsar,
     Run,
     TespProcess,
     at_progress,
@@ -37,6 +34,7 @@ from benchmarks.crash_harness import (
     log,
     print_report,
     report,
+    start_pulsar,
     tesp_env,
 )
 
@@ -47,15 +45,7 @@ async def crash_run(
     work = fresh_dir(base / mode)
     markers = fresh_dir(work / "markers")
     markers.chmod(0o777)  # executors run as runtime.sandbox_user
-    broker = None
-    pulsar: RestPulsar | AmqpPulsar
-    if mode == "amqp":
-        broker = PrivateBroker(work / "rabbitmq")
-        await asyncio.to_thread(broker.start)
-        pulsar = AmqpPulsar(work / "pulsar", 8, broker)
-    else:
-        pulsar = RestPulsar(work / "pulsar", 8)
-    await pulsar.start()
+    broker, pulsar = await start_pulsar(mode, work)
     extra = {"TESP_API_PULSAR__STAGING_LISTEN": f"127.0.0.1:{free_port()}"} if mode == "amqp" else {}
     env = tesp_env(
         work, markers, {"TESP_API_DB__SQLITE_PATH": str(work / "tasks.sqlite3")}, pulsar.env(), **extra

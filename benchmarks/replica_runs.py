@@ -35,9 +35,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.crash_harness import (
-    AmqpPulsar,
-    PrivateBroker,
-    RestPulsar,
     Run,
     StagingBalancer,
     TespProcess,
@@ -47,6 +44,7 @@ from benchmarks.crash_harness import (
     log,
     print_report,
     report,
+    start_pulsar,
     tesp_env,
 )
 
@@ -70,15 +68,7 @@ async def replica_run(
     work = fresh_dir(base / f"{mode}-{store}-{fault}")
     markers = fresh_dir(work / "markers")
     markers.chmod(0o777)
-    broker = None
-    pulsar: RestPulsar | AmqpPulsar
-    if mode == "amqp":
-        broker = PrivateBroker(work / "rabbitmq")
-        await asyncio.to_thread(broker.start)
-        pulsar = AmqpPulsar(work / "pulsar", 8, broker)
-    else:
-        pulsar = RestPulsar(work / "pulsar", 8)
-    await pulsar.start()
+    broker, pulsar = await start_pulsar(mode, work)
     procs: dict[str, TespProcess] = {}
     balancer = StagingBalancer()
     if mode == "amqp":
