@@ -34,6 +34,7 @@ What is printed, each with its goal:
     .venv/bin/python benchmarks/bench_api.py                 # full run (~10 min)
     .venv/bin/python benchmarks/bench_api.py --quick         # small numbers, smoke test
     .venv/bin/python benchmarks/bench_api.py --only create,reads --no-mongo
+    .venv/bin/python benchmarks/bench_api.py --only workers --nice -10   # 3. alone (no Pulsar)
     TESP_TEST_MONGODB_URI=mongodb://user:pw@host:27017/ .venv/bin/python benchmarks/bench_api.py --only mongo
 """
 
@@ -485,7 +486,7 @@ def wait_busy(server: Server, path: Path, n: int) -> float:
     raise RuntimeError(f"the engine of {server.label} did not take up {n} tasks in 600 s")
 
 
-def compare_engine_and_workers(ctx: Ctx) -> None:
+def compare_engine(ctx: Ctx) -> None:
     c = ctx.args.clients
     n = ctx.args.busy_tasks
     print(
@@ -521,6 +522,10 @@ def compare_engine_and_workers(ctx: Ctx) -> None:
                 ">= 0.80",
                 b.rate / o.rate >= 0.8,
             )
+
+
+def compare_workers(ctx: Ctx) -> None:
+    c = ctx.args.clients
     print("\n## 3. 2 API processes vs 1, engine off")
     w = {}
     with (
@@ -693,7 +698,9 @@ def main(args: argparse.Namespace) -> None:
         if "create" in only:
             compare_create(ctx, path)
         if "engine" in only:
-            compare_engine_and_workers(ctx)
+            compare_engine(ctx)
+        if "workers" in only or "engine" in only:
+            compare_workers(ctx)
         if "mongo" in only and args.mongo:
             from tests.services.mongoeco import MongoUnavailable, mongoeco_server
 
@@ -734,7 +741,9 @@ def parse_args() -> argparse.Namespace:
         default=0,
         help="niceness of servers and wrk (e.g. -10 as root on a shared machine)",
     )
-    parser.add_argument("--only", help="comma list of: create, engine, reads, mongo")
+    parser.add_argument(
+        "--only", help="comma list of: create, engine (2. and 3.), workers (3. only), reads, mongo"
+    )
     parser.add_argument("--no-mongo", dest="mongo", action="store_false", help="skip the MongoDB adapter")
     parser.add_argument("--mongo-tasks", type=int, default=2000, help="tasks stored in mongoeco / MongoDB")
     parser.add_argument("--quick", action="store_true", help="small numbers, for a smoke test")
