@@ -82,8 +82,13 @@ class LocalPulsar:
         num_concurrent_jobs: int = 4,
         message_queue_url: str | None = None,
         unix_socket: bool = False,
+        exec_job_scripts: bool = False,
     ) -> None:
         self.state_dir = Path(state_dir).resolve()
+        # False (always, but for the benchmark's before-figure and the test that shows the race): Pulsar
+        # runs through tesp_api.pulsar.serve, which starts each job's command.sh through its interpreter
+        # instead of exec'ing it (Pulsar's fork/exec "Text file busy" race; see that module).
+        self.exec_job_scripts = exec_job_scripts
         self.host = host
         self.unix_socket = unix_socket
         self.port = 0 if unix_socket else (port or free_port(host))
@@ -151,6 +156,14 @@ class LocalPulsar:
         transport = httpx.HTTPTransport(uds=self.uds) if self.uds else None
         return httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
 
+    def serve_command(self) -> list[str]:
+        """pulsar-serve, as ``python -m tesp_api.pulsar.serve`` (job scripts read, not exec'd) unless
+        ``exec_job_scripts``. Checked here, not in the child: a missing pulsar extra fails at once."""
+        serve = _pulsar_bin("pulsar-serve")
+        if self.exec_job_scripts:
+            return [serve]
+        return [sys.executable, "-m", "tesp_api.pulsar.serve"]
+
     def start(self, timeout: float = 180.0) -> None:  # generous: a loaded host starts Python slowly
         if self.uds:
             Path(self.uds).unlink(missing_ok=True)  # left by a killed run: gunicorn would refuse to bind
@@ -160,7 +173,7 @@ class LocalPulsar:
         logf = open(self.state_dir / "pulsar.log", "ab")  # noqa: SIM115 - handed to the child
         try:
             self.process = subprocess.Popen(  # noqa: S603 - our own argv (pulsar-serve beside this interpreter), no shell
-                [_pulsar_bin("pulsar-serve"), str(self.state_dir / "server.ini")],
+                [*self.serve_command(), str(self.state_dir / "server.ini")],
                 cwd=self.state_dir,
                 env=env,
                 stdout=logf,

@@ -18,9 +18,20 @@ __all__ = ["LocalPulsar", "pulsar_server"]
 
 @contextmanager
 def pulsar_server(
-    state_dir: Path, *, private_token: str | None = None, num_concurrent_jobs: int = 4
+    state_dir: Path,
+    *,
+    private_token: str | None = None,
+    num_concurrent_jobs: int = 4,
+    exec_job_scripts: bool = False,
 ) -> Iterator[LocalPulsar]:
-    server = LocalPulsar(state_dir, private_token=private_token, num_concurrent_jobs=num_concurrent_jobs)
+    """A started LocalPulsar, stopped on exit. ``exec_job_scripts``: Pulsar's own pulsar-serve, which
+    execs each job's command.sh (tesp_api/pulsar/serve.py says why ours does not)."""
+    server = LocalPulsar(
+        state_dir,
+        private_token=private_token,
+        num_concurrent_jobs=num_concurrent_jobs,
+        exec_job_scripts=exec_job_scripts,
+    )
     server.start()
     try:
         yield server
