@@ -111,7 +111,7 @@ def create_app(
     app.add_api_route("/", root, methods=["GET"], include_in_schema=False)
     install_docs(app)
     install_dashboard(app, settings, store, api_base=PRIMARY_PREFIX)
-    install_admin(app, settings, store, engine)  # GET /admin/servers (docs/quotas.md)
+    install_admin(app, settings, store)  # GET /admin/servers (docs/quotas.md)
     if settings.api.metrics:
         install_metrics(app, store)
     install_openapi(app)

@@ -30,7 +30,6 @@ from tesp_api.api.pages import (
 from tesp_api.api.service_info import build_legacy_service_info, build_service_info
 from tesp_api.api.url_checks import address_problems, egress_policy, url_checkers
 from tesp_api.config.settings import Settings
-from tesp_api.engine.routing import server_limits_of
 from tesp_api.store.port import (
     DuplicateTask,
     IdempotencyConflict,
@@ -43,6 +42,7 @@ from tesp_api.tes import states
 from tesp_api.tes.ids import is_safe_id, new_task_id
 from tesp_api.tes.limits import TaskLimits, check_task_limits, check_text
 from tesp_api.tes.models import TesState, TesView
+from tesp_api.tes.servers import server_limits
 from tesp_api.tes.validate import TaskValidationError, ValidationLimits, validate_task
 from tesp_api.tes.views import render_task, rfc3339
 from tesp_api.transfer.callback_urls import CallbackUrls
@@ -155,7 +155,7 @@ class TaskEndpoints:
             max_content_bytes=settings.api.max_content_bytes,
             supported_backend_parameters=tuple(settings.engine.backend_parameters),
             reject_unknown_fields=settings.api.reject_unknown_fields,
-            servers=server_limits_of(settings),
+            servers=server_limits(settings.pulsar.effective_servers()),
         )
         self.task_limits = task_limits_of(settings)
         self.egress = egress_policy(settings)
@@ -303,7 +303,7 @@ class TaskEndpoints:
             raise TesHttpError(404, f"task not found: {task_id}")
         body = render_task(record, chosen_view)
         if chosen_view == TesView.FULL and record.state == TesState.QUEUED:
-            notes = await queue_notes(self.settings, self.store, self.engine, record)  # docs/quotas.md
+            notes = await queue_notes(self.settings, self.store, record)  # docs/quotas.md
             if notes:
                 logs = body.setdefault("logs", [{}])
                 logs[-1]["system_logs"] = [*logs[-1].get("system_logs", []), *notes]

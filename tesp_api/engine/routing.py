@@ -24,7 +24,10 @@ down server and records the new one in the store (``backend.server``; a system_l
 A task submitted to a server stays with it (moving it could run it twice).
 
 Health is per process (each worker probes for itself): the state a worker acts on is its own
-view, which is what it can reach.
+view, which is what it can reach. Each worker also publishes that view through the store
+(``store/snapshots.py``, kind ``pulsar_health``) after every probe round and at every up/down
+change, because the processes that show health (API processes with ``api.workers``, API-only
+replicas) run no engine: ``api/admin.py`` reads the published views, never this module.
 """
 
 from __future__ import annotations
@@ -34,44 +37,20 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from tesp_api.config.settings import PulsarServer, Settings
 from tesp_api.pulsar.port import BackendUnavailable, JobSpec, JobStatus, PulsarBackend
 from tesp_api.store.port import ClaimPolicy, LogPatch, TaskRecord, TaskStore
-from tesp_api.tes.models import TesState, TesTask
-from tesp_api.tes.validate import ServerLimits, server_fit_problem
+from tesp_api.store.snapshots import snapshots_of
+from tesp_api.tes.models import TesState
+from tesp_api.tes.servers import HEALTH_KIND, HealthView, ServerHealth, server_limits, wanted_server
+from tesp_api.tes.validate import server_fit_problem
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-def wanted_server(task: TesTask) -> str | None:
-    """The task's ``pulsar_server`` backend parameter (key case-insensitive), if any."""
-    params = (task.resources.backend_parameters if task.resources else None) or {}
-    value = next((v for k, v in params.items() if k.lower() == "pulsar_server"), None)
-    return str(value) if value is not None else None
-
-
-def server_limits_of(settings: Settings) -> tuple[ServerLimits, ...]:
-    """The configured servers as validate.py sees them (names and resource limits)."""
-    return tuple(
-        ServerLimits(s.name, s.max_cpu_cores, s.max_ram_gb) for s in settings.pulsar.effective_servers()
-    )
-
-
-@dataclass(slots=True)
-class ServerHealth:
-    """One server as this worker sees it."""
-
-    name: str
-    up: bool = True  # unknown counts as up: a fresh worker does not wait for its first probe
-    failures: int = 0  # in a row
-    last_error: str | None = None
-    last_change: float | None = None  # time.time() of the last up/down change
-    last_probe: float | None = None  # time.time() of the last probe
 
 
 class Router:
@@ -92,9 +71,8 @@ class Router:
         self.health = {name: ServerHealth(name) for name in self.servers}
         self._changed = asyncio.Event()  # set (and replaced) at every up/down change
         self._probe: asyncio.Task[None] | None = None
-        self._limits = {
-            s.name: ServerLimits(s.name, s.max_cpu_cores, s.max_ram_gb) for s in self.servers.values()
-        }
+        self._limits = {limits.name: limits for limits in server_limits(self.servers.values())}
+        self._publishing: asyncio.Task[None] | None = None  # a publication after an up/down change
 
     # ---- health --------------------------------------------------------------------------------
     def is_up(self, name: str) -> bool:
@@ -123,6 +101,9 @@ class Router:
         state.last_change = time.time()
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
+        if self._probe is not None and (self._publishing is None or self._publishing.done()):
+            # Other processes see the change now, not at the next round (a real request's outcome).
+            self._publishing = asyncio.create_task(self.publish(), name="engine-health-publish")
 
     async def wait_change(self, timeout: float) -> None:
         """Until a server goes up or down (or ``timeout`` seconds)."""
@@ -150,27 +131,52 @@ class Router:
         backends = self._backends()
         await asyncio.gather(*(one(n, b) for n, b in backends.items() if n in self.health))
 
+    def publish_interval(self) -> float:
+        """Seconds between publications of this worker's health: the probe interval, or 10 s
+        without probes (the publication is also the sign that this worker is alive)."""
+        return self.settings.pulsar.health.probe_interval or 10.0
+
+    def view(self) -> HealthView:
+        """This worker's health as it is published (``tes/servers.py``)."""
+        return HealthView(self.worker_id, time.time(), self.publish_interval(), dict(self.health))
+
+    async def publish(self) -> None:
+        """Write this worker's view to the store for every other process (``store/snapshots.py``)."""
+        snapshots = snapshots_of(self.store)
+        if snapshots is None:
+            return
+        try:
+            await snapshots.publish(HEALTH_KIND, self.worker_id, self.view().payload(), datetime.now(UTC))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the store is down: the next round publishes again
+            log.warning("publishing the Pulsar servers' health failed: %s: %s", type(exc).__name__, exc)
+
     def start(self) -> None:
-        interval = self.settings.pulsar.health.probe_interval
-        if interval > 0 and self._probe is None:
-            self._probe = asyncio.create_task(self._probe_loop(interval), name="engine-probe")
+        """Probe (when ``pulsar.health.probe_interval`` > 0) and publish, every interval."""
+        if self._probe is None:
+            self._probe = asyncio.create_task(self._probe_loop(), name="engine-probe")
 
     async def aclose(self) -> None:
-        if self._probe is not None:
-            self._probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe
-            self._probe = None
+        for task in (self._probe, self._publishing):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._probe = self._publishing = None
 
-    async def _probe_loop(self, interval: float) -> None:
+    async def _probe_loop(self) -> None:
+        probing = self.settings.pulsar.health.probe_interval > 0
         while True:
             try:
-                await self.probe_once()
+                if probing:
+                    await self.probe_once()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("probing the Pulsar servers failed")
-            await asyncio.sleep(interval)
+            await self.publish()
+            await asyncio.sleep(self.publish_interval())
 
     # ---- the policy ----------------------------------------------------------------------------
     def claim_policy(self) -> ClaimPolicy:
@@ -237,30 +243,6 @@ class Router:
         loads: dict[str, int] = {}
         candidates = [n for n in self.route(record, loads) if n != current]
         return candidates[0] if candidates else None
-
-    # ---- the admin view ------------------------------------------------------------------------
-    async def report(self) -> list[dict[str, Any]]:
-        """Every server with its health (this worker's view), limits and load (the store's count)."""
-        usage = await self.store.quota_usage(None)
-        out: list[dict[str, Any]] = []
-        for name, server in self.servers.items():
-            state = self.health[name]
-            out.append(
-                {
-                    "name": name,
-                    "transport": server.transport,
-                    "up": state.up,
-                    "consecutive_failures": state.failures,
-                    "last_error": state.last_error,
-                    "last_change": state.last_change,
-                    "last_probe": state.last_probe,
-                    "active": usage.servers.get(name, 0),
-                    "max_active": server.max_active or None,
-                    "max_cpu_cores": server.max_cpu_cores,
-                    "max_ram_gb": server.max_ram_gb,
-                }
-            )
-        return out
 
 
 def not_submitted(record: TaskRecord) -> bool:

@@ -113,8 +113,8 @@ async def test_a_stopped_server_gets_no_new_tasks(
     records = [await wait_for(store, t) for t in later]
     assert all(r.state == TesState.COMPLETE for r in records)
     assert {r.backend["server"] for r in records} <= {"east", "west"}
-    report = {s["name"]: s for s in await engine.router.report()}
-    assert report["north"]["up"] is False and report["east"]["up"] is True
+    view = engine.router.view().servers  # what it publishes for other processes (GET /admin/servers)
+    assert view["north"].up is False and view["east"].up is True
 
 
 async def test_a_task_not_yet_submitted_moves_off_a_server_that_went_down(
