@@ -11,6 +11,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from tesp_api.config.settings import Settings
+from tesp_api.pulsar.control_plane import warn_about_exposure
 from tesp_api.pulsar.port import PulsarBackend
 from tesp_api.pulsar.retrying import RetryingBackend, RetryPolicy
 
@@ -29,10 +30,8 @@ def build_backends(settings: Settings, store: TaskStore | None = None) -> dict[s
     Control-plane exposure (a guest broker, a token-less Pulsar on TCP while executors have a
     network) is warned about here, where every process that talks to Pulsar passes.
     """
-    # Imported here: the engine package imports this module (its re-export), and the adapters
-    # load their client libraries (aio-pika) only when a server of their kind is configured.
-    from tesp_api.engine.control_plane import warn_about_exposure
-
+    # The adapters are imported below, when a server of their kind is configured: they load their
+    # client libraries (aio-pika) only then.
     warn_about_exposure(settings)
     policy = RetryPolicy.from_settings(settings.pulsar)
     backends: dict[str, PulsarBackend] = {}

@@ -30,9 +30,9 @@ import pytest
 
 from tesp_api.config.settings import Settings
 from tesp_api.engine import Engine
-from tesp_api.engine.control_plane import exposure_warnings
 from tesp_api.engine.engine import build_backends
 from tesp_api.local import LocalPulsar, new_private_token
+from tesp_api.pulsar.control_plane import exposure_warnings
 from tesp_api.store.sqlite import SqliteTaskStore
 from tesp_api.tes.models import TesState
 from tests.engine.conftest import submit, wait_for
@@ -317,7 +317,7 @@ async def test_with_the_host_network_an_executor_reaches_the_broker_so_guest_cre
             "runtime": {"type": "bwrap", "network": "host"},
         }
     )
-    with caplog.at_level(logging.WARNING, logger="tesp_api.engine.control_plane"):
+    with caplog.at_level(logging.WARNING, logger="tesp_api.pulsar.control_plane"):
         backends = build_backends(settings)  # what serve and worker call at start
     for backend in backends.values():
         close = getattr(backend, "aclose", None)
