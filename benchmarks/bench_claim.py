@@ -164,7 +164,7 @@ async def sqlite_claim_cost(tasks: int, claims: int) -> None:
     """The claim's own work on SQLite, without the store's threads and commit wait: the claim
     functions run on a plain connection to a filled file, one transaction per claim, for a small
     and the full backlog, twice each (alternating, so both see the same background load)."""
-    from tesp_api.store import sqlite as sqlite_store
+    from tesp_api.store.sqlite import fair
 
     with sqlite_maker() as make:
         paths: dict[int, str] = {}
@@ -183,8 +183,8 @@ async def sqlite_claim_cost(tasks: int, claims: int) -> None:
                 started = time.perf_counter()
                 for _ in range(claims // 2):
                     conn.execute("BEGIN IMMEDIATE")
-                    if sqlite_store._take_under_way(conn, "bench", 0, 4_000_000_000_000) is None:
-                        sqlite_store._take_fair(conn, "bench", 4_000_000_000_000, POLICY)
+                    if fair.take_under_way(conn, "bench", 0, 4_000_000_000_000) is None:
+                        fair.take_fair(conn, "bench", 4_000_000_000_000, POLICY)
                     conn.execute("COMMIT")
                 per_claim = (time.perf_counter() - started) / (claims // 2) * 1000
                 conn.close()

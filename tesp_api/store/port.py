@@ -1,6 +1,6 @@
 """The task store port: what the API and the engine need from a database, and nothing more.
 
-Two adapters implement it (``sqlite.py``, the embedded default, and ``mongo.py``) and both pass the
+Two adapters implement it (``sqlite/``, the embedded default, and ``mongo.py``) and both pass the
 one contract suite in tests/store/. Design rules every adapter keeps:
 
 * A task is one record: the submitted ``TesTask`` (as JSON), its ``state``, its ``owner``, the

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tesp_api.store import sqlite as sqlite_store
+from tesp_api.store.sqlite import reads as sqlite_reads
 from tesp_api.store.port import TaskStore
 from tesp_api.store.sqlite import SqliteTaskStore
 
@@ -40,7 +40,7 @@ def store_maker(
         if request.param == "sqlite-scan":
             # The SQLite store drives a list query from a selective filter's index and walks the
             # seq order for a broad one; test data is small, so force the walk here.
-            monkeypatch.setattr(sqlite_store, "_SELECTIVE", 0)
+            monkeypatch.setattr(sqlite_reads, "SELECTIVE", 0)
         path = str(tmp_path / "tasks.sqlite3")
         return lambda: SqliteTaskStore(path)
     uri = request.getfixturevalue("mongodb_uri")
