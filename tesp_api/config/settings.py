@@ -437,7 +437,7 @@ class TransferSettings(_Section):
     @field_validator("allowed_hosts", "denied_hosts")
     @classmethod
     def _host_rules(cls, v: list[str]) -> list[str]:
-        from tesp_api.transfer.egress import parse_rule  # imports this module: import late
+        from tesp_api.transfer.host_rules import parse_rule  # stdlib only; no cycle
 
         for entry in v:
             try:

@@ -27,29 +27,32 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
-import re
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from tesp_api.config.settings import TransferSettings
 
+# Re-exported (``X as X``): the parser is a leaf the settings import (host_rules.py's docstring).
+from tesp_api.transfer.host_rules import Address as Address
+from tesp_api.transfer.host_rules import HostRule as HostRule
+from tesp_api.transfer.host_rules import Network as Network
+from tesp_api.transfer.host_rules import embedded_ipv4 as embedded_ipv4
+from tesp_api.transfer.host_rules import parse_ip_literal as parse_ip_literal
+from tesp_api.transfer.host_rules import parse_rule as parse_rule
+from tesp_api.transfer.host_rules import strip_brackets
+
 if TYPE_CHECKING:
     from tesp_api.config.settings import Settings
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int, float], Awaitable[list[str]]]
 
 DEFAULT_PORTS = {"http": 80, "https": 443, "ftp": 21, "amqp": 5672, "amqps": 5671, "pyamqp": 5672}
 BROKER_MANAGEMENT_PORTS = (15672, 15671)
 _LOCALHOST_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
-_NUMERIC_V4 = re.compile(r"[0-9a-fA-FxX.]+")
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _CONTROL_PLANE_CACHE_SECONDS = 60.0
 
 
@@ -87,50 +90,9 @@ async def system_resolve(host: str, port: int, timeout: float) -> list[str]:
 resolve: Resolver = system_resolve
 
 
-def _strip_brackets(host: str) -> str:
-    host = host.strip().lower()
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host
-
-
-def parse_ip_literal(host: str) -> Address | None:
-    """``host`` as an IP address if it is a literal in any form the C library accepts, else None."""
-    host = _strip_brackets(host).rstrip(".")
-    if not host:
-        return None
-    try:
-        return ipaddress.ip_address(host.split("%", 1)[0] if ":" in host else host)
-    except ValueError:
-        pass
-    if _NUMERIC_V4.fullmatch(host) and any(c.isdigit() for c in host):
-        try:
-            return ipaddress.IPv4Address(socket.inet_aton(host))  # 2130706433, 0x7f000001, 0177.0.0.1, 127.1
-        except OSError:
-            return None
-    return None
-
-
 def is_localhost_name(host: str) -> bool:
-    name = _strip_brackets(host).rstrip(".")
+    name = strip_brackets(host).rstrip(".")
     return name in _LOCALHOST_NAMES or name.endswith(".localhost")
-
-
-def embedded_ipv4(ip: Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address carries (mapped, compatible, 6to4, NAT64, Teredo), if any."""
-    if isinstance(ip, ipaddress.IPv4Address):
-        return None
-    if ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    if ip.sixtofour is not None:
-        return ip.sixtofour
-    if ip.teredo is not None:
-        return ip.teredo[1]
-    if ip in _NAT64:
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    if int(ip) >> 32 == 0 and int(ip) > 1:  # IPv4-compatible ::a.b.c.d (deprecated, still routed here)
-        return ipaddress.IPv4Address(int(ip))
-    return None
 
 
 def forbidden_reason(ip: Address) -> str | None:
@@ -153,62 +115,6 @@ def forbidden_reason(ip: Address) -> str | None:
         if hit:
             return f"a {reason} address"
     return None
-
-
-@dataclass(frozen=True)
-class HostRule:
-    """One entry of allowed_hosts / denied_hosts / the control plane: a name or network, maybe a port.
-
-    ``this_machine``: a listener bound to 0.0.0.0/:: -- every loopback or local address matches.
-    """
-
-    name: str | None = None
-    network: Network | None = None
-    port: int | None = None
-    this_machine: bool = False
-
-    def matches_name(self, host: str, port: int) -> bool:
-        return self.name is not None and self.name == host and self.port in (None, port)
-
-    def matches_address(self, ip: Address, port: int, local: Iterable[Address] = ()) -> bool:
-        if self.port not in (None, port):
-            return False
-        candidates = [ip] + ([inner] if (inner := embedded_ipv4(ip)) is not None else [])
-        if self.this_machine:
-            return any(c.is_loopback or c.is_unspecified or c in set(local) for c in candidates)
-        return self.network is not None and any(
-            c.version == self.network.version and c in self.network for c in candidates
-        )
-
-
-def parse_rule(entry: str) -> HostRule:
-    """``name``, ``name:port``, ``IP``, ``IP:port``, ``[IPv6]:port`` or a CIDR. Raises ValueError."""
-    text = entry.strip().lower()
-    if not text:
-        raise ValueError("empty host entry")
-    if "/" in text:
-        return HostRule(network=ipaddress.ip_network(text, strict=False))
-    host, port = text, None
-    if text.startswith("["):
-        inside, _, rest = text[1:].partition("]")
-        host = inside
-        if rest:
-            if not rest.startswith(":"):
-                raise ValueError(f"bad host entry {entry!r}")
-            port = int(rest[1:])
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-        port = int(port_text)
-    if port is not None and not 0 < port < 65536:
-        raise ValueError(f"bad port in {entry!r}")
-    ip = parse_ip_literal(host)
-    if ip is not None:
-        if ip.is_unspecified:
-            return HostRule(port=port, this_machine=True)
-        return HostRule(network=ipaddress.ip_network(ip), port=port)
-    if not host or not re.fullmatch(r"[a-z0-9_.\-]+", host):
-        raise ValueError(f"bad host entry {entry!r}")
-    return HostRule(name=host.rstrip("."), port=port)
 
 
 def _control_rule(entry: str) -> HostRule:
@@ -338,7 +244,7 @@ class EgressPolicy:
         The address-range reason is reported before the control-plane one, so that with the
         default settings a refused Pulsar port reads like any other loopback port (no port scan).
         """
-        name = _strip_brackets(host).rstrip(".")
+        name = strip_brackets(host).rstrip(".")
         literal = parse_ip_literal(name)
         if literal is not None:
             reason = self._range_reason(host, name, port, [literal])
@@ -364,7 +270,7 @@ class EgressPolicy:
         named: list[tuple[HostRule, list[Address]]],
         local: list[Address],
     ) -> str | None:
-        name = _strip_brackets(host).rstrip(".")
+        name = strip_brackets(host).rstrip(".")
         reason = self._range_reason(host, name, port, addresses)
         if reason:
             return reason
