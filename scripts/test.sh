@@ -65,12 +65,15 @@ if [ ! -x .venv-mongoeco/bin/python ]; then
   fi
 fi
 
-# Quality gates (CI runs them on every change): ruff's lint rule set and format check, and mypy --strict with
-# the pydantic plugin over tesp_api/ (both configured in pyproject.toml). TESP_SKIP_GATES=1 skips them locally.
+# Quality gates (CI runs them on every change): ruff's lint rule set and format check, mypy --strict with
+# the pydantic plugin over tesp_api/, and the architecture contracts (import-linter: layers, no FastAPI in
+# the core, independent adapters, no import cycles; docs/architecture.md), all configured in pyproject.toml.
+# TESP_SKIP_GATES=1 skips them locally.
 if [ "${TESP_SKIP_GATES:-0}" != 1 ]; then
   "$VENV/bin/ruff" check tesp_api tests benchmarks scripts
   "$VENV/bin/ruff" format --check tesp_api tests benchmarks scripts
   "$VENV/bin/python" -m mypy
+  "$VENV/bin/lint-imports" --no-cache  # no cache directory left in the checkout
 fi
 
 exec "$VENV/bin/python" -m pytest "$@"
