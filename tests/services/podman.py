@@ -14,8 +14,9 @@ runtime CLI inside a Pulsar job (``runtime.env``), which Pulsar starts with a cl
   missing image fails at once ("short-name ... did not resolve").
 * HTTP(S)_PROXY to a closed loopback port: even a fully qualified name fails on loopback.
 
-``stop`` removes every container (``rm -af -t 0``: no 10 s stop timeout), lazily unmounts what is
-left under the directory and removes it.
+``stop`` removes every container (``rm -af -t 0``: no 10 s stop timeout), kills by PID any conmon of
+the store still alive (one podman lost track of: tests/services/leftovers.py), lazily unmounts what
+is left under the directory and removes it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tests.services.docker_daemon import CLOSED_PROXY, unmount_under
+from tests.services.leftovers import kill_trees, processes
 
 __all__ = ["PodmanStore", "PodmanUnavailable", "podman_store"]
 
@@ -117,11 +119,20 @@ class PodmanStore:
         out = self.cli("ps", "-a", "--format", "{{.Names}}", check=False).stdout
         return [n for n in out.split() if n]
 
+    def conmons(self) -> list[int]:
+        """The live conmon processes of this store (their argv names paths under its directory)."""
+        root = os.fsencode(self.root) + b"/"
+        return processes("conmon", lambda argv: any(w.startswith(root) for w in argv))
+
     def stop(self) -> None:
         with contextlib.suppress(Exception):
             self.cli("rm", "-af", "-t", "0", check=False, timeout=60)
         with contextlib.suppress(Exception):
             self.cli("system", "reset", "-f", check=False, timeout=60)
+        # What the CLI has no record of (a podman killed while creating a container: a cancelled task)
+        # or could not remove in time: conmon detaches from its podman, so it is killed by PID, with
+        # the container's processes below it.
+        kill_trees(self.conmons())
         unmount_under(self.root)
         shutil.rmtree(self.root, ignore_errors=True)
 

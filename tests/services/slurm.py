@@ -39,6 +39,7 @@ from pathlib import Path
 
 from tesp_api.local import LocalPulsar
 from tests.services.die_with_parent import die_with_parent
+from tests.services.leftovers import kill_trees, processes
 
 __all__ = ["Slurm", "SlurmPulsar", "SlurmUnavailable", "missing_slurm_binaries", "slurm_cluster"]
 
@@ -382,16 +383,7 @@ class Slurm:
     def _leftover_steps(self) -> list[int]:
         """slurmstepd processes of this cluster (they outlive slurmd, waiting to report to it)."""
         mine = f"SLURM_CONF={self.conf}".encode()
-        found = []
-        for proc in Path("/proc").glob("[0-9]*"):
-            try:
-                if (proc / "comm").read_text().strip() != "slurmstepd":
-                    continue
-                if mine in (proc / "environ").read_bytes().split(b"\0"):
-                    found.append(int(proc.name))
-            except OSError:
-                continue
-        return found
+        return processes("slurmstepd", lambda env: mine in env, source="environ")
 
     def stop(self, timeout: float = 10.0) -> None:
         ctld = self.processes.get("slurmctld")
@@ -413,11 +405,7 @@ class Slurm:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
-        for pid in self._leftover_steps():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_trees(self._leftover_steps())
 
 
 @contextmanager
