@@ -12,8 +12,8 @@ How the port's calls map onto Pulsar's message protocol:
   to the staging server. Once the broker confirmed it, the record is marked sent.
 * ``status``: answered from the last status Pulsar pushed (no broker traffic while updates flow). A job
   this process knows nothing about (e.g. taken over after a restart) is asked about once with a status
-  message, and the call waits for the answer. If Pulsar does not know the job (``lost``, said twice,
-  or no answer) and its setup was recorded here but never confirmed sent (a crash between the store's
+  message, and the call waits for the answer. If Pulsar does not know the job (a ``lost`` of a job it
+  has not launched, said twice, or no answer) and its setup was recorded here but never confirmed sent (a crash between the store's
   "submitting" and the publish), the answer is ``preprocessing``: the same thing REST Pulsar says of a job
   set up but not submitted, so the driver submits it (once) from the record.
 * ``cancel``: a kill message; the client then asks for the status soon and repeatedly, since Pulsar
@@ -86,6 +86,8 @@ _KIND_TO_DIR = {"tool": "tool_files", "input": "inputs", "config": "configs"}
 _SUBMITTED = "queued"
 # A job Pulsar answers "preprocessing" for this long with no other update: set up once more, then lost.
 SETUP_STALLED_REASON = "Pulsar stopped while setting the job up; never started"
+# What Pulsar's stateful manager writes in the job directory once it launched the job (JOB_FILE_PREPROCESSED).
+PULSAR_LAUNCHED_FILE = "preprocessed"
 # Keys of the task's store record (TaskRecord.backend) this backend owns.
 SETUP_KEY = "amqp_setup"
 RECEIVED_KEY = "amqp_received_by:"  # + replica: when that replica first took in an upload of the job
@@ -154,10 +156,10 @@ class AmqpBackend:
         """With ``store``, everything another replica needs to take a job over is in the store (the
         setup record, the staging key, who received uploads) or in the staging directory; without
         one (tests, embedding), setup records are JSON files under the staging directory and the key
-        is the one ``staging`` was given. ``unheard_lost_grace``: how long after the broker confirmed
-        a job's setup a "lost" without a job directory still means "Pulsar has not taken the setup in
+        is the one ``staging`` was given. ``unheard_lost_grace``: how long after Pulsar's first "lost"
+        of a job it has not launched that "lost" still means "Pulsar has not taken the setup in
         yet" (it waits in Pulsar's setup queue, e.g. a backlog after a broker restart) rather than
-        a lost job (see ``_on_update``). ``setup_stall_deadline`` (``pulsar.lost_job_deadline``): how
+        a lost job (see ``_doubted_lost``). ``setup_stall_deadline`` (``pulsar.lost_job_deadline``): how
         long Pulsar may answer ``preprocessing`` with no other update before the job counts as stalled
         in its setup (see ``_stalled_setup``); ``setup_lost_after`` (default: 10 x that, at least 30
         minutes): how long after the setup was sent once more a job still ``preprocessing`` is lost. Long,
@@ -185,8 +187,7 @@ class AmqpBackend:
         self._statuses: dict[str, JobStatus] = {}
         self._changed: dict[str, asyncio.Event] = {}
         self._submitted_unheard: set[str] = set()  # submitted here, nothing heard from Pulsar yet
-        self._lost_once: set[str] = set()
-        self._submitted_at: dict[str, float] = {}  # loop time the setup was sent / found sent
+        self._lost_since: dict[str, float] = {}  # loop time of the first doubted "lost" (_doubted_lost)
         self._awaiting: set[str] = set()  # status requested by status(), answer not yet in
         self._preprocessing_since: dict[str, float] = {}  # loop time Pulsar first said "preprocessing"
         self._setup_resent: set[str] = set()  # stalled in Pulsar's setup: its setup was sent once more
@@ -267,40 +268,8 @@ class AmqpBackend:
         job_id = update.job_id
         if not self._concerns(job_id):
             return
-        if (
-            update.status == "lost"
-            and job_id in self._submitted_unheard
-            and not _had_job_directory(update.body)
-        ):
-            # Pulsar answers a status request from one queue and takes setups in from another, each
-            # with its own consumer: a status request handled before the job's setup (both queued
-            # while Pulsar or the broker was down, or a backlog of setups after a broker restart)
-            # finds no job directory and is answered "lost" (stateful.get_status). The setup is
-            # still in the broker (persistent, confirmed), so Pulsar will take it in, run the job and
-            # push its updates: such a "lost" is not believed while the setup is younger than
-            # unheard_lost_grace, however often it is said (said twice used to be believed: tasks
-            # ended PREEMPTED although Pulsar ran them once, to completion, right after). A "lost"
-            # for a job Pulsar had set up (it failed to re-attach to it after a restart) is believed
-            # at once: Pulsar answers later status requests for it with a stale "running".
-            age = asyncio.get_running_loop().time() - self._submitted_at.get(job_id, float("-inf"))
-            if job_id not in self._lost_once or age < self.unheard_lost_grace:
-                first = job_id not in self._lost_once
-                self._lost_once.add(job_id)
-                self.client.ask_again_later(job_id)
-                log.log(
-                    logging.INFO if first else logging.DEBUG,
-                    "Pulsar %s: job %s reported lost before any other update (its setup not taken in "
-                    "yet); asking again later",
-                    self.name,
-                    job_id,
-                )
-                return
-            log.warning(
-                "Pulsar %s: job %s still reported lost %.0f s after its setup was sent: believed",
-                self.name,
-                job_id,
-                age,
-            )
+        if self._doubted_lost(update):
+            return
         previous = self._statuses.get(job_id)
         if previous is not None and previous.is_final and not update.is_final:
             return  # a late non-final update never moves a job out of its final state
@@ -309,9 +278,63 @@ class AmqpBackend:
             self._preprocessing_since.setdefault(job_id, asyncio.get_running_loop().time())
         else:
             self._preprocessing_since.pop(job_id, None)
+        if update.status != "lost":  # Pulsar has the job: a later bare "lost" is doubted afresh
+            self._lost_since.pop(job_id, None)
         self._submitted_unheard.discard(job_id)
-        self._submitted_at.pop(job_id, None)
         self._event(job_id).set()
+
+    def _doubted_lost(self, update: PulsarStatusUpdate) -> bool:
+        """Whether this update is a "lost" not to be believed (yet): the update is then dropped, the
+        job asked about again later (the client's reconcile), its last status kept.
+
+        Pulsar 0.16 says "lost" in two cases only (pulsar/managers/stateful.py). (1) Its recovery
+        after a restart cannot re-attach to a job it had launched: the job directory then holds
+        ``preprocessed`` (written before the job enters the launched index), which the message lists
+        in ``job_directory_contents``; Pulsar answers later requests with a stale "running", so this
+        "lost" is believed at once. (2) ``get_status`` finds no job directory. Pulsar answers status
+        requests and takes setups in from separate queues, each with a consumer thread of its own,
+        so for a job whose setup the broker confirmed this "lost" mostly means "not taken in yet":
+        a status request handled before the setup (both queued while Pulsar or the broker was
+        down, a backlog of setups after a broker restart, or the two consumers starting together
+        when Pulsar starts), or an answer computed before the setup and delivered after the job's
+        own updates (Pulsar's threads, the two update queues). Its listing proves nothing: the
+        setup thread may create the directory while the status thread builds its answer (it checks
+        ``exists()`` first and lists the directory after), so a "lost" listing a directory without
+        ``preprocessed`` (inputs, ``launch_config``) is of this kind too (a fresh-clone CI run
+        ended a task PREEMPTED so). Such a "lost" is believed only once a first one is older than
+        ``unheard_lost_grace`` (the setup never reached Pulsar: its queue purged; the job
+        directory removed): counted from the first "lost" rather than from the submit, so a
+        Pulsar that was down longer than the grace still gets the grace to work through its
+        backlog once it answers. Any other update (Pulsar has the job) ends the doubt. A job this
+        process only asked about (taken over, nothing known) is not judged here: ``status``
+        decides from its setup record."""
+        job_id = update.job_id
+        if update.status != "lost" or _launched(update.body):
+            return False
+        previous = self._statuses.get(job_id)
+        if job_id not in self._submitted_unheard and (previous is None or previous.is_final):
+            return False
+        now = asyncio.get_running_loop().time()
+        since = self._lost_since.get(job_id)
+        if since is not None and now - since >= self.unheard_lost_grace:
+            log.warning(
+                "Pulsar %s: job %s still reported lost %.0f s after the first such answer: believed",
+                self.name,
+                job_id,
+                now - since,
+            )
+            return False
+        self._lost_since.setdefault(job_id, now)
+        self.client.ask_again_later(job_id)
+        log.log(
+            logging.INFO if since is None else logging.DEBUG,
+            "Pulsar %s: job %s reported lost (%s) although Pulsar has not launched it: most likely its "
+            "setup is not taken in yet; asking again later",
+            self.name,
+            job_id,
+            "before any other update" if previous is None else f"after {previous.status!r}",
+        )
+        return True
 
     def _event(self, job_id: str) -> asyncio.Event:
         event = self._changed.get(job_id)
@@ -473,13 +496,11 @@ class AmqpBackend:
         )
         self._statuses.pop(spec.job_id, None)
         self._submitted_unheard.add(spec.job_id)
-        self._submitted_at[spec.job_id] = asyncio.get_running_loop().time()
-        self._lost_once.discard(spec.job_id)
+        self._lost_since.pop(spec.job_id, None)
         try:
             await self.client.submit(setup)
         except PulsarAmqpUnavailable as exc:
             self._submitted_unheard.discard(spec.job_id)
-            self._submitted_at.pop(spec.job_id, None)
             raise BackendUnavailable(f"Pulsar {self.name}: {exc}") from None
         prepared.sent = True
         await self._save_setup(spec.job_id, prepared)
@@ -493,12 +514,12 @@ class AmqpBackend:
             return JobStatus(job_id=job_id, status=_SUBMITTED, raw={"status": _SUBMITTED, "pushed": False})
         # Nothing known here (a job taken over from another worker or after a restart): ask Pulsar.
         known = await self._ask(job_id)
-        if known is None or (known.status == "lost" and not _had_job_directory(known.raw)):
+        if known is None or (known.status == "lost" and not _launched(known.raw)):
             prepared = await self._load_setup(job_id)
             if prepared is not None and known is not None:
                 # A job prepared here (maybe by this service before a restart): Pulsar may answer
                 # before it handled the setup still waiting in its queue (both sent while it was
-                # down). Only a "lost" said twice means the setup never arrived.
+                # down), or while it creates the job directory (see _doubted_lost). Asked again.
                 # Updates Pulsar pushes meanwhile (it took the setup in and ran the job) are kept:
                 # asked again, it would answer what it pushed, which the client deduplicates.
                 self._awaiting.add(job_id)
@@ -513,7 +534,7 @@ class AmqpBackend:
                     # An answer identical to the first is deduplicated by the client (no answer):
                     # the first "lost" stands.
                     known = await self._ask(job_id) or known
-            unknown = known is None or known.status == "lost"
+            unknown = known is None or (known.status == "lost" and not _launched(known.raw))
             if prepared is not None and not prepared.sent and unknown:
                 self._statuses.pop(job_id, None)
                 log.warning(
@@ -527,16 +548,16 @@ class AmqpBackend:
                     status="preprocessing",
                     raw={"status": "preprocessing", "setup_unsent": True},
                 )
-            if prepared is not None and prepared.sent and known is not None and known.status == "lost":
+            if prepared is not None and prepared.sent and known is not None and unknown:
                 # The broker confirmed the setup, but Pulsar has not taken it in yet (it answers
                 # status requests and setups from separate queues, and was down or is slow): not
                 # lost. Watched from now on as if submitted by this process: its pushed updates are
-                # taken, a first bare "lost" is asked about again, silence is asked about after
+                # taken, a "lost" of a job Pulsar has not launched is doubted for unheard_lost_grace
+                # from this first one (_doubted_lost), silence is asked about after
                 # amqp_reconcile_after.
                 self._statuses.pop(job_id, None)
-                self._lost_once.discard(job_id)
                 self._submitted_unheard.add(job_id)
-                self._submitted_at.setdefault(job_id, asyncio.get_running_loop().time())
+                self._lost_since.setdefault(job_id, asyncio.get_running_loop().time())
                 self.client.track(job_id)
                 log.info(
                     "Pulsar %s does not know job %s yet, but its setup was confirmed sent: "
@@ -664,8 +685,7 @@ class AmqpBackend:
         self._statuses.pop(job_id, None)
         self._changed.pop(job_id, None)
         self._submitted_unheard.discard(job_id)
-        self._submitted_at.pop(job_id, None)
-        self._lost_once.discard(job_id)
+        self._lost_since.pop(job_id, None)
         self._preprocessing_since.pop(job_id, None)
         self._setup_resent.discard(job_id)
         self._prepared.pop(job_id, None)
@@ -681,9 +701,12 @@ class AmqpBackend:
             await asyncio.to_thread(remove)
 
 
-def _had_job_directory(body: Any) -> bool:
-    """Whether Pulsar's status says the job directory existed (so Pulsar had taken the setup in)."""
-    return bool(isinstance(body, dict) and body.get("job_directory_contents"))
+def _launched(body: Any) -> bool:
+    """Whether Pulsar's status lists ``preprocessed`` in the job directory: Pulsar had set the job up
+    and launched it (it writes that file after ``launch``, before the job enters its launched
+    index). A listing without it is a job still being set up (see ``_doubted_lost``)."""
+    contents = body.get("job_directory_contents") if isinstance(body, dict) else None
+    return isinstance(contents, list) and PULSAR_LAUNCHED_FILE in contents
 
 
 def _write_private(path: Path, data: bytes) -> None:

@@ -54,6 +54,15 @@ async def push(backend: AmqpBackend, job_id: str, status: str, **extra: object) 
     await asyncio.sleep(0.05)  # the duplicate through the second queue, if any
 
 
+async def push_doubted_lost(backend: AmqpBackend, job_id: str, **extra: object) -> None:
+    """Publish a "lost" like Pulsar and wait until the backend has taken it in without believing it."""
+    await publish_as_pulsar(backend.queues, {"job_id": job_id, "status": "lost", "complete": "true", **extra})
+    deadline = asyncio.get_running_loop().time() + 10
+    while job_id not in backend._lost_since:
+        assert asyncio.get_running_loop().time() < deadline, "the lost update never arrived"
+        await asyncio.sleep(0.02)
+
+
 async def test_a_submitted_job_reports_queued_until_pulsar_speaks(backend: AmqpBackend) -> None:
     await submitted(backend, "job-1")
     assert (await backend.status("job-1")).status == "queued"
@@ -85,11 +94,11 @@ async def test_lost_without_a_job_directory_for_a_sent_setup_is_not_believed_how
     assert (await backend.status("job-1")).status == "complete"
 
 
-async def test_lost_without_a_job_directory_is_believed_once_the_setup_is_older_than_the_grace(
+async def test_lost_without_a_job_directory_is_believed_once_the_first_lost_is_older_than_the_grace(
     tmp_path: Path,
 ) -> None:
     """The bound: a setup that never reaches Pulsar (its queue purged, say) does not leave the task
-    waiting for ever."""
+    waiting for ever. The grace counts from the first "lost" (Pulsar answering), not from the submit."""
     queues = PulsarQueues.for_manager(amqp_key_prefix=rabbitmq.unique_prefix("b"))
     staging = StagingServer(tmp_path / "received", StagingTokens(b"k" * 32, ttl=60))
     b = AmqpBackend(
@@ -112,12 +121,51 @@ async def test_lost_without_a_job_directory_is_believed_once_the_setup_is_older_
         await rabbitmq.delete_queues([*queues.consumed_by_pulsar, queues.status_update])
 
 
-async def test_lost_for_a_job_pulsar_had_set_up_is_believed_at_once(backend: AmqpBackend) -> None:
+# The job directory of a job Pulsar 0.16 launched, as its "lost" lists it (read off a real one).
+LAUNCHED_JOB_DIRECTORY = [
+    "launch_config",
+    "submitted",
+    "preprocessed",
+    "tool_files",
+    "inputs",
+    "working",
+    "pid",
+]
+
+
+async def test_lost_for_a_job_pulsar_had_launched_is_believed_at_once(backend: AmqpBackend) -> None:
     await submitted(backend, "job-1")
     # What Pulsar publishes when it cannot re-attach to the job after its restart: the job directory
-    # exists. (It answers later status requests with a stale "running".)
-    await push(backend, "job-1", "lost", returncode=None, job_directory_contents=["submitted", "pid"])
+    # holds "preprocessed". (It answers later status requests with a stale "running".)
+    await push(backend, "job-1", "lost", returncode=None, job_directory_contents=LAUNCHED_JOB_DIRECTORY)
     assert (await backend.status("job-1")).status == "lost"
+
+
+async def test_lost_listing_a_job_directory_pulsar_has_not_launched_is_not_believed(
+    backend: AmqpBackend,
+) -> None:
+    """Pulsar's status thread checks that the job directory exists and lists it a moment later; its
+    setup thread may create the directory in between: a "lost" listing a directory of a job still
+    being set up (a fresh-clone CI run ended a task PREEMPTED so)."""
+    await submitted(backend, "job-1")
+    await push_doubted_lost(
+        backend, "job-1", returncode=None, job_directory_contents=["launch_config", "inputs"]
+    )
+    assert (await backend.status("job-1")).status == "queued"
+    await push(backend, "job-1", "complete", returncode=0)
+    assert (await backend.status("job-1")).status == "complete"
+
+
+async def test_a_late_lost_after_pulsar_spoke_of_the_job_is_not_believed(backend: AmqpBackend) -> None:
+    """An answer Pulsar computed before it took the setup in, delivered after the job's own updates
+    (Pulsar's threads publish through one outbox in the order they finish; the update comes through
+    two queues): the job is not lost, its last status stands."""
+    await submitted(backend, "job-1")
+    await push(backend, "job-1", "running")
+    await push_doubted_lost(backend, "job-1", returncode=None)
+    assert (await backend.status("job-1")).status == "running"
+    await push(backend, "job-1", "complete", returncode=0)
+    assert (await backend.status("job-1")).status == "complete"
 
 
 async def test_a_late_running_update_does_not_undo_completion(backend: AmqpBackend) -> None:
@@ -157,7 +205,7 @@ async def test_a_job_whose_first_lost_was_not_believed_is_asked_about_again(tmp_
         await publish_as_pulsar(queues, {"job_id": "job-1", "status": "lost", "complete": "true"})
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 20
-        while "job-1" not in b._lost_once:  # the first "lost" taken in (and not believed)
+        while "job-1" not in b._lost_since:  # the first "lost" taken in (and not believed)
             assert loop.time() < deadline, "the lost update never arrived"
             await asyncio.sleep(0.05)
         asked_before = b.client.stats.published["status"]

@@ -41,6 +41,7 @@ from tesp_api.pulsar.amqp_names import PulsarQueues
 from tesp_api.pulsar.amqp_staging import StagingServer, StagingTokens
 from tesp_api.pulsar.port import LOST_REASON_KEY, RESUBMIT_KEY, JobFile, JobSpec, JobStatus
 from tests.engine.serve_process import ServeProcess
+from tests.pulsar.test_amqp_client import publish_as_pulsar
 from tests.services import rabbitmq
 from tests.services.pulsar_amqp import PulsarAmqp, running_pulsar_amqp
 
@@ -358,6 +359,94 @@ async def test_a_sent_setup_pulsar_has_not_taken_in_yet_is_not_lost_after_a_rest
         await after.aclose()
     assert not first.is_final and not again.is_final, (first, again)
     assert final.status == "complete"
+    assert (tmp_path / "runs").read_text() == "run\n"
+
+
+# ---- a "lost" listing the job directory Pulsar's setup thread is creating -------------------------
+
+
+def lost_while_the_directory_appears(job_id: str, scratch: Path) -> dict[str, object]:
+    """Pulsar's answer to a status request when its setup thread creates the job directory while its
+    status thread answers: ``stateful.get_status`` found no directory ("lost"), then
+    ``full_status`` listed the one that had appeared meanwhile (launched: not). Built with Pulsar's
+    own JobDirectory and the fields of its ``__job_complete_dict``; the two threads' race (the fresh-
+    clone CI failure of the kill -9 test above, both consumers starting together) is microseconds
+    wide and cannot be made to last, so the test answers the request as that status thread did."""
+    from pulsar.managers.base import JobDirectory  # type: ignore[import-untyped]
+
+    scratch.mkdir(parents=True, exist_ok=True)
+    directory = JobDirectory(str(scratch), job_id)
+    directory.setup()
+    for name in ("inputs", "working", "outputs", "configs", "tool_files"):
+        directory.make_directory(name)
+    return {
+        "job_id": job_id,
+        "complete": "true",
+        "status": "lost",
+        "returncode": None,
+        "stdout": "",
+        "stderr": "",
+        "job_stdout": "",
+        "job_stderr": "",
+        "working_directory": directory.working_directory(),
+        "metadata_directory": directory.metadata_directory(),
+        "job_directory": directory.job_directory,
+        "working_directory_contents": directory.working_directory_contents(),
+        "metadata_directory_contents": directory.metadata_directory_contents(),
+        "outputs_directory_contents": directory.outputs_directory_contents(),
+        "job_directory_contents": directory.job_directory_contents(),
+        "pulsar_version": "0.16.0",
+    }
+
+
+async def take_status_request(pulsar: PulsarAmqp, timeout: float = 30) -> str:
+    """Take the next status request out of Pulsar's status queue, as Pulsar's status consumer does."""
+    connection = await aio_pika.connect(pulsar.amqp_url)
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(pulsar.queue_name("status"), passive=True)
+        deadline = time.monotonic() + timeout
+        while (message := await queue.get(no_ack=True, fail=False)) is None:
+            assert time.monotonic() < deadline, "no status request"
+            await asyncio.sleep(0.05)
+        return str(json.loads(message.body)["job_id"])
+    finally:
+        await connection.close()
+
+
+async def test_a_lost_listing_a_job_directory_pulsar_is_still_creating_is_not_believed_after_a_restart(
+    pulsar: PulsarAmqp, tmp_path: Path
+) -> None:
+    """The fresh-clone CI failure of test_tasks_killed_in_either_setup_window_complete_after_a_restart:
+    the restarted service asks about a job whose confirmed setup waits in Pulsar's queue, Pulsar's
+    status thread answers "lost" listing the job directory its setup thread is just creating, and that
+    "lost" was believed at once as one of a job Pulsar had set up and could not re-attach to: PREEMPTED
+    although Pulsar then ran the job. Only a job directory holding ``preprocessed`` (launched) means
+    that now."""
+    service = Service(tmp_path, pulsar)
+    job_id = str(uuid.uuid4())
+    spec = counting_job(job_id, tmp_path)
+    await pulsar.stop()
+    before = service.backend()
+    await before.prepare(spec)
+    await before.submit(spec)  # confirmed by the broker, waiting in Pulsar's setup queue
+    await before.aclose()
+    after = service.backend()
+    try:
+        asking = asyncio.create_task(after.status(job_id))  # a driver taking the task over
+        assert await take_status_request(pulsar) == job_id
+        answer = lost_while_the_directory_appears(job_id, tmp_path / "race")
+        await publish_as_pulsar(after.queues, answer)
+        first = await asking
+        await pulsar.start()  # takes the setup in and runs the job
+        final = await final_status(after, job_id)
+        received = after.staging.received_file(job_id, "result.txt")
+    finally:
+        await after.aclose()
+    assert answer["job_directory_contents"]  # the listing that used to be believed
+    assert not first.is_final, first
+    assert final.status == "complete"
+    assert received is not None and received.read_text() == "payload\n"
     assert (tmp_path / "runs").read_text() == "run\n"
 
 
