@@ -40,10 +40,16 @@ from tesp_api.store.port import (
 )
 from tesp_api.tes import states
 from tesp_api.tes.ids import is_safe_id, new_task_id
-from tesp_api.tes.limits import TaskLimits, check_task_limits, check_text
+from tesp_api.tes.limits import TaskLimits, check_task_limits, check_text, checks_cannot_fail
 from tesp_api.tes.models import TesState, TesView
 from tesp_api.tes.servers import server_limits
-from tesp_api.tes.validate import TaskValidationError, ValidationLimits, validate_task
+from tesp_api.tes.validate import (
+    TaskValidationError,
+    ValidationLimits,
+    check_task,
+    parse_task,
+    parse_task_json,
+)
 from tesp_api.tes.views import render_task, rfc3339
 from tesp_api.transfer.callback_urls import CallbackUrls
 
@@ -103,13 +109,18 @@ def _is_json_content_type(content_type: str) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
-async def _read_json_body(request: Request) -> Any:
+async def _read_body(request: Request) -> bytes:
+    """The request body of a JSON endpoint: 415 for another Content-Type, 400 when empty."""
     content_type = request.headers.get("content-type")
     if content_type is not None and not _is_json_content_type(content_type):
         raise TesHttpError(415, f"Content-Type must be application/json, got {content_type!r}")
     body = await request.body()
     if not body.strip():
         raise TesHttpError(400, "(body): a JSON tesTask is required")
+    return body
+
+
+def _decode_json(body: bytes) -> Any:
     try:
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -168,15 +179,23 @@ class TaskEndpoints:
         directly, nothing at all with auth off), the answer encoded once by hand (a uuid needs no
         JSON escaping) and returned as a Response, so FastAPI never re-encodes it."""
         principal = await _request_principal(request)
-        raw = await _read_json_body(request)
-        idempotency = idempotency_of(
-            request.headers.get(IDEMPOTENCY_HEADER), raw, self.settings.api.idempotency_ttl_seconds
-        )
+        body = await _read_body(request)
+        header = request.headers.get(IDEMPOTENCY_HEADER)
+        idempotency = None
+        # One pass from the bytes to the model when the bytes prove the text and limit checks
+        # cannot fail (checks_cannot_fail) and the model is what the json.loads path would build
+        # (parse_task_json); anything else takes that path, with its checks and messages.
+        fast = header is None and checks_cannot_fail(body, self.task_limits)
+        task = parse_task_json(body) if fast else None
         try:
-            check_text(raw)  # NUL and lone surrogates: 400 naming the field, before anything stores them
-            check_task_limits(raw, self.task_limits)
-            validated = validate_task(
-                raw,
+            if task is None:
+                raw = _decode_json(body)
+                idempotency = idempotency_of(header, raw, self.settings.api.idempotency_ttl_seconds)
+                check_text(raw)  # NUL and lone surrogates: 400 naming the field, before anything stores them
+                check_task_limits(raw, self.task_limits)
+                task = parse_task(raw, self.limits)
+            validated = check_task(
+                task,
                 self.limits,
                 check_input_url=self.check_input_url,
                 check_output_url=self.check_output_url,
@@ -243,6 +262,8 @@ class TaskEndpoints:
         )
         minimal = chosen_view == TesView.MINIMAL
         list_json = getattr(self.store, "list_summaries_json", None) if minimal else None
+        if chosen_view == TesView.BASIC:  # built from the light texts only (store/lean.py, issue 15)
+            list_json = getattr(self.store, "list_basic_json", None)
         list_summaries = getattr(self.store, "list_summaries", None) if minimal else None
         try:
             if list_json is not None:  # MINIMAL answer built by the database itself (SQLite, issue 15)
@@ -298,6 +319,12 @@ class TaskEndpoints:
             if summary is None:
                 raise TesHttpError(404, f"task not found: {task_id}")
             return Response(json_bytes({"id": summary.id, "state": summary.state.value}), media_type=_JSON)
+        get_basic = getattr(self.store, "get_basic_json", None) if chosen_view == TesView.BASIC else None
+        if get_basic is not None:  # from the light texts only (store/lean.py, issue 15)
+            basic = await get_basic(task_id, principal.read_scope) if is_safe_id(task_id) else None
+            if basic is None:
+                raise TesHttpError(404, f"task not found: {task_id}")
+            return Response(basic, media_type=_JSON)
         record = await self.store.get(task_id, principal.read_scope) if is_safe_id(task_id) else None
         if record is None:
             raise TesHttpError(404, f"task not found: {task_id}")

@@ -127,6 +127,22 @@ def parse_task(raw: Any, limits: ValidationLimits) -> TesTask:
     raise TaskValidationError("(body): too many unknown fields")
 
 
+def parse_task_json(body: bytes) -> TesTask | None:
+    """The JSON text ``body`` as a TesTask in one pass (pydantic's Rust JSON parser straight into the
+    model, no ``json.loads`` and no dict in between: issue 15), or None when that pass does not
+    give exactly what :func:`parse_task` of the ``json.loads`` value would: the text does not
+    validate (bad JSON, a UTF-8 BOM, an unknown field that ``reject_unknown_fields = false`` would
+    strip, a bad value) or it sets a read-only field (which parse_task drops before validating).
+    The caller then takes the ``json.loads`` path, which reports the error as before."""
+    try:
+        task = TesTask.model_validate_json(body)
+    except ValidationError:
+        return None
+    if any(getattr(task, name) is not None for name in READ_ONLY_FIELDS):
+        return None
+    return task
+
+
 def _check_inputs(task: TesTask, limits: ValidationLimits, check_url: UrlCheck) -> list[Problem]:
     """What the plan does not decide: url/content rules, content size, and the deployment's URL checks."""
     problems: list[Problem] = []
@@ -252,7 +268,25 @@ def validate_task(
     Every problem is reported at once ("field: reason; field: reason"): the JobPlan's (paths, image,
     env, wildcards, volumes: tesp_api.tes.jobplan) and this module's (url/content, size limits, the
     deployment's URL checks, resources, backend_parameters)."""
-    task = parse_task(raw, limits)
+    return check_task(
+        parse_task(raw, limits),
+        limits,
+        check_input_url=check_input_url,
+        check_output_url=check_output_url,
+        check_callback_url=check_callback_url,
+    )
+
+
+def check_task(
+    task: TesTask,
+    limits: ValidationLimits,
+    *,
+    check_input_url: UrlCheck,
+    check_output_url: UrlCheck,
+    check_callback_url: Callable[[str], str | None] | None = None,
+) -> ValidatedTask:
+    """:func:`validate_task` of an already parsed task (:func:`parse_task` or
+    :func:`parse_task_json`): every rule but the parsing."""
     problems: list[Problem] = []
     plan: JobPlan | None = None
     try:
