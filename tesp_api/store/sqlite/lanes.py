@@ -9,7 +9,9 @@ commits once; a failing write (a duplicate id) writes nothing and does not undo 
 ``_execute``). Under load, dozens of creates share one commit, which is what makes the create
 endpoint fast; with one client, a batch is one operation and nothing waits. ``BEGIN IMMEDIATE``
 takes the write lock up front, so a compare-and-set or a claim reads and writes under the lock even
-when other processes use the same file (they wait up to ``busy_timeout``). ``synchronous=FULL`` by
+when other processes use the same file (they wait up to ``busy_timeout``); the processes of one
+file take turns through a ``flock`` queue first (writer_queue.py), woken as soon as the other
+has committed, rather than by the busy handler's sleeps. ``synchronous=FULL`` by
 default: a create that answered 200 survives a power loss too (one fsync per group commit, so the
 cost is shared by the batch); ``NORMAL`` (setting ``db.sqlite_synchronous``) trades the last
 transactions before a power loss for fewer fsyncs. Point reads by id may run on the event loop's
@@ -35,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from tesp_api.store.port import StoreError, StoreUnavailable
+from tesp_api.store.sqlite.writer_queue import WriterQueue
 
 logger = logging.getLogger(__name__)
 
@@ -132,12 +135,17 @@ class SqliteLanes:
         self._direct: tuple[int, sqlite3.Connection] | None = None
         self._direct_until = 0.0  # point reads go through the reader thread from then on (identity check)
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file at open
+        # Other processes writing the same file queue behind a flock and are woken when it is
+        # free, instead of polling SQLite's lock through the busy handler's sleeps (writer_queue.py).
+        self._writer_queue = WriterQueue.for_database(path)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def _open_lanes(self, init: Callable[[sqlite3.Connection], T]) -> T:
         """Start the writer, run ``init`` (the schema) on it, then start the reader and open the
         event loop's point-read connection; on any failure close what was started. ``init``'s result."""
+        if self._writer_queue is not None:
+            await asyncio.to_thread(self._writer_queue.open)
         self._writer = self._start_lane(await asyncio.to_thread(self._connect), "writer")
         try:
             result = await self._call(init, write=True)
@@ -174,6 +182,8 @@ class SqliteLanes:
         for lane in lanes:
             if lane.thread is not None:
                 await asyncio.to_thread(lane.thread.join)
+        if self._writer_queue is not None:
+            self._writer_queue.close()  # after the writer thread ended: no transaction holds it
 
     def _connect(self, read_only: bool = False) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -319,6 +329,17 @@ class SqliteLanes:
         """
         if not any(op.write for op in batch):
             return [self._run_one(conn, op) for op in batch], True
+        writers = self._writer_queue
+        if writers is None:
+            return self._transaction(conn, batch)
+        writers.acquire()  # our turn among the processes: SQLite's write lock is then free
+        try:
+            return self._transaction(conn, batch)
+        finally:
+            writers.release()
+
+    def _transaction(self, conn: sqlite3.Connection, batch: list[_Op]) -> tuple[list[_Outcome], bool]:
+        """The batch in one BEGIN IMMEDIATE ... COMMIT; the rules are _execute's."""
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
