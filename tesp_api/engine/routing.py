@@ -42,11 +42,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tesp_api.config.settings import PulsarServer, Settings
+from tesp_api.metrics import LAST_CONTACT
 from tesp_api.pulsar.port import BackendUnavailable, JobSpec, JobStatus, PulsarBackend
 from tesp_api.store.port import ClaimPolicy, LogPatch, TaskRecord, TaskStore
 from tesp_api.store.snapshots import snapshots_of
 from tesp_api.tes.models import TesState
-from tesp_api.tes.servers import HEALTH_KIND, HealthView, ServerHealth, server_limits, wanted_server
+from tesp_api.tes.servers import HEALTH_KIND, Contact, HealthView, ServerHealth, server_limits, wanted_server
 from tesp_api.tes.validate import server_fit_problem
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,12 @@ class Router:
 
     def view(self) -> HealthView:
         """This worker's health as it is published (``tes/servers.py``)."""
-        return HealthView(self.worker_id, time.time(), self.publish_interval(), dict(self.health))
+        contacts = {
+            name: Contact(contact.outcome, contact.at)
+            for name, contact in LAST_CONTACT.items()
+            if name in self.servers
+        }
+        return HealthView(self.worker_id, time.time(), self.publish_interval(), dict(self.health), contacts)
 
     async def publish(self) -> None:
         """Write this worker's view to the store for every other process (``store/snapshots.py``)."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from tesp_api.tes.models import TesTask
@@ -84,6 +84,15 @@ class ServerHealth:
 
 
 @dataclass(frozen=True, slots=True)
+class Contact:
+    """The outcome of a worker's latest request to a server (``metrics.LAST_CONTACT``: ok,
+    client_error, server_error, error), the dashboard's "health" column."""
+
+    outcome: str
+    at: float  # time.time()
+
+
+@dataclass(frozen=True, slots=True)
 class HealthView:
     """The server health one worker published: who, when, how often it publishes, and what it saw."""
 
@@ -91,23 +100,28 @@ class HealthView:
     published_at: float  # time.time()
     interval: float  # seconds between its publications
     servers: Mapping[str, ServerHealth]
+    contacts: Mapping[str, Contact] = field(default_factory=dict)
 
     def payload(self) -> dict[str, Any]:
         """The JSON object stored in the snapshot (holder and time are the snapshot's own)."""
-        return {"interval": self.interval, "servers": {n: asdict(s) for n, s in self.servers.items()}}
+        return {
+            "interval": self.interval,
+            "servers": {n: asdict(s) for n, s in self.servers.items()},
+            "contacts": {n: asdict(c) for n, c in self.contacts.items()},
+        }
 
     @classmethod
     def from_payload(cls, holder: str, published_at: float, payload: Mapping[str, Any]) -> HealthView:
         interval = payload.get("interval")
-        servers = payload.get("servers")
         return cls(
             holder=holder,
             published_at=published_at,
             interval=float(interval) if isinstance(interval, int | float) and interval > 0 else 10.0,
-            servers={
-                str(n): ServerHealth.from_json(str(n), s)
-                for n, s in (servers.items() if isinstance(servers, Mapping) else ())
-                if isinstance(s, Mapping)
+            servers={n: ServerHealth.from_json(n, s) for n, s in _objects(payload.get("servers"))},
+            contacts={
+                n: Contact(c["outcome"], float(c["at"]))
+                for n, c in _objects(payload.get("contacts"))
+                if isinstance(c.get("outcome"), str) and isinstance(c.get("at"), int | float)
             },
         )
 
@@ -118,6 +132,13 @@ class HealthView:
 
     def is_fresh(self, now: float) -> bool:
         return math.isfinite(self.published_at) and now - self.published_at <= self.stale_after()
+
+
+def _objects(value: Any) -> list[tuple[str, Mapping[str, Any]]]:
+    """The (name, object) pairs of a JSON object of objects; anything else is skipped."""
+    if not isinstance(value, Mapping):
+        return []
+    return [(str(n), v) for n, v in value.items() if isinstance(v, Mapping)]
 
 
 def current_health(views: Iterable[HealthView], now: float) -> dict[str, tuple[HealthView, ServerHealth]]:

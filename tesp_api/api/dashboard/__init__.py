@@ -24,6 +24,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+from tesp_api.api.admin import server_health
 from tesp_api.api.deps import Principal, current_principal
 from tesp_api.api.errors import TesHttpError
 from tesp_api.auth.effective import effective_auth_settings
@@ -118,11 +119,16 @@ def install_dashboard(app: FastAPI, settings: Settings, store: TaskStore, *, api
         return found
 
     async def pulsar(principal: PrincipalDep) -> list[dict[str, Any]]:
-        """The Pulsar servers by name and transport, with the outcome of this process's latest
-        request to each (REST; AMQP servers answer through the broker: "unknown"). Never a URL."""
+        """The Pulsar servers by name and transport, with the outcome of the latest request to
+        each: this process's own, else the one an engine published (an API process of
+        api.workers runs no engine; admin.server_health). REST only: AMQP servers answer through
+        the broker ("unknown"). Never a URL."""
+        published = {
+            name: view.contacts.get(name) for name, (view, _) in (await server_health(store)).items()
+        }
         servers: list[dict[str, Any]] = []
         for server in settings.pulsar.effective_servers():
-            contact = LAST_CONTACT.get(server.name)
+            contact = LAST_CONTACT.get(server.name) or published.get(server.name)
             servers.append(
                 {
                     "name": server.name,
