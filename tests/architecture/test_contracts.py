@@ -50,31 +50,37 @@ def test_the_code_keeps_every_contract() -> None:
     assert "0 broken" in done.stdout
 
 
-def test_the_engine_importing_fastapi_is_refused(copy: Path) -> None:
-    add_import(copy, "tesp_api.engine.driver", "import fastapi  # noqa")
-    done = lint(copy)
-    assert done.returncode == 1
-    assert "tesp_api.engine is not allowed to import fastapi" in done.stdout
-    assert "tesp_api.engine.driver -> fastapi" in done.stdout
-
-
-def test_the_api_importing_the_engine_is_refused(copy: Path) -> None:
-    add_import(copy, "tesp_api.api.admin", "from tesp_api.engine.routing import Router  # noqa")
-    done = lint(copy)
-    assert done.returncode == 1
-    assert "tesp_api.api is not allowed to import tesp_api.engine" in done.stdout
-
-
-def test_the_domain_importing_an_adapter_is_refused(copy: Path) -> None:
-    add_import(copy, "tesp_api.tes.states", "from tesp_api.store.sqlite import SqliteTaskStore  # noqa")
-    done = lint(copy)
-    assert done.returncode == 1
-    assert "tesp_api.tes is not allowed to import tesp_api.store" in done.stdout
-
-
-def test_an_import_cycle_between_modules_is_refused(copy: Path) -> None:
+# (what breaks the rule, the module it goes in, the import added, lines the gate must print)
+VIOLATIONS = {
+    "the_engine_importing_fastapi": (
+        "tesp_api.engine.driver",
+        "import fastapi",
+        ["tesp_api.engine is not allowed to import fastapi", "tesp_api.engine.driver -> fastapi"],
+    ),
+    "the_api_importing_the_engine": (
+        "tesp_api.api.admin",
+        "from tesp_api.engine.routing import Router",
+        ["tesp_api.api is not allowed to import tesp_api.engine"],
+    ),
+    "the_domain_importing_an_adapter": (
+        "tesp_api.tes.states",
+        "from tesp_api.store.sqlite import SqliteTaskStore",
+        ["tesp_api.tes is not allowed to import tesp_api.store"],
+    ),
     # engine.context is imported by engine.driver; importing driver back closes a cycle.
-    add_import(copy, "tesp_api.engine.context", "import tesp_api.engine.driver  # noqa")
+    "an_import_cycle_between_modules": (
+        "tesp_api.engine.context",
+        "import tesp_api.engine.driver",
+        ["No cycles are allowed in tesp_api.engine"],
+    ),
+}
+
+
+@pytest.mark.parametrize("violation", list(VIOLATIONS))
+def test_the_gate_refuses(violation: str, copy: Path) -> None:
+    module, line, messages = VIOLATIONS[violation]
+    add_import(copy, module, f"{line}  # noqa")
     done = lint(copy)
-    assert done.returncode == 1
-    assert "No cycles are allowed in tesp_api.engine" in done.stdout
+    assert done.returncode == 1, done.stdout
+    for message in messages:
+        assert message in done.stdout
