@@ -29,7 +29,15 @@ import tes
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tesp_api.local import free_port
-from tests.pulsar.test_amqp_failover import Site, _ctl, copy_task, final_task, until
+from tests.pulsar.test_amqp_failover import (
+    SetupRefusal,
+    Site,
+    copy_task,
+    final_task,
+    setup_recorded,
+    site_running,
+    until,
+)
 from tests.services import rabbitmq
 from tests.services.pulsar_amqp import PulsarAmqp
 from tests.services.tcp_balancer import running_balancer
@@ -38,55 +46,30 @@ from tests.services.tcp_balancer import running_balancer
 async def one_run(root: Path, window: str, sleep: int) -> dict[str, object]:
     pulsar = PulsarAmqp(root / "pulsar", key_prefix=rabbitmq.unique_prefix("bf"))
     ports = [free_port(), free_port()]
-    policy = f"tesp-bench-{pulsar.key_prefix}"
-    refusing = False
     with running_balancer([("127.0.0.1", p) for p in ports]) as balancer:
         site = Site(root, pulsar, balancer, ports)
         first, second = site.replicas
-        try:
-            await pulsar.start()
-            if window == "unsent":
-                pattern = f"^{pulsar.queue_name('setup')}$"
-                _ctl(
-                    "set_policy",
-                    "--apply-to",
-                    "queues",
-                    policy,
-                    pattern,
-                    '{"max-length":0,"overflow":"reject-publish"}',
+        async with site_running(site):
+            policy = f"tesp-bench-{pulsar.key_prefix}"
+            with SetupRefusal(pulsar, policy, active=window == "unsent") as refusal:
+                first.start()
+                second.start()  # standing by: it claims the task once the first one's lease expires
+                task_id = tes.HTTPClient(first.url, timeout=10).create_task(
+                    copy_task(site, sleep if window == "running" else 1)
                 )
-                refusing = True
-            first.start()
-            second.start()  # standing by: it claims the task once the first one's lease expires
-            task_id = tes.HTTPClient(first.url, timeout=10).create_task(
-                copy_task(site, sleep if window == "running" else 1)
-            )
-            if window == "running":
-                await until(lambda: asyncio.to_thread(pulsar.job_ids_with_pid_files), "the job running")
-            else:
-
-                async def about_to_submit() -> bool:
-                    data = await asyncio.to_thread(site.backend_data, task_id)
-                    return bool(data.get("amqp_setup") and data.get("submitting"))
-
-                await until(about_to_submit, "the setup recorded")
-            owner = site.lease_owner(task_id)
-            victim = first if owner == "replica-a" else second
-            survivor = second if victim is first else first
-            killed_at = time.monotonic()
-            site.kill_as_host_loss(victim)
-            if refusing:
-                _ctl("clear_policy", policy)
-                refusing = False
-            done = await final_task(tes.HTTPClient(survivor.url, timeout=10), task_id, timeout=300)
+                if window == "running":
+                    await until(lambda: asyncio.to_thread(pulsar.job_ids_with_pid_files), "the job running")
+                else:
+                    await setup_recorded(site, task_id)
+                owner = site.lease_owner(task_id)
+                victim = first if owner == "replica-a" else second
+                survivor = second if victim is first else first
+                killed_at = time.monotonic()
+                site.kill_as_host_loss(victim)
+                refusal.lift()
+                done = await final_task(tes.HTTPClient(survivor.url, timeout=10), task_id, timeout=300)
             seconds = time.monotonic() - killed_at
             setup_bytes = len(json.dumps(site.backend_data(task_id).get("amqp_setup")))
-        finally:
-            if refusing:
-                _ctl("clear_policy", policy)
-            site.stop()
-            await pulsar.stop()
-            await pulsar.delete_queues()
         routed = dict(balancer.routed)
     output_ok = (site.results / "out.txt").exists() and (site.results / "out.txt").read_text() == (
         "payload from the first host\n"

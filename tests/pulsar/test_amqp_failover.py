@@ -17,13 +17,14 @@ other replica sends the setup from the store record, and serves the staged input
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import socket
 import sqlite3
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -135,24 +136,73 @@ def _ctl(*args: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
+class SetupRefusal:
+    """While entered (``active``) and not yet lifted, a broker policy refuses (nacks) every publish
+    to ``pulsar``'s setup queue: a setup recorded in the store is never sent. Lifted at exit too."""
+
+    def __init__(self, pulsar: PulsarAmqp, policy: str, *, active: bool = True) -> None:
+        self.pattern = f"^{pulsar.queue_name('setup')}$"
+        self.policy = policy
+        self.active = active
+        self.on = False
+
+    def __enter__(self) -> SetupRefusal:
+        if self.active:
+            _ctl(
+                "set_policy",
+                "--apply-to",
+                "queues",
+                self.policy,
+                self.pattern,
+                '{"max-length":0,"overflow":"reject-publish"}',
+            )
+            self.on = True
+        return self
+
+    def lift(self) -> None:
+        if self.on:
+            _ctl("clear_policy", self.policy)
+            self.on = False
+
+    def __exit__(self, *exc: object) -> None:
+        self.lift()
+
+
+@contextlib.asynccontextmanager
+async def site_running(site: Site) -> AsyncIterator[None]:
+    """Pulsar started for the body; then the replicas stopped, Pulsar stopped and its queues deleted."""
+    try:
+        await site.pulsar.start()
+        yield
+    finally:
+        site.stop()
+        await site.pulsar.stop()
+        await site.pulsar.delete_queues()
+
+
+async def setup_recorded(site: Site, task_id: str) -> None:
+    """Until the task's setup is in its store record and its submit has begun."""
+
+    async def about_to_submit() -> bool:
+        data = await asyncio.to_thread(site.backend_data, task_id)
+        return bool(data.get("amqp_setup") and data.get("submitting"))
+
+    await until(about_to_submit, "the setup recorded and the submit begun")
+
+
 async def test_a_task_whose_worker_dies_while_the_job_runs_completes_on_another_host(tmp_path: Path) -> None:
     pulsar = PulsarAmqp(tmp_path / "pulsar", key_prefix=rabbitmq.unique_prefix("fa"))
     ports = [free_port(), free_port()]
     with running_balancer([("127.0.0.1", p) for p in ports]) as balancer:
         site = Site(tmp_path, pulsar, balancer, ports)
         first, second = site.replicas
-        try:
-            await pulsar.start()
+        async with site_running(site):
             first.start()
             task_id = tes.HTTPClient(first.url, timeout=10).create_task(copy_task(site, 15))
             await until(lambda: asyncio.to_thread(pulsar.job_ids_with_pid_files), "the job running in Pulsar")
             second.start()
             site.kill_as_host_loss(first)
             done = await final_task(tes.HTTPClient(second.url, timeout=10), task_id)
-        finally:
-            site.stop()
-            await pulsar.stop()
-            await pulsar.delete_queues()
         routed = dict(balancer.routed)
     assert done.state == "COMPLETE", done.logs[0].system_logs
     assert (site.results / "out.txt").read_text() == "payload from the first host\n"
@@ -167,44 +217,20 @@ async def test_a_setup_recorded_but_never_sent_is_sent_by_another_host_which_ser
 ) -> None:
     pulsar = PulsarAmqp(tmp_path / "pulsar", key_prefix=rabbitmq.unique_prefix("fb"))
     ports = [free_port(), free_port()]
-    policy = f"tesp-test-{pulsar.key_prefix}"
-    refusing = False
     with running_balancer([("127.0.0.1", p) for p in ports]) as balancer:
         site = Site(tmp_path, pulsar, balancer, ports)
         first, second = site.replicas
-        try:
-            await pulsar.start()
+        async with site_running(site):
             # Every publish to this test's setup queue is refused (nacked): the setup is never sent.
-            pattern = f"^{pulsar.queue_name('setup')}$"
-            _ctl(
-                "set_policy",
-                "--apply-to",
-                "queues",
-                policy,
-                pattern,
-                '{"max-length":0,"overflow":"reject-publish"}',
-            )
-            refusing = True
-            first.start()
-            task_id = tes.HTTPClient(first.url, timeout=10).create_task(copy_task(site, 1))
-
-            async def about_to_submit() -> bool:
-                data = await asyncio.to_thread(site.backend_data, task_id)
-                return bool(data.get("amqp_setup") and data.get("submitting"))
-
-            await until(about_to_submit, "the setup recorded and the submit begun")
-            site.kill_as_host_loss(first)
-            _ctl("clear_policy", policy)
-            refusing = False
+            with SetupRefusal(pulsar, f"tesp-test-{pulsar.key_prefix}") as refusal:
+                first.start()
+                task_id = tes.HTTPClient(first.url, timeout=10).create_task(copy_task(site, 1))
+                await setup_recorded(site, task_id)
+                site.kill_as_host_loss(first)
+                refusal.lift()
             setup = site.backend_data(task_id)["amqp_setup"]
             second.start()
             done = await final_task(tes.HTTPClient(second.url, timeout=10), task_id)
-        finally:
-            if refusing:
-                _ctl("clear_policy", policy)
-            site.stop()
-            await pulsar.stop()
-            await pulsar.delete_queues()
         routed = dict(balancer.routed)
     assert done.state == "COMPLETE", done.logs[0].system_logs
     assert (site.results / "out.txt").read_text() == "payload from the first host\n"
