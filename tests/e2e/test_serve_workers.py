@@ -8,8 +8,11 @@ datagram reached the engine process.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +21,7 @@ import httpx
 import psutil
 import pytest
 
+from tesp_api.store.sqlite import SqliteTaskStore
 from tests.engine.serve_process import ServeProcess
 from tests.services.pulsar import LocalPulsar, pulsar_server
 
@@ -129,3 +133,64 @@ def test_children_die_with_a_killed_serve_process(pulsar: LocalPulsar, tmp_path:
     os.kill(server.process.pid, signal.SIGKILL)
     server.process.wait()
     assert gone(kids), "orphaned API or engine processes after kill -9 of `tesp-api serve`"
+
+
+def test_every_create_two_api_processes_answered_survives_kill_9_of_the_service(tmp_path: Path) -> None:
+    """Both API processes write the one SQLite file at once (their writers take turns through the
+    writer queue, tesp_api/store/sqlite/writer_queue.py); the whole service is killed -9 under
+    load, and every create that was answered is in the file."""
+    server = ServeProcess(
+        tmp_path, "http://127.0.0.1:9", TESP_API_API__WORKERS="2", TESP_API_ENGINE__ENABLED="false"
+    )
+    server.start()
+    assert server.process is not None
+    kids = children_of(server.process.pid)
+    assert len(kids) == 2
+    lock = str(tmp_path / "tasks.sqlite3-writer.lock")
+    for kid in kids:  # both API processes use the queue
+        assert lock in {f.path for f in kid.open_files()}
+    answered: list[str] = []
+    refused: list[str] = []  # an answer other than 200 (a thread cannot fail the test itself)
+    killed = threading.Event()
+    body = {"executors": [{"image": "alpine", "command": ["true"]}]}
+
+    def create_until_killed() -> None:
+        with httpx.Client(timeout=30) as client:  # a connection each: the kernel spreads them
+            while not killed.is_set():
+                try:
+                    response = client.post(f"{server.url}/ga4gh/tes/v1/tasks", json=body)
+                except httpx.TransportError:
+                    return
+                if response.status_code != 200:
+                    refused.append(response.text)
+                    return
+                answered.append(response.json()["id"])
+
+    clients = [threading.Thread(target=create_until_killed) for _ in range(16)]
+    for client in clients:
+        client.start()
+    try:
+        deadline = time.monotonic() + 120
+        while len(answered) < 400:
+            assert time.monotonic() < deadline, f"only {len(answered)} creates answered"
+            time.sleep(0.05)
+    finally:
+        for p in [*kids, server.process]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGKILL)
+        killed.set()
+        server.process.wait()
+        for client in clients:
+            client.join(60)
+    assert gone(kids)
+    assert refused == []
+
+    async def stored(ids: list[str]) -> set[str]:
+        store = SqliteTaskStore(str(tmp_path / "tasks.sqlite3"))
+        await store.open()
+        try:
+            return {task_id for task_id in ids if await store.get(task_id) is not None}
+        finally:
+            await store.close()
+
+    assert asyncio.run(stored(answered)) == set(answered)
