@@ -54,6 +54,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.runtime_side import group_cpu, private_runtime, real_python, session_cpu
 from tesp_api.local import LocalPulsar, free_port
 
 FINAL = {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED", "PREEMPTED"}
@@ -69,74 +70,17 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def session_cpu(sid: int | None) -> float:
-    """CPU seconds of a session (dockerd with containerd, the shims and what they reaped: the runtime's
-    own daemon side of every ``docker run``), from /proc; 0 when there is no daemon (podman, bwrap)."""
-    if sid is None:
-        return 0.0
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid:
-            total += sum(int(f) for f in fields[11:15])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def group_cpu(pgid: int) -> float:
-    """CPU seconds of a process group (Pulsar: server and the jobs it has reaped), from /proc."""
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:
-            total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def real_python() -> str:
-    """The interpreter the job runner gets (``runtime.runner_python``): a binary, never a wrapper. A
-    pyenv shim first on Pulsar's PATH (as on this machine) is a bash script that costs every job
-    ~70 ms and ~55 ms CPU before Python even starts (benchmarks/bench_runtime_overhead.py): the
-    direct side's ``bash`` pays nothing alike, so comparing with it would measure pyenv, not tesp-api."""
-    for cand in ("/usr/bin/python3", "/usr/local/bin/python3"):
-        if os.access(cand, os.X_OK):
-            return cand
-    return os.path.realpath(getattr(sys, "_base_executable", sys.executable))
-
-
 @contextmanager
 def real_runtime(kind: str, tmp: Path, runner_python: str) -> Iterator[dict[str, Any]]:
     """The ``runtime`` settings section for ``kind``; docker and podman on a private daemon/store
-    with local/busybox:1 imported (tests/services), stopped at the end."""
+    with local/busybox:1 imported (runtime_side.private_runtime), stopped at the end."""
     if kind == "bwrap":
         yield {"type": "bwrap", "runner_python": runner_python}
         return
-    from tests.services.images import import_image
-
-    if kind == "docker":
-        from tests.services.docker_daemon import docker_daemon
-
-        with docker_daemon(tmp / "dockerd") as daemon:
-            import_image([daemon.client], daemon.env)
-            assert daemon.process is not None
-            DAEMON["sid"] = daemon.process.pid
-            yield {
-                "type": "docker",
-                "docker_bin": daemon.client,
-                "env": daemon.env,
-                "runner_python": runner_python,
-            }
-        return
-    from tests.services.podman import podman_store
-
-    with podman_store(tmp / "podman") as store:
-        import_image([store.binary], store.env)
-        yield {"type": "podman", "podman_bin": store.binary, "env": store.env, "runner_python": runner_python}
+    with private_runtime(kind, tmp) as (cli, env, sid):
+        if sid is not None:
+            DAEMON["sid"] = sid
+        yield {"type": kind, f"{kind}_bin": cli, "env": env, "runner_python": runner_python}
 
 
 def image_for(kind: str) -> str:

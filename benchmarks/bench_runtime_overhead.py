@@ -32,63 +32,18 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.runtime_side import private_runtime, real_python, session_cpu
+
 IMAGE = "local/busybox:1"
 PATH_PYTHON = (
     shutil.which("python3") or sys.executable
 )  # runtime.runner_python's default, as Pulsar's PATH finds it
-
-
-def real_python() -> str:
-    """An interpreter binary, not a wrapper: /usr/bin/python3 when there is one (a pyenv shim on PATH is
-    a bash script that costs every job ~60 ms before Python starts), else this interpreter's base."""
-    for cand in ("/usr/bin/python3", "/usr/local/bin/python3"):
-        if os.access(cand, os.X_OK):
-            return cand
-    return os.path.realpath(getattr(sys, "_base_executable", sys.executable))
-
-
-@contextmanager
-def runtime_env(kind: str, tmp: Path) -> Iterator[tuple[str, dict[str, str], int | None]]:
-    """(the runtime CLI, its environment, dockerd's session id or None) on a private dockerd / podman
-    store with the image imported."""
-    from tests.services.images import import_image
-
-    if kind == "docker":
-        from tests.services.docker_daemon import docker_daemon
-
-        with docker_daemon(tmp / "dockerd") as daemon:
-            import_image([daemon.client], daemon.env)
-            assert daemon.process is not None
-            yield daemon.client, daemon.env, daemon.process.pid  # started in a session of its own
-        return
-    from tests.services.podman import podman_store
-
-    with podman_store(tmp / "podman") as store:
-        import_image([store.binary], store.env)
-        yield store.binary, store.env, None
-
-
-def session_cpu(sid: int | None) -> float:
-    """CPU seconds used so far by the processes of session ``sid`` (dockerd, containerd, the shims
-    and what they reaped: the daemon side of each ``docker run``), from /proc; 0 without a daemon."""
-    if sid is None:
-        return 0.0
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid:
-            total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def spawn_timed(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, int]:
@@ -209,7 +164,7 @@ def main() -> None:
     load0 = os.getloadavg()
     with (
         tempfile.TemporaryDirectory(prefix="bench-rt-") as tmpdir,
-        runtime_env(args.runtime, Path(tmpdir)) as (cli, env, sid),
+        private_runtime(args.runtime, Path(tmpdir)) as (cli, env, sid),
     ):
         tmp = Path(tmpdir)
         runtime = {"type": args.runtime, f"{args.runtime}_bin": cli, "env": env}
