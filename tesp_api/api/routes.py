@@ -266,7 +266,7 @@ class TaskEndpoints:
             list_json = getattr(self.store, "list_basic_json", None)
         list_summaries = getattr(self.store, "list_summaries", None) if minimal else None
         try:
-            if list_json is not None:  # MINIMAL answer built by the database itself (SQLite, issue 15)
+            if list_json is not None:  # MINIMAL (SQLite) or BASIC answer as JSON from the store (issue 15)
                 return PageResponse(await list_json(query))
             if list_summaries is not None:  # MINIMAL from columns/projection, no task JSON (LeanReads)
                 return summary_page_response(await list_summaries(query))

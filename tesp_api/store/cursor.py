@@ -105,3 +105,19 @@ def summary_page_from(
         return SummaryPage(summaries=summaries, next_page_token=None)
     summaries = summaries[:page_size]
     return SummaryPage(summaries=summaries, next_page_token=encode_page_token(key, summaries[-1].seq, query))
+
+
+def view_page_json(
+    views: list[bytes], seqs: list[int], page_size: int, key: bytes, query: ListQuery, *, cut: bool = False
+) -> bytes:
+    """The ListTasks answer ``{"tasks":[...],"next_page_token":..}`` for tasks already rendered as
+    JSON (the lean BASIC reads, store/lean.py), fetched with LIMIT page_size + 1 like page_from:
+    the same token rules, so its tokens and page_from's are interchangeable."""
+    if not (cut and views) and len(views) > page_size:
+        del views[page_size:]
+        cut = True
+    body = b'{"tasks":[' + b",".join(views) + b"]"
+    if cut and views:
+        token = encode_page_token(key, seqs[len(views) - 1], query)
+        body += b',"next_page_token":"' + token.encode("ascii") + b'"'
+    return body + b"}"

@@ -44,7 +44,23 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from tesp_api.store.cursor import PageBudget, decode_page_token, page_from, stored_bytes, summary_page_from
+from tesp_api.store.cursor import (
+    PageBudget,
+    decode_page_token,
+    page_from,
+    stored_bytes,
+    summary_page_from,
+    view_page_json,
+)
+from tesp_api.store.lean import (
+    basic_body,
+    join_log,
+    join_task,
+    json_bytes,
+    quarantine_texts,
+    split_log,
+    split_task,
+)
 from tesp_api.store.mongo_fair import (
     HOLDING,
     NONE,
@@ -83,7 +99,6 @@ from tesp_api.store.records import (
     new_log_doc,
     owner_key,
     owner_matches,
-    quarantine_change,
     truncate_ms,
     utc_now,
 )
@@ -116,6 +131,29 @@ def _record(doc: dict[str, Any]) -> TaskRecord | None:
 # Reads for the views leave out what no view shows: the callback outbox (a BASIC payload per event).
 _VIEW_PROJECTION: dict[str, Any] = {"outbox": 0}
 _SUMMARY_PROJECTION: dict[str, Any] = {"_id": 1, "state": 1, "seq": 1, "owner_subject": 1, "owner_issuer": 1}
+# The BASIC view: the light texts only, never content_json nor log_text_json (store/lean.py).
+_BASIC_PROJECTION: dict[str, Any] = {**_SUMMARY_PROJECTION, "created_at": 1, "task_json": 1, "log_json": 1}
+
+
+def _basic(doc: dict[str, Any]) -> bytes:
+    """A _BASIC_PROJECTION document as its BASIC view's JSON; CorruptRecord when it does not decode."""
+    try:
+        state = TesState(doc["state"]).value
+        body = basic_body(
+            str(doc["_id"]),
+            state,
+            truncate_ms(doc["created_at"]),
+            doc["task_json"],
+            doc.get("log_json") or "{}",
+        )
+    except DECODE_ERRORS as exc:
+        raise CorruptRecord(str(doc.get("_id")), decode_problem(exc)) from exc
+    return json_bytes(body)
+
+
+def _owner_of(doc: dict[str, Any]) -> Owner | None:
+    subject = doc.get("owner_subject")
+    return Owner(subject, doc.get("owner_issuer") or "") if subject is not None else None
 
 
 def _summary(doc: dict[str, Any]) -> TaskSummary | None:
@@ -155,11 +193,11 @@ def _decode(doc: dict[str, Any]) -> TaskRecord:
     return TaskRecord(
         id=doc["_id"],
         state=TesState(doc["state"]),
-        task=TesTask.model_validate_json(doc["task_json"]),
+        task=join_task(doc["task_json"], doc.get("content_json")),
         owner=Owner(subject, doc.get("owner_issuer") or "") if subject is not None else None,
         created_at=truncate_ms(doc["created_at"]),
         seq=int(doc["seq"]),
-        log=log_from_doc(json.loads(doc.get("log_json") or "{}")),
+        log=log_from_doc(join_log(doc.get("log_json") or "{}", doc.get("log_text_json"))),
         active=bool(doc.get("active")),
         lease_owner=doc.get("lease_owner"),
         lease_expires=truncate_ms(lease_expires) if lease_expires is not None else None,
@@ -365,6 +403,7 @@ class MongoTaskStore:
             if first is not None:
                 return first
         created_at = utc_now()
+        task_json, content_json = split_task(task)
         tags = task.tags or {}
         seq = await self._next_seq()
         doc = {
@@ -377,8 +416,11 @@ class MongoTaskStore:
             "created_at": created_at,
             "tag_keys": list(tags),
             "tag_pairs": [tag_pair(k, v) for k, v in tags.items()],
-            "task_json": task.model_dump_json(exclude_none=True),
+            # The heavy parts BASIC does not show in fields of their own (store/lean.py).
+            "task_json": task_json,
+            "content_json": content_json,
             "log_json": json.dumps(new_log_doc()),
+            "log_text_json": None,
             "active": True,
             "lease_owner": None,
             "lease_expires": None,
@@ -463,6 +505,33 @@ class MongoTaskStore:
             where["tag_keys"] = {"$all": keys}
         return where
 
+    async def get_basic_json(self, task_id: str, owner: Owner | None = None) -> bytes | None:
+        """The BASIC view's JSON from a projection of the light texts (store/lean.py, issue 15)."""
+        doc = await self._tasks.find_one(
+            {"_id": task_id, "task_json": {"$exists": True}, "seq": {"$exists": True}}, _BASIC_PROJECTION
+        )
+        if doc is None or not owner_matches(_owner_of(doc), owner):
+            return None
+        return _basic(doc)
+
+    async def list_basic_json(self, query: ListQuery) -> bytes:
+        """The BASIC ListTasks answer: list()'s query, order and tokens, projected to the light texts."""
+        key = self._token_key
+        below = decode_page_token(key, query.page_token, query) if query.page_token else None
+        page_size = max(1, query.page_size)
+        where = {**self._list_filter(query, below), "task_json": {"$exists": True}}
+        cursor = self._tasks.find(where, _BASIC_PROJECTION).sort([("seq", DESCENDING)]).limit(page_size + 1)
+        budget = PageBudget(query.max_bytes)
+        views: builtins.list[bytes] = []
+        seqs: builtins.list[int] = []
+        async for doc in cursor:
+            if not budget.admits(stored_bytes(doc.get("task_json"), doc.get("log_json"))):
+                break
+            views.append(_basic(doc))
+            seqs.append(int(doc["seq"]))
+        await cursor.close()
+        return view_page_json(views, seqs, page_size, key, query, cut=budget.cut)
+
     async def list(self, query: ListQuery) -> Page:
         key = self._token_key
         below = decode_page_token(key, query.page_token, query) if query.page_token else None
@@ -474,7 +543,13 @@ class MongoTaskStore:
         async for doc in cursor:  # the driver reads in batches; max_bytes bounds what is held
             if "task_json" not in doc:
                 continue
-            if not budget.admits(stored_bytes(doc.get("task_json"), doc.get("log_json"))):
+            texts = (
+                doc.get("task_json"),
+                doc.get("log_json"),
+                doc.get("content_json"),
+                doc.get("log_text_json"),
+            )
+            if not budget.admits(stored_bytes(*texts)):
                 break
             record = _record(doc)
             if record is not None:
@@ -504,8 +579,9 @@ class MongoTaskStore:
                 return None
             changes: dict[str, Any] = {"version": record.version + 1}
             if log is not None:
-                log_doc = apply_log_patch(json.loads(doc.get("log_json") or "{}"), log)
-                changes["log_json"] = json.dumps(log_doc)
+                whole = join_log(doc.get("log_json") or "{}", doc.get("log_text_json"))
+                log_doc = apply_log_patch(whole, log)
+                changes["log_json"], changes["log_text_json"] = split_log(log_doc)
                 record.log = log_from_doc(log_doc)
             previous = record.state
             if state is not None:
@@ -713,13 +789,16 @@ class MongoTaskStore:
         """Take a document that does not decode out of the queue: inactive, lease cleared,
         SYSTEM_ERROR (unless already final), a system log line saying why. Logged for the operator."""
         logger.error("task store: %s; taken out of the queue", exc)
-        state, log_json = quarantine_change(str(doc.get("state")), doc.get("log_json"), exc.problem)
+        state, log_json, log_texts = quarantine_texts(
+            str(doc.get("state")), doc.get("log_json"), doc.get("log_text_json"), exc.problem
+        )
         await self._tasks.update_one(
             {"_id": doc["_id"]},
             {
                 "$set": {
                     "state": state,
                     "log_json": log_json,
+                    "log_text_json": log_texts,
                     "active": False,
                     "lease_owner": None,
                     "lease_expires": None,

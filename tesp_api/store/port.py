@@ -109,6 +109,18 @@ class LeanReads(Protocol):
     async def list_summaries(self, query: ListQuery) -> SummaryPage: ...
 
 
+@runtime_checkable
+class BasicReads(Protocol):
+    """Optional store methods for the BASIC view, answered as JSON from the light texts alone
+    (store/lean.py: no input content, stdout/stderr or system logs read; issue 15). The API falls
+    back to get/list and render_task without them. Same filters, owner scoping, order, page tokens
+    and byte budget as ``get``/``list``; the JSON equals render_task(record, BASIC)."""
+
+    async def get_basic_json(self, task_id: str, owner: Owner | None = None) -> bytes | None: ...
+
+    async def list_basic_json(self, query: ListQuery) -> bytes: ...
+
+
 class StoreError(Exception):
     """Base class for store failures the API turns into TES-shaped errors."""
 

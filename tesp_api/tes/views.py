@@ -74,11 +74,16 @@ def _strip_for_basic(body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+def basic_from_full(body: dict[str, Any]) -> dict[str, Any]:
+    """The BASIC view of a task's unmasked FULL JSON object (the store's lean BASIC reads build
+    that object from the stored JSON without the models: tesp_api/store/lean.py)."""
+    return _strip_for_basic(_mask_secrets(body))
+
+
 def render_task(record: TaskRecord, view: TesView = TesView.MINIMAL) -> dict[str, Any]:
     """The JSON object of ``record`` in ``view``."""
     if view == TesView.MINIMAL:
         return {"id": record.id, "state": record.state.value}
-    body = _mask_secrets(_full(record))
     if view == TesView.BASIC:
-        return _strip_for_basic(body)
-    return body
+        return basic_from_full(_full(record))
+    return _mask_secrets(_full(record))

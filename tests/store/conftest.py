@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tesp_api.store.sqlite import reads as sqlite_reads
 from tesp_api.store.port import TaskStore
 from tesp_api.store.sqlite import SqliteTaskStore
+from tesp_api.store.sqlite import reads as sqlite_reads
 
 StoreMaker = Callable[[], TaskStore]
 

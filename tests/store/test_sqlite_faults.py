@@ -101,8 +101,8 @@ async def test_a_row_that_does_not_decode_ends_system_error_with_a_system_log_li
     _corrupt(tmp_path / "tasks.sqlite3", bad.id, "{not json")
     assert await store.claim("w1", *_hours()) is None
     with sqlite3.connect(tmp_path / "tasks.sqlite3") as conn:
-        state, active, log_json = conn.execute(
-            "SELECT state, active, log_json FROM tasks WHERE id = ?", (bad.id,)
+        state, active, log_json = conn.execute(  # the system log lines are kept apart (store/lean.py)
+            "SELECT state, active, log_text_json FROM tasks WHERE id = ?", (bad.id,)
         ).fetchone()
     assert (state, active) == (TesState.SYSTEM_ERROR.value, 0)
     assert "cannot read this stored task" in log_json and "invalid json" in log_json.lower()

@@ -14,8 +14,9 @@ import logging
 import sqlite3
 from typing import Any
 
+from tesp_api.store.lean import quarantine_texts
 from tesp_api.store.port import ClaimPolicy, CorruptRecord, TaskRecord
-from tesp_api.store.records import from_epoch_ms, quarantine_change
+from tesp_api.store.records import from_epoch_ms
 from tesp_api.store.sqlite.rows import COLUMNS, to_record
 from tesp_api.tes import states
 from tesp_api.tes.models import TesState
@@ -161,11 +162,11 @@ def _quarantine(conn: sqlite3.Connection, row: tuple[Any, ...], exc: CorruptReco
     """Take a row that does not decode out of the queue: inactive, lease cleared, SYSTEM_ERROR
     (unless already final), a system log line saying why. Logged for the operator."""
     logger.error("task store: %s; taken out of the queue", exc)
-    state, log_json = quarantine_change(str(row[2]), row[7], exc.problem)
+    state, light, texts = quarantine_texts(str(row[2]), row[7], row[14], exc.problem)
     conn.execute(
-        "UPDATE tasks SET state = ?, log_json = ?, active = 0, lease_owner = NULL, lease_expires_ms = NULL,"
-        " version = version + 1 WHERE seq = ?",
-        (state, log_json, row[0]),
+        "UPDATE tasks SET state = ?, log_json = ?, log_text_json = ?, active = 0, lease_owner = NULL,"
+        " lease_expires_ms = NULL, version = version + 1 WHERE seq = ?",
+        (state, light, texts, row[0]),
     )
 
 

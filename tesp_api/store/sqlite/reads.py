@@ -12,10 +12,21 @@ import sqlite3
 from typing import Any
 
 from tesp_api.store.cursor import PageBudget, stored_bytes
-from tesp_api.store.port import ListQuery, QuotaUsage, TaskRecord, TaskSummary
-from tesp_api.store.sqlite.rows import COLUMNS, STATE_LIST, SUMMARY_COLUMNS, to_record, to_summary
+from tesp_api.store.port import ListQuery, Owner, QuotaUsage, TaskRecord, TaskSummary
+from tesp_api.store.records import owner_matches
+from tesp_api.store.sqlite.rows import (
+    BASIC_COLUMNS,
+    COLUMNS,
+    STATE_LIST,
+    SUMMARY_COLUMNS,
+    basic_owner,
+    to_basic,
+    to_record,
+    to_summary,
+)
 from tesp_api.tes.models import TesState
 
+# A filter that matches at most this many tasks drives the list query from its own index (the
 # candidates are then sorted by seq); a broader one is checked row by row while walking the seq
 # order, which stops after one page. Both ways a page costs the same at any depth.
 SELECTIVE = 2000
@@ -125,10 +136,35 @@ def records(
     sql, params = list_sql(conn, query, below, limit)
     found: list[TaskRecord] = []
     for row in conn.execute(sql, params):
-        if not budget.admits(stored_bytes(row[6], row[7])):
+        if not budget.admits(stored_bytes(row[6], row[7], row[13], row[14])):
             break
         found.append(to_record(row))
     return found
+
+
+def get_basic(conn: sqlite3.Connection, task_id: str, owner: Owner | None) -> bytes | None:
+    """The BASIC view's JSON by id, from the light texts only (store/lean.py); None when there is
+    no such task or it is not ``owner``'s."""
+    row = conn.execute(f"SELECT {BASIC_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    if row is None or not owner_matches(basic_owner(row), owner):
+        return None
+    return to_basic(row)
+
+
+def basics(
+    conn: sqlite3.Connection, query: ListQuery, below: int | None, limit: int, budget: PageBudget
+) -> tuple[list[bytes], list[int]]:
+    """Up to ``limit`` BASIC views of the page as JSON, and their seqs (for the token): only the
+    light texts are read, and ``budget`` counts only them (they bound the rendered size as well)."""
+    sql, params = list_sql(conn, query, below, limit, BASIC_COLUMNS)
+    found: list[bytes] = []
+    seqs: list[int] = []
+    for row in conn.execute(sql, params):
+        if not budget.admits(stored_bytes(row[6], row[7])):
+            break
+        found.append(to_basic(row))
+        seqs.append(row[0])
+    return found, seqs
 
 
 def quota_usage(conn: sqlite3.Connection, subject: str | None, issuer: str | None) -> QuotaUsage:

@@ -10,14 +10,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from tesp_api.store.lean import basic_body, join_log, join_task, json_bytes
 from tesp_api.store.port import CorruptRecord, Owner, TaskRecord, TaskSummary
 from tesp_api.store.records import DECODE_ERRORS, decode_problem, from_epoch_ms, log_from_doc
-from tesp_api.tes.models import TesState, TesTask
+from tesp_api.tes.models import TesState
 
 COLUMNS = (
     "seq, id, state, owner_subject, owner_issuer, created_at_ms, task_json, log_json, active,"
-    " lease_owner, lease_expires_ms, backend_json, version"
+    " lease_owner, lease_expires_ms, backend_json, version, content_json, log_text_json"
 )
+# What the BASIC view needs: the light task and log texts, never the heavy ones (store/lean.py).
+BASIC_COLUMNS = "seq, id, state, owner_subject, owner_issuer, created_at_ms, task_json, log_json"
 
 SUMMARY_COLUMNS = "seq, id, state, owner_subject, owner_issuer"
 STATE_LIST = ", ".join(f"'{state.value}'" for state in TesState)  # SQL literals of every TES state
@@ -57,18 +60,37 @@ def _decode(row: tuple[Any, ...]) -> TaskRecord:
         lease_ms,
         backend_json,
         version,
+        content_json,
+        log_text_json,
     ) = row
     return TaskRecord(
         id=task_id,
         state=TesState(state),
-        task=TesTask.model_validate_json(task_json),
+        task=join_task(task_json, content_json),
         owner=Owner(subject, issuer or "") if subject is not None else None,
         created_at=from_epoch_ms(created_ms),
         seq=seq,
-        log=log_from_doc(json.loads(log_json)),
+        log=log_from_doc(join_log(log_json, log_text_json)),
         active=bool(active),
         lease_owner=lease_owner,
         lease_expires=from_epoch_ms(lease_ms) if lease_ms is not None else None,
         backend=json.loads(backend_json),
         version=version,
     )
+
+
+def basic_owner(row: tuple[Any, ...]) -> Owner | None:
+    """The owner of a BASIC_COLUMNS row (for the point read's owner check)."""
+    return Owner(row[3], row[4] or "") if row[3] is not None else None
+
+
+def to_basic(row: tuple[Any, ...]) -> bytes:
+    """A BASIC_COLUMNS row as its BASIC view's JSON, from the light texts only; CorruptRecord when
+    it does not decode (as to_record for the same row)."""
+    _seq, task_id, state, _subject, _issuer, created_ms, task_json, log_json = row
+    try:
+        TesState(state)
+        body = basic_body(task_id, state, from_epoch_ms(created_ms), task_json, log_json)
+    except DECODE_ERRORS as exc:
+        raise CorruptRecord(str(task_id), decode_problem(exc)) from exc
+    return json_bytes(body)

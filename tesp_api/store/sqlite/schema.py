@@ -16,7 +16,8 @@ from __future__ import annotations
 import secrets
 import sqlite3
 
-from tesp_api.store.records import to_epoch_ms, utc_now
+from tesp_api.store.lean import split_log_json, split_task_json
+from tesp_api.store.records import DECODE_ERRORS, to_epoch_ms, utc_now
 from tesp_api.store.sqlite.fair import init_fair
 from tesp_api.tes import states
 from tesp_api.tes.models import TesState
@@ -98,6 +99,45 @@ def _add_finished_column(conn: sqlite3.Connection) -> None:
 
 
 _FINAL_STATES = tuple(s.value for s in TesState if states.is_final(s))
+# Rows that may hold a heavy part in their light texts (a file written before the split); any other
+# row is already split (it has nothing heavy). A substring test only preselects: split_* decide.
+_MAYBE_HEAVY = (
+    "(instr(task_json, '\"content\"') > 0 OR instr(log_json, '\"system_logs\"') > 0"
+    " OR instr(log_json, '\"stdout\"') > 0 OR instr(log_json, '\"stderr\"') > 0)"
+)
+_MIGRATE_BATCH = 500
+
+
+def _add_lean_columns(conn: sqlite3.Connection) -> None:
+    """``tasks.content_json`` and ``tasks.log_text_json``, the heavy parts BASIC does not show
+    (store/lean.py). A file written before them gets the columns and every row is split, in the
+    open's one write transaction: all rows or none. A row whose texts do not decode is kept exactly
+    as it is (reads report it as CorruptRecord, as before; nothing is lost)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
+    if "content_json" in columns and "log_text_json" in columns:
+        return
+    for name in ("content_json", "log_text_json"):
+        if name not in columns:
+            conn.execute(f"ALTER TABLE tasks ADD COLUMN {name} TEXT")
+    after = -1
+    while True:
+        rows = conn.execute(
+            f"SELECT seq, task_json, log_json FROM tasks WHERE seq > ? AND {_MAYBE_HEAVY} ORDER BY seq LIMIT ?",
+            (after, _MIGRATE_BATCH),
+        ).fetchall()
+        if not rows:
+            return
+        for seq, task_json, log_json in rows:
+            after = seq
+            try:
+                light_task, contents = split_task_json(task_json)
+                light_log, texts = split_log_json(log_json)
+            except DECODE_ERRORS:
+                continue
+            conn.execute(
+                "UPDATE tasks SET task_json = ?, content_json = ?, log_json = ?, log_text_json = ? WHERE seq = ?",
+                (light_task, contents, light_log, texts, seq),
+            )
 
 
 def init_schema(conn: sqlite3.Connection) -> bytes:
@@ -106,6 +146,7 @@ def init_schema(conn: sqlite3.Connection) -> bytes:
         if statement.strip():
             conn.execute(statement)
     _add_finished_column(conn)
+    _add_lean_columns(conn)
     conn.execute(
         "INSERT OR IGNORE INTO store_meta(key, value) VALUES ('page_token_key', ?), ('schema_version', '1')",
         (secrets.token_hex(32),),

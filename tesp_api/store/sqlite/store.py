@@ -25,7 +25,9 @@ from tesp_api.store.cursor import (
     encode_page_token,
     page_from,
     summary_page_from,
+    view_page_json,
 )
+from tesp_api.store.lean import join_log, split_log, split_task
 from tesp_api.store.port import (
     CallbackEvent,
     ClaimPolicy,
@@ -93,7 +95,7 @@ class SqliteTaskStore(SqliteLanes):
         if not task.id:
             raise ValueError("task.id must be set by the caller")
         created_at = utc_now()
-        task_json = task.model_dump_json(exclude_none=True)
+        task_json, content_json = split_task(task)  # the heavy input contents apart (store/lean.py)
         log_doc = new_log_doc()
         tags = list((task.tags or {}).items())
         task_id = task.id
@@ -121,7 +123,9 @@ class SqliteTaskStore(SqliteLanes):
                     row = conn.execute(f"SELECT {COLUMNS} FROM tasks WHERE id = ?", (first[1],)).fetchone()
                     if row is not None:
                         return to_record(row)
-            seq = self._insert_task(conn, task_id, task, owner, created_at, task_json, log_doc, tags)
+            seq = self._insert_task(
+                conn, task_id, task, owner, created_at, (task_json, content_json), log_doc, tags
+            )
             if callback_due(task, TesState.QUEUED, callback_states):
                 queued = TaskRecord(task_id, TesState.QUEUED, task, owner, created_at, seq)
                 try:
@@ -167,16 +171,18 @@ class SqliteTaskStore(SqliteLanes):
         task: TesTask,
         owner: Owner | None,
         created_at: datetime,
-        task_json: str,
+        task_texts: tuple[str, str | None],
         log_doc: dict[str, Any],
         tags: builtins.list[tuple[str, str]],
     ) -> int:
-        """One task row and its tags; on failure nothing is left behind."""
+        """One task row and its tags; on failure nothing is left behind. ``task_texts``: the
+        light task and its contents (split_task)."""
+        light_log, log_texts = split_log(log_doc)
         try:
             cursor = conn.execute(
                 "INSERT INTO tasks(id, state, name, owner_subject, owner_issuer, created_at_ms, task_json,"
-                " log_json, active, lease_owner, lease_expires_ms, backend_json, version)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, NULL, NULL, '{}', 0)",
+                " log_json, active, lease_owner, lease_expires_ms, backend_json, version, content_json,"
+                " log_text_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, NULL, NULL, '{}', 0, ?, ?)",
                 (
                     task_id,
                     TesState.QUEUED.value,
@@ -184,8 +190,10 @@ class SqliteTaskStore(SqliteLanes):
                     owner.subject if owner else None,
                     owner.issuer if owner else None,
                     to_epoch_ms(created_at),
-                    task_json,
-                    json.dumps(log_doc),
+                    task_texts[0],
+                    light_log,
+                    task_texts[1],
+                    log_texts,
                 ),
             )
         except sqlite3.IntegrityError as exc:
@@ -251,6 +259,22 @@ class SqliteTaskStore(SqliteLanes):
             return b'{"tasks":' + tasks + b"}"
         return b'{"tasks":' + tasks + b',"next_page_token":"' + token.encode("ascii") + b'"}'
 
+    async def get_basic_json(self, task_id: str, owner: Owner | None = None) -> bytes | None:
+        """The BASIC view's JSON, read from the light texts only (store/lean.py, issue 15)."""
+        return await self._point_read(lambda conn: reads.get_basic(conn, task_id, owner))
+
+    async def list_basic_json(self, query: ListQuery) -> bytes:
+        """The BASIC ListTasks answer: the same query, order and tokens as list(), each task
+        rendered from its light texts only (no input content, stdout/stderr or system logs read)."""
+        key = self._token_key
+        below = decode_page_token(key, query.page_token, query) if query.page_token else None
+        page_size = max(1, query.page_size)
+        budget = PageBudget(query.max_bytes)
+        views, seqs = await self._call(
+            lambda conn: reads.basics(conn, query, below, page_size + 1, budget), write=False
+        )
+        return view_page_json(views, seqs, page_size, key, query, cut=budget.cut)
+
     async def list(self, query: ListQuery) -> Page:
         key = self._token_key
         below = decode_page_token(key, query.page_token, query) if query.page_token else None
@@ -286,10 +310,10 @@ class SqliteTaskStore(SqliteLanes):
             if lease_owner is not None and record.lease_owner != lease_owner:
                 return None
             previous = record.state
-            log_json = row[7]
-            if log is not None:
-                doc = apply_log_patch(json.loads(log_json), log)
-                log_json = json.dumps(doc)
+            log_json, log_texts = row[7], row[14]
+            if log is not None:  # the whole log patched, then stored split again (store/lean.py)
+                doc = apply_log_patch(join_log(log_json, log_texts), log)
+                log_json, log_texts = split_log(doc)
                 record.log = log_from_doc(doc)
             if state is not None:
                 record.state = state
@@ -308,11 +332,12 @@ class SqliteTaskStore(SqliteLanes):
                 conn.execute("SAVEPOINT outbox")
             try:
                 conn.execute(
-                    "UPDATE tasks SET state = ?, log_json = ?, backend_json = ?, active = ?, version = ?,"
-                    " finished_ms = COALESCE(finished_ms, ?) WHERE seq = ?",
+                    "UPDATE tasks SET state = ?, log_json = ?, log_text_json = ?, backend_json = ?, active = ?,"
+                    " version = ?, finished_ms = COALESCE(finished_ms, ?) WHERE seq = ?",
                     (
                         record.state.value,
                         log_json,
+                        log_texts,
                         json.dumps(record.backend),
                         int(record.active),
                         record.version,
