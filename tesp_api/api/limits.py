@@ -1,7 +1,7 @@
 """Request body size limit as pure ASGI middleware.
 
-It counts the bytes as they stream in (a chunked upload has no Content-Length) and refuses early on
-a declared Content-Length over the limit, so an oversized body is never buffered whole in memory.
+It refuses early on a declared Content-Length over the limit and counts the bytes as they stream in
+when there is none (a chunked upload), so an oversized body is never buffered whole in memory.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ class BodySizeLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limit = self.max_body_bytes
+        declared: int | None = None
+        chunked = False
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
@@ -36,6 +38,14 @@ class BodySizeLimitMiddleware:
                 if declared > limit:
                     await error_response(413, BodyTooLarge(limit).detail)(scope, receive, send)
                     return
+            elif name == b"transfer-encoding":
+                chunked = True
+        if declared is not None and not chunked:
+            # The HTTP server reads exactly Content-Length bytes of body (the rest is the next
+            # request), so a body within its declared length is within the limit: nothing to
+            # count (the two wrappers were ~3 % of a create, issue 15).
+            await self.app(scope, receive, send)
+            return
         received = 0
         started = False
 
