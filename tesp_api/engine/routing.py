@@ -74,6 +74,7 @@ class Router:
         self._probe: asyncio.Task[None] | None = None
         self._limits = {limits.name: limits for limits in server_limits(self.servers.values())}
         self._publishing: asyncio.Task[None] | None = None  # a publication after an up/down change
+        self._republish = False  # a change came while _publishing ran
 
     # ---- health --------------------------------------------------------------------------------
     def is_up(self, name: str) -> bool:
@@ -102,9 +103,23 @@ class Router:
         state.last_change = time.time()
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
-        if self._probe is not None and (self._publishing is None or self._publishing.done()):
-            # Other processes see the change now, not at the next round (a real request's outcome).
-            self._publishing = asyncio.create_task(self.publish(), name="engine-health-publish")
+        self._publish_soon()
+
+    def _publish_soon(self) -> None:
+        """Publish a change now, not at the next round (other processes act on it: the API's
+        views). A change during a publication is published again right after it."""
+        if self._probe is None:
+            return  # not started (a router used only for its policy)
+        if self._publishing is not None and not self._publishing.done():
+            self._republish = True
+            return
+        self._publishing = asyncio.create_task(self._publish_changes(), name="engine-health-publish")
+
+    async def _publish_changes(self) -> None:
+        self._republish = True
+        while self._republish:
+            self._republish = False
+            await self.publish()
 
     async def wait_change(self, timeout: float) -> None:
         """Until a server goes up or down (or ``timeout`` seconds)."""

@@ -1,6 +1,6 @@
 """With api.workers = 1 the API runs in a process without an engine (tesp_api/workers.py), yet
-GET /admin/servers, the dashboard's Pulsar list and a waiting task's FULL view show the Pulsar
-server's health: the engine process publishes it through the store (tesp_api/store/snapshots.py)
+GET /admin/servers (health and load), the dashboard's Pulsar list and a waiting task's FULL view
+show the Pulsar server as the engine sees it: the engine process publishes it through the store (tesp_api/store/snapshots.py)
 and the API process reads it. Before, that process answered `up: null` / "unknown" for ever.
 Real `tesp-api serve` child processes, a real Pulsar (REST) stopped mid-test, the embedded SQLite
 store shared by both children."""
@@ -67,6 +67,17 @@ def test_an_api_process_shows_the_health_the_engine_process_publishes(
             assert until(dashboard, lambda s: s["health"] != "unknown")["health"] == "ok"
             info = client.get("/ga4gh/tes/v1/service-info").json()  # settings only: the same anywhere
             assert info["type"]["artifact"] == "tes"
+
+            # The load is the store's count of tasks holding a slot, whichever process asks.
+            running = client.post(
+                "/ga4gh/tes/v1/tasks", json={"executors": [{"image": "alpine", "command": ["sleep", "600"]}]}
+            ).json()["id"]
+            until(
+                lambda: client.get(f"/ga4gh/tes/v1/tasks/{running}").json()["state"], lambda s: s == "RUNNING"
+            )
+            assert admin()["active"] == 1
+            assert client.post(f"/ga4gh/tes/v1/tasks/{running}:cancel").json() == {}
+            until(admin, lambda s: s["active"] == 0)
 
             pulsar.stop(timeout=3.0)
             down = until(admin, lambda s: s["up"] is False)
