@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+from collections.abc import Iterator
 from typing import Any
 
 from tesp_api.store.lean import quarantine_texts
@@ -170,6 +171,16 @@ def _quarantine(conn: sqlite3.Connection, row: tuple[Any, ...], exc: CorruptReco
     )
 
 
+def _decoded(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> Iterator[TaskRecord]:
+    """The rows' records, in order; a row that does not decode is taken out of the queue
+    (quarantine) and skipped: it must not block the valid tasks behind it."""
+    for row in rows:
+        try:
+            yield to_record(row)
+        except CorruptRecord as exc:
+            _quarantine(conn, row, exc)
+
+
 def take_under_way(conn: sqlite3.Connection, worker_id: str, now_ms: int, until_ms: int) -> TaskRecord | None:
     """A task past QUEUED (or claimed from it before) whose lease is free or expired: a crashed or
     stopped worker's task, a final task still to clean up. No limits: it holds its slot already.
@@ -190,12 +201,7 @@ def take_under_way(conn: sqlite3.Connection, worker_id: str, now_ms: int, until_
         )
         if not rows:
             return None
-        for row in rows:
-            try:
-                record = to_record(row)
-            except CorruptRecord as exc:
-                _quarantine(conn, row, exc)
-                continue
+        for record in _decoded(conn, rows):
             return _lease(conn, record, worker_id, until_ms)
 
 
@@ -243,12 +249,7 @@ def _placeable(
         " AND owner_subject IS ? AND owner_issuer IS ? ORDER BY seq LIMIT ?",
         (subject, issuer, _CLAIM_SCAN),
     ).fetchall()
-    for row in rows:
-        try:
-            record = to_record(row)
-        except CorruptRecord as exc:
-            _quarantine(conn, row, exc)
-            continue
+    for record in _decoded(conn, rows):
         if rules.route is None:
             return record
         for name in rules.route(record, loads):

@@ -67,20 +67,10 @@ _PURGE_SECONDS = 60.0  # expired idempotency keys are deleted at most this often
 class SqliteTaskStore(SqliteLanes):
     """TaskStore on one SQLite file; lanes.py explains the threading and commit model."""
 
-    def __init__(
-        self,
-        path: str,
-        *,
-        busy_timeout_ms: int = 30_000,
-        synchronous: str = "FULL",
-        call_timeout: float | None = None,
-    ) -> None:
-        super().__init__(
-            path, busy_timeout_ms=busy_timeout_ms, synchronous=synchronous, call_timeout=call_timeout
-        )
-        self._token_key = b""
-        self._last_purge = 0.0
-        self._callback_states: frozenset[TesState] | None = None  # None: every state (outbox)
+    # Set at open / by record_callbacks_for; the constructor is SqliteLanes' (path and timeouts).
+    _token_key: bytes = b""
+    _last_purge: float = 0.0  # when expired idempotency keys were last deleted (monotonic)
+    _callback_states: frozenset[TesState] | None = None  # None: every state (outbox)
 
     async def open(self) -> None:
         if self._writer is not None:
