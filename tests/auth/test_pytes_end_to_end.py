@@ -7,30 +7,18 @@ as ``Authorization: Bearer <token>`` (tes/client.py, ``_request_params``).
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
-import httpx
 import pytest
 import requests
 import tes
 
 from tests.auth.conftest import AUDIENCE, cheap_hash
 from tests.services.oidc_issuer import LocalOidcIssuer, running_issuer
+from tests.services.tesp_serve import running_tesp_serve
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -43,15 +31,7 @@ def oidc() -> Iterator[LocalOidcIssuer]:
 def server(oidc: LocalOidcIssuer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The URL of a running `tesp-api serve`; stopped by PID at the end."""
     home = tmp_path_factory.mktemp("tesp")
-    port = free_port()
-    settings = home / "settings.toml"
-    settings.write_text(
-        f"""
-[default.api]
-host = "127.0.0.1"
-port = {port}
-[default.db]
-sqlite_path = "{home / "tasks.sqlite3"}"
+    extra = f"""
 [default.auth]
 mode = ["basic", "oidc"]
 admin_values = ["tes-admins"]
@@ -67,39 +47,8 @@ admin = true
 issuer = "{oidc.issuer}"
 audience = ["{AUDIENCE}"]
 """
-    )
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith("TESP_API") and k not in {"FASTAPI_PROFILE"}
-    }
-    env.update({"TESP_API_SETTINGS": str(settings), "TESP_API_ENGINE__ENABLED": "false"})
-    tesp_api = Path(sys.executable).parent / "tesp-api"
-    log_file = (home / "server.log").open("wb")
-    process = subprocess.Popen(
-        [str(tesp_api), "serve"], cwd=home, env=env, stdout=log_file, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"tesp-api serve exited: {(home / 'server.log').read_text()}")
-            try:
-                if httpx.get(f"{url}/ga4gh/tes/v1/service-info", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"tesp-api serve did not start: {(home / 'server.log').read_text()}")
-            time.sleep(0.2)
+    with running_tesp_serve(home, extra) as url:
         yield url
-    finally:
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
-        log_file.close()
 
 
 def a_task(name: str) -> tes.Task:
