@@ -11,12 +11,14 @@ import contextlib
 import fcntl
 import os
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 
@@ -109,6 +111,19 @@ def _flock_waiters(lock_path: str, pid: int) -> int:
     return waiting
 
 
+class CommitCounting(sqlite3.Connection):
+    commits: ClassVar[int] = 0
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:  # type: ignore[override]
+        if sql == "COMMIT":
+            CommitCounting.commits += 1
+        return super().execute(sql, *args)
+
+
+class CommitCountingStore(SqliteTaskStore):
+    connection_class = CommitCounting
+
+
 def test_two_processes_creating_at_once_lose_no_task(tmp_path: Path) -> None:
     path = str(tmp_path / "shared.sqlite3")
     creators = [_python(_CREATOR, path, "400") for _ in range(2)]
@@ -194,3 +209,27 @@ async def test_a_lock_file_that_cannot_be_opened_leaves_the_store_writing(
     finally:
         await store.close()
     assert "writer lock" in caplog.text
+
+
+async def test_writes_queued_while_waiting_for_the_turn_join_the_same_commit(tmp_path: Path) -> None:
+    path = str(tmp_path / "tasks.sqlite3")
+    store = CommitCountingStore(path)
+    await store.open()
+    other = os.open(path + LOCK_SUFFIX, os.O_RDWR)
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)  # another process's turn
+        first = asyncio.ensure_future(store.create(make_task("first"), None))
+        while _flock_waiters(path + LOCK_SUFFIX, os.getpid()) == 0:  # its batch waits for the turn
+            await asyncio.sleep(0.01)
+        later = [asyncio.ensure_future(store.create(make_task(), None)) for _ in range(4)]
+        assert store._writer is not None
+        while store._writer.queue.qsize() == 0:  # queued behind the waiting batch
+            await asyncio.sleep(0.01)
+        commits = CommitCounting.commits
+        fcntl.flock(other, fcntl.LOCK_UN)
+        await asyncio.wait_for(asyncio.gather(first, *later), 60)
+        assert CommitCounting.commits - commits == 1
+        assert await store.count() == 5
+    finally:
+        os.close(other)
+        await store.close()

@@ -96,6 +96,19 @@ def _interrupt() -> int:
     return 1
 
 
+def _top_up(q: queue.SimpleQueue[Any], batch: list[_Op]) -> bool:
+    """Move what is queued into ``batch`` (in place, up to _MAX_BATCH); whether _STOP was met."""
+    while len(batch) < _MAX_BATCH:
+        try:
+            nxt = q.get_nowait()
+        except queue.Empty:
+            return False
+        if nxt is _STOP:
+            return True
+        batch.extend(nxt)
+    return False
+
+
 def _settle(outcomes: list[_Outcome]) -> None:
     for outcome in outcomes:
         future = outcome.op.future
@@ -243,15 +256,7 @@ class SqliteLanes:
                 if first is _STOP:
                     break
                 batch: list[_Op] = list(first)
-                while len(batch) < _MAX_BATCH:
-                    try:
-                        nxt = q.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is _STOP:
-                        stop = True
-                        break
-                    batch.extend(nxt)
+                stop = _top_up(q, batch)
                 writes = any(op.write for op in batch)
                 if lane.failure is None and (
                     writes or time.monotonic() - last_identity_check >= _IDENTITY_CHECK_SECONDS
@@ -267,7 +272,7 @@ class SqliteLanes:
                     self._deliver([_Outcome(op, error=error) for op in batch])
                     continue
                 try:
-                    outcomes, healthy = self._execute(conn, batch)
+                    outcomes, healthy = self._execute(conn, batch, q)
                 except Exception as exc:
                     logger.exception("sqlite store %s: a batch failed unexpectedly", role)
                     failed = StoreError(f"database error: {exc}")
@@ -318,7 +323,9 @@ class SqliteLanes:
         except Exception as exc:  # noqa: BLE001 - handed to the awaiting coroutine, which re-raises it
             return _Outcome(op, error=exc)
 
-    def _execute(self, conn: sqlite3.Connection, batch: list[_Op]) -> tuple[list[_Outcome], bool]:
+    def _execute(
+        self, conn: sqlite3.Connection, batch: list[_Op], q: queue.SimpleQueue[Any] | None = None
+    ) -> tuple[list[_Outcome], bool]:
         """Run a batch; all writes in one transaction, committed once (group commit). Also says
         whether the connection is still in a known state (False: a ROLLBACK failed).
 
@@ -334,6 +341,10 @@ class SqliteLanes:
             return self._transaction(conn, batch)
         writers.acquire()  # our turn among the processes: SQLite's write lock is then free
         try:
+            # What was queued while we waited for our turn joins this commit instead of waiting a
+            # whole turn more (with two processes a turn is the other one's commit and fsync).
+            if q is not None and _top_up(q, batch):
+                q.put(_STOP)  # seen while topping up: the thread stops after this batch
             return self._transaction(conn, batch)
         finally:
             writers.release()
