@@ -7,11 +7,6 @@ listing grows by a bounded amount. Sizes are asserted, never times.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,8 +15,8 @@ import pytest
 
 from tesp_api.api.app import create_app
 from tesp_api.config.settings import Settings
-from tesp_api.local import free_port
 from tesp_api.store.sqlite import SqliteTaskStore
+from tests.services.tesp_serve import tesp_serve_process
 
 BASE = "/ga4gh/tes/v1"
 MIB = 1024 * 1024
@@ -49,49 +44,15 @@ def _reset_peak(pid: int) -> bool:
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, int]]:
     """``tesp-api serve`` (engine off: only the API is under test) on 127.0.0.1; yields (url, pid)."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TESP_API")}
-    env.update(
-        {
-            "TESP_API_DB__SQLITE_PATH": str(tmp_path / "tasks.sqlite3"),
-            "TESP_API_DB__SQLITE_SYNCHRONOUS": "NORMAL",
-            "TESP_API_ENGINE__ENABLED": "false",
-            "TESP_API_API__MAX_BODY_BYTES": str(16 * MIB),
-            "TESP_API_API__MAX_CONTENT_BYTES": str(CONTENT_BYTES),
-            "TESP_API_API__MAX_TASK_CONTENT_BYTES": str(CONTENT_BYTES),
-            "TESP_API_API__MAX_PAGE_BYTES": str(PAGE_CAP),
-            "TESP_API_SETTINGS": str(tmp_path / "absent.toml"),
-        }
-    )
-    log = (tmp_path / "serve.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tesp_api", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            if process.poll() is not None:
-                raise RuntimeError((tmp_path / "serve.log").read_text())
-            try:
-                if httpx.get(f"{url}{BASE}/service-info", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
-            raise RuntimeError("tesp-api serve did not start: " + (tmp_path / "serve.log").read_text())
+    limits = {
+        "TESP_API_DB__SQLITE_SYNCHRONOUS": "NORMAL",
+        "TESP_API_API__MAX_BODY_BYTES": str(16 * MIB),
+        "TESP_API_API__MAX_CONTENT_BYTES": str(CONTENT_BYTES),
+        "TESP_API_API__MAX_TASK_CONTENT_BYTES": str(CONTENT_BYTES),
+        "TESP_API_API__MAX_PAGE_BYTES": str(PAGE_CAP),
+    }
+    with tesp_serve_process(tmp_path, env=limits) as (url, process):
         yield url, process.pid
-    finally:
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
 
 
 def test_a_full_list_of_big_tasks_is_paged_under_the_cap_and_bounds_the_servers_memory(
