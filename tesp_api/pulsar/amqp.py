@@ -63,6 +63,7 @@ from tesp_api.pulsar.amqp_staging import (
     check_job_id,
     safe_relative_path,
 )
+from tesp_api.pulsar.liveness import META_NAME
 from tesp_api.pulsar.port import (
     LOST_REASON_KEY,
     RESUBMIT_KEY,
@@ -88,6 +89,22 @@ _SUBMITTED = "queued"
 SETUP_STALLED_REASON = "Pulsar stopped while setting the job up; never started"
 # What Pulsar's stateful manager writes in the job directory once it launched the job (JOB_FILE_PREPROCESSED).
 PULSAR_LAUNCHED_FILE = "preprocessed"
+# Said (system_logs) when a job Pulsar lost track of had finished: its setup is sent once more.
+FINISHED_RESENT_REASON = (
+    "Pulsar lost track of the job after it had finished (Pulsar was restarted; its job directory holds "
+    "the exit code and the runner's results): its setup is sent once more, so that Pulsar sends the "
+    "results back (the runner does not run again)"
+)
+# Reported (lost) when Pulsar sent nothing back within setup_lost_after of that re-send.
+FINISHED_NOT_RETURNED_REASON = (
+    "Pulsar lost track of the job after it had finished (Pulsar was restarted) and did not send its "
+    "results back after its setup was sent once more"
+)
+_FINISHED_UNREPORTED = "tesp_finished_unreported"  # JobStatus.raw mark of such a job (internal)
+# Where the re-setup has Pulsar copy the first run's results (inputs/, which Pulsar's job script does
+# not reset), and the runner's results in the working directory (engine/runner/tes_runner.py layout).
+RESTORE_DIR = "tes-restore"
+_RESULT_DIR = "tes-out/"
 # Keys of the task's store record (TaskRecord.backend) this backend owns.
 SETUP_KEY = "amqp_setup"
 RECEIVED_KEY = "amqp_received_by:"  # + replica: when that replica first took in an upload of the job
@@ -191,6 +208,10 @@ class AmqpBackend:
         self._awaiting: set[str] = set()  # status requested by status(), answer not yet in
         self._preprocessing_since: dict[str, float] = {}  # loop time Pulsar first said "preprocessing"
         self._setup_resent: set[str] = set()  # stalled in Pulsar's setup: its setup was sent once more
+        # Finished, then lost by a Pulsar restart: loop time its setup was handed for a re-send (None:
+        # not yet). Kept across that re-send (submit), cleared by clean.
+        self._finished_resent: dict[str, float | None] = {}
+        self._restore: dict[str, list[StagedFile]] = {}  # ... and its results, for that re-setup
         self._prepared: dict[str, _Prepared] = {}
         self._warned_unshared: set[str] = set()
         if store is not None:
@@ -270,6 +291,8 @@ class AmqpBackend:
             return
         if self._doubted_lost(update):
             return
+        if self._finished_unreported(update):
+            return
         previous = self._statuses.get(job_id)
         if previous is not None and previous.is_final and not update.is_final:
             return  # a late non-final update never moves a job out of its final state
@@ -282,6 +305,79 @@ class AmqpBackend:
             self._lost_since.pop(job_id, None)
         self._submitted_unheard.discard(job_id)
         self._event(job_id).set()
+
+    def _finished_unreported(self, update: PulsarStatusUpdate) -> bool:
+        """A "lost" of a launched job that had finished (kill -9 of Pulsar while it ran; the job's
+        process group lived on and ended while Pulsar was down, or before Pulsar saw it end): the
+        restarted Pulsar cannot re-attach (``recover_active_jobs``: its ``command_line`` is gone),
+        publishes "lost" and takes the job off its active list, and would never upload its outputs.
+        Its message shows the job finished: a ``returncode`` (Pulsar's job script writes
+        ``return_code`` when the command exits) and the runner's ``tes-meta.tar`` in the working
+        directory (written last). Such a job is kept as ``running`` (True: handled) and the driver
+        is asked, once, to send its setup again (``_review``): a job neither final nor active is
+        not a duplicate to Pulsar (``_is_duplicate_setup``), so Pulsar sets it up and launches it
+        again, the runner's ``tes-started`` guard exits 75 at once leaving the first run's results
+        in place, and Pulsar's postprocessing uploads them (the driver accepts 75 and reads
+        ``tes-meta.tar``): the task ends with its real result instead of PREEMPTED. REST gets the
+        same from the runner's heartbeat (pulsar/liveness.py)."""
+        body = update.body
+        if update.status != "lost" or not _launched(body):
+            return False
+        if update.job_id in self._finished_resent:
+            # The same "lost" again (through the other update queue, or answering a request) before
+            # the re-send: already handled. After the re-send a "lost" is believed.
+            if self._finished_resent[update.job_id] is not None:
+                return False
+            self.client.ask_again_later(update.job_id)
+            return True
+        contents = body.get("working_directory_contents")
+        if update.returncode is None or not isinstance(contents, list) or META_NAME not in contents:
+            return False
+        job_id = update.job_id
+        restore = _results_to_restore(job_id, body.get("working_directory"), contents)
+        if restore is None:
+            return False
+        self._restore[job_id] = restore
+        log.warning(
+            "Pulsar %s: job %s reported lost, but it had finished (returncode %s, %s written): its "
+            "setup is sent once more for its results",
+            self.name,
+            job_id,
+            update.returncode,
+            META_NAME,
+        )
+        self._finished_resent[job_id] = None
+        self._statuses[job_id] = JobStatus.from_pulsar(
+            job_id, {**body, "status": "running", _FINISHED_UNREPORTED: True}
+        )
+        self._preprocessing_since.pop(job_id, None)
+        self._submitted_unheard.discard(job_id)
+        self.client.ask_again_later(job_id)  # a final update: keep the job watched
+        self._event(job_id).set()
+        return True
+
+    def _review(self, known: JobStatus) -> JobStatus:
+        """What ``status`` answers for a status Pulsar gave: a stalled setup or a finished job
+        Pulsar lost track of handed for a re-send, or lost when that did not help."""
+        known = self._stalled_setup(known)
+        job_id = known.job_id
+        if job_id not in self._finished_resent or known.is_final:
+            return known
+        now = asyncio.get_running_loop().time()
+        resent = self._finished_resent[job_id]
+        if resent is None:
+            if not known.raw.get(_FINISHED_UNREPORTED):
+                return known
+            self._finished_resent[job_id] = now
+            return dataclasses.replace(known, raw={**known.raw, RESUBMIT_KEY: FINISHED_RESENT_REASON})
+        if now - resent < self.setup_lost_after:
+            return known
+        log.warning("Pulsar %s: job %s: %s", self.name, job_id, FINISHED_NOT_RETURNED_REASON)
+        return JobStatus(
+            job_id=job_id,
+            status="lost",
+            raw={"status": "lost", LOST_REASON_KEY: FINISHED_NOT_RETURNED_REASON},
+        )
 
     def _doubted_lost(self, update: PulsarStatusUpdate) -> bool:
         """Whether this update is a "lost" not to be believed (yet): the update is then dropped, the
@@ -480,14 +576,24 @@ class AmqpBackend:
         prepared = await self._load_setup(spec.job_id)
         if prepared is None:
             raise BackendError(f"job {spec.job_id} was never prepared (AMQP keeps no job before submit)")
+        command_line = spec.command_line(f"{JOB_DIRECTORY_TOKEN}/{_KIND_TO_DIR['tool']}")
+        resent = self._finished_resent.get(spec.job_id) is not None
+        restore = self._restore.get(spec.job_id) if resent else None
+        # The re-setup of a finished job Pulsar lost track of: no inputs (the runner will not run
+        # again), the first run's results copied aside and put back before the runner's guard exits.
+        wanted = [f for f in prepared.files if restore is None or f.type != "input"]
         try:
             outputs = [CollectedOutput(client_path=o, workdir_path=o) for o in prepared.outputs]
-            files = await asyncio.to_thread(lambda: [self._staged(spec.job_id, f) for f in prepared.files])
+            files = await asyncio.to_thread(lambda: [self._staged(spec.job_id, f) for f in wanted])
         except (ValueError, StagingPathError, OSError) as exc:
             raise BackendError(f"job {spec.job_id}: {exc}") from None
+        if restore is not None:
+            files += restore
+            restored = f"{JOB_DIRECTORY_TOKEN}/{_KIND_TO_DIR['input']}/{RESTORE_DIR}/."
+            command_line = f"cp -R {restored} {JOB_DIRECTORY_TOKEN}/working/ && {command_line}"
         setup = SetupMessage(
             job_id=spec.job_id,
-            command_line=spec.command_line(f"{JOB_DIRECTORY_TOKEN}/{_KIND_TO_DIR['tool']}"),
+            command_line=command_line,
             remote_staging=RemoteStaging(
                 files=files,
                 outputs=outputs,
@@ -509,7 +615,7 @@ class AmqpBackend:
         await self.start()
         known = self._statuses.get(job_id)
         if known is not None:
-            return self._stalled_setup(known)
+            return self._review(known)
         if job_id in self._submitted_unheard:
             return JobStatus(job_id=job_id, status=_SUBMITTED, raw={"status": _SUBMITTED, "pushed": False})
         # Nothing known here (a job taken over from another worker or after a restart): ask Pulsar.
@@ -572,7 +678,7 @@ class AmqpBackend:
             raise BackendUnavailable(f"Pulsar {self.name}: no status answer for job {job_id}")
         if not known.is_final:
             self.client.track(job_id)  # a job taken over: watch it for silence from now on
-        return self._stalled_setup(known)
+        return self._review(known)
 
     def _stalled_setup(self, known: JobStatus) -> JobStatus:
         """Pulsar 0.16 killed while setting a job up (after ``launch_config``, and maybe ``submitted``,
@@ -688,6 +794,8 @@ class AmqpBackend:
         self._lost_since.pop(job_id, None)
         self._preprocessing_since.pop(job_id, None)
         self._setup_resent.discard(job_id)
+        self._finished_resent.pop(job_id, None)
+        self._restore.pop(job_id, None)
         self._prepared.pop(job_id, None)
         self._warned_unshared.discard(job_id)
         with contextlib.suppress(StagingPathError):
@@ -707,6 +815,30 @@ def _launched(body: Any) -> bool:
     index). A listing without it is a job still being set up (see ``_doubted_lost``)."""
     contents = body.get("job_directory_contents") if isinstance(body, dict) else None
     return isinstance(contents, list) and PULSAR_LAUNCHED_FILE in contents
+
+
+def _results_to_restore(job_id: str, working_directory: Any, contents: list[Any]) -> list[StagedFile] | None:
+    """The setup actions that have Pulsar copy a finished job's results (the runner's ``tes-meta.tar``
+    and ``tes-out/``, which only the runner writes: regular files, never an executor's links) from
+    its working directory, as Pulsar's own status listed them, into ``inputs/tes-restore/``: Pulsar's
+    job script resets the working directory before a second run. Only from ``<...>/<job id>/working``
+    and only names without ``..``: nothing but the job's own results is ever copied. None if the
+    listing is unusable."""
+    if (
+        not isinstance(working_directory, str)
+        or not working_directory.startswith("/")
+        or not working_directory.rstrip("/").endswith(f"/{job_id}/working")
+        or ".." in working_directory.split("/")
+    ):
+        return None
+    names = [c for c in contents if isinstance(c, str) and (c == META_NAME or c.startswith(_RESULT_DIR))]
+    try:
+        return [
+            StagedFile(f"{RESTORE_DIR}/{name}", copy_from=f"{working_directory.rstrip('/')}/{name}")
+            for name in names
+        ]
+    except ValueError:  # a name with "..", an empty component: not what the runner writes
+        return None
 
 
 def _write_private(path: Path, data: bytes) -> None:

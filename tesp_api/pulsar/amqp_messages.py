@@ -30,26 +30,41 @@ class StagedFile:
     """One file Pulsar writes into the job directory before the command starts.
 
     ``name`` is relative to the directory of ``type`` (``input`` -> inputs/, ``config`` -> configs/,
-    ``workdir`` -> working/...). Exactly one of ``url`` (Pulsar GETs it) and ``contents`` (sent inline;
-    text only, Pulsar writes it in text mode) is given.
+    ``workdir`` -> working/...). Exactly one of ``url`` (Pulsar GETs it), ``contents`` (sent inline;
+    text only, Pulsar writes it in text mode) and ``copy_from`` is given. ``copy_from``: an absolute
+    path on the Pulsar host that Pulsar copies itself (``remote_copy``); used only for a job's own
+    results, at the paths Pulsar's status listed, when a finished job Pulsar lost track of is set
+    up once more (amqp.py, ``_finished_unreported``).
     """
 
     name: str
     url: str | None = None
     contents: str | None = None
     type: StagingType = "input"
+    copy_from: str | None = None
 
     def __post_init__(self) -> None:
-        if (self.url is None) == (self.contents is None):
-            raise ValueError("StagedFile needs exactly one of url and contents")
+        if sum(v is not None for v in (self.url, self.contents, self.copy_from)) != 1:
+            raise ValueError("StagedFile needs exactly one of url, contents and copy_from")
         parts = self.name.split("/")
         if not self.name or self.name.startswith("/") or ".." in parts or "" in parts:
             raise ValueError(f"staged file name must be a plain relative path: {self.name!r}")
+        if self.copy_from is not None and (
+            not self.copy_from.startswith("/") or ".." in self.copy_from.split("/")
+        ):
+            raise ValueError(f"copy_from must be an absolute path without '..': {self.copy_from!r}")
 
     def to_setup_action(self) -> dict[str, Any]:
-        if self.url is not None:
-            # "path" and "source" are both required: without "path" Pulsar fails with KeyError.
+        if self.copy_from is not None:
+            # "path" too, as for remote_transfer: Pulsar's from_dict pops it (KeyError without).
             action: dict[str, Any] = {
+                "action_type": "remote_copy",
+                "path": self.copy_from,
+                "source": {"path": self.copy_from},
+            }
+        elif self.url is not None:
+            # "path" and "source" are both required: without "path" Pulsar fails with KeyError.
+            action = {
                 "action_type": "remote_transfer",
                 "path": self.name,
                 "source": {"path": self.name},

@@ -40,6 +40,25 @@ def test_url_input_carries_both_path_and_source() -> None:
     }
 
 
+def test_a_result_copied_on_the_pulsar_host_is_a_remote_copy_action_with_path_and_source() -> None:
+    action = StagedFile("tes-restore/tes-meta.tar", copy_from="/p/job/working/tes-meta.tar").to_setup_action()
+    assert action == {
+        "name": "tes-restore/tes-meta.tar",
+        "type": "input",
+        "action": {
+            "action_type": "remote_copy",
+            "path": "/p/job/working/tes-meta.tar",  # Pulsar's from_dict pops it: KeyError without
+            "source": {"path": "/p/job/working/tes-meta.tar"},
+        },
+    }
+
+
+@pytest.mark.parametrize("source", ["working/tes-meta.tar", "/p/job/../other/secret"])
+def test_a_remote_copy_source_must_be_absolute_without_parent_steps(source: str) -> None:
+    with pytest.raises(ValueError):
+        StagedFile("tes-restore/x", copy_from=source)
+
+
 def test_inline_input_is_a_message_action() -> None:
     action = StagedFile("job.sh", contents="echo hi", type="config").to_setup_action()
     assert action["action"] == {"action_type": "message", "contents": "echo hi"}
