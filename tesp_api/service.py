@@ -7,13 +7,14 @@ the address the settings name. Everything else receives its collaborators as arg
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import logging
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
 from fastapi import FastAPI
@@ -26,6 +27,8 @@ from tesp_api.store.factory import open_store
 from tesp_api.store.port import TaskStore
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 _CHATTY_LIBRARIES = ("httpx", "httpcore", "aio_pika", "aiormq", "botocore", "boto3", "s3transfer", "aioftp")
@@ -162,6 +165,18 @@ def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
     )
 
 
+def freeze_startup_objects() -> None:
+    """Move every object alive now (the imported modules, the app, its routes and pydantic
+    validators: ~100,000 objects) out of the garbage collector's reach (``gc.freeze``), after one
+    collection so that no garbage is kept for ever; they live as long as the process anyway. Why
+    it pays: a create's objects live until its group commit, long enough to reach the oldest
+    generation, so full collections, which walk every tracked object, came often; now they walk
+    only what was made since start-up. Measured: ~15 % of a create's CPU, nothing for a bare
+    endpoint (issue 15; docs/benchmarks.md, "What changed for create")."""
+    gc.collect()
+    gc.freeze()
+
+
 async def serve_async(
     settings: Settings, *, sock: socket.socket | None = None, engine: Any | None = _BUILD
 ) -> None:
@@ -169,14 +184,26 @@ async def serve_async(
     processes (api.workers); ``engine``: what the routes notify instead of an in-process engine."""
     async with running_app(settings, engine=engine) as app:
         server = uvicorn.Server(uvicorn_config(app, settings))
+        freeze_startup_objects()
         await server.serve(sockets=[sock] if sock is not None else None)
+
+
+def run_on_uvicorn_loop(main: Coroutine[Any, Any, T], settings: Settings) -> T:
+    """``asyncio.run(main)`` on the event loop uvicorn itself picks in ``uvicorn.Server.run``:
+    uvloop, which ``uvicorn[standard]`` installs, else asyncio's own. serve_async runs uvicorn
+    through ``Server.serve``, which leaves the loop to its caller, so with a plain ``asyncio.run``
+    the service ran on asyncio's pure-Python loop while any app started by uvicorn itself (the
+    benchmark's bare endpoint) ran on uvloop (issue 15; docs/benchmarks.md, "What changed for
+    create")."""
+    with asyncio.Runner(loop_factory=uvicorn_config(None, settings).get_loop_factory()) as runner:
+        return runner.run(main)
 
 
 def serve(settings: Settings) -> int:
     """Run the service until SIGINT/SIGTERM (``tesp-api serve``): one process (api.workers = 0) or
     api.workers API processes and an engine process (tesp_api/workers.py). The exit code."""
     if settings.api.workers == 0:
-        asyncio.run(serve_async(settings))
+        run_on_uvicorn_loop(serve_async(settings), settings)
         return 0
     from tesp_api.workers import serve_processes
 

@@ -157,13 +157,13 @@ def _engine_child(settings: Settings, wake_path: str) -> None:
 
 def _api_child(settings: Settings, port: int, wake_path: str | None) -> None:
     _die_with_parent()
-    from tesp_api.service import StartupError, configure_logging, serve_async
+    from tesp_api.service import StartupError, configure_logging, run_on_uvicorn_loop, serve_async
 
     configure_logging(settings.logging)
     engine = EngineWakeups(wake_path) if wake_path is not None else None
     sock = _listen(settings.api.host, port)
     try:
-        asyncio.run(serve_async(settings, sock=sock, engine=engine))
+        run_on_uvicorn_loop(serve_async(settings, sock=sock, engine=engine), settings)
     except StartupError as exc:
         print(f"tesp-api: {exc}", file=sys.stderr)
         sys.exit(2)
