@@ -72,13 +72,17 @@ def split_task_json(task_json: str) -> tuple[str, str | None]:
 
 def join_task(light: str, contents: str | None) -> TesTask:
     """The submitted task from its stored parts (ValueError and friends when they do not decode)."""
+    task = TesTask.model_validate_json(light)
     if contents is None:
-        return TesTask.model_validate_json(light)
-    doc = json.loads(light)
-    for item, content in zip(doc["inputs"], json.loads(contents), strict=True):
+        return task
+    # Set on the validated inputs, not validated again as a dict: the light text parses as fast
+    # as the whole did, and a content is only ever a string (what validation would check).
+    for item, content in zip(task.inputs or [], json.loads(contents), strict=True):
         if content is not None:
-            item["content"] = content
-    return TesTask.model_validate(doc)
+            if not isinstance(content, str):
+                raise TypeError("an input's stored content is not a string")
+            item.content = content
+    return task
 
 
 def split_log(doc: dict[str, Any]) -> tuple[str, str | None]:
@@ -105,17 +109,17 @@ def split_log(doc: dict[str, Any]) -> tuple[str, str | None]:
 
 def join_log(light: str, texts: str | None) -> dict[str, Any]:
     """The log document from its stored parts (ValueError and friends when they do not decode)."""
-    doc = json.loads(light)
+    doc: dict[str, Any] = json.loads(light)
     doc.pop(_SYSTEM_LOG_LINES, None)
     if texts is None:
-        return dict(doc)
+        return doc
     heavy = json.loads(texts)
     if heavy.get("system_logs"):
         doc.setdefault("log", {})["system_logs"] = heavy["system_logs"]
     executors = doc.setdefault("executors", {})
     for index, parts in (heavy.get("executors") or {}).items():
         executors[index] = {**executors.get(index, {}), **parts}
-    return dict(doc)
+    return doc
 
 
 def split_log_json(log_json: str) -> tuple[str, str | None]:
