@@ -87,3 +87,12 @@ def reopen(
         return fresh
 
     return _reopen
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteTaskStore]:
+    """An opened SQLite store on tmp_path/tasks.sqlite3, for the tests of SQLite-only behaviour."""
+    store = SqliteTaskStore(str(tmp_path / "tasks.sqlite3"))
+    await store.open()
+    yield store
+    await store.close()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,14 +19,6 @@ from tesp_api.store.port import CorruptRecord, ListQuery, TaskStore
 from tesp_api.store.sqlite import SqliteTaskStore
 from tesp_api.tes.models import TesState
 from tests.store.test_contract import ALICE, BOB, create
-
-
-@pytest.fixture
-async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteTaskStore]:
-    store = SqliteTaskStore(str(tmp_path / "tasks.sqlite3"))
-    await store.open()
-    yield store
-    await store.close()
 
 
 def _as_answer(page_tasks: list[tuple[str, str]], token: str | None) -> dict[str, object]:

@@ -173,27 +173,24 @@ async def test_a_writer_killed_holding_the_queue_blocks_no_other_writer(tmp_path
         await store.close()
 
 
-async def test_the_queue_is_free_after_a_commit_and_after_a_failed_write(tmp_path: Path) -> None:
-    path = str(tmp_path / "tasks.sqlite3")
-    store = SqliteTaskStore(path)
-    await store.open()
-    try:
-        task = make_task()
+async def test_the_queue_is_free_after_a_commit_and_after_a_failed_write(
+    sqlite_store: SqliteTaskStore, tmp_path: Path
+) -> None:
+    store = sqlite_store
+    lock_path = str(tmp_path / "tasks.sqlite3") + LOCK_SUFFIX
+    task = make_task()
+    await store.create(task, None)
+    assert _lock_is_free(lock_path)
+    with pytest.raises(DuplicateTask):
         await store.create(task, None)
-        assert _lock_is_free(path + LOCK_SUFFIX)
-        with pytest.raises(DuplicateTask):
-            await store.create(task, None)
-        assert _lock_is_free(path + LOCK_SUFFIX)
-    finally:
-        await store.close()
+    assert _lock_is_free(lock_path)
 
 
-async def test_the_lock_file_is_open_to_the_server_user_only(tmp_path: Path) -> None:
-    path = str(tmp_path / "tasks.sqlite3")
-    store = SqliteTaskStore(path)
-    await store.open()
-    await store.close()
-    assert stat.S_IMODE(os.stat(path + LOCK_SUFFIX).st_mode) == 0o600
+async def test_the_lock_file_is_open_to_the_server_user_only(
+    sqlite_store: SqliteTaskStore, tmp_path: Path
+) -> None:
+    lock_path = str(tmp_path / "tasks.sqlite3") + LOCK_SUFFIX
+    assert stat.S_IMODE(os.stat(lock_path).st_mode) == 0o600
 
 
 async def test_a_lock_file_that_cannot_be_opened_leaves_the_store_writing(
