@@ -238,6 +238,16 @@ def counting_job(job_id: str, root: Path) -> JobSpec:
     )
 
 
+async def submitted_by_a_service_that_dies(service: Service, spec: JobSpec) -> None:
+    """With Pulsar stopped, the job is prepared and submitted (the setup confirmed by the broker,
+    waiting in Pulsar's setup queue), then the service's backend is dropped: the process died."""
+    await service.pulsar.stop()
+    before = service.backend()
+    await before.prepare(spec)
+    await before.submit(spec)
+    await before.aclose()
+
+
 async def final_status(backend: AmqpBackend, job_id: str) -> JobStatus:
     while not (status := await backend.status(job_id)).is_final:
         await backend.wait_for_change(job_id, 5)
@@ -337,11 +347,7 @@ async def test_a_sent_setup_pulsar_has_not_taken_in_yet_is_not_lost_after_a_rest
     service = Service(tmp_path, pulsar)
     job_id = str(uuid.uuid4())
     spec = counting_job(job_id, tmp_path)
-    await pulsar.stop()
-    before = service.backend()
-    await before.prepare(spec)
-    await before.submit(spec)  # confirmed by the broker, waiting in Pulsar's setup queue
-    await before.aclose()
+    await submitted_by_a_service_that_dies(service, spec)
     holder = await aio_pika.connect(pulsar.amqp_url)
     after = service.backend()
     try:
@@ -426,11 +432,7 @@ async def test_a_lost_listing_a_job_directory_pulsar_is_still_creating_is_not_be
     service = Service(tmp_path, pulsar)
     job_id = str(uuid.uuid4())
     spec = counting_job(job_id, tmp_path)
-    await pulsar.stop()
-    before = service.backend()
-    await before.prepare(spec)
-    await before.submit(spec)  # confirmed by the broker, waiting in Pulsar's setup queue
-    await before.aclose()
+    await submitted_by_a_service_that_dies(service, spec)
     after = service.backend()
     try:
         asking = asyncio.create_task(after.status(job_id))  # a driver taking the task over
