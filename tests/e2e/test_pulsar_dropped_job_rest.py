@@ -33,19 +33,15 @@ import pytest
 
 from tests.e2e.test_crash_safety import FINAL, counting_task, state_of
 from tests.e2e.test_pulsar_restart_rest import LOST_JOB_DEADLINE, kill_9, serve_counting_runs
-from tests.services.pulsar import LocalPulsar
+from tests.services.pulsar import LocalPulsar, pulsar_server
 
 pytestmark = [pytest.mark.pulsar, pytest.mark.slow]
 
 
 @pytest.fixture
 def pulsar(tmp_path: Path) -> Iterator[LocalPulsar]:
-    server = LocalPulsar(tmp_path / "pulsar", num_concurrent_jobs=0)  # queues, never starts
-    server.start()
-    try:
+    with pulsar_server(tmp_path / "pulsar", num_concurrent_jobs=0) as server:  # queues, never starts
         yield server
-    finally:
-        server.stop(timeout=3.0)
 
 
 def wait_for(what: str, done: Callable[[], bool], seconds: float) -> None:

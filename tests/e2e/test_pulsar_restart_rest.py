@@ -25,7 +25,7 @@ import pytest
 
 from tests.e2e.test_crash_safety import FINAL, counting_task, state_of
 from tests.engine.serve_process import ServeProcess
-from tests.services.pulsar import LocalPulsar
+from tests.services.pulsar import LocalPulsar, pulsar_server
 
 pytestmark = [pytest.mark.pulsar, pytest.mark.slow]
 LOST_JOB_DEADLINE = 15  # the runner beats every 5 s
@@ -33,12 +33,8 @@ LOST_JOB_DEADLINE = 15  # the runner beats every 5 s
 
 @pytest.fixture
 def pulsar(tmp_path: Path) -> Iterator[LocalPulsar]:
-    server = LocalPulsar(tmp_path / "pulsar", num_concurrent_jobs=8)
-    server.start()
-    try:
+    with pulsar_server(tmp_path / "pulsar", num_concurrent_jobs=8) as server:
         yield server
-    finally:
-        server.stop(timeout=3.0)
 
 
 def kill_9(pulsar: LocalPulsar) -> None:
