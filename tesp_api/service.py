@@ -165,16 +165,30 @@ def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
     )
 
 
-def freeze_startup_objects() -> None:
-    """Move every object alive now (the imported modules, the app, its routes and pydantic
-    validators: ~100,000 objects) out of the garbage collector's reach (``gc.freeze``), after one
-    collection so that no garbage is kept for ever; they live as long as the process anyway. Why
-    it pays: a create's objects live until its group commit, long enough to reach the oldest
-    generation, so full collections, which walk every tracked object, came often; now they walk
-    only what was made since start-up. Measured: ~15 % of a create's CPU, nothing for a bare
-    endpoint (issue 15; docs/benchmarks.md, "What changed for create")."""
+# The youngest generation is collected every this many new container objects (Python: 700).
+GC_YOUNG_THRESHOLD = 7000
+
+
+def tune_gc_for_serving() -> None:
+    """Two garbage-collector settings for a serving process (issue 15; docs/benchmarks.md, "What
+    changed for create"), both because a create's objects live until its group commit, so with
+    dozens of creates in flight they are many, and live long enough to be collected again and again:
+
+    * ``gc.freeze`` (after one collection, so no garbage is kept for ever) of what is alive once
+      the app is built: the imported modules, the app, its routes and pydantic validators, ~100,000
+      objects that live as long as the process anyway. The objects of the creates reach the oldest
+      generation, whose collections walk every tracked object: ~15 % of a create's CPU before.
+    * the youngest generation collected every ``GC_YOUNG_THRESHOLD`` allocations instead of 700:
+      each of its collections walks every live young object, i.e. all the creates in flight, and
+      came once or twice per request; ~10 % of a create's CPU. Cycles are freed a little later,
+      a few thousand objects at most.
+
+    Neither changes what is freed, only when. (A bare endpoint gains nothing from the freeze:
+    its requests' objects die young.)"""
     gc.collect()
     gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 async def serve_async(
@@ -184,7 +198,7 @@ async def serve_async(
     processes (api.workers); ``engine``: what the routes notify instead of an in-process engine."""
     async with running_app(settings, engine=engine) as app:
         server = uvicorn.Server(uvicorn_config(app, settings))
-        freeze_startup_objects()
+        tune_gc_for_serving()
         await server.serve(sockets=[sock] if sock is not None else None)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -41,3 +43,14 @@ async def test_running_app_serves_tasks_from_the_configured_sqlite_file(tmp_path
         response = await client.post(f"{BASE}/tasks", json=task_body())
     assert response.status_code == 200
     assert db_file.exists()
+
+
+def test_a_serving_process_freezes_its_start_up_objects_and_collects_young_ones_less_often() -> None:
+    # In a child: gc.freeze is for the rest of a process's life.
+    script = (
+        "import gc; from tesp_api.service import GC_YOUNG_THRESHOLD, tune_gc_for_serving;"
+        "tune_gc_for_serving();"
+        "print(gc.get_freeze_count() > 10000, gc.get_threshold()[0] == GC_YOUNG_THRESHOLD)"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "True"]
