@@ -316,10 +316,12 @@ class AmqpBackend:
         directory (written last). Such a job is kept as ``running`` (True: handled) and the driver
         is asked, once, to send its setup again (``_review``): a job neither final nor active is
         not a duplicate to Pulsar (``_is_duplicate_setup``), so Pulsar sets it up and launches it
-        again, the runner's ``tes-started`` guard exits 75 at once leaving the first run's results
-        in place, and Pulsar's postprocessing uploads them (the driver accepts 75 and reads
-        ``tes-meta.tar``): the task ends with its real result instead of PREEMPTED. REST gets the
-        same from the runner's heartbeat (pulsar/liveness.py)."""
+        again. Pulsar's job script resets ``working/`` from ``working.orig`` before a second run, so
+        that setup (``submit``) has Pulsar copy the first run's results aside first
+        (``_results_to_restore``) and its command line puts them back; the runner's ``tes-started``
+        guard exits 75 at once and Pulsar's postprocessing uploads them (the driver accepts 75 and
+        reads ``tes-meta.tar``): the task ends with its real result instead of PREEMPTED. REST gets
+        the same from the runner's heartbeat (pulsar/liveness.py)."""
         body = update.body
         if update.status != "lost" or not _launched(body):
             return False
