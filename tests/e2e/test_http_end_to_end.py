@@ -7,77 +7,34 @@ running tasks is covered by the engine's own end-to-end tests.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.services.tesp_process import TespProcess
+
 STARTUP_DEADLINE_SECONDS = 30.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until_serving(url: str, process: subprocess.Popen[bytes], log_file: Path) -> None:
-    deadline = time.monotonic() + STARTUP_DEADLINE_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"tesp-api serve exited with {process.returncode}:\n{log_file.read_text()}")
-        try:
-            if httpx.get(f"{url}/service-info", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(
-        f"tesp-api serve did not answer within {STARTUP_DEADLINE_SECONDS}s:\n{log_file.read_text()}"
-    )
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Base URL of a `tesp-api serve` child process; stopped by its PID at the end."""
     workdir = tmp_path_factory.mktemp("serve")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TESP_API_") and k != "FASTAPI_PROFILE"}
-    env.update(
+    serve = TespProcess(
+        workdir,
+        workdir / "serve.log",
         {
             "TESP_API_ENGINE__ENABLED": "false",
             "TESP_API_DB__SQLITE_PATH": str(workdir / "tasks.sqlite3"),
             "TESP_API_SETTINGS": str(workdir / "settings.toml"),  # absent: defaults + environment only
-        }
+        },
     )
-    log_file = workdir / "serve.log"
-    with log_file.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tesp_api", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=workdir,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
+    serve.start(STARTUP_DEADLINE_SECONDS)
     try:
-        wait_until_serving(url, process, log_file)
-        yield url
+        yield serve.url
     finally:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait()
+        serve.stop()
 
 
 TASK = {
