@@ -10,10 +10,17 @@ Task counts (created, finished, duration) come from :class:`InstrumentedStore`, 
 the composition root (tesp_api/service.py) puts around the store: a task is counted by the process
 that made the change, so with separate ``tesp-api worker`` processes the finished counts of their
 tasks are not in the API's /metrics (the gauge is).
+
+``tesp-api serve`` with ``api.workers >= 1`` (tesp_api/workers.py) runs prometheus-client's
+multiprocess mode: before forking, the parent calls :func:`use_multiprocess_dir` with a private
+directory, every process then writes its values to its own files there, and whichever API process
+a scrape reaches answers the sum over all of them, the engine process included
+(:func:`multiprocess_registry`). Why and how each metric is merged: docs/metrics.md.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +28,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from tesp_api.tes import states
 from tesp_api.tes.models import TesState
@@ -65,6 +74,72 @@ CALLBACKS_DROPPED = Counter(
 TASKS_DELETED = Counter(
     "tesp_tasks_deleted", "Finished tasks deleted by the retention sweep of this process (retention.*)"
 )
+# livesum: each live child adds 1 for its role; the parent removes a dead child's file
+# (process_ended), so the sum is the processes alive now. Set only with api.workers >= 1.
+SERVE_PROCESSES = Gauge(
+    "tesp_serve_processes",
+    "Live child processes of 'tesp-api serve' with api.workers >= 1, by role (api, engine)",
+    ["role"],
+    multiprocess_mode="livesum",
+)
+
+_ALL: tuple[MetricWrapperBase, ...] = (
+    TASKS_CREATED,
+    TASKS_FINISHED,
+    TASK_DURATION,
+    PULSAR_REQUESTS,
+    PULSAR_REQUEST_SECONDS,
+    TRANSFER_BYTES,
+    AMQP_MESSAGES,
+    CALLBACK_ATTEMPTS,
+    CALLBACKS_DROPPED,
+    TASKS_DELETED,
+    SERVE_PROCESSES,
+)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_multiprocess_dir: str | None = None
+
+
+def use_multiprocess_dir(directory: str) -> None:
+    """Switch this process (and the children it forks afterwards) to prometheus-client's
+    multiprocess mode, writing to ``directory`` (private, empty, removed by the caller at the end).
+
+    prometheus-client picks its value class from PROMETHEUS_MULTIPROC_DIR when it is first
+    imported, which for ``tesp-api serve`` happened long before the settings said api.workers >= 1.
+    So the variable is set here (for anything that reads it later), the value class is switched,
+    and this module's metrics, created at import with in-memory values, get file-backed ones. They
+    hold nothing yet: the parent counts nothing before it forks."""
+    global _multiprocess_dir
+    os.environ[MULTIPROC_ENV] = directory
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+    for metric in _ALL:
+        if metric._labelnames:  # a parent of labelled children: they are made again on .labels()
+            with metric._lock:
+                metric._metrics.clear()
+        else:
+            metric._metric_init()  # type: ignore[no-untyped-call]
+    _multiprocess_dir = directory
+
+
+def multiprocess_registry() -> CollectorRegistry | None:
+    """In multiprocess mode, a registry whose collection sums the files of every process, the
+    dead ones' counters included (counters never go down); None in one process."""
+    if _multiprocess_dir is None:
+        return None
+    registry = CollectorRegistry(auto_describe=False)
+    MultiProcessCollector(registry, path=_multiprocess_dir)  # type: ignore[no-untyped-call]
+    return registry
+
+
+def process_started(role: str) -> None:
+    """A child of ``tesp-api serve`` (api.workers >= 1) counts itself in ``tesp_serve_processes``."""
+    SERVE_PROCESSES.labels(role).set(1)
+
+
+def process_ended(pid: int) -> None:
+    """The parent's bookkeeping for a child that exited: its live gauges leave the sum."""
+    if _multiprocess_dir is not None:
+        mark_process_dead(pid, _multiprocess_dir)  # type: ignore[no-untyped-call]
 
 
 @dataclass

@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tesp_api import metrics
 from tesp_api.config.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,7 @@ async def _run_engine(settings: Settings, wake_path: str) -> None:
 
 def _engine_child(settings: Settings, wake_path: str) -> None:
     _die_with_parent()
+    metrics.process_started("engine")
     from tesp_api.service import configure_logging
 
     configure_logging(settings.logging)
@@ -157,6 +159,7 @@ def _engine_child(settings: Settings, wake_path: str) -> None:
 
 def _api_child(settings: Settings, port: int, wake_path: str | None) -> None:
     _die_with_parent()
+    metrics.process_started("api")
     from tesp_api.service import StartupError, configure_logging, run_on_uvicorn_loop, serve_async
 
     configure_logging(settings.logging)
@@ -199,6 +202,10 @@ def serve_processes(settings: Settings) -> int:
     sock = _reuseport_socket(settings.api.host, settings.api.port)
     port = sock.getsockname()[1]
     private = Path(tempfile.mkdtemp(prefix="tesp-api-wake-"))  # 0700
+    # Prometheus multiprocess mode (docs/metrics.md): each child writes its metrics to its own
+    # files here, any API process answers /metrics with the sum; removed with `private` at the end.
+    (private / "metrics").mkdir(mode=0o700)
+    metrics.use_multiprocess_dir(str(private / "metrics"))
     wake_path = str(private / "engine.sock") if settings.engine.enabled else None
     api_settings = settings.model_copy(
         update={"engine": settings.engine.model_copy(update={"enabled": False})}
@@ -233,6 +240,8 @@ def serve_processes(settings: Settings) -> int:
             if ended:
                 dead = [c for c in children if not c.is_alive()]
                 for child in dead:
+                    if child.pid is not None:
+                        metrics.process_ended(child.pid)  # its live gauges leave the sums
                     log.error(
                         "%s (pid %s) exited with %s: stopping the service",
                         child.name,

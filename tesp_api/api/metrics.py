@@ -1,8 +1,11 @@
 """GET /metrics: Prometheus text format (docs/metrics.md). Off with ``api.metrics = false``.
 
 Protected like service-info: open unless ``auth.service_info_public`` is false, then it needs the
-same credentials as the TES routes. The process's counters come from prometheus-client's registry
-(tesp_api/metrics.py); ``tesp_tasks{state}`` is read from the store at each scrape.
+same credentials as the TES routes. The counters come from prometheus-client's registry
+(tesp_api/metrics.py): this process's in one process, and with api.workers >= 1 the sum over every
+process of the service (multiprocess mode: whichever API process is scraped gives the same answer).
+``tesp_tasks{state}`` is read from the store at each scrape, once, by the process that answers:
+it is never one of the summed per-process values, so it cannot be counted twice.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from tesp_api.api.deps import Principal, service_info_principal
+from tesp_api.metrics import multiprocess_registry
 from tesp_api.tes.models import TesState
 
 METRICS_URL = "/metrics"
@@ -44,7 +48,10 @@ async def task_state_gauge(store: Any) -> GaugeMetricFamily | None:
 
 def install_metrics(app: FastAPI, store: Any) -> None:
     async def metrics(principal: Annotated[Principal, Depends(service_info_principal)]) -> Response:
-        body = generate_latest(REGISTRY)
+        # Multiprocess mode leaves out this process's process_*/python_* metrics: they would change
+        # with the API process the kernel picked for the scrape.
+        summed = multiprocess_registry()
+        body = generate_latest(REGISTRY if summed is None else summed)
         gauge = await task_state_gauge(store)
         if gauge is not None:
             registry = CollectorRegistry(auto_describe=False)
