@@ -11,7 +11,6 @@ that Pulsar.
 from __future__ import annotations
 
 import os
-import signal
 import stat
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import httpx
 import pytest
 
 from tesp_api.local import free_port
-from tests.services.die_with_parent import die_with_parent
+from tests.services.tesp_local import LocalServiceProcess
 
 pytestmark = [pytest.mark.pulsar, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -49,57 +48,23 @@ class Local:
         raise AssertionError("no private_token in Pulsar's app.yml")
 
 
-def wait_until_up(proc: subprocess.Popen[bytes], api: str, log_file: Path, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        assert proc.poll() is None, log_file.read_text()
-        try:
-            if httpx.get(f"{api}/service-info", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, log_file.read_text()
-        time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Local]:
     cwd = tmp_path_factory.mktemp("local-cwd")
-    state = tmp_path_factory.mktemp("local-state") / "state"
-    port = free_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("TESP_API_") and k not in ("CONTAINER_TYPE", "FASTAPI_PROFILE")
-    }
-    env.update(
-        {
-            "TESP_API_SETTINGS": str(cwd / "settings.toml"),  # absent: defaults + these variables
-            "TESP_API_LOGGING__LEVEL": "DEBUG",
-            "TESP_API_PULSAR__KEEP_JOB_DIRECTORIES": "true",
-            "TESP_API_PULSAR__STATUS__POLL_INTERVAL": "0.2",
-            "TESP_API_RUNTIME__NETWORK": "host",
-            "CONTAINER_TYPE": "bwrap",  # podman or docker may work here, but with no image to run
-        }
+    service = LocalServiceProcess(
+        cwd,  # settings.toml (absent: defaults + these variables), local.log; the state in cwd/state
+        TESP_API_LOGGING__LEVEL="DEBUG",
+        TESP_API_PULSAR__KEEP_JOB_DIRECTORIES="true",
+        TESP_API_RUNTIME__NETWORK="host",
+        CONTAINER_TYPE="bwrap",  # podman or docker may work here, but with no image to run
     )
-    log_file = cwd / "local.log"
-    with log_file.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tesp_api", "local", "--port", str(port), "--state-dir", str(state)],
-            cwd=cwd,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,
-        )  # noqa: PLW1509 - one C call, see die_with_parent.py
-    api = f"http://127.0.0.1:{port}/ga4gh/tes/v1"
+    service.die_with_parent = True
+    service.start(timeout=240)
+    assert service.process is not None
     try:
-        wait_until_up(proc, api, log_file)
-        yield Local(proc, api, state, cwd, log_file)
+        yield Local(service.process, service.url + "/ga4gh/tes/v1", cwd / "state", cwd, service.log_file)
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
+        service.stop(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 
 from tesp_api.local import free_port
+from tests.services.die_with_parent import die_with_parent
 
 __all__ = ["TespProcess", "clean_env"]
 
@@ -31,6 +32,9 @@ def clean_env() -> dict[str, str]:
 class TespProcess:
     command = "serve"  # the tesp_api subcommand
     stop_timeout = 15.0  # seconds from SIGTERM to SIGKILL
+    # The child gets SIGTERM when the thread that started it dies (PR_SET_PDEATHSIG: a test run killed
+    # from outside runs no finalizer). Only for a process started from the test's main thread.
+    die_with_parent = False
 
     def __init__(self, cwd: Path, log_file: Path, env: dict[str, str]) -> None:
         self.cwd = cwd
@@ -56,7 +60,8 @@ class TespProcess:
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-            )
+                preexec_fn=die_with_parent if self.die_with_parent else None,
+            )  # noqa: PLW1509 - one C call, see die_with_parent.py
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
