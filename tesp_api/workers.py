@@ -4,8 +4,9 @@ Why: one Python process runs on one core, and an engine polling hundreds of runn
 of it from the API (issue 15). Here the parent holds the port and forks:
 
 * N API processes, each a uvicorn server on its own SO_REUSEPORT socket on that port (the kernel
-  spreads the connections by hash; see _listen), each with its own store connection (SQLite: WAL, one writer at a time across processes, as with
-  ``tesp-api worker`` replicas; MongoDB: its own client), and no engine;
+  spreads the connections by hash; see _listen), each with its own store connection (SQLite: WAL,
+  one writer at a time across processes, as with ``tesp-api worker`` replicas, their writers taking
+  turns through store/sqlite/writer_queue.py; MongoDB: its own client), and no engine;
 * one engine process (when ``engine.enabled``), the same engine as ``tesp-api worker``.
 
 The in-process shortcuts (a create claimed at once, a cancel noticed at once) cross the process

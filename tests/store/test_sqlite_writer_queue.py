@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import os
 import signal
@@ -23,7 +24,7 @@ from typing import Any, ClassVar
 import pytest
 
 from tesp_api.store.port import DuplicateTask
-from tesp_api.store.sqlite import SqliteTaskStore
+from tesp_api.store.sqlite import SqliteTaskStore, writer_queue
 from tesp_api.store.sqlite.writer_queue import LOCK_SUFFIX
 from tests.store.test_contract import make_task
 
@@ -230,3 +231,21 @@ async def test_writes_queued_while_waiting_for_the_turn_join_the_same_commit(tmp
     finally:
         os.close(other)
         await store.close()
+
+
+async def test_a_file_system_refusing_flock_leaves_the_store_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuse(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available (injected)")
+
+    monkeypatch.setattr(writer_queue.fcntl, "flock", refuse)  # as some network file systems answer
+    store = SqliteTaskStore(str(tmp_path / "tasks.sqlite3"))
+    await store.open()
+    try:
+        first = await store.create(make_task(), None)
+        second = await store.create(make_task(), None)
+        assert await store.get(first.id) is not None and await store.get(second.id) is not None
+    finally:
+        await store.close()
+    assert caplog.text.count("writer lock") == 1  # said once, then written without it

@@ -25,7 +25,8 @@ lock (the sqlite3 shell, an older server) is as safe as before and only waits th
   get a StoreError after the store's call timeout.
 * The lock file is created with mode 0600, so only the server's own user can take it (anyone who
   can open it could otherwise stall every writer). When it cannot be opened (another user's file,
-  a read-only directory), the store logs it once and writes without the queue.
+  a read-only directory) or the file system refuses ``flock``, the store logs it once and writes
+  without the queue.
 """
 
 from __future__ import annotations
@@ -54,10 +55,6 @@ class WriterQueue:
             return None
         return WriterQueue(database_path)
 
-    @property
-    def path(self) -> str:
-        return self._path
-
     def open(self) -> bool:
         """Open (create) the lock file; False, logged, when it cannot be used."""
         if self._fd is not None:
@@ -65,28 +62,40 @@ class WriterQueue:
         try:
             self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
-            logger.warning(
-                "sqlite store: cannot open the writer lock %s (%s): writing without it"
-                " (other processes' writes are then waited for by SQLite's busy handler)",
-                self._path,
-                exc,
-            )
+            self._give_up(f"cannot open it: {exc}")
             return False
         return True
 
     def acquire(self) -> None:
         """Wait (blocking, woken by the kernel) until this is the only writer among the processes
-        using the queue. Without an open lock file it returns at once."""
+        using the queue. Without an open lock file it returns at once; a file system that refuses
+        ``flock`` (ENOLCK, EOPNOTSUPP) turns the queue off instead of failing the writes."""
         if self._fd is None or self._held:
             return
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            self._give_up(f"flock failed: {exc}")
+            return
         self._held = True
 
     def release(self) -> None:
         if self._fd is None or not self._held:
             return
         self._held = False
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        except OSError as exc:
+            self._give_up(f"unlock failed: {exc}")  # closing the descriptor releases it
+
+    def _give_up(self, reason: str) -> None:
+        logger.warning(
+            "sqlite store: the writer lock %s cannot be used (%s): writing without it"
+            " (other processes' writes are then waited for by SQLite's busy handler)",
+            self._path,
+            reason,
+        )
+        self.close()
 
     def close(self) -> None:
         """Close the descriptor (which releases the lock if held)."""
