@@ -372,6 +372,10 @@ class AmqpBackend:
                 return known
             self._finished_resent[job_id] = now
             return dataclasses.replace(known, raw={**known.raw, RESUBMIT_KEY: FINISHED_RESENT_REASON})
+        if job_id in self._restore and known.raw.get(_FINISHED_UNREPORTED):
+            # Handed for the re-send, not sent yet (a refused publish is retried): not "running",
+            # or the retrying submit would take it for a job an earlier attempt started.
+            known = dataclasses.replace(known, status="preprocessing")
         if now - resent < self.setup_lost_after:
             return known
         log.warning("Pulsar %s: job %s: %s", self.name, job_id, FINISHED_NOT_RETURNED_REASON)
@@ -602,15 +606,19 @@ class AmqpBackend:
                 files_endpoint=self.staging.files_endpoint(spec.job_id) if outputs else None,
             ),
         )
-        self._statuses.pop(spec.job_id, None)
+        previous = self._statuses.pop(spec.job_id, None)
         self._submitted_unheard.add(spec.job_id)
         self._lost_since.pop(spec.job_id, None)
         try:
             await self.client.submit(setup)
         except PulsarAmqpUnavailable as exc:
             self._submitted_unheard.discard(spec.job_id)
+            if previous is not None:  # a re-send not sent: what was known still stands (_review)
+                self._statuses.setdefault(spec.job_id, previous)
             raise BackendUnavailable(f"Pulsar {self.name}: {exc}") from None
         prepared.sent = True
+        if restore is not None:
+            self._restore.pop(spec.job_id, None)  # the re-setup is out: from now on Pulsar's word
         await self._save_setup(spec.job_id, prepared)
 
     async def status(self, job_id: str) -> JobStatus:

@@ -5,16 +5,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aio_pika
 import pytest
 
-from tesp_api.pulsar.amqp import AmqpBackend
+from tesp_api.pulsar.amqp import FINISHED_RESENT_REASON, AmqpBackend
 from tesp_api.pulsar.amqp_client import AmqpClientOptions
 from tesp_api.pulsar.amqp_names import PulsarQueues
 from tesp_api.pulsar.amqp_staging import StagingServer, StagingTokens
-from tesp_api.pulsar.port import JobFile, JobSpec
+from tesp_api.pulsar.port import RESUBMIT_KEY, BackendUnavailable, JobFile, JobSpec
+from tesp_api.pulsar.retrying import SUBMITTED_STATUSES
 from tests.pulsar.test_amqp_client import publish_as_pulsar
 from tests.services import rabbitmq
 
@@ -215,3 +218,73 @@ async def test_a_job_whose_first_lost_was_not_believed_is_asked_about_again(tmp_
     finally:
         await b.aclose()
         await rabbitmq.delete_queues([*queues.consumed_by_pulsar, queues.status_update])
+
+
+async def take_setup(backend: AmqpBackend) -> dict[str, object] | None:
+    """The next setup message in Pulsar's setup queue (taken out), or None."""
+    connection = await aio_pika.connect(rabbitmq.URL)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(backend.queues.setup, passive=True)
+        message = await queue.get(no_ack=True, fail=False)
+        return None if message is None else dict(json.loads(message.body))
+
+
+async def test_a_finished_job_pulsar_lost_is_set_up_again_restoring_its_results_without_inputs(
+    backend: AmqpBackend,
+) -> None:
+    """What Pulsar 0.16 publishes for a job that finished while it was killed (its job script wrote
+    return_code, the runner tes-meta.tar): not lost work. The driver is asked once to send the setup
+    again; that setup has Pulsar copy the results aside before its job script resets working/,
+    puts them back, and fetches no inputs. A re-send the broker refused is not taken for one that
+    started (the retrying submit asks first)."""
+    spec = JobSpec(
+        job_id="job-1",
+        script_name="tes-job.sh",
+        files=[JobFile("tes-job.sh", "tool", data=b"true\n"), JobFile("in-0", "input", data=b"x\n")],
+        outputs_for_remote_staging=["tes-meta.tar", "tes-out/data/out.txt"],
+    )
+    await backend.prepare(spec)
+    await backend.submit(spec)
+    assert await take_setup(backend) is not None  # the first setup, taken in by Pulsar
+    await push(backend, "job-1", "running")
+    await publish_as_pulsar(
+        backend.queues,
+        {
+            "job_id": "job-1",
+            "status": "lost",
+            "complete": "true",
+            "returncode": 0,
+            "job_directory_contents": LAUNCHED_JOB_DIRECTORY,
+            "working_directory": "/srv/pulsar/staging/job-1/working",
+            "working_directory_contents": ["tes-meta.tar", "tes-out/data/out.txt", "fs/data/out.txt"],
+        },
+    )
+    await backend.wait_for_change("job-1", 10)
+    handed = await backend.status("job-1")
+    assert (handed.status, handed.raw.get(RESUBMIT_KEY)) == ("running", FINISHED_RESENT_REASON)
+    assert not (await backend.status("job-1")).raw.get(RESUBMIT_KEY)  # asked once
+    policy = f"tesp-test-{backend.queues.prefix}"
+    refuse = '{"max-length":0,"overflow":"reject-publish"}'
+    rabbitmq._ctl("set_policy", "--apply-to", "queues", policy, f"^{backend.queues.setup}$", refuse)
+    try:
+        with pytest.raises(BackendUnavailable):
+            await backend.submit(JobSpec(job_id="job-1", script_name="tes-job.sh", files=[]))
+    finally:
+        rabbitmq._ctl("clear_policy", policy)
+    assert (await backend.status("job-1")).status not in SUBMITTED_STATUSES  # so it is sent again
+    await backend.submit(JobSpec(job_id="job-1", script_name="tes-job.sh", files=[]))
+    setup = await take_setup(backend)
+    assert setup is not None
+    assert str(setup["command_line"]).startswith(
+        "cp -R __PULSAR_JOB_DIRECTORY__/inputs/tes-restore/. __PULSAR_JOB_DIRECTORY__/working/ && "
+    )
+    actions = setup["remote_staging"]["setup"]  # type: ignore[index]
+    assert [(a["name"], a["action"]["action_type"]) for a in actions] == [
+        ("tes-job.sh", "message"),
+        ("tes-restore/tes-meta.tar", "remote_copy"),
+        ("tes-restore/tes-out/data/out.txt", "remote_copy"),
+    ]
+    assert actions[2]["action"]["source"] == {
+        "path": "/srv/pulsar/staging/job-1/working/tes-out/data/out.txt"
+    }

@@ -375,16 +375,20 @@ def lost_while_the_directory_appears(job_id: str, scratch: Path) -> dict[str, ob
     """Pulsar's answer to a status request when its setup thread creates the job directory while its
     status thread answers: ``stateful.get_status`` found no directory ("lost"), then
     ``full_status`` listed the one that had appeared meanwhile (launched: not). Built with Pulsar's
-    own JobDirectory and the fields of its ``__job_complete_dict``; the two threads' race (the fresh-
-    clone CI failure of the kill -9 test above, both consumers starting together) is microseconds
-    wide and cannot be made to last, so the test answers the request as that status thread did."""
+    own JobDirectory and the fields of its ``__job_complete_dict``, listing what a real Pulsar 0.16
+    listed in such an answer (1 of 10 starts with one setup and one status request queued:
+    metadata, working, tool_version, tool_id, outputs, configs, inputs, tool_files). The two
+    threads' race (the fresh-clone CI failure of the kill -9 test above, both consumers starting
+    together) cannot be made to last, so the test answers the request as that status thread did."""
     from pulsar.managers.base import JobDirectory  # type: ignore[import-untyped]
 
     scratch.mkdir(parents=True, exist_ok=True)
     directory = JobDirectory(str(scratch), job_id)
     directory.setup()
-    for name in ("inputs", "working", "outputs", "configs", "tool_files"):
+    for name in ("metadata", "working", "outputs", "configs", "inputs", "tool_files"):
         directory.make_directory(name)
+    directory.write_file("tool_id", "tesp-api")
+    directory.write_file("tool_version", "1.0")
     return {
         "job_id": job_id,
         "complete": "true",
