@@ -239,8 +239,11 @@ def serve_processes(settings: Settings) -> int:
         while not stopping:
             ended = multiprocessing.connection.wait([c.sentinel for c in children], timeout=0.5)
             if ended:
-                dead = [c for c in children if not c.is_alive()]
+                dead = [c for c in children if c.sentinel in ended]
                 for child in dead:
+                    # its sentinel (a pipe) closes as it exits, a moment before it can be reaped:
+                    # is_alive() could still say True (then nothing was logged nor marked dead)
+                    child.join(5)
                     if child.pid is not None:
                         metrics.process_ended(child.pid)  # its live gauges leave the sums
                     log.error(
