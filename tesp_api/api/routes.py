@@ -123,7 +123,7 @@ async def _read_body(request: Request) -> bytes:
 def _decode_json(body: bytes) -> Any:
     try:
         return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of over 4,300 digits
         raise TesHttpError(400, f"(body): invalid JSON: {exc}") from None
     except RecursionError:
         raise TesHttpError(400, "(body): JSON nested too deeply") from None

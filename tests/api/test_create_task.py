@@ -283,6 +283,12 @@ async def test_deeply_nested_json_is_400_not_500(client: httpx.AsyncClient) -> N
     assert_tes_error(response, 400)
 
 
+async def test_a_number_too_long_for_python_to_convert_is_400_not_500(client: httpx.AsyncClient) -> None:
+    body = b'{"resources":{"cpu_cores":' + b"1" * 5000 + b'},"executors":[{"image":"a","command":["x"]}]}'
+    response = await client.post(f"{BASE}/tasks", content=body, headers={"content-type": "application/json"})
+    assert_tes_error(response, 400, "invalid JSON")
+
+
 async def test_path_prefix_of_an_output_without_wildcards_is_ignored(client: httpx.AsyncClient) -> None:
     body = task_body(outputs=[{"path": "/out/a.txt", "path_prefix": "", "url": "http://h/a.txt"}])
     assert (await post(client, body)).status_code == 200
