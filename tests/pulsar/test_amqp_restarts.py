@@ -376,7 +376,7 @@ def lost_while_the_directory_appears(job_id: str, scratch: Path) -> dict[str, ob
     status thread answers: ``stateful.get_status`` found no directory ("lost"), then
     ``full_status`` listed the one that had appeared meanwhile (launched: not). Built with Pulsar's
     own JobDirectory and the fields of its ``__job_complete_dict``, listing what a real Pulsar 0.16
-    listed in such an answer (1 of 10 starts with one setup and one status request queued:
+    listed in such an answer (2 of 40 starts with one setup and one status request queued:
     metadata, working, tool_version, tool_id, outputs, configs, inputs, tool_files). The two
     threads' race (the fresh-clone CI failure of the kill -9 test above, both consumers starting
     together) cannot be made to last, so the test answers the request as that status thread did."""
