@@ -38,6 +38,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tesp_api.local import LocalPulsar, free_port
+from tests.services.tesp_process import TespProcess as SharedTespProcess
 
 FINAL = {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED", "PREEMPTED"}
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,58 +64,26 @@ def counting_task(name: str, seconds: float) -> dict[str, Any]:
 # ---- tesp-api processes ---------------------------------------------------------------------------
 
 
-@dataclass
-class TespProcess:
-    """`tesp-api serve` (API + engine) or `tesp-api worker` (engine only), restartable on one port."""
+class TespProcess(SharedTespProcess):
+    """`tesp-api serve` (API + engine) or `tesp-api worker` (engine only), restartable on one port,
+    with exactly ``env`` (tesp_env's) as its environment; its output in ``<workdir>/<label>.log``."""
 
-    kind: str  # "serve" | "worker"
-    label: str
-    workdir: Path
-    env: dict[str, str]
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
+    stop_timeout = 30.0
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def __init__(self, kind: str, label: str, workdir: Path, env: dict[str, str]) -> None:
+        self.command = kind
+        self.serves_http = kind == "serve"
+        self.kind = kind
+        self.label = label
+        self.workdir = workdir
+        super().__init__(workdir, workdir / f"{label}.log", env)
+        self.env = dict(env)  # tesp_env's as it is (it drops CONTAINER_TYPE, which clean_env keeps)
 
     def start(self, timeout: float = 120.0) -> None:
-        argv = [sys.executable, "-m", "tesp_api", self.kind]
-        if self.kind == "serve":
-            argv += ["--host", "127.0.0.1", "--port", str(self.port)]
-        with (self.workdir / f"{self.label}.log").open("ab") as out:
-            self.process = subprocess.Popen(
-                argv, cwd=self.workdir, env=self.env, stdout=out, stderr=subprocess.STDOUT
-            )
-        if self.kind != "serve":
-            return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.label} exited; see {self.workdir / (self.label + '.log')}")
-            try:
-                if httpx.get(f"{self.url}/service-info", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.label} did not start")
+        super().start(timeout)
 
     def kill9(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-
-    def stop(self) -> None:
-        proc = self.process
-        if proc is None or proc.poll() is not None:
-            return
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        self.kill()
 
 
 def tesp_env(

@@ -35,6 +35,7 @@ class TespProcess:
     # The child gets SIGTERM when the thread that started it dies (PR_SET_PDEATHSIG: a test run killed
     # from outside runs no finalizer). Only for a process started from the test's main thread.
     die_with_parent = False
+    serves_http = True  # False (``worker``): no --host/--port, and started is all there is to wait for
 
     def __init__(self, cwd: Path, log_file: Path, env: dict[str, str]) -> None:
         self.cwd = cwd
@@ -53,15 +54,19 @@ class TespProcess:
 
     def start(self, timeout: float = 30.0) -> None:
         argv = [sys.executable, "-m", "tesp_api", self.command, *self.arguments()]
+        if self.serves_http:
+            argv += ["--host", "127.0.0.1", "--port", str(self.port)]
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(
-                [*argv, "--host", "127.0.0.1", "--port", str(self.port)],
+                argv,
                 cwd=self.cwd,
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 preexec_fn=die_with_parent if self.die_with_parent else None,
             )  # noqa: PLW1509 - one C call, see die_with_parent.py
+        if not self.serves_http:
+            return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
