@@ -51,7 +51,14 @@ _PR_SET_PDEATHSIG = 1
 def _die_with_parent() -> None:
     """Linux: SIGTERM this process when its parent dies (no orphaned workers). Its own process
     group, so a Ctrl-C reaches only the parent, which passes one SIGTERM on (a second signal would
-    make uvicorn drop its open requests)."""
+    make uvicorn drop its open requests).
+
+    SIGTERM and SIGINT go back to their default action first: a forked child inherits the parent's
+    Python handler (``stop``, which only sets the parent's flag), so a parent-death SIGTERM that came
+    before uvicorn or the engine set their own handlers was swallowed and the child lived on as an
+    orphan (seen twice: ``test_children_die_with_a_killed_serve_process``)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
     with contextlib.suppress(OSError, AttributeError):
