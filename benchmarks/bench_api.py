@@ -127,9 +127,11 @@ class Load:
     cpu_ms: float  # server CPU (process and children) per request
 
     def __str__(self) -> str:
+        # busy: cores the server kept busy (req/s x CPU per request). Under 1 for a server pinned to
+        # one core: it waited (other load on its core, or its own waits: a create's fsync).
         return (
             f"{self.rate:8.0f} req/s  p50 {self.p50 * 1000:7.3f} ms  p99 {self.p99 * 1000:7.2f} ms"
-            f"  CPU {self.cpu_ms:6.3f} ms/req"
+            f"  CPU {self.cpu_ms:6.3f} ms/req  busy {self.rate * self.cpu_ms / 1000:4.2f}"
         )
 
 
