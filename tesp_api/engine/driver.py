@@ -21,6 +21,8 @@ whatever state the store says:
   cancel won meanwhile, the logs and outputs gathered are still written (without a state change).
 * Pulsar lost the job after it was submitted (``lost``, or a ``liveness`` probe saying it is dead):
   lost work, PREEMPTED with the reason; or, with ``engine.rerun_lost``, a fresh Pulsar job.
+* Pulsar's shell could not exec the job's command.sh ("Text file busy", exit 126, the runner never
+  started: engine/exec_race.py): a fresh Pulsar job, a few times at most (not a SYSTEM_ERROR).
 * Final in the store but still ``active``: kill the Pulsar job if it may run, clean its directory,
   then ``active=False`` (the task is done for good).
 
@@ -44,6 +46,8 @@ from typing import Any, TypeVar
 
 from tesp_api import log_context
 from tesp_api.engine.context import DriverContext
+from tesp_api.engine.exec_race import MAX_RERUNS as MAX_BUSY_RERUNS
+from tesp_api.engine.exec_race import script_never_ran
 from tesp_api.engine.file_mapper import FileMapper, PathError, has_wildcard, host_rel, wildcard_base
 from tesp_api.engine.job_script import (
     ALREADY_RAN_EXIT,
@@ -87,6 +91,8 @@ STARTED_STATUSES = frozenset({"queued", "running", "postprocessing", "complete",
 # Pulsar statuses that say the job's command has started: the task is RUNNING from then on.
 RAN_STATUSES = frozenset({"running", "postprocessing", "complete"})
 DRIVEN_STATES = frozenset({TesState.INITIALIZING, TesState.RUNNING})
+# backend keys counting the task's re-runs (lost work; command.sh not exec'd): their sum names the next job
+RERUN_COUNTERS = ("reruns", "busy_reruns")
 LOST_DEFAULT_REASON = (
     "Pulsar does not know the job any more (lost): most likely Pulsar was restarted while the job ran "
     "and cannot re-attach to it, or its job directory was removed"
@@ -439,38 +445,62 @@ class TaskDriver:
     async def _lost(self, reason: str, *, kill: bool = False) -> None:
         """Pulsar lost the job after it was submitted: lost work. PREEMPTED (the spec's state for a
         task the system stopped, which workflow engines retry), or with ``engine.rerun_lost`` a
-        fresh Pulsar job ``<task id>-r<n>`` (a new job directory: the old one may hold the runner's
-        "already ran" guard), each re-run stated in system_logs."""
+        fresh Pulsar job (:meth:`_rerun`), each re-run stated in system_logs."""
         reruns = int(self.record.backend.get("reruns") or 0)
         allowed = self.ctx.engine.rerun_lost
         log.warning("lost work (Pulsar job %s): %s", self.job_id, reason)
         if reruns < allowed:
             n = reruns + 1
-            old_job, new_job = self.job_id, f"{self.task_id}-r{n}"
-            try:
-                if kill:  # Pulsar still calls it running: nothing of it may run beside the re-run
-                    await self._pulsar(lambda: self.backend.cancel(old_job))
-                if not self.ctx.pulsar.keep_job_directories:
-                    await self._pulsar(lambda: self.backend.clean(old_job))
-            except (GiveUp, BackendError) as exc:
-                log.warning("could not kill and clean the lost Pulsar job %s: %s", old_job, exc)
-            await self._move(
-                TesState.INITIALIZING,
-                LogPatch(
-                    system_logs=[
-                        f"{reason}; re-run {n} of {allowed} (engine.rerun_lost) as Pulsar job {new_job}"
-                    ]
-                ),
-                expected=DRIVEN_STATES,
-                backend={"job_id": new_job, "reruns": n, "submitting": False, "submitted": False},
+            await self._rerun(
+                f"{reason}; re-run {n} of {allowed} (engine.rerun_lost)", {"reruns": n}, kill=kill
             )
-            self._fresh = False  # a crash may fall after this write: the next driver asks Pulsar first
             return
         note = f" (re-run {reruns} time(s) already, engine.rerun_lost = {allowed})" if reruns else ""
         await self._move(
             TesState.PREEMPTED,
             LogPatch(end_time=now_rfc3339(), system_logs=[f"PREEMPTED: lost work: {reason}{note}"]),
         )
+
+    async def _rerun(self, why: str, counters: dict[str, int], *, kill: bool = False) -> None:
+        """The task again as a fresh Pulsar job ``<task id>-r<n>``, n counting every re-run of the
+        task whatever its cause (a new job directory: the old one may hold the runner's "already
+        ran" guard); the old job is killed (``kill``: Pulsar still calls it running) and cleaned,
+        the task back to INITIALIZING, ``why`` and the new job id stated in system_logs."""
+        backend = self.record.backend
+        n = 1 + sum(int(backend.get(key) or 0) for key in RERUN_COUNTERS)
+        old_job, new_job = self.job_id, f"{self.task_id}-r{n}"
+        try:
+            if kill:  # nothing of it may run beside the re-run
+                await self._pulsar(lambda: self.backend.cancel(old_job))
+            if not self.ctx.pulsar.keep_job_directories:
+                await self._pulsar(lambda: self.backend.clean(old_job))
+        except (GiveUp, BackendError) as exc:
+            log.warning("could not kill and clean the Pulsar job %s: %s", old_job, exc)
+        await self._move(
+            TesState.INITIALIZING,
+            LogPatch(system_logs=[f"{why} as Pulsar job {new_job}"]),
+            expected=DRIVEN_STATES,
+            backend={"job_id": new_job, **counters, "submitting": False, "submitted": False},
+        )
+        self._fresh = False  # a crash may fall after this write: the next driver asks Pulsar first
+
+    async def _script_never_ran(self, status: JobStatus) -> bool:
+        """Pulsar's shell could not exec the job's command.sh ("Text file busy", engine/exec_race.py:
+        the runner never started, no executor ran): submitted again as a fresh job, at most
+        ``exec_race.MAX_RERUNS`` times; True when re-run. False: the usual outcome stands."""
+        if not script_never_ran(status):
+            return False
+        done = int(self.record.backend.get("busy_reruns") or 0)
+        if done >= MAX_BUSY_RERUNS:
+            return False
+        n = done + 1
+        log.warning("Pulsar could not start job %s (Text file busy): submitting it again", self.job_id)
+        await self._rerun(
+            f"Pulsar could not start its job script ({_tail(status.stderr, 300)}, exit 126): the job "
+            f"runner never started, no executor ran; submitted again ({n} of {MAX_BUSY_RERUNS})",
+            {"busy_reruns": n},
+        )
+        return True
 
     async def _pulsar_final(self, status: JobStatus) -> None:
         n = len(self.record.task.executors)
@@ -483,6 +513,8 @@ class TaskDriver:
             await self._lost(str(status.raw.get(LOST_REASON_KEY) or LOST_DEFAULT_REASON))
             return
         if status.status == "failed":
+            if await self._script_never_ran(status):
+                return
             raise GiveUp(f"Pulsar reports the job failed: {_tail(status.stderr)}")
         # Small logs came with the final status (the script's stdout); else one download.
         # Pulsar reports the command's stdout as "job_stdout" or "stdout" depending on its job manager.
@@ -499,6 +531,8 @@ class TaskDriver:
             packed = self._scratch / META_TAR
             target = packed
             if not await self._pulsar(lambda: self.backend.fetch(job_id, META_TAR, target)):
+                if await self._script_never_ran(status):
+                    return
                 if status.returncode == ALREADY_RAN_EXIT:
                     raise GiveUp("the job was submitted twice; the second run refused to start")
                 raise GiveUp(
