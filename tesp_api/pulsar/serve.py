@@ -17,9 +17,17 @@ process group). :func:`install` patches ``pulsar.managers.unqueued.execute`` (th
 every ``queued_python``/``unqueued`` launch goes through) before gunicorn forks its workers, so they
 inherit it; it refuses to start on a Pulsar whose ``execute`` is not the function it knows.
 
-``tesp_api.local.LocalPulsar`` (``tesp-api local``, the test suite, the benchmarks) runs Pulsar as
-``python -m tesp_api.pulsar.serve server.ini``. An operator's own Pulsar does not have it: there the
-race stays Pulsar's (``benchmarks/bench_text_busy.py`` counts it; docs/runtimes.md).
+Two entry points, both patched in-process before Pulsar starts its manager threads:
+
+* ``python -m tesp_api.pulsar.serve [pulsar-serve args]``: REST, ``pulsar-serve`` (gunicorn);
+* ``python -m tesp_api.pulsar.serve --pulsar-main [pulsar-main args]``: AMQP (or REST without
+  gunicorn), ``pulsar-main`` (its ``-d`` daemon mode forks after the patch, which the child keeps).
+
+``tesp_api.local.LocalPulsar`` (``tesp-api local``, the test suite, the benchmarks), the AMQP test
+Pulsar (tests/services/pulsar_amqp.py) and the docker/pulsar image (both variants: the file is
+copied alone, it needs only the standard library and pulsar-app) run Pulsar this way. An
+operator's own Pulsar started otherwise keeps the race (``benchmarks/bench_text_busy.py`` counts
+it); the engine then submits a job that failed so again (tesp_api/engine/exec_race.py, docs/runtimes.md).
 """
 
 from __future__ import annotations
@@ -34,8 +42,9 @@ from typing import IO, Any
 JOB_SCRIPT = "command.sh"  # pulsar/managers/base/directory.py _write_job_script
 EXPECTED_PARAMETERS = ["command_line", "working_directory", "stdout", "stderr"]
 _FALLBACK_SHELL = "/bin/sh"
+MAIN_FLAG = "--pulsar-main"  # first argument: run pulsar-main instead of pulsar-serve
 
-__all__ = ["JOB_SCRIPT", "install", "main", "through_interpreter"]
+__all__ = ["JOB_SCRIPT", "MAIN_FLAG", "install", "main", "through_interpreter"]
 
 
 def _interpreter(path: str) -> list[str]:
@@ -82,12 +91,19 @@ def install() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``pulsar-serve`` (same arguments), with :func:`install` applied first."""
+    """``pulsar-serve`` (same arguments), or with :data:`MAIN_FLAG` first ``pulsar-main`` (its
+    arguments after the flag), with :func:`install` applied first."""
+    args = sys.argv[1:] if argv is None else list(argv)
     install()
-    from pulsar.scripts.serve import main as serve  # type: ignore[import-untyped]
+    if args[:1] == [MAIN_FLAG]:
+        from pulsar.main import main as run  # type: ignore[import-untyped]
 
-    sys.argv[0] = "pulsar-serve"
-    result = serve(argv)
+        sys.argv[0], args = "pulsar-main", args[1:]
+    else:
+        from pulsar.scripts.serve import main as run  # type: ignore[import-untyped]
+
+        sys.argv[0] = "pulsar-serve"
+    result = run(args)
     return int(result or 0)
 
 

@@ -1,4 +1,6 @@
-"""A real Pulsar (pulsar-app) in AMQP mode, run as a plain child process: ``pulsar-main -c DIR``.
+"""A real Pulsar (pulsar-app) in AMQP mode, run as a plain child process: ``pulsar-main -c DIR``,
+through ``python -m tesp_api.pulsar.serve --pulsar-main`` (job scripts read, not exec'd: no "Text
+file busy", tesp_api/pulsar/serve.py) unless ``exec_job_scripts``.
 
 There is no container engine on the build machines, so Pulsar runs from the shared virtualenv with its
 state (staging, persistence, HOME) in a temporary directory. It talks to the shared RabbitMQ broker on
@@ -25,6 +27,7 @@ from typing import Any
 import aio_pika
 
 from tesp_api.local import job_process_groups
+from tesp_api.pulsar.serve import MAIN_FLAG
 from tests.services import rabbitmq
 
 PULSAR_MAIN = str(Path(sys.executable).with_name("pulsar-main"))
@@ -38,6 +41,7 @@ class PulsarAmqp:
     amqp_url: str = rabbitmq.URL
     manager: str = "_default_"
     num_concurrent_jobs: int = 4
+    exec_job_scripts: bool = False  # Pulsar's own pulsar-main, which execs each job's command.sh
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _log_handle: object | None = field(default=None, init=False)
 
@@ -82,13 +86,19 @@ class PulsarAmqp:
         )
         (self.directory / "app.yml").write_text(config)
 
+    def main_command(self) -> list[str]:
+        """pulsar-main, as ``python -m tesp_api.pulsar.serve --pulsar-main`` unless ``exec_job_scripts``."""
+        if self.exec_job_scripts:
+            return [PULSAR_MAIN]
+        return [sys.executable, "-m", "tesp_api.pulsar.serve", MAIN_FLAG]
+
     async def start(self, ready_timeout: float = 60.0) -> None:
         if not (self.directory / "app.yml").exists():
             self.write_config()
         env = dict(os.environ, HOME=str(self.directory / "home"))
         self._log_handle = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [PULSAR_MAIN, "-c", str(self.directory)],
+            [*self.main_command(), "-c", str(self.directory)],
             cwd=self.directory,
             env=env,
             stdout=self._log_handle,
