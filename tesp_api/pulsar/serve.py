@@ -107,5 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     return int(result or 0)
 
 
+def _drop_own_directory() -> None:
+    """Run as a file (``python serve.py``), Python puts this file's directory first on sys.path;
+    from a tesp-api checkout that is tesp_api/pulsar/, whose ``amqp.py`` would shadow py-amqp and
+    make kombu, hence pulsar-main, fail ("kombu dependency unavailable"). Pulsar needs none of it."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+
+
 if __name__ == "__main__":
+    if not __package__:  # run as a file, not with -m
+        _drop_own_directory()
     sys.exit(main())

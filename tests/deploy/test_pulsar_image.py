@@ -1,7 +1,8 @@
-"""The Pulsar image's own files: app.yml, server.ini and entrypoint.sh, run outside Docker.
+"""The Pulsar image's own files: app.yml, server.ini, entrypoint.sh and its command, run outside Docker.
 
 pulsar-serve is started for real through docker/pulsar/entrypoint.sh with the image's app.yml and
-server.ini, configured by the same PULSAR_CONFIG_OVERRIDE_* variables docker-compose.yaml sets. Only
+server.ini and the `rest` stage's own CMD (tesp_api/pulsar/serve.py, copied into the image, read at
+its repository path), configured by the same PULSAR_CONFIG_OVERRIDE_* variables docker-compose.yaml sets. Only
 what cannot exist here is changed: the listen address/port (a free port on 127.0.0.1) and the
 image's absolute state paths (/var/lib/pulsar/...), moved into the test's temporary directory.
 The Docker check of the entrypoint meets the real docker CLI with no daemon (none runs here).
@@ -22,11 +23,16 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
+from tests.deploy import dockerfile
 from tests.deploy.compose import REPO
+from tests.e2e.test_pulsar_text_busy import run_with_script_held_open
 
 PULSAR_DIR = REPO / "docker" / "pulsar"
+DOCKERFILE = PULSAR_DIR / "Dockerfile"
+LAUNCHER = "tesp_api/pulsar/serve.py"  # copied into the image: Pulsar started through it
 ENTRYPOINT = PULSAR_DIR / "entrypoint.sh"
 HEALTHCHECK = REPO / "docker" / "healthcheck.py"
 TOKEN = "image-test-token-0123"
@@ -53,6 +59,21 @@ def entrypoint_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
     return {k: v for k, v in env.items() if v is not None}
 
 
+def image_command(target: str) -> list[str]:
+    """The ``target`` stage's CMD, the launcher's image path as the Dockerfile COPYs it."""
+    stages = dockerfile.parse(DOCKERFILE)
+    cmd = dockerfile.inherited(stages, next(s for s in stages if s.name == target), "CMD")
+    assert cmd is not None
+    return cmd.words()
+
+
+def launcher_path_in_image() -> str:
+    copies = [
+        c.words() for c in next(s for s in dockerfile.parse(DOCKERFILE) if s.name == "base").all("COPY")
+    ]
+    return next(words[-1] for words in copies if words[:-1] == [LAUNCHER])
+
+
 def run_entrypoint(env: dict[str, str], *command: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["/bin/sh", str(ENTRYPOINT), *(command or ("true",))],
@@ -62,6 +83,12 @@ def run_entrypoint(env: dict[str, str], *command: str) -> subprocess.CompletedPr
         timeout=30,
         check=False,
     )
+
+
+def rest_command_here(etc: Path) -> list[str]:
+    """The rest image's CMD with its image paths (python, the launcher, /etc/pulsar) made local."""
+    here = {"python": sys.executable, launcher_path_in_image(): str(REPO / LAUNCHER)}
+    return [here.get(w, w.replace("/etc/pulsar/", f"{etc}/")) for w in image_command("rest")]
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +114,7 @@ def pulsar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     )
     log = open(root / "pulsar.log", "wb")  # noqa: SIM115 (closed at teardown)
     process = subprocess.Popen(
-        ["/bin/sh", str(ENTRYPOINT), "pulsar-serve", str(etc / "server.ini")],
+        ["/bin/sh", str(ENTRYPOINT), *rest_command_here(etc)],
         env=env,
         cwd=state,
         stdout=log,
@@ -140,6 +167,25 @@ def test_pulsar_with_the_image_config_puts_jobs_in_the_staging_directory_from_th
     assert status == 200
     assert f'"job_directory": "{staging}/image-check"'.encode() in body
     http_status(f"{base}/jobs/image-check?private_token={TOKEN}", method="DELETE")
+
+
+def test_both_image_variants_start_pulsar_through_the_launcher() -> None:
+    launcher = launcher_path_in_image()
+    assert image_command("rest") == ["python", launcher, "/etc/pulsar/server.ini"]
+    assert image_command("amqp")[:3] == ["python", launcher, "--pulsar-main"]
+
+
+def test_pulsar_as_the_image_starts_it_runs_a_job_whose_script_is_held_open_for_writing(
+    pulsar: tuple[str, Path],
+) -> None:
+    """The image's Pulsar is immune to Pulsar's "command.sh: Text file busy" race
+    (tests/e2e/test_pulsar_text_busy.py: plain pulsar-serve fails this job)."""
+    base, staging = pulsar
+    with httpx.Client(base_url=base, params={"private_token": TOKEN}, timeout=30.0) as client:
+        status = run_with_script_held_open(client, staging, "image-busy")
+        client.delete("/jobs/image-busy")
+    assert int(status["returncode"]) == 0, status
+    assert "ran" in f"{status.get('stdout')}{status.get('job_stdout')}"
 
 
 def test_the_image_healthcheck_counts_pulsars_401_as_alive(pulsar: tuple[str, Path]) -> None:

@@ -33,42 +33,45 @@ from tesp_api.pulsar.serve import JOB_SCRIPT
 from tests.e2e.test_crash_safety import FINAL, counting_task, state_of
 from tests.e2e.test_pulsar_dropped_job_rest import wait_for
 from tests.e2e.test_pulsar_restart_rest import serve_counting_runs
-from tests.services.pulsar import LocalPulsar, pulsar_server
+from tests.services.pulsar import pulsar_server
 
 pytestmark = [pytest.mark.pulsar]
 DEADLINE = 120.0  # a bound on the wait, not a timed assertion
 
 
-def run_with_script_held_open(pulsar: LocalPulsar, job_id: str) -> dict[str, Any]:
-    """One job (``echo ran``), its command.sh held open for writing by this process from before
-    Pulsar writes it until the job is final; Pulsar's final status."""
-    with pulsar.client(timeout=30.0) as client:
-        assert client.post("/jobs", params={"job_id": job_id}).status_code == 200
-        tool = client.post(
-            f"/jobs/{job_id}/files", params={"name": "job.sh", "type": "tool"}, content=b"echo ran\n"
-        ).json()["path"]
-        with open(pulsar.staging_directory / job_id / JOB_SCRIPT, "wb"):
-            client.post(f"/jobs/{job_id}/submit", params={"command_line": f"bash {tool}"})
-            deadline = time.monotonic() + DEADLINE
-            while time.monotonic() < deadline:
-                status: dict[str, Any] = client.get(f"/jobs/{job_id}/status").json()
-                if status["status"] in ("complete", "failed", "lost", "cancelled"):
-                    return status
-                time.sleep(0.1)
+def run_with_script_held_open(client: httpx.Client, staging: Path, job_id: str) -> dict[str, Any]:
+    """One job (``echo ran``) on the Pulsar ``client`` talks to (REST), its command.sh under
+    ``staging`` held open for writing by this process from before Pulsar writes it until the job
+    is final; Pulsar's final status."""
+    assert client.post("/jobs", params={"job_id": job_id}).status_code == 200
+    tool = client.post(
+        f"/jobs/{job_id}/files", params={"name": "job.sh", "type": "tool"}, content=b"echo ran\n"
+    ).json()["path"]
+    with open(staging / job_id / JOB_SCRIPT, "wb"):
+        client.post(f"/jobs/{job_id}/submit", params={"command_line": f"bash {tool}"})
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline:
+            status: dict[str, Any] = client.get(f"/jobs/{job_id}/status").json()
+            if status["status"] in ("complete", "failed", "lost", "cancelled"):
+                return status
+            time.sleep(0.1)
     raise AssertionError(f"job {job_id} not final within {DEADLINE} s")
 
 
 def test_plain_pulsar_serve_fails_a_job_whose_script_is_held_open_for_writing(tmp_path: Path) -> None:
     """The race reproduced: what every task hit about once in 300 before our launcher."""
-    with pulsar_server(tmp_path / "pulsar", exec_job_scripts=True) as pulsar:
-        status = run_with_script_held_open(pulsar, "busy")
+    with (
+        pulsar_server(tmp_path / "pulsar", exec_job_scripts=True) as pulsar,
+        pulsar.client(timeout=30.0) as client,
+    ):
+        status = run_with_script_held_open(client, pulsar.staging_directory, "busy")
     assert "Text file busy" in f"{status.get('stderr')}{status.get('job_stderr')}"
     assert int(status["returncode"]) == 126
 
 
 def test_our_pulsar_launcher_runs_a_job_whose_script_is_held_open_for_writing(tmp_path: Path) -> None:
-    with pulsar_server(tmp_path / "pulsar") as pulsar:
-        status = run_with_script_held_open(pulsar, "busy")
+    with pulsar_server(tmp_path / "pulsar") as pulsar, pulsar.client(timeout=30.0) as client:
+        status = run_with_script_held_open(client, pulsar.staging_directory, "busy")
     assert "Text file busy" not in f"{status.get('stderr')}{status.get('job_stderr')}"
     assert int(status["returncode"]) == 0
     assert "ran" in f"{status.get('stdout')}{status.get('job_stdout')}"
