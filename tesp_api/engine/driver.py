@@ -75,6 +75,7 @@ from tesp_api.pulsar.port import (
     JobStatus,
     Liveness,
     PulsarBackend,
+    rerun_job_id,
 )
 from tesp_api.pulsar.retrying import retry_listener
 from tesp_api.store.port import LogPatch, TaskRecord
@@ -468,7 +469,7 @@ class TaskDriver:
         the task back to INITIALIZING, ``why`` and the new job id stated in system_logs."""
         backend = self.record.backend
         n = 1 + sum(int(backend.get(key) or 0) for key in RERUN_COUNTERS)
-        old_job, new_job = self.job_id, f"{self.task_id}-r{n}"
+        old_job, new_job = self.job_id, rerun_job_id(self.task_id, n)
         try:
             if kill:  # nothing of it may run beside the re-run
                 await self._pulsar(lambda: self.backend.cancel(old_job))

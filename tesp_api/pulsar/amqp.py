@@ -71,6 +71,7 @@ from tesp_api.pulsar.port import (
     BackendUnavailable,
     JobSpec,
     JobStatus,
+    task_id_of,
 )
 from tesp_api.store.port import StoreError
 
@@ -106,7 +107,7 @@ _FINISHED_UNREPORTED = "tesp_finished_unreported"  # JobStatus.raw mark of such 
 RESTORE_DIR = "tes-restore"
 _RESULT_DIR = "tes-out/"
 # Keys of the task's store record (TaskRecord.backend) this backend owns.
-SETUP_KEY = "amqp_setup"
+SETUP_KEY = "amqp_setup"  # + "-r<n>" for a re-run's job (port.rerun_job_id): one record, one key per job
 RECEIVED_KEY = "amqp_received_by:"  # + replica: when that replica first took in an upload of the job
 STAGING_SECRET = "amqp-staging"  # noqa: S105 - the secret's name, not a secret; the staging servers' signing key (store.get_or_create_secret)
 
@@ -519,7 +520,9 @@ class AmqpBackend:
             await asyncio.to_thread(self._save_prepared, job_id, prepared)
             return
         try:
-            saved = await self.store.update(job_id, backend={SETUP_KEY: prepared.to_dict()})
+            saved = await self.store.update(
+                task_id_of(job_id), backend={_setup_key(job_id): prepared.to_dict()}
+            )
         except StoreError as exc:
             raise BackendUnavailable(f"Pulsar {self.name}: the task store: {exc}") from None
         if saved is None:
@@ -532,10 +535,10 @@ class AmqpBackend:
         if prepared is not None:
             return prepared
         try:
-            record = await self.store.get(job_id)
+            record = await self.store.get(task_id_of(job_id))
         except StoreError as exc:
             raise BackendUnavailable(f"Pulsar {self.name}: the task store: {exc}") from None
-        data = record.backend.get(SETUP_KEY) if record is not None else None
+        data = record.backend.get(_setup_key(job_id)) if record is not None else None
         if not isinstance(data, dict):
             return None
         try:
@@ -549,7 +552,7 @@ class AmqpBackend:
         """The staging server took in an upload of the job: say so in the store (once per replica)."""
         assert self.store is not None
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
-        await self.store.update(job_id, backend={RECEIVED_KEY + self.staging.replica: stamp})
+        await self.store.update(task_id_of(job_id), backend={RECEIVED_KEY + self.staging.replica: stamp})
 
     # ---- the prepared setup, on disk ---------------------------------------------------------------
 
@@ -777,7 +780,7 @@ class AmqpBackend:
         if self.store is None or job_id in self._warned_unshared:
             return
         try:
-            record = await self.store.get(job_id)
+            record = await self.store.get(task_id_of(job_id))
         except StoreError:
             return
         others = sorted(
@@ -817,6 +820,12 @@ class AmqpBackend:
                 record.unlink(missing_ok=True)
 
             await asyncio.to_thread(remove)
+
+
+def _setup_key(job_id: str) -> str:
+    """Where the task's record keeps this job's setup: ``SETUP_KEY`` for the task's own job,
+    ``SETUP_KEY-r<n>`` for a re-run's (the record is the task's, found by ``task_id_of``)."""
+    return SETUP_KEY + job_id[len(task_id_of(job_id)) :]
 
 
 def _launched(body: Any) -> bool:

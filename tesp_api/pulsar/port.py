@@ -4,17 +4,33 @@ Two adapters implement it: ``rest.py`` (Pulsar's HTTP API: files are uploaded an
 service) and ``amqp.py`` (Pulsar's message queues: no file transfer, inputs and outputs move by
 Pulsar's remote staging). The engine speaks only to this protocol.
 
-Pulsar job id = TES task id: every call is idempotent by id, so a worker that crashed half way
+Pulsar job id = TES task id (``<task id>-r<n>`` for a re-run, :func:`rerun_job_id`): every call is idempotent by id, so a worker that crashed half way
 can repeat ``prepare`` and ``submit`` after asking ``status`` (a job Pulsar already runs is never
 submitted again).
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+_RERUN_JOB_ID = re.compile(r"(.+)-r[0-9]+")  # task ids are UUIDs: never "-r" in them
+
+
+def rerun_job_id(task_id: str, n: int) -> str:
+    """The Pulsar job id of a task's n-th re-run (engine/driver.py): a fresh job directory."""
+    return f"{task_id}-r{n}"
+
+
+def task_id_of(job_id: str) -> str:
+    """The task a Pulsar job id belongs to: the id itself, or the task of ``<task id>-r<n>``
+    (a backend that keeps per-job state in the task's record needs it)."""
+    match = _RERUN_JOB_ID.fullmatch(job_id)
+    return match.group(1) if match else job_id
+
 
 # Pulsar states. Final: complete, cancelled, failed, lost (lost = unknown or cleaned job id).
 FINAL_STATUSES = frozenset({"complete", "cancelled", "failed", "lost"})

@@ -302,9 +302,11 @@ class UpdateRecorder:
 
 
 @contextlib.asynccontextmanager
-async def running_pulsar_amqp(state_dir: Path, tag: str) -> AsyncIterator[PulsarAmqp]:
+async def running_pulsar_amqp(
+    state_dir: Path, tag: str, *, exec_job_scripts: bool = False
+) -> AsyncIterator[PulsarAmqp]:
     """A started AMQP Pulsar on its own queue prefix; stopped and its queues deleted afterwards."""
-    server = PulsarAmqp(state_dir, key_prefix=rabbitmq.unique_prefix(tag))
+    server = PulsarAmqp(state_dir, key_prefix=rabbitmq.unique_prefix(tag), exec_job_scripts=exec_job_scripts)
     await server.start()
     try:
         yield server
