@@ -25,16 +25,10 @@ from tesp_api.pulsar.serve import JOB_SCRIPT
 from tesp_api.store.sqlite import SqliteTaskStore
 from tesp_api.tes.models import TesState
 from tests.engine.conftest import submit, wait_for
-from tests.pulsar.test_amqp_engine import settings  # noqa: F401 (the module's settings fixture)
-from tests.services import rabbitmq
+from tests.pulsar.test_amqp_engine import _broker, settings  # noqa: F401 (its fixtures: broker required, settings)
 from tests.services.pulsar_amqp import PulsarAmqp, running_pulsar_amqp
 
 pytestmark = [pytest.mark.amqp, pytest.mark.pulsar, pytest.mark.timeout(180)]
-
-
-@pytest.fixture(autouse=True)
-def _broker() -> None:
-    rabbitmq.require_broker()
 
 
 @pytest.fixture
