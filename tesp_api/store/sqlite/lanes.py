@@ -12,9 +12,12 @@ takes the write lock up front, so a compare-and-set or a claim reads and writes 
 when other processes use the same file (they wait up to ``busy_timeout``); the processes of one
 file take turns through a ``flock`` queue first (writer_queue.py), woken as soon as the other
 has committed, rather than by the busy handler's sleeps. ``synchronous=FULL`` by
-default: a create that answered 200 survives a power loss too (one fsync per group commit, so the
-cost is shared by the batch); ``NORMAL`` (setting ``db.sqlite_synchronous``) trades the last
-transactions before a power loss for fewer fsyncs. Point reads by id may run on the event loop's
+default: a create that answered 200 survives a power loss too. The fsync is not done inside
+``COMMIT`` (under the write lock) but after it, by a syncer thread (syncer.py), before the batch's
+callers are answered: the writer connection runs at SQLite's ``NORMAL`` and the next batch commits
+while the previous one's fsync runs (docs/store.md "Durable commits: the fsync after the lock").
+``NORMAL`` (setting ``db.sqlite_synchronous``) means no fsync at all: it trades the last
+transactions before a power loss for speed. Point reads by id may run on the event loop's
 own read-only connection instead (``_point_read``).
 
 Why a module of its own: this is the machinery every operation goes through and nothing here
@@ -37,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from tesp_api.store.port import StoreError, StoreUnavailable
+from tesp_api.store.sqlite.syncer import WalSyncer
 from tesp_api.store.sqlite.writer_queue import WriterQueue
 
 logger = logging.getLogger(__name__)
@@ -82,6 +86,9 @@ class _Lane:
     # Set once for good when the lane cannot serve any more (a dead writer, a vanished file): every
     # call then fails at once with StoreUnavailable instead of waiting for an answer that never comes.
     failure: str | None = None
+    # The writer's, when its commits are made durable after the lock (syncer.py): every outcome of
+    # the lane is answered through it, in order.
+    syncer: WalSyncer[_Outcome] | None = None
 
 
 def _expire(future: asyncio.Future[Any], timeout: float) -> None:
@@ -126,6 +133,8 @@ class SqliteLanes:
 
     # The connection class (tests substitute one that fails on purpose).
     connection_class: type[sqlite3.Connection] = sqlite3.Connection
+    # How the syncer makes the WAL durable (tests substitute one that blocks or fails with EIO).
+    wal_sync: Callable[[int], None] = staticmethod(os.fdatasync)
 
     def __init__(
         self,
@@ -151,6 +160,11 @@ class SqliteLanes:
         # Other processes writing the same file queue behind a flock and are woken when it is
         # free, instead of polling SQLite's lock through the busy handler's sleeps (writer_queue.py).
         self._writer_queue = WriterQueue.for_database(path)
+        # FULL on a file: the writer commits at NORMAL and the syncer fsyncs this WAL after the lock.
+        self._wal_path: str | None = None
+        if synchronous == "FULL" and path != ":memory:" and not path.startswith("file:"):
+            self._wal_path = os.path.abspath(path) + "-wal"
+        self._writer_in_wal = False  # the writer connection is in WAL mode at NORMAL (else: FULL, no syncer)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -173,6 +187,14 @@ class SqliteLanes:
 
     def _start_lane(self, conn: sqlite3.Connection, role: str) -> _Lane:
         lane = _Lane(queue.SimpleQueue())
+        if role == "writer" and self._wal_path is not None:
+            lane.syncer = WalSyncer(
+                self._wal_path,
+                self._settle_synced,
+                lambda reason: self._fail_lane(lane, reason),
+                type(self).wal_sync,
+            )
+            lane.syncer.start()
         lane.thread = threading.Thread(
             target=self._serve, args=(lane, conn, role), name=f"sqlite-store-{role}:{self._path}", daemon=True
         )
@@ -203,8 +225,15 @@ class SqliteLanes:
             self._path, isolation_level=None, check_same_thread=False, factory=self.connection_class
         )
         conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        synchronous = self._synchronous
+        if not read_only and self._wal_path is not None:
+            # The writer: at NORMAL its COMMIT does not fsync; the syncer does, after the lock. Only
+            # in WAL mode (NORMAL in a rollback journal could corrupt the file on power loss).
+            self._writer_in_wal = str(mode).lower() == "wal"
+            if self._writer_in_wal:
+                synchronous = "NORMAL"
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
         conn.execute("PRAGMA foreign_keys = ON")
         if read_only:
             conn.execute("PRAGMA query_only = ON")
@@ -249,6 +278,14 @@ class SqliteLanes:
         StoreUnavailable, so nobody waits for ever."""
         q = lane.queue
         last_identity_check = time.monotonic()
+        syncer = lane.syncer
+
+        def deliver(outcomes: list[_Outcome], committed: bool) -> None:
+            if syncer is None:
+                self._deliver(outcomes)
+            else:  # answered once durable, in order (syncer.py)
+                syncer.submit(outcomes, committed and self._writer_in_wal)
+
         try:
             stop = False
             while not stop:
@@ -269,15 +306,16 @@ class SqliteLanes:
                     conn = self._reconnect(lane, role)
                 if lane.failure is not None or conn is None:
                     error = StoreUnavailable(f"the task store is unavailable: {lane.failure}")
-                    self._deliver([_Outcome(op, error=error) for op in batch])
+                    deliver([_Outcome(op, error=error) for op in batch], False)
                     continue
                 try:
-                    outcomes, healthy = self._execute(conn, batch, q)
+                    outcomes, healthy, committed = self._execute(conn, batch, q)
                 except Exception as exc:
                     logger.exception("sqlite store %s: a batch failed unexpectedly", role)
                     failed = StoreError(f"database error: {exc}")
-                    outcomes, healthy = [_Outcome(op, error=failed) for op in batch], False
-                self._deliver(outcomes)
+                    # It may have committed before failing: wait for a sync all the same.
+                    outcomes, healthy, committed = [_Outcome(op, error=failed) for op in batch], False, True
+                deliver(outcomes, committed)
                 if not healthy:  # the connection is in an unknown state: start a fresh one
                     with contextlib.suppress(sqlite3.Error):
                         conn.close()
@@ -294,7 +332,9 @@ class SqliteLanes:
                     break
                 if item is not _STOP:
                     error = StoreUnavailable(f"the task store is unavailable: {lane.failure}")
-                    self._deliver([_Outcome(op, error=error) for op in item])
+                    deliver([_Outcome(op, error=error) for op in item], False)
+            if syncer is not None:
+                syncer.stop()  # answers every batch still waiting for its fsync
             if conn is not None:
                 conn.close()
 
@@ -325,9 +365,10 @@ class SqliteLanes:
 
     def _execute(
         self, conn: sqlite3.Connection, batch: list[_Op], q: queue.SimpleQueue[Any] | None = None
-    ) -> tuple[list[_Outcome], bool]:
+    ) -> tuple[list[_Outcome], bool, bool]:
         """Run a batch; all writes in one transaction, committed once (group commit). Also says
-        whether the connection is still in a known state (False: a ROLLBACK failed).
+        whether the connection is still in a known state (False: a ROLLBACK failed) and whether
+        the batch committed (its answers then wait for the syncer's fsync).
 
         Every write operation is written so that when it fails it has written nothing: one write
         statement (SQLite undoes a failed statement by itself) or it undoes its own first
@@ -335,7 +376,7 @@ class SqliteLanes:
         a SAVEPOINT per operation, which would cost more than the insert itself.
         """
         if not any(op.write for op in batch):
-            return [self._run_one(conn, op) for op in batch], True
+            return [self._run_one(conn, op) for op in batch], True, False
         writers = self._writer_queue
         if writers is None:
             return self._transaction(conn, batch)
@@ -349,14 +390,14 @@ class SqliteLanes:
         finally:
             writers.release()
 
-    def _transaction(self, conn: sqlite3.Connection, batch: list[_Op]) -> tuple[list[_Outcome], bool]:
+    def _transaction(self, conn: sqlite3.Connection, batch: list[_Op]) -> tuple[list[_Outcome], bool, bool]:
         """The batch in one BEGIN IMMEDIATE ... COMMIT; the rules are _execute's."""
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             logger.warning("sqlite store: cannot begin a write transaction: %s", exc)
             failed = [_Outcome(op, error=StoreError(f"database busy or unavailable: {exc}")) for op in batch]
-            return failed, not conn.in_transaction
+            return failed, not conn.in_transaction, False
         outcomes: list[_Outcome] = []
         try:
             for op in batch:
@@ -376,8 +417,18 @@ class SqliteLanes:
                 except sqlite3.Error as rollback_exc:  # the thread must live on (issue 12)
                     logger.warning("sqlite store: ROLLBACK failed too: %s", rollback_exc)
                     healthy = False
-            return [_Outcome(op, error=StoreError(f"database write failed: {exc}")) for op in batch], healthy
-        return outcomes, True
+            failed = [_Outcome(op, error=StoreError(f"database write failed: {exc}")) for op in batch]
+            return failed, healthy, False
+        return outcomes, True, True
+
+    def _settle_synced(self, outcomes: list[_Outcome], failure: str | None) -> None:
+        """The syncer's answer to one batch: its outcomes once durable; after a failed fsync an
+        error instead (StoreUnavailable, a StoreError: the lane is failed for good), success never
+        (the write may be committed, yet not durable)."""
+        if failure is not None:
+            error = StoreUnavailable(f"the task store cannot make writes durable: {failure}")
+            outcomes = [_Outcome(o.op, error=error) for o in outcomes]
+        self._deliver(outcomes)
 
     @staticmethod
     def _deliver(outcomes: list[_Outcome]) -> None:
