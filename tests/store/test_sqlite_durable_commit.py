@@ -20,8 +20,9 @@ import pytest
 
 from tesp_api.store.port import StoreError, StoreUnavailable
 from tesp_api.store.sqlite import SqliteTaskStore
+from tesp_api.store.sqlite.writer_queue import LOCK_SUFFIX
 from tests.store.test_contract import make_task
-from tests.store.test_sqlite_writer_queue import _CREATOR, _killed_at_exit, _python
+from tests.store.test_sqlite_writer_queue import _CREATOR, _killed_at_exit, _lock_is_free, _python
 
 HANG_GUARD = 60.0  # only a hang (the bug) ever reaches this
 
@@ -97,6 +98,24 @@ async def test_a_committed_write_is_answered_only_after_the_wal_fsync_returns(
     GatedSync.gate.set()
     created = await asyncio.wait_for(pending, HANG_GUARD)
     assert created.task.name == "durable"
+
+
+async def test_the_write_lock_and_the_queue_are_free_while_the_fsync_runs(
+    gated: GatedStore, tmp_path: Path
+) -> None:
+    pending = asyncio.ensure_future(gated.create(make_task(), None))
+    assert await asyncio.to_thread(GatedSync.entered.wait, HANG_GUARD)
+    path = tmp_path / "tasks.sqlite3"
+    assert _lock_is_free(str(path) + LOCK_SUFFIX)  # another process's writer would get its turn
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)  # as another process: no waiting
+    try:
+        other.execute("BEGIN IMMEDIATE")  # SQLite's write lock is free too
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    assert not pending.done()
+    GatedSync.gate.set()
+    await asyncio.wait_for(pending, HANG_GUARD)
 
 
 async def test_the_writer_commits_the_next_batch_while_an_fsync_runs(
