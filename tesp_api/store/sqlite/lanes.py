@@ -39,6 +39,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import tenacity
+
 from tesp_api.store.port import StoreError, StoreUnavailable
 from tesp_api.store.sqlite.syncer import WalSyncer
 from tesp_api.store.sqlite.writer_queue import WriterQueue
@@ -96,6 +98,10 @@ def _expire(future: asyncio.Future[Any], timeout: float) -> None:
     still happen; its late outcome is dropped by _settle)."""
     if not future.done():
         future.set_exception(StoreError(f"the task store did not answer within {timeout:g} s"))
+
+
+def _is_locked(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
 
 
 def _interrupt() -> int:
@@ -225,7 +231,7 @@ class SqliteLanes:
             self._path, isolation_level=None, check_same_thread=False, factory=self.connection_class
         )
         conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
-        (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        (mode,) = self._set_wal_mode(conn)
         synchronous = self._synchronous
         if not read_only and self._wal_path is not None:
             # The writer: at NORMAL its COMMIT does not fsync; the syncer does, after the lock. Only
@@ -238,6 +244,22 @@ class SqliteLanes:
         if read_only:
             conn.execute("PRAGMA query_only = ON")
         return conn
+
+    def _set_wal_mode(self, conn: sqlite3.Connection) -> tuple[str]:
+        """``PRAGMA journal_mode = WAL``, tried again while the file is locked. On a new file two
+        processes opening it at once (the API processes of api.workers) both switch it from the
+        rollback journal: the switch reads, then needs the exclusive lock, and SQLite answers the
+        loser "database is locked" AT ONCE, without the busy handler (it would deadlock waiting);
+        one open in ten failed so. Once the file is in WAL mode the pragma takes no lock."""
+        for attempt in tenacity.Retrying(
+            retry=tenacity.retry_if_exception(_is_locked),
+            wait=tenacity.wait_random(0.005, 0.05),
+            stop=tenacity.stop_after_delay(self._busy_timeout_ms / 1000),
+            reraise=True,
+        ):
+            with attempt:
+                row: tuple[str] = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        return row
 
     def _connect_direct(self) -> sqlite3.Connection:
         """The read-only connection of the event loop's point reads: it never waits (busy timeout
