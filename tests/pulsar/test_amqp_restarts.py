@@ -29,6 +29,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import pytest
@@ -552,17 +553,24 @@ async def kill_pulsar_setting_up(backend: AmqpBackend, pulsar: PulsarAmqp, spec:
     await pulsar.stop()
     await backend.prepare(spec)
     await backend.submit(spec)  # confirmed by the broker, waiting in Pulsar's setup queue
+    leave_half_set_up(pulsar, spec.job_id, await take_setup_as_pulsar(pulsar))
+    await pulsar.start()
+
+
+async def take_setup_as_pulsar(pulsar: PulsarAmqp) -> dict[str, Any]:
+    """The next setup message, taken out of Pulsar's setup queue and acknowledged as Pulsar's
+    consumer does before it dies setting the job up."""
     taker = await aio_pika.connect(pulsar.amqp_url)
     try:
         channel = await taker.channel()
         queue = await channel.declare_queue(pulsar.queue_name("setup"), passive=True)
         taken = await queue.get(no_ack=False, fail=True)
         assert taken is not None
-        await taken.ack()  # taken in by Pulsar's consumer, which then died setting the job up
+        await taken.ack()
     finally:
         await taker.close()
-    leave_half_set_up(pulsar, spec.job_id, json.loads(taken.body))
-    await pulsar.start()
+    body: dict[str, Any] = json.loads(taken.body)
+    return body
 
 
 async def test_a_job_pulsar_was_killed_setting_up_is_set_up_again_and_runs_once(
@@ -646,16 +654,7 @@ async def test_a_task_whose_pulsar_died_setting_it_up_completes_saying_it_was_se
         client = tes.HTTPClient(server.url, timeout=10)
         task_id = client.create_task(copy_task(results, "half"))  # Pulsar stopped: the setup waits
         await until(lambda: _has_setup(pulsar), "the setup message queued")
-        taker = await aio_pika.connect(pulsar.amqp_url)
-        try:
-            channel = await taker.channel()
-            queue = await channel.declare_queue(pulsar.queue_name("setup"), passive=True)
-            taken = await queue.get(no_ack=False, fail=True)
-            assert taken is not None
-            await taken.ack()  # taken in by Pulsar's consumer, which then died setting the job up
-        finally:
-            await taker.close()
-        body = json.loads(taken.body)
+        body = await take_setup_as_pulsar(pulsar)
         leave_half_set_up(pulsar, str(body["job_id"]), body)
         await pulsar.start()
         done = await asyncio.to_thread(wait_state, client, task_id, FINAL, 120)
