@@ -15,14 +15,13 @@ held about once.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.responses import Response
 
 from tesp_api.store.port import Page, SummaryPage
 from tesp_api.tes.models import TesView
-from tesp_api.tes.views import render_task
+from tesp_api.tes.views import json_bytes, render_task
 
 # Bytes a rendered task may have beyond its stored JSON: "id", "state", "creation_time", list commas.
 PER_TASK_MARGIN = 1024
@@ -38,29 +37,17 @@ def page_read_budget(max_page_bytes: int, page_size: int) -> int:
     return max(max_page_bytes - _ENVELOPE - PER_TASK_MARGIN * page_size, max_page_bytes // 2)
 
 
-def json_bytes(value: Any) -> bytes:
-    """The one JSON encoding of an answer (routes return it as a Response: FastAPI never re-encodes)."""
-    return _dumps(value)
-
-
-def _dumps(value: Any) -> bytes:
-    # As Starlette's JSONResponse (compact, UTF-8); a lone surrogate (never accepted, see tes/limits.py)
-    # would come out as its JSON escape rather than fail the answer.
-    text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return text.encode("utf-8", "backslashreplace")
-
-
 def page_response(page: Page, view: TesView) -> PageResponse:
     """``{"tasks": [...], "next_page_token": ...}``; empties ``page.records`` as it goes."""
     records = page.records
     records.reverse()
     parts: list[bytes] = []
     while records:
-        parts.append(_dumps(render_task(records.pop(), view)))
+        parts.append(json_bytes(render_task(records.pop(), view)))
     body = b'{"tasks":[' + b",".join(parts) + b"]"
     parts.clear()
     if page.next_page_token:
-        body += b',"next_page_token":' + _dumps(page.next_page_token)
+        body += b',"next_page_token":' + json_bytes(page.next_page_token)
     return PageResponse(body + b"}")
 
 
@@ -69,4 +56,4 @@ def summary_page_response(page: SummaryPage) -> PageResponse:
     body: dict[str, Any] = {"tasks": [{"id": t.id, "state": t.state.value} for t in page.summaries]}
     if page.next_page_token:
         body["next_page_token"] = page.next_page_token
-    return PageResponse(_dumps(body))
+    return PageResponse(json_bytes(body))

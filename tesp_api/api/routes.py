@@ -22,7 +22,6 @@ from tesp_api.api.idempotency import idempotency_of
 from tesp_api.api.openapi import error_responses, ok_response
 from tesp_api.api.pages import (
     PageResponse,
-    json_bytes,
     page_read_budget,
     page_response,
     summary_page_response,
@@ -50,7 +49,7 @@ from tesp_api.tes.validate import (
     parse_task,
     parse_task_json,
 )
-from tesp_api.tes.views import render_task, rfc3339
+from tesp_api.tes.views import json_bytes, render_task, rfc3339
 from tesp_api.transfer.callback_urls import CallbackUrls
 
 log = logging.getLogger(__name__)

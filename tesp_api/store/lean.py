@@ -26,29 +26,17 @@ from datetime import datetime
 from typing import Any
 
 from tesp_api.store.records import DECODE_ERRORS, quarantine_change
-from tesp_api.tes.models import TesTask
+from tesp_api.tes.models import READ_ONLY_FIELDS, TesTask
 from tesp_api.tes.views import basic_from_full, rfc3339
 
 _SYSTEM_LOG_LINES = "system_log_lines"
 _EXECUTOR_TEXTS = ("stdout", "stderr")
-# What a rendered task takes from the server, not from the submitted task (views._full).
-_NOT_SUBMITTED = frozenset({"id", "state", "logs", "creation_time"})
 # The order TesTaskLog.model_dump gives its fields (logs and outputs always, the rest when set).
 _LOG_FIELDS = ("metadata", "start_time", "end_time")
 
 
 def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-# One encoder for every answer: json.dumps with options builds a new one per call (~1 us a task).
-_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-
-
-def json_bytes(value: Any) -> bytes:
-    """A rendered view as the API encodes its answers (tesp_api/api/pages.py: compact, UTF-8; a
-    lone surrogate, never accepted, would come out as its escape rather than fail the answer)."""
-    return _ENCODER.encode(value).encode("utf-8", "backslashreplace")
 
 
 def split_task(task: TesTask) -> tuple[str, str | None]:
@@ -148,7 +136,7 @@ def basic_body(
     building the pydantic models. ValueError and friends when the texts do not decode."""
     task = json.loads(light_task)
     body: dict[str, Any] = {"id": task_id, "state": state}
-    body.update((k, v) for k, v in task.items() if k not in _NOT_SUBMITTED)
+    body.update((k, v) for k, v in task.items() if k not in READ_ONLY_FIELDS)
     body["creation_time"] = rfc3339(created_at)
     doc = json.loads(light_log)
     log = doc.get("log") or {}

@@ -56,7 +56,6 @@ from tesp_api.store.lean import (
     basic_body,
     join_log,
     join_task,
-    json_bytes,
     quarantine_texts,
     split_log,
     split_task,
@@ -104,6 +103,7 @@ from tesp_api.store.records import (
 )
 from tesp_api.tes import states
 from tesp_api.tes.models import TesState, TesTask
+from tesp_api.tes.views import json_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -106,6 +106,11 @@ class TesTaskLog(_TesModel):
     system_logs: list[str] | None = None
 
 
+# The tesTask fields the server sets (readOnly in the TES schema): dropped from a submitted task,
+# taken from the record when a task is rendered.
+READ_ONLY_FIELDS = frozenset({"id", "state", "logs", "creation_time"})
+
+
 class TesTask(_TesModel):
     id: str | None = None
     state: TesState | None = None

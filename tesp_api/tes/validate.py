@@ -16,10 +16,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from tesp_api.tes.jobplan import JobPlan, PlanError, Problem, build_plan
-from tesp_api.tes.models import TesFileType, TesTask
+from tesp_api.tes.models import READ_ONLY_FIELDS, TesFileType, TesTask
 
 # Fields the server sets; a client that sends them (e.g. resubmitting a fetched task) is not at fault.
-READ_ONLY_FIELDS = ("id", "state", "logs", "creation_time")
 # A URL checker gets the URL and the declared file type (FILE, DIRECTORY or None) and returns None
 # when the URL is acceptable, otherwise a short reason fit for the client.
 UrlCheck = Callable[[str, "TesFileType | None"], "str | None"]

@@ -15,14 +15,26 @@ parameters become ``***``). The stored record keeps the originals, which the eng
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from tesp_api.tes.masking import mask_text, mask_url
-from tesp_api.tes.models import TesTaskLog, TesView
+from tesp_api.tes.models import READ_ONLY_FIELDS, TesTaskLog, TesView
 
 if TYPE_CHECKING:
     from tesp_api.store.port import TaskRecord
+
+
+# One encoder for every answer: json.dumps with options builds a new one per call (~1 us a task).
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def json_bytes(value: Any) -> bytes:
+    """The one JSON encoding of a rendered view or answer, as Starlette's JSONResponse would encode
+    it (compact, UTF-8), used by the routes and by the stores that build answers themselves; a lone
+    surrogate (never accepted, see tes/limits.py) comes out as its escape rather than fail it."""
+    return _ENCODER.encode(value).encode("utf-8", "backslashreplace")
 
 
 def rfc3339(moment: datetime) -> str:
@@ -37,9 +49,7 @@ def log_has_content(log: TesTaskLog) -> bool:
 
 
 def _full(record: TaskRecord) -> dict[str, Any]:
-    submitted = record.task.model_dump(
-        mode="json", exclude_none=True, exclude={"id", "state", "logs", "creation_time"}
-    )
+    submitted = record.task.model_dump(mode="json", exclude_none=True, exclude=set(READ_ONLY_FIELDS))
     body: dict[str, Any] = {"id": record.id, "state": record.state.value, **submitted}
     body["creation_time"] = rfc3339(record.created_at)
     if log_has_content(record.log):

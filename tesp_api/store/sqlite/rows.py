@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tesp_api.store.lean import basic_body, join_log, join_task, json_bytes
+from tesp_api.store.lean import basic_body, join_log, join_task
 from tesp_api.store.port import CorruptRecord, Owner, TaskRecord, TaskSummary
 from tesp_api.store.records import DECODE_ERRORS, decode_problem, from_epoch_ms, log_from_doc
 from tesp_api.tes.models import TesState
+from tesp_api.tes.views import json_bytes
 
 COLUMNS = (
     "seq, id, state, owner_subject, owner_issuer, created_at_ms, task_json, log_json, active,"
