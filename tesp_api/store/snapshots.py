@@ -7,7 +7,7 @@ shares, so each engine writes its view there (``publish``, one row per engine, r
 probe interval) and every process reads them (``read``). Health is small and changes rarely: one
 row write per engine per interval is nothing beside the task writes.
 
-One table (SQLite: ``process_snapshots``, created by the first publish, so no migration) or one
+One table (SQLite: ``process_snapshots``, in the store's schema, sqlite/schema.py) or one
 document per holder (MongoDB: ``snapshot:<kind>:<holder>`` in the store's meta collection). Kept
 apart from the TaskStore protocol on purpose: it is optional (``snapshots_of`` gives None for a
 store it does not know, and the API then shows the health as unknown), and the task store's
@@ -27,11 +27,6 @@ from typing import Any, Protocol
 from tesp_api.store.records import from_epoch_ms, to_epoch_ms
 
 MAX_PAYLOAD_BYTES = 64 * 1024  # a snapshot is a summary; anything larger is a bug, refused loudly
-
-_CREATE = (
-    "CREATE TABLE IF NOT EXISTS process_snapshots (kind TEXT NOT NULL, holder TEXT NOT NULL,"
-    " payload TEXT NOT NULL, at_ms INTEGER NOT NULL, PRIMARY KEY (kind, holder))"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +62,6 @@ class SqliteSnapshots:
         text, at_ms = _encode(payload), to_epoch_ms(now)
 
         def write(conn: sqlite3.Connection) -> None:
-            conn.execute(_CREATE)
             conn.execute(
                 "INSERT INTO process_snapshots(kind, holder, payload, at_ms) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT(kind, holder) DO UPDATE SET payload = excluded.payload, at_ms = excluded.at_ms",
@@ -78,14 +72,9 @@ class SqliteSnapshots:
 
     async def read(self, kind: str) -> list[ProcessSnapshot]:
         def read(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
-            try:
-                rows = conn.execute(
-                    "SELECT holder, payload, at_ms FROM process_snapshots WHERE kind = ?", (kind,)
-                ).fetchall()
-            except sqlite3.OperationalError as exc:
-                if "no such table" in str(exc):
-                    return []  # no engine has published yet
-                raise
+            rows = conn.execute(
+                "SELECT holder, payload, at_ms FROM process_snapshots WHERE kind = ?", (kind,)
+            ).fetchall()
             return [(str(h), str(p), int(a)) for h, p, a in rows]
 
         rows: list[tuple[str, str, int]] = await self._store._call(read, write=False)

@@ -78,6 +78,10 @@ DROP INDEX IF EXISTS callback_outbox_due;
 CREATE INDEX IF NOT EXISTS callback_outbox_due_order ON callback_outbox(next_ms, event_seq);
 CREATE INDEX IF NOT EXISTS callback_outbox_by_task ON callback_outbox(task_id, event_seq);
 CREATE TABLE IF NOT EXISTS store_leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS process_snapshots (
+    kind TEXT NOT NULL, holder TEXT NOT NULL, payload TEXT NOT NULL, at_ms INTEGER NOT NULL,
+    PRIMARY KEY (kind, holder)
+);
 """
 
 
