@@ -83,18 +83,9 @@ SERVE_PROCESSES = Gauge(
     multiprocess_mode="livesum",
 )
 
-_ALL: tuple[MetricWrapperBase, ...] = (
-    TASKS_CREATED,
-    TASKS_FINISHED,
-    TASK_DURATION,
-    PULSAR_REQUESTS,
-    PULSAR_REQUEST_SECONDS,
-    TRANSFER_BYTES,
-    AMQP_MESSAGES,
-    CALLBACK_ATTEMPTS,
-    CALLBACKS_DROPPED,
-    TASKS_DELETED,
-    SERVE_PROCESSES,
+# Every metric of this module (all are defined above): the ones use_multiprocess_dir moves to files.
+_ALL: tuple[MetricWrapperBase, ...] = tuple(
+    m for m in list(globals().values()) if isinstance(m, MetricWrapperBase)
 )
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _multiprocess_dir: str | None = None
